@@ -1,0 +1,30 @@
+# The two entry points: `make demo` runs the system end to end, `make test` checks everything.
+VENV := .venv
+PY := $(VENV)/bin/python
+PACKAGES := pqlink gateway device_emulators demo
+
+.PHONY: demo test lint typecheck pytest bench setup clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup
+	$(PY) -m demo
+
+lint: setup
+	$(VENV)/bin/ruff check $(PACKAGES) tests bench
+	$(VENV)/bin/ruff format --check $(PACKAGES) tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy $(PACKAGES)
+
+pytest: setup
+	$(PY) -m pytest -q
+
+test: lint typecheck pytest
+
+bench: setup
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf build *.egg-info pqlink/*.so .mypy_cache .ruff_cache .pytest_cache

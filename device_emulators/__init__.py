@@ -1,0 +1,1 @@
+"""Emulated wearables that speak the real pqlink protocol over MQTT."""

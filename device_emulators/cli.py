@@ -1,0 +1,201 @@
+"""`iomt-emulate`: enroll emulated wearables with a gateway, then run N of them in one process.
+
+Exit codes: 0 success; 1 runtime failure (e.g. broker unreachable past --connect-timeout);
+2 bad usage; 3 key or registry problem."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pqlink import (
+    Identity,
+    KeyFileError,
+    PqlinkError,
+    RekeyPolicy,
+    Role,
+    SigAlg,
+    load_identity,
+    load_public_identity,
+    load_registry,
+    save_identity,
+    save_public_identity,
+    save_registry,
+)
+from pqlink.topics import TopicLayout
+
+from device_emulators.hub import MqttHub
+from device_emulators.profiles import make_profiles
+from device_emulators.signals import VitalsGenerator
+from device_emulators.wearable import Wearable
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_KEYS = 0, 1, 2, 3
+
+
+def device_name(prefix: str, index: int) -> str:
+    return f"{prefix}-{index:04d}"
+
+
+def _positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be > 0")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iomt-emulate", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    en = sub.add_parser("enroll", help="create wearable identities and enroll them in a registry")
+    en.add_argument("--registry", type=Path, required=True, help="the gateway's registry.json")
+    en.add_argument("--keys-dir", type=Path, required=True, help="where wearable keys live")
+    en.add_argument("--devices", type=_positive(int), required=True)
+    en.add_argument("--prefix", default="wearable", help="device id prefix (default wearable)")
+    en.add_argument("--first", type=int, default=1, help="index of the first device")
+    en.add_argument("--sig", choices=("ML-DSA-44", "ML-DSA-65"), default="ML-DSA-44")
+
+    run = sub.add_parser("run", help="run the wearables")
+    run.add_argument("--keys-dir", type=Path, required=True)
+    run.add_argument("--gateway-pub", type=Path, required=True, help="the gateway's .pub file")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=1883)
+    run.add_argument("--topic-prefix", default="iomt")
+    run.add_argument("--devices", type=_positive(int), required=True)
+    run.add_argument("--prefix", default="wearable")
+    run.add_argument("--first", type=int, default=1)
+    run.add_argument("--records", type=_positive(int), help="records per device, then exit")
+    run.add_argument("--rate", type=_positive(float), default=1.0, help="records/s per device")
+    run.add_argument("--sample-interval-ms", type=_positive(int), default=1000,
+                     help="simulated time between samples (faster than --rate for demos)")
+    run.add_argument("--event-rate", type=float, default=2.0, help="clinical events per hour")
+    run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--devices-per-connection", type=_positive(int), default=50)
+    run.add_argument("--rekey-records", type=_positive(int), default=1 << 16)
+    run.add_argument("--connect-timeout", type=_positive(float), default=30.0)
+    run.add_argument("--summary", type=Path, help="write a JSON summary here")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    registry = load_registry(args.registry)
+    alg = SigAlg.from_label(args.sig)
+    created = 0
+    for i in range(args.first, args.first + args.devices):
+        name = device_name(args.prefix, i)
+        key = args.keys_dir / f"{name}.key"
+        if key.exists():
+            identity = load_identity(key)
+        else:
+            identity = Identity.generate(name, Role.SENSOR, alg)
+            save_identity(identity, key)
+            save_public_identity(identity.public, args.keys_dir / f"{name}.pub")
+            created += 1
+        registry.enroll(identity.public, replace=True)
+    save_registry(registry, args.registry)
+    print(f"enrolled {args.devices} wearables ({created} new keys) in {args.registry}")
+    return EXIT_OK
+
+
+async def _run(args: argparse.Namespace) -> int:
+    gateway = load_public_identity(args.gateway_pub)
+    layout = TopicLayout(args.topic_prefix, gateway.name)
+    profiles = make_profiles(args.devices, args.seed)
+    start_ms = int(time.time() * 1000)
+    wearables = []
+    for n, profile in enumerate(profiles):
+        name = device_name(args.prefix, args.first + n)
+        identity = load_identity(args.keys_dir / f"{name}.key")
+        generator = VitalsGenerator(
+            profile,
+            seed=args.seed * 100_003 + n,
+            start_ms=start_ms,
+            interval_ms=args.sample_interval_ms,
+            event_rate_per_hour=args.event_rate,
+        )
+        wearables.append(
+            Wearable(identity, gateway, layout, generator, rate=args.rate,
+                     rekey=RekeyPolicy(max_records=args.rekey_records))
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    per = args.devices_per_connection
+    hubs = [
+        MqttHub(args.host, args.port, f"iomt-emulate-{args.prefix}-{args.first + i}-{args.seed}")
+        for i in range(0, len(wearables), per)
+    ]
+    groups = [(hubs[i // per], w) for i, w in enumerate(wearables)]
+    for hub, w in groups:
+        hub.response_queue(w.response_topic)
+    hub_tasks = [asyncio.create_task(h.run(stop)) for h in hubs]
+    try:
+        await asyncio.gather(*(h.wait_connected(args.connect_timeout) for h in hubs))
+    except TimeoutError:
+        print(f"iomt-emulate: broker {args.host}:{args.port} unreachable for "
+              f"{args.connect_timeout:.0f} s", file=sys.stderr)
+        stop.set()
+        await asyncio.gather(*hub_tasks, return_exceptions=True)
+        return EXIT_FAILURE
+    t0 = time.perf_counter()
+    tasks = [asyncio.create_task(w.run(hub, stop, args.records)) for hub, w in groups]
+    progress = asyncio.create_task(_progress(wearables, t0, args.quiet))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
+    progress.cancel()
+    stop.set()
+    await asyncio.gather(*hub_tasks, return_exceptions=True)
+    hs = [s for w in wearables for s in w.stats.handshake_seconds]
+    summary = {
+        "devices": len(wearables),
+        "records_sent": sum(w.stats.records_sent for w in wearables),
+        "elapsed_s": round(elapsed, 3),
+        "handshakes": sum(w.stats.handshakes for w in wearables),
+        "handshake_failures": sum(w.stats.handshake_failures for w in wearables),
+        "handshake_median_ms": round(statistics.median(hs) * 1000, 2) if hs else None,
+        "hub_reconnects": sum(h.reconnects for h in hubs),
+        "publish_retries": sum(h.publish_retries for h in hubs),
+    }
+    if args.summary:
+        args.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    if not args.quiet:
+        print(json.dumps(summary))
+    return EXIT_OK
+
+
+async def _progress(wearables: list[Wearable], t0: float, quiet: bool) -> None:
+    while not quiet:
+        await asyncio.sleep(2.0)
+        sent = sum(w.stats.records_sent for w in wearables)
+        sessions = sum(1 for w in wearables if w.session is not None)
+        print(f"[{time.perf_counter() - t0:6.1f}s] {sessions}/{len(wearables)} sessions, "
+              f"{sent} records sent", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "enroll":
+            return _enroll(args)
+        return asyncio.run(_run(args))
+    except (KeyFileError, PqlinkError) as exc:
+        print(f"iomt-emulate: {exc}", file=sys.stderr)
+        return EXIT_KEYS
+    except ValueError as exc:
+        print(f"iomt-emulate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""One MQTT connection shared by a group of emulated wearables (as a phone or bedside hub
+would hold it), with reconnection, QoS 1 publishing and per-device response queues."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiomqtt
+
+_LOG = logging.getLogger("device_emulators.hub")
+
+
+class MqttHub:
+    """Owns one aiomqtt client; `publish` waits while disconnected instead of failing."""
+
+    def __init__(self, host: str, port: int, client_id: str, *, max_inflight: int = 1000) -> None:
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.max_inflight = max_inflight
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._queues: dict[str, asyncio.Queue[bytes]] = {}
+        self.reconnects = 0
+        self.publish_retries = 0
+
+    def response_queue(self, topic: str) -> asyncio.Queue[bytes]:
+        """Messages arriving on `topic` (subscribed on every (re)connection)."""
+        return self._queues.setdefault(topic, asyncio.Queue(maxsize=16))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = 0.1
+        while not stop.is_set():
+            client = aiomqtt.Client(
+                self.host,
+                self.port,
+                identifier=self.client_id,
+                max_inflight_messages=self.max_inflight,
+                keepalive=30,
+                timeout=10,
+            )
+            client.pending_calls_threshold = 1_000_000  # many wearables publish concurrently
+            try:
+                async with client:
+                    if self._queues:
+                        await client.subscribe([(t, 1) for t in self._queues])
+                    self._client = client
+                    self._connected.set()
+                    delay = 0.1
+                    reader = asyncio.create_task(self._read(client))
+                    waiter = asyncio.create_task(stop.wait())
+                    done, _ = await asyncio.wait(
+                        {reader, waiter}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in (reader, waiter):
+                        task.cancel()
+                    if reader in done:
+                        reader.result()
+            except aiomqtt.MqttError as exc:
+                _LOG.debug("hub %s disconnected: %s", self.client_id, exc)
+            finally:
+                self._connected.clear()
+                self._client = None
+            if stop.is_set():
+                break
+            self.reconnects += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            queue = self._queues.get(message.topic.value)
+            payload = message.payload
+            if queue is not None and isinstance(payload, bytes | bytearray):
+                if queue.full():
+                    queue.get_nowait()  # keep the newest: old responses are useless
+                queue.put_nowait(bytes(payload))
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """QoS 1 publish; on a broken connection, wait for the next one and try again."""
+        while True:
+            await self._connected.wait()
+            client = self._client
+            if client is None:
+                continue
+            try:
+                await client.publish(topic, payload, qos=1)
+                return
+            except aiomqtt.MqttError:
+                self.publish_retries += 1
+                self._connected.clear()
+                await asyncio.sleep(0)

@@ -1,0 +1,217 @@
+"""The gateway's configuration: one typed, validated object built from TOML at start.
+
+Errors name the key, the bad value and what was expected; unknown keys are errors too."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None  # default: "iomt-gateway-<gateway id>"
+    keepalive: int = 30
+    receive_maximum: int = 1000  # unacknowledged QoS 1 messages the broker may send us
+    topic_prefix: str = "iomt"
+    session_expiry: int = 7 * 24 * 3600  # seconds the broker keeps our queue while we are down
+    reconnect_max_delay: float = 30.0
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    max_sessions: int = 5000
+    unconfirmed_timeout: float = 60.0
+    idle_timeout: float = 900.0
+    max_clock_skew: float = 120.0
+    rekey_records: int = 1 << 16
+    rekey_seconds: float = 3600.0
+    device_records_per_second: float = 100.0  # token bucket per device: flood protection
+    device_burst: int = 400
+    device_handshakes_per_minute: float = 12.0
+    max_record_bytes: int = 512
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = "vitals.sqlite3"  # relative to state_dir
+    batch_max: int = 500
+    batch_interval: float = 0.05
+    retention_days: float = 30.0
+    max_rows: int = 5_000_000
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    journal: str = "auto"  # auto | yes | no
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Benchmark-only switches. Never enable in a deployment: they turn security off."""
+
+    plaintext_records: bool = False
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    gateway_id: str
+    state_dir: Path
+    identity: Path
+    registry: Path
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    @property
+    def db_path(self) -> Path:
+        p = Path(self.store.path)
+        return p if p.is_absolute() else self.state_dir / p
+
+    @property
+    def status_path(self) -> Path:
+        return self.state_dir / "status.json"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"iomt-gateway-{self.gateway_id}"
+
+    def topic(self, kind: str, device: str) -> str:
+        """Topic layout: <prefix>/<gateway>/<kind>/<device>; kind is hs, hsr or rec."""
+        return f"{self.mqtt.topic_prefix}/{self.gateway_id}/{kind}/{device}"
+
+
+# --- validation -----------------------------------------------------------------------------
+
+_RULES: dict[str, tuple[type, Any, Any, str]] = {
+    # key: (type, minimum, maximum, description)
+    "mqtt.port": (int, 1, 65535, "a TCP port 1-65535"),
+    "mqtt.keepalive": (int, 5, 3600, "seconds, 5-3600"),
+    "mqtt.receive_maximum": (int, 1, 65535, "an integer 1-65535"),
+    "mqtt.session_expiry": (int, 0, 2**32 - 1, "seconds, >= 0"),
+    "mqtt.reconnect_max_delay": (float, 0.1, 3600, "seconds, 0.1-3600"),
+    "sessions.max_sessions": (int, 1, 1_000_000, "an integer 1-1000000"),
+    "sessions.unconfirmed_timeout": (float, 1, 86400, "seconds, 1-86400"),
+    "sessions.idle_timeout": (float, 1, 7 * 86400, "seconds, 1-604800"),
+    "sessions.max_clock_skew": (float, 1, 3600, "seconds, 1-3600"),
+    "sessions.rekey_records": (int, 1, 2**32, "an integer >= 1"),
+    "sessions.rekey_seconds": (float, 1, 7 * 86400, "seconds, 1-604800"),
+    "sessions.device_records_per_second": (float, 0.01, 1e6, "a rate > 0"),
+    "sessions.device_burst": (int, 1, 1_000_000, "an integer >= 1"),
+    "sessions.device_handshakes_per_minute": (float, 0.01, 1e4, "a rate > 0"),
+    "sessions.max_record_bytes": (int, 64, 16 * 1024 + 34, "bytes, 64-16418"),
+    "store.batch_max": (int, 1, 100_000, "an integer 1-100000"),
+    "store.batch_interval": (float, 0.001, 10, "seconds, 0.001-10"),
+    "store.retention_days": (float, 0.001, 36500, "days > 0"),
+    "store.max_rows": (int, 1000, 10**10, "an integer >= 1000"),
+}
+_CHOICES = {"log.level": ("debug", "info", "warning", "error"), "log.journal": ("auto", "yes", "no")}
+
+
+def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
+    if key in _RULES:
+        typ, lo, hi, desc = _RULES[key]
+        ok_type = isinstance(value, int | float) if typ is float else isinstance(value, int)
+        if isinstance(value, bool) or not ok_type or not lo <= value <= hi:
+            raise ConfigError(f"{key} = {value!r} is invalid: expected {desc}")
+        return typ(value)
+    if key in _CHOICES:
+        if value not in _CHOICES[key]:
+            raise ConfigError(f"{key} = {value!r} is invalid: expected one of {_CHOICES[key]}")
+        return value
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} is invalid: expected true or false")
+        return value
+    if "str" in annotation:
+        if value is None and "None" in annotation:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} = {value!r} is invalid: expected a non-empty string")
+        return value
+    raise ConfigError(f"{key} = {value!r}: no rule to check this key")  # pragma: no cover
+
+
+def _section(cls: type, name: str, table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table, got {table!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key {name}.{unknown[0]} (known: {', '.join(sorted(known))})")
+    values = {}
+    for key, value in table.items():
+        f = known[key]
+        values[key] = _coerce(f"{name}.{key}", value, f.default, str(f.type))
+    return cls(**values)
+
+
+def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
+    """Validate a parsed TOML document; relative paths are relative to `base_dir`."""
+    allowed = {"gateway", "mqtt", "sessions", "store", "log", "bench"}
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown section [{unknown[0]}] (known: {', '.join(sorted(allowed))})")
+    gw = doc.get("gateway")
+    if not isinstance(gw, dict):
+        raise ConfigError("missing section [gateway] (it needs at least id and state_dir)")
+    unknown = sorted(set(gw) - {"id", "state_dir", "identity", "registry"})
+    if unknown:
+        raise ConfigError(f"unknown key gateway.{unknown[0]}")
+    gateway_id = gw.get("id")
+    if not isinstance(gateway_id, str) or not gateway_id:
+        raise ConfigError(f"gateway.id = {gateway_id!r} is invalid: expected a non-empty string")
+    from pqlink._codec import check_identifier  # noqa: PLC0415 -- keeps config import light
+
+    try:
+        check_identifier(gateway_id)
+    except ValueError as exc:
+        raise ConfigError(f"gateway.id: {exc}") from None
+
+    def path(key: str, default: str | None) -> Path:
+        value = gw.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"gateway.{key} = {value!r} is invalid: expected a path")
+        p = Path(value)
+        return p if p.is_absolute() else base_dir / p
+
+    state_dir = path("state_dir", None)
+    identity = gw.get("identity")
+    registry = gw.get("registry")
+    return GatewayConfig(
+        gateway_id=gateway_id,
+        state_dir=state_dir,
+        identity=path("identity", None) if identity is not None else state_dir / "identity.key",
+        registry=path("registry", None) if registry is not None else state_dir / "registry.json",
+        mqtt=_section(MqttConfig, "mqtt", doc.get("mqtt", {})),
+        sessions=_section(SessionsConfig, "sessions", doc.get("sessions", {})),
+        store=_section(StoreConfig, "store", doc.get("store", {})),
+        log=_section(LogConfig, "log", doc.get("log", {})),
+        bench=_section(BenchConfig, "bench", doc.get("bench", {})),
+    )
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {p}: {exc.strerror}") from None
+    try:
+        doc = tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+    return parse_config(doc, p.parent.resolve())

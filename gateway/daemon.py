@@ -1,0 +1,467 @@
+"""The gateway daemon's main loop: MQTT ingest with manual acknowledgements, batched commits
+to SQLite, handshakes in a worker thread, housekeeping, status, SIGTERM drain and SIGHUP reload."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.config import GatewayConfig
+from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Reason, Rejected, reason_for
+from gateway.logs import EventLog
+from gateway.sessions import RateLimiter, SessionEntry, SessionTable
+from gateway.store import StoredSession, VitalsRow, VitalsStore
+from gateway.systemd import Notifier
+from pqlink import (
+    HandshakeConfig,
+    HandshakeResponder,
+    Identity,
+    PqlinkError,
+    RekeyPolicy,
+    Suite,
+    load_identity,
+    load_registry,
+)
+from pqlink.record import export_session, restore_session
+from pqlink.topics import TopicKind, TopicLayout
+
+_LOG_ONCE_INTERVAL = 60.0
+
+
+@dataclass
+class _Batch:
+    rows: list[VitalsRow] = field(default_factory=list)
+    acks: list[tuple[int, int, int]] = field(default_factory=list)  # (generation, mid, qos)
+    dropped: list[bytes] = field(default_factory=list)
+    after_commit: list[Callable[[], Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.acks) + len(self.after_commit)
+
+
+class GatewayDaemon:
+    """One gateway: owns the MQTT connection, the store thread and the crypto thread."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        log: EventLog,
+        notifier: Notifier,
+        identity: Identity | None = None,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.notifier = notifier
+        self.identity = identity or load_identity(config.identity)
+        if self.identity.name != config.gateway_id:
+            raise ValueError(
+                f"identity {config.identity} is for {self.identity.name!r}, "
+                f"but gateway.id is {config.gateway_id!r}"
+            )
+        sc = config.sessions
+        self.layout = TopicLayout(config.mqtt.topic_prefix, config.gateway_id)
+        self.responder = HandshakeResponder(
+            self.identity,
+            load_registry(config.registry),
+            HandshakeConfig(
+                suites=(Suite.X25519MLKEM768_ASCON128_SHA256, Suite.MLKEM768_ASCON128_SHA256),
+                max_clock_skew=sc.max_clock_skew,
+                rekey=RekeyPolicy(sc.rekey_records, sc.rekey_seconds),
+            ),
+        )
+        self.table = SessionTable(sc.max_sessions, sc.unconfirmed_timeout, sc.idle_timeout)
+        self.processor = IngestProcessor(
+            self.layout,
+            self.table,
+            max_record_bytes=sc.max_record_bytes,
+            record_limiter=RateLimiter(sc.device_records_per_second, sc.device_burst),
+            handshake_limiter=RateLimiter(sc.device_handshakes_per_minute / 60.0, 3),
+            plaintext=config.bench.plaintext_records,
+        )
+        self.store = VitalsStore(
+            config.db_path, retention_days=config.store.retention_days, max_rows=config.store.max_rows
+        )
+        self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self._crypto_pool = ThreadPoolExecutor(1, thread_name_prefix="crypto")
+        self._batch = _Batch()
+        self._flush_lock = asyncio.Lock()
+        self._flush_wanted = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._generation = 0
+        self._ready_sent = False
+        self._logged: dict[tuple[str, str], float] = {}
+        self._pending_handshakes: set[asyncio.Task[None]] = set()
+        self.counters: dict[str, int] = {
+            "records_stored": 0,
+            "records_duplicate": 0,
+            "handshakes_ok": 0,
+            "handshakes_failed": 0,
+            "broker_connects": 0,
+            "commits": 0,
+        }
+        self.started_at = time.time()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _restore_sessions(self) -> None:
+        restored = dropped = 0
+        for stored in self.store.load_sessions():
+            try:
+                peer = self.responder.registry.lookup(stored.device_id)
+                session = restore_session(stored.state, peer)
+            except PqlinkError:
+                self._batch.dropped.append(stored.session_id)
+                dropped += 1
+                continue
+            now = time.monotonic()
+            self.table.add(SessionEntry(session, stored.device_id, now, now, dirty=False), now)
+            restored += 1
+        self.log.event("sessions_restored", count=restored, dropped=dropped)
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.log.event("daemon_started", gateway=self.config.gateway_id, pid=os.getpid())
+        if self.config.bench.plaintext_records:
+            self.log.event("insecure_benchmark_mode", level=logging.CRITICAL,
+                           reason="bench.plaintext_records: records are NOT authenticated")
+        await loop.run_in_executor(self._store_pool, self._restore_sessions)
+        code = 0
+        try:
+            async with asyncio.TaskGroup() as tg:
+                flusher = tg.create_task(self._flusher())
+                housekeeping = tg.create_task(self._housekeeping())
+                await self._mqtt_loop()
+                flusher.cancel()
+                housekeeping.cancel()
+        except* Exception as group:
+            for exc in group.exceptions:
+                self.log.event("daemon_failed", level=logging.CRITICAL, reason=repr(exc))
+            code = 1
+        await self._drain()
+        self.log.event("daemon_stopped", records=self.counters["records_stored"], exit_code=code)
+        return code
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            self.notifier.stopping()
+            self.log.event("daemon_stopping")
+        self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the registry; sessions of revoked or removed devices end now."""
+        self.notifier.reloading()
+        try:
+            registry = load_registry(self.config.registry)
+        except PqlinkError as exc:
+            self.log.event("registry_reload_failed", level=logging.ERROR, reason=str(exc))
+            self.notifier.ready()
+            return
+        self.responder.registry = registry
+        ended = 0
+        for device in self.table.devices():
+            try:
+                registry.lookup(device)
+            except PqlinkError:
+                for entry in self.table.drop_device(device):
+                    self._batch.dropped.append(entry.session.session_id)
+                    ended += 1
+        self.log.event("registry_reloaded", count=len(registry), sessions_ended=ended)
+        self.notifier.ready()
+
+    async def _drain(self) -> None:
+        """Commit whatever is left (unacknowledged: the broker redelivers it, and the store
+        drops the duplicates) and close the store."""
+        with contextlib.suppress(Exception):
+            await self._flush()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._store_pool, self.store.close)
+        self._store_pool.shutdown()
+        self._crypto_pool.shutdown()
+        self._write_status()
+
+    # -- MQTT --------------------------------------------------------------------------------
+
+    def _make_client(self) -> aiomqtt.Client:
+        mc = self.config.mqtt
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = mc.session_expiry
+        props.ReceiveMaximum = mc.receive_maximum
+        client = aiomqtt.Client(
+            mc.host,
+            mc.port,
+            username=mc.username,
+            password=mc.password,
+            identifier=self.config.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,  # resume our broker-side session: nothing queued is lost
+            keepalive=mc.keepalive,
+            properties=props,
+            timeout=10,
+        )
+        # aiomqtt has no public manual-ack API yet (empicano/aiomqtt#345); paho-mqtt >= 2.0 has
+        # it. Acknowledge only after the records are committed to SQLite.
+        client._client.manual_ack_set(True)  # noqa: SLF001
+        return client
+
+    async def _mqtt_loop(self) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            client = self._make_client()
+            try:
+                async with client:
+                    self._generation += 1
+                    self._client = client
+                    await client.subscribe(
+                        [
+                            (self.layout.subscription(TopicKind.HANDSHAKE), 1),
+                            (self.layout.subscription(TopicKind.RECORD), 1),
+                        ]
+                    )
+                    self.counters["broker_connects"] += 1
+                    self.log.event(
+                        "broker_connected", host=self.config.mqtt.host, port=self.config.mqtt.port
+                    )
+                    if not self._ready_sent:
+                        self._ready_sent = True
+                        self.notifier.ready()
+                        self.log.event("daemon_ready")
+                    delay = 0.2
+                    if await self._serve(client):
+                        return
+            except aiomqtt.MqttError as exc:
+                self._client = None
+                self.log.event("broker_disconnected", level=logging.WARNING, reason=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, self.config.mqtt.reconnect_max_delay)
+            finally:
+                self._client = None
+
+    async def _serve(self, client: aiomqtt.Client) -> bool:
+        """Consume until the connection fails (raises) or a stop is requested (returns True
+        after committing and acknowledging everything received, while still connected)."""
+        consume = asyncio.create_task(self._consume(client))
+        stop = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if consume in done:
+            stop.cancel()
+            consume.result()  # raises MqttError
+            return False
+        consume.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consume
+        if self._pending_handshakes:
+            await asyncio.wait(self._pending_handshakes, timeout=5)
+        await self._flush()
+        return True
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        generation = self._generation
+        batch_max = self.config.store.batch_max
+        process = self.processor.handle
+        async for message in client.messages:
+            topic = message.topic.value
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                payload = b""
+            now = time.monotonic()
+            outcome = process(topic, bytes(payload), now, int(time.time() * 1000))
+            ack = (generation, message.mid, message.qos)
+            if isinstance(outcome, Accepted):
+                self._batch.rows.append(outcome.row)
+                self._batch.acks.append(ack)
+            elif isinstance(outcome, HandshakeRequest):
+                task = asyncio.create_task(self._handshake(outcome, ack, now))
+                self._pending_handshakes.add(task)
+                task.add_done_callback(self._pending_handshakes.discard)
+            else:
+                self._batch.acks.append(ack)
+                self._log_rejection(outcome)
+            if len(self._batch) >= batch_max:
+                # Back-pressure: stop reading until this batch is on disk.
+                await self._flush()
+
+    async def _handshake(self, request: HandshakeRequest, ack: tuple[int, int, int], now: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(
+                self._crypto_pool, self.responder.respond, request.frame
+            )
+        except PqlinkError as exc:
+            reason = reason_for(exc)
+            self.counters["handshakes_failed"] += 1
+            self.processor.rejected[reason.value] += 1
+            self._batch.acks.append(ack)
+            self._log_rejection(Rejected(request.device_id, reason, str(exc)), "session_rejected")
+            return
+        if result.initiator.name != request.device_id:
+            self.counters["handshakes_failed"] += 1
+            self.processor.rejected[Reason.WRONG_TOPIC.value] += 1
+            self._batch.acks.append(ack)
+            self._log_rejection(
+                Rejected(request.device_id, Reason.WRONG_TOPIC, "init names another device"),
+                "session_rejected",
+            )
+            return
+        entry = SessionEntry(result.session, request.device_id, now, now, dirty=True)
+        for old in self.table.add(entry, now):
+            self._batch.dropped.append(old.session.session_id)
+        topic = self.layout.topic(TopicKind.RESPONSE, request.device_id)
+        response = result.response
+        sid = result.session.session_id.hex()[:8]
+
+        def established() -> None:
+            # Published only once the session is durable, so records never outrun it.
+            self.counters["handshakes_ok"] += 1
+            self.log.event("session_established", device_id=request.device_id, session_id=sid)
+            client = self._client
+            if client is not None:
+                asyncio.get_running_loop().create_task(self._publish(client, topic, response))
+
+        self._batch.acks.append(ack)
+        self._batch.after_commit.append(established)
+        self._flush_wanted.set()
+
+    async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(topic, payload, qos=1)
+
+    def _log_rejection(self, rejected: Rejected, event: str = "record_rejected") -> None:
+        key = (rejected.device_id or "-", rejected.reason.value)
+        now = time.monotonic()
+        if now - self._logged.get(key, -_LOG_ONCE_INTERVAL) < _LOG_ONCE_INTERVAL:
+            return
+        if len(self._logged) > 10_000:
+            self._logged.clear()
+        self._logged[key] = now
+        self.log.event(
+            event,
+            level=logging.WARNING,
+            device_id=rejected.device_id,
+            reason=rejected.reason.value,
+            detail=rejected.detail,
+        )
+
+    # -- commits -----------------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        interval = self.config.store.batch_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_wanted.wait(), interval)
+            self._flush_wanted.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._flush_lock:
+            batch, self._batch = self._batch, _Batch()
+            dirty = [e for e in self.table.entries() if e.dirty]
+            if not batch.acks and not batch.after_commit and not batch.dropped and not dirty:
+                return
+            states = []
+            for entry in dirty:
+                entry.dirty = False
+                states.append(
+                    StoredSession(entry.session.session_id, entry.device_id, export_session(entry.session))
+                )
+            loop = asyncio.get_running_loop()
+            try:
+                inserted = await loop.run_in_executor(
+                    self._store_pool, self.store.commit, batch.rows, states, batch.dropped
+                )
+            except Exception as exc:
+                # Nothing is acknowledged: the broker redelivers after our restart.
+                self.log.event("store_failed", level=logging.CRITICAL, reason=str(exc))
+                raise
+            self.counters["commits"] += 1
+            self.counters["records_stored"] += inserted
+            self.counters["records_duplicate"] += len(batch.rows) - inserted
+            self._ack(batch.acks)
+            for callback in batch.after_commit:
+                callback()
+
+    def _ack(self, acks: list[tuple[int, int, int]]) -> None:
+        client = self._client
+        if client is None:
+            return
+        paho = client._client  # noqa: SLF001 -- see _make_client
+        generation = self._generation
+        for gen, mid, qos in acks:
+            # Acks for a previous connection are void: the broker redelivers those messages.
+            if gen == generation and qos > 0:
+                paho.ack(mid, qos)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        watchdog = self.notifier.watchdog_interval
+        period = min(1.0, watchdog) if watchdog else 1.0
+        last_retention = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            now = time.monotonic()
+            for entry in self.table.expire(now):
+                self._batch.dropped.append(entry.session.session_id)
+                self.log.event(
+                    "session_expired",
+                    device_id=entry.device_id,
+                    session_id=entry.session.session_id.hex()[:8],
+                )
+            if now - last_retention > 3600:
+                last_retention = now
+                deleted = await loop.run_in_executor(self._store_pool, self.store.enforce_retention)
+                if deleted:
+                    self.log.event("retention_applied", count=deleted)
+            self.notifier.watchdog()
+            self.notifier.status(self.status_line())
+            self._write_status()
+            await asyncio.sleep(period)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "gateway": self.config.gateway_id,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "connected": self._client is not None,
+            "sessions": len(self.table),
+            "records_accepted": self.processor.accepted,
+            **self.counters,
+            "rejected": dict(sorted(self.processor.rejected.items())),
+        }
+
+    def status_line(self) -> str:
+        rejected = sum(self.processor.rejected.values())
+        state = "connected" if self._client is not None else "connecting"
+        return (
+            f"{state}; {len(self.table)} sessions; {self.counters['records_stored']} records "
+            f"stored; {rejected} rejected"
+        )
+
+    def _write_status(self) -> None:
+        path = self.config.status_path
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def read_status(config: GatewayConfig) -> Mapping[str, Any]:
+    return dict(json.loads(config.status_path.read_text()))

@@ -1,0 +1,153 @@
+"""The gateway's local SQLite store (WAL): vitals, resumable session state, retention.
+
+Used from one dedicated thread; a batch of records and the session states they advanced are
+committed in one transaction, and only then acknowledged to the broker."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pqlink.vitals import Activity, EventLabel, VitalsSample
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vitals (
+    device_id   TEXT    NOT NULL,
+    seq         INTEGER NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    heart_rate  REAL,
+    spo2        REAL,
+    skin_temp   REAL,
+    accel       REAL,
+    activity    INTEGER NOT NULL,
+    label       INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS vitals_ts ON vitals (ts_ms);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id BLOB PRIMARY KEY,
+    device_id  TEXT NOT NULL,
+    state      BLOB NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+VitalsRow = tuple[str, int, int, float | None, float | None, float | None, float | None, int, int, int]
+
+
+def vitals_row(device_id: str, sample: VitalsSample, received_ms: int) -> VitalsRow:
+    return (
+        device_id,
+        sample.seq,
+        sample.timestamp_ms,
+        sample.heart_rate,
+        sample.spo2,
+        sample.skin_temp,
+        sample.accel,
+        int(sample.activity),
+        int(sample.label),
+        received_ms,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    session_id: bytes
+    device_id: str
+    state: bytes
+
+
+class VitalsStore:
+    """SQLite file in WAL mode. Not thread-safe: the daemon calls it from one thread."""
+
+    def __init__(self, path: Path, *, retention_days: float = 30.0, max_rows: int = 5_000_000) -> None:
+        self.path = path
+        self.retention_ms = int(retention_days * 86_400_000)
+        self.max_rows = max_rows
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before we acknowledge to the broker, even across power loss.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def commit(
+        self,
+        rows: Sequence[VitalsRow],
+        sessions: Iterable[StoredSession] = (),
+        dropped_sessions: Iterable[bytes] = (),
+    ) -> int:
+        """Insert rows (a (device, seq) already stored is ignored) and session states in one
+        transaction; return how many rows were new."""
+        db = self._db
+        now_ms = int(time.time() * 1000)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO vitals VALUES (?,?,?,?,?,?,?,?,?,?)", rows
+            )
+            inserted = db.total_changes - before
+            db.executemany(
+                "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?)",
+                [(s.session_id, s.device_id, s.state, now_ms) for s in sessions],
+            )
+            db.executemany("DELETE FROM sessions WHERE session_id = ?", [(sid,) for sid in dropped_sessions])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return inserted
+
+    def load_sessions(self) -> list[StoredSession]:
+        return [
+            StoredSession(bytes(sid), dev, bytes(state))
+            for sid, dev, state in self._db.execute("SELECT session_id, device_id, state FROM sessions")
+        ]
+
+    def enforce_retention(self, now_ms: int | None = None) -> int:
+        """Delete rows older than the retention period, then the oldest beyond max_rows."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        db = self._db
+        deleted = db.execute("DELETE FROM vitals WHERE ts_ms < ?", (now_ms - self.retention_ms,)).rowcount
+        excess = self.count() - self.max_rows
+        if excess > 0:
+            deleted += db.execute(
+                "DELETE FROM vitals WHERE (device_id, seq) IN "
+                "(SELECT device_id, seq FROM vitals ORDER BY ts_ms LIMIT ?)",
+                (excess,),
+            ).rowcount
+        return max(deleted, 0)
+
+    def count(self, device_id: str | None = None) -> int:
+        if device_id is None:
+            row = self._db.execute("SELECT count(*) FROM vitals").fetchone()
+        else:
+            row = self._db.execute("SELECT count(*) FROM vitals WHERE device_id = ?", (device_id,)).fetchone()
+        return int(row[0])
+
+    def devices(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT device_id FROM vitals ORDER BY 1")]
+
+    def samples(self, device_id: str, limit: int | None = None) -> list[VitalsSample]:
+        """A device's samples in time order (the newest `limit` if given)."""
+        sql = (
+            "SELECT seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label "
+            "FROM vitals WHERE device_id = ? ORDER BY seq"
+        )
+        rows = self._db.execute(sql, (device_id,)).fetchall()
+        if limit is not None:
+            rows = rows[-limit:]
+        return [
+            VitalsSample(seq, ts, hr, spo2, temp, accel, Activity(act), EventLabel(label))
+            for seq, ts, hr, spo2, temp, accel, act, label in rows
+        ]

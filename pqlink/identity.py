@@ -1,0 +1,318 @@
+"""Long-term identities: key generation, key files (0600, refused if readable by others),
+fingerprints, and the registry (allowlist with revocation) that says which peers are accepted."""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pqlink._codec import check_identifier
+from pqlink._errors import KeyFileError, RevokedPeerError, UnknownPeerError
+from pqlink.keys import HybridPrivateKey, HybridPublicKey, SigAlg, SigningKey, VerifyKey
+
+_PRIVATE_FORMAT = "pqlink-identity-v1"
+_PUBLIC_FORMAT = "pqlink-public-identity-v1"
+_REGISTRY_FORMAT = "pqlink-registry-v1"
+
+
+class Role(enum.StrEnum):
+    SENSOR = "sensor"
+    GATEWAY = "gateway"
+    AGGREGATOR = "aggregator"
+
+
+@dataclass(frozen=True, slots=True)
+class PublicIdentity:
+    """What others know of a party: its name, role, signature key and (for gateways and the
+    aggregator) the hybrid KEM key that envelopes are sealed to."""
+
+    name: str
+    role: Role
+    verify_key: VerifyKey
+    kem_public: HybridPublicKey | None = None
+
+    def __post_init__(self) -> None:
+        check_identifier(self.name)
+        if self.role is not Role.SENSOR and self.kem_public is None:
+            raise ValueError(f"{self.role} identity {self.name!r} needs a KEM public key")
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 over the canonical public encoding, as 64 hex digits."""
+        h = hashlib.sha256(b"pqlink-identity-fp-v1\0")
+        for part in (
+            self.name.encode(),
+            self.role.value.encode(),
+            bytes((self.verify_key.alg,)),
+            self.verify_key.raw,
+            self.kem_public.raw if self.kem_public is not None else b"",
+        ):
+            h.update(len(part).to_bytes(4, "big") + part)
+        return h.hexdigest()
+
+    @property
+    def short_fingerprint(self) -> str:
+        fp = self.fingerprint[:32]
+        return ":".join(fp[i : i + 4] for i in range(0, 32, 4))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": _PUBLIC_FORMAT,
+            "id": self.name,
+            "role": self.role.value,
+            "sig_alg": self.verify_key.alg.label,
+            "sig_public": base64.b64encode(self.verify_key.raw).decode(),
+            "kem_public": (
+                base64.b64encode(self.kem_public.raw).decode() if self.kem_public else None
+            ),
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> PublicIdentity:
+        try:
+            if doc.get("format") != _PUBLIC_FORMAT:
+                raise ValueError(f"format is {doc.get('format')!r}, expected {_PUBLIC_FORMAT!r}")
+            kem = doc.get("kem_public")
+            ident = cls(
+                name=str(doc["id"]),
+                role=Role(doc["role"]),
+                verify_key=VerifyKey(
+                    SigAlg.from_label(doc["sig_alg"]), base64.b64decode(doc["sig_public"])
+                ),
+                kem_public=HybridPublicKey(base64.b64decode(kem)) if kem else None,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KeyFileError(f"public identity is malformed: {exc}") from None
+        expected = doc.get("fingerprint")
+        if expected is not None and expected != ident.fingerprint:
+            raise KeyFileError(f"public identity {ident.name!r}: fingerprint does not match keys")
+        return ident
+
+
+class Identity:
+    """A party's private identity: ML-DSA signing key and, unless a sensor, a hybrid KEM key."""
+
+    __slots__ = ("kem_key", "name", "public", "role", "signing_key")
+
+    def __init__(
+        self,
+        name: str,
+        role: Role,
+        signing_key: SigningKey,
+        kem_key: HybridPrivateKey | None = None,
+    ) -> None:
+        self.name = name
+        self.role = role
+        self.signing_key = signing_key
+        self.kem_key = kem_key
+        self.public = PublicIdentity(
+            name, role, signing_key.public_key(), kem_key.public_key() if kem_key else None
+        )
+
+    @classmethod
+    def generate(cls, name: str, role: Role, sig_alg: SigAlg | None = None) -> Identity:
+        """New keys; ML-DSA-65 unless asked otherwise (ML-DSA-44 is allowed for sensors only)."""
+        alg = sig_alg or SigAlg.ML_DSA_65
+        if alg is SigAlg.ML_DSA_44 and role is not Role.SENSOR:
+            raise ValueError(f"ML-DSA-44 is allowed for sensors only, not for a {role}")
+        kem = None if role is Role.SENSOR else HybridPrivateKey.generate()
+        return cls(name, role, SigningKey.generate(alg), kem)
+
+    def __repr__(self) -> str:
+        return f"Identity({self.name!r}, {self.role.value}, fp={self.public.short_fingerprint})"
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """Write via a temp file in the same directory, fsync, rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_identity(
+    identity: Identity, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> None:
+    """Write the private key file with mode 0600."""
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise KeyFileError(f"{target} exists; refusing to overwrite a key file")
+    doc: dict[str, Any] = {
+        "format": _PRIVATE_FORMAT,
+        "id": identity.name,
+        "role": identity.role.value,
+        "sig_alg": identity.signing_key.alg.label,
+        "sig_seed": identity.signing_key.seed_bytes().hex(),
+        "kem_seed": None,
+        "x25519": None,
+    }
+    if identity.kem_key is not None:
+        mlkem_seed, x_secret = identity.kem_key.seeds()
+        doc["kem_seed"] = mlkem_seed.hex()
+        doc["x25519"] = x_secret.hex()
+    _atomic_write(target, (json.dumps(doc, indent=2) + "\n").encode(), 0o600)
+
+
+def load_identity(path: str | os.PathLike[str]) -> Identity:
+    """Load a private key file; refuse one that group or others can read or write."""
+    target = Path(path)
+    try:
+        st = target.stat()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {target}: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"key file {target} has mode {stat.S_IMODE(st.st_mode):04o}: it must not be "
+            f"accessible by group or others (chmod 600 {target})"
+        )
+    try:
+        doc = json.loads(target.read_bytes())
+        if doc.get("format") != _PRIVATE_FORMAT:
+            raise ValueError(f"format is {doc.get('format')!r}, expected {_PRIVATE_FORMAT!r}")
+        role = Role(doc["role"])
+        signing = SigningKey(SigAlg.from_label(doc["sig_alg"]), bytes.fromhex(doc["sig_seed"]))
+        kem = None
+        if doc.get("kem_seed"):
+            kem = HybridPrivateKey(bytes.fromhex(doc["kem_seed"]), bytes.fromhex(doc["x25519"]))
+        return Identity(str(doc["id"]), role, signing, kem)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise KeyFileError(f"key file {target} is malformed: {exc}") from None
+
+
+def save_public_identity(public: PublicIdentity, path: str | os.PathLike[str]) -> None:
+    _atomic_write(Path(path), (json.dumps(public.to_json(), indent=2) + "\n").encode(), 0o644)
+
+
+def load_public_identity(path: str | os.PathLike[str]) -> PublicIdentity:
+    try:
+        doc = json.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise KeyFileError(f"cannot read public identity {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise KeyFileError(f"public identity {path} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise KeyFileError(f"public identity {path} is not a JSON object")
+    return PublicIdentity.from_json(doc)
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEntry:
+    identity: PublicIdentity
+    revoked: bool = False
+
+
+class Registry:
+    """Allowlist of peers by name. `lookup` raises unless the peer is enrolled and not revoked."""
+
+    def __init__(self, entries: dict[str, RegistryEntry] | None = None) -> None:
+        self._entries: dict[str, RegistryEntry] = dict(entries or {})
+
+    def enroll(self, identity: PublicIdentity, *, replace: bool = False) -> None:
+        current = self._entries.get(identity.name)
+        if current is not None and current.identity != identity and not replace:
+            raise ValueError(
+                f"{identity.name!r} is already enrolled with fingerprint "
+                f"{current.identity.short_fingerprint}; pass replace=True to re-key it"
+            )
+        self._entries[identity.name] = RegistryEntry(identity)
+
+    def revoke(self, name: str) -> None:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise UnknownPeerError(f"{name!r} is not enrolled")
+        self._entries[name] = RegistryEntry(entry.identity, revoked=True)
+
+    def lookup(self, name: str) -> PublicIdentity:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise UnknownPeerError(f"peer {name!r} is not enrolled")
+        if entry.revoked:
+            raise RevokedPeerError(f"peer {name!r} is revoked")
+        return entry.identity
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[RegistryEntry]:
+        return iter(list(self._entries.values()))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def active(self, role: Role | None = None) -> list[PublicIdentity]:
+        return [
+            e.identity
+            for e in self._entries.values()
+            if not e.revoked and (role is None or e.identity.role is role)
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": _REGISTRY_FORMAT,
+            "entries": [
+                {**e.identity.to_json(), "revoked": e.revoked}
+                for e in sorted(self._entries.values(), key=lambda e: e.identity.name)
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Registry:
+        if doc.get("format") != _REGISTRY_FORMAT:
+            raise KeyFileError(
+                f"registry format is {doc.get('format')!r}, expected {_REGISTRY_FORMAT!r}"
+            )
+        reg = cls()
+        entries = doc.get("entries")
+        if not isinstance(entries, list):
+            raise KeyFileError("registry has no 'entries' list")
+        for item in entries:
+            if not isinstance(item, dict):
+                raise KeyFileError("registry entry is not an object")
+            ident = PublicIdentity.from_json({k: v for k, v in item.items() if k != "revoked"})
+            if ident.name in reg._entries:
+                raise KeyFileError(f"registry lists {ident.name!r} twice")
+            reg._entries[ident.name] = RegistryEntry(ident, revoked=bool(item.get("revoked")))
+        return reg
+
+
+def load_registry(path: str | os.PathLike[str]) -> Registry:
+    """Load a registry file; a missing file is an empty registry."""
+    target = Path(path)
+    if not target.exists():
+        return Registry()
+    try:
+        doc = json.loads(target.read_bytes())
+    except ValueError as exc:
+        raise KeyFileError(f"registry {target} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise KeyFileError(f"registry {target} is not a JSON object")
+    return Registry.from_json(doc)
+
+
+def save_registry(registry: Registry, path: str | os.PathLike[str]) -> None:
+    data = (json.dumps(registry.to_json(), indent=2) + "\n").encode()
+    _atomic_write(Path(path), data, 0o644)

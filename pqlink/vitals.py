@@ -1,0 +1,98 @@
+"""The vitals sample that a wearable seals into each record: the schema shared by the
+emulators (which encode it) and the gateway (which decodes and stores it)."""
+
+from __future__ import annotations
+
+import enum
+import math
+import struct
+from dataclasses import dataclass
+
+from pqlink._errors import DecodeError
+
+VITALS_VERSION = 1
+_FORMAT = struct.Struct(">BQQHHhHBB")
+VITALS_SIZE = _FORMAT.size  # 27 bytes
+_MISSING_U16 = 0xFFFF
+_MISSING_I16 = 0x7FFF
+
+
+class Activity(enum.IntEnum):
+    REST = 0
+    WALK = 1
+    RUN = 2
+    SLEEP = 3
+
+
+class EventLabel(enum.IntEnum):
+    """Ground-truth clinical event carried with a sample (stands in for a confirmed alert)."""
+
+    NONE = 0
+    TACHYCARDIA = 1
+    BRADYCARDIA = 2
+    DESATURATION = 3
+    FEVER = 4
+    FALL = 5
+
+
+@dataclass(frozen=True, slots=True)
+class VitalsSample:
+    """One reading. A field is None when the sensor dropped it (motion, poor contact)."""
+
+    seq: int
+    timestamp_ms: int
+    heart_rate: float | None  # beats per minute
+    spo2: float | None  # percent
+    skin_temp: float | None  # degrees Celsius
+    accel: float | None  # acceleration magnitude, g
+    activity: Activity
+    label: EventLabel
+
+    def encode(self) -> bytes:
+        def u16(value: float | None, scale: float, name: str) -> int:
+            if value is None:
+                return _MISSING_U16
+            raw = round(value * scale)
+            if not 0 <= raw < _MISSING_U16 or math.isnan(value):
+                raise ValueError(f"{name}={value} is out of range")
+            return raw
+
+        temp = _MISSING_I16
+        if self.skin_temp is not None:
+            temp = round(self.skin_temp * 100)
+            if not -0x7FFF < temp < _MISSING_I16:
+                raise ValueError(f"skin_temp={self.skin_temp} is out of range")
+        return _FORMAT.pack(
+            VITALS_VERSION,
+            self.seq,
+            self.timestamp_ms,
+            u16(self.heart_rate, 10, "heart_rate"),
+            u16(self.spo2, 100, "spo2"),
+            temp,
+            u16(self.accel, 1000, "accel"),
+            self.activity,
+            self.label,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> VitalsSample:
+        if len(data) != VITALS_SIZE:
+            raise DecodeError(f"vitals sample must be {VITALS_SIZE} bytes, got {len(data)}")
+        version, seq, ts, hr, spo2, temp, accel, activity, label = _FORMAT.unpack(data)
+        if version != VITALS_VERSION:
+            raise DecodeError(f"vitals version {version} is not supported")
+        try:
+            act = Activity(activity)
+            lab = EventLabel(label)
+        except ValueError as exc:
+            raise DecodeError(f"vitals sample: {exc}") from None
+        return cls(
+            seq=seq,
+            timestamp_ms=ts,
+            heart_rate=None if hr == _MISSING_U16 else hr / 10,
+            spo2=None if spo2 == _MISSING_U16 else spo2 / 100,
+            skin_temp=None if temp == _MISSING_I16 else temp / 100,
+            accel=None if accel == _MISSING_U16 else accel / 1000,
+            activity=act,
+            label=lab,
+        )

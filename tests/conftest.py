@@ -1,0 +1,56 @@
+"""Shared fixtures: identities are generated once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from demo.services import Mosquitto
+from pqlink import Identity, Registry, Role, SigAlg
+
+
+@dataclass(frozen=True)
+class Parties:
+    sensor: Identity
+    sensor65: Identity
+    gateway: Identity
+    other_gateway: Identity
+    aggregator: Identity
+    stranger: Identity
+
+    def sensor_registry(self) -> Registry:
+        reg = Registry()
+        reg.enroll(self.sensor.public)
+        reg.enroll(self.sensor65.public)
+        return reg
+
+    def gateway_registry(self) -> Registry:
+        reg = Registry()
+        reg.enroll(self.gateway.public)
+        reg.enroll(self.other_gateway.public)
+        return reg
+
+
+@pytest.fixture(scope="session")
+def parties() -> Parties:
+    return Parties(
+        sensor=Identity.generate("wearable-0001", Role.SENSOR, SigAlg.ML_DSA_44),
+        sensor65=Identity.generate("wearable-0002", Role.SENSOR, SigAlg.ML_DSA_65),
+        gateway=Identity.generate("gw-01", Role.GATEWAY),
+        other_gateway=Identity.generate("gw-02", Role.GATEWAY),
+        aggregator=Identity.generate("aggregator", Role.AGGREGATOR),
+        stranger=Identity.generate("wearable-0001", Role.SENSOR, SigAlg.ML_DSA_44),
+    )
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A private mosquitto on a free port, stopped after the test."""
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

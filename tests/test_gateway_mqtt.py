@@ -1,0 +1,202 @@
+"""The daemon end to end over a real mosquitto: exactly-once storage, SIGKILL and broker
+restarts, every kind of bad input, SIGHUP revocation, flood isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import defaultdict
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from demo.services import Mosquitto
+from device_emulators.cli import device_name
+from device_emulators.profiles import make_profiles
+from device_emulators.signals import VitalsGenerator
+from gateway.cli import main as gateway_main
+from pqlink import HandshakeInitiator, Identity, Role, SigAlg, load_identity, load_public_identity
+from pqlink.topics import TopicKind, TopicLayout
+from pqlink.vitals import Activity, EventLabel, VitalsSample
+
+from .harness import (
+    DaemonProcess,
+    EmulatorProcess,
+    GatewaySetup,
+    enroll,
+    make_gateway,
+    stored_count,
+    stored_rows,
+    wait_until,
+)
+
+
+def _check_exactly_once(setup: GatewaySetup, devices: int, records: int, seed: int) -> None:
+    """Every record of every device stored once, with the values the emulator generated."""
+    rows = stored_rows(setup)
+    by_device: dict[str, list[tuple[object, ...]]] = defaultdict(list)
+    for row in rows:
+        by_device[str(row[0])].append(row)
+    assert len(by_device) == devices
+    profiles = make_profiles(devices, seed)
+    for n, profile in enumerate(profiles):
+        name = device_name("wearable", n + 1)
+        got = by_device[name]
+        assert [r[1] for r in got] == list(range(records)), f"{name}: missing or extra records"
+        start_ms = int(got[0][2])  # type: ignore[call-overload]
+        gen = VitalsGenerator(profile, seed=seed * 100_003 + n, start_ms=start_ms,
+                              interval_ms=1000, event_rate_per_hour=2.0)
+        for row in got:
+            expected = VitalsSample.decode(gen.next_sample().encode())
+            stored = VitalsSample(int(row[1]), int(row[2]), row[3], row[4], row[5], row[6],  # type: ignore[arg-type]
+                                  Activity(row[7]), EventLabel(row[8]))
+            assert stored == expected, f"{name} seq {row[1]} altered"
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, mosquitto: Mosquitto) -> GatewaySetup:
+    return make_gateway(tmp_path / "gw", mosquitto.port)
+
+
+def test_fifty_wearables_two_hundred_records_exactly_once(gateway: GatewaySetup, mosquitto: Mosquitto) -> None:
+    enroll(gateway, 50)
+    daemon = DaemonProcess(gateway)
+    try:
+        daemon.wait_connected()
+        summary = EmulatorProcess(gateway, mosquitto.port, 50, 200, 40.0).wait(120)
+        assert summary["records_sent"] == 10_000
+        wait_until(lambda: stored_count(gateway) >= 10_000, 60, "10,000 stored records")
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()
+    _check_exactly_once(gateway, 50, 200, seed=7)
+    status = daemon.status() or {}
+    assert status == {} or status["records_stored"] == 10_000
+
+
+def test_sigkill_mid_stream_loses_and_duplicates_nothing(gateway: GatewaySetup, mosquitto: Mosquitto) -> None:
+    enroll(gateway, 10)
+    daemon = DaemonProcess(gateway)
+    emulator = None
+    try:
+        daemon.wait_connected()
+        emulator = EmulatorProcess(gateway, mosquitto.port, 10, 400, 50.0)
+        wait_until(lambda: stored_count(gateway) >= 600, 60, "600 records before the kill")
+        daemon.kill()
+        killed_at = stored_count(gateway)
+        assert killed_at < 4000
+        # Records keep arriving at the broker, queued for the daemon's persistent session.
+        daemon = DaemonProcess(gateway)
+        daemon.wait_connected()
+        emulator.wait(120)
+        wait_until(lambda: stored_count(gateway) >= 4000, 60, "all 4,000 records")
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()
+        if emulator:
+            emulator.stop_quietly()
+    _check_exactly_once(gateway, 10, 400, seed=7)
+
+
+def test_broker_restart_mid_stream(gateway: GatewaySetup, mosquitto: Mosquitto) -> None:
+    enroll(gateway, 5)
+    daemon = DaemonProcess(gateway)
+    emulator = None
+    try:
+        daemon.wait_connected()
+        emulator = EmulatorProcess(gateway, mosquitto.port, 5, 300, 40.0)
+        wait_until(lambda: stored_count(gateway) >= 300, 60, "300 records before the restart")
+        mosquitto.restart()
+        summary = emulator.wait(120)
+        assert summary["hub_reconnects"] >= 1
+        wait_until(lambda: stored_count(gateway) >= 1500, 60, "all 1,500 records")
+        assert daemon.status()["broker_connects"] >= 2
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()
+        if emulator:
+            emulator.stop_quietly()
+    _check_exactly_once(gateway, 5, 300, seed=7)
+
+
+async def _attack(setup: GatewaySetup, port: int, layout: TopicLayout) -> dict[str, int]:
+    """Capture an honest record, then publish every kind of bad input."""
+    victim = device_name("wearable", 1)
+    rec = layout.topic(TopicKind.RECORD, victim)
+    sent: dict[str, int] = defaultdict(int)
+    async with aiomqtt.Client("127.0.0.1", port, identifier="attacker") as client:
+        await client.subscribe(rec, qos=1)
+        captured = None
+        async for message in client.messages:
+            captured = bytes(message.payload)  # type: ignore[arg-type]
+            break
+        assert captured is not None
+        tampered = bytearray(captured)
+        tampered[-3] ^= 0x10
+        gw_pub = load_public_identity(setup.gateway_pub)
+        stranger = Identity.generate("wearable-9999", Role.SENSOR, SigAlg.ML_DSA_44)
+        impostor = Identity.generate(victim, Role.SENSOR, SigAlg.ML_DSA_44)
+        cases = {
+            "malformed": [(rec, b"garbage"), (rec, captured[:12]), (rec, b"")],
+            "tampered": [(rec, bytes(tampered))],
+            "replay": [(rec, captured)],
+            "oversized": [(rec, b"\x03" * 5000)],
+            "wrong_topic": [(layout.topic(TopicKind.RECORD, device_name("wearable", 2)), captured)],
+            "unenrolled": [(layout.topic(TopicKind.HANDSHAKE, "wearable-9999"),
+                            HandshakeInitiator(stranger, gw_pub).start())],
+            "bad_signature": [(layout.topic(TopicKind.HANDSHAKE, victim),
+                               HandshakeInitiator(impostor, gw_pub).start())],
+            "unknown_session": [(rec, captured[:2] + b"\x00" * 8 + captured[10:])],
+        }
+        for reason, messages in cases.items():
+            for topic, payload in messages:
+                await client.publish(topic, payload, qos=1)
+                sent[reason] += 1
+        # A flood on one device's topic: rate-limited, the others keep flowing.
+        flood_topic = layout.topic(TopicKind.RECORD, device_name("wearable", 3))
+        for _ in range(3000):
+            await client.publish(flood_topic, captured, qos=0)
+    return sent
+
+
+def test_bad_input_is_rejected_counted_and_isolated(gateway: GatewaySetup, mosquitto: Mosquitto) -> None:
+    enroll(gateway, 4)
+    daemon = DaemonProcess(gateway)
+    emulator = None
+    try:
+        daemon.wait_connected()
+        emulator = EmulatorProcess(gateway, mosquitto.port, 4, 300, 20.0)
+        wait_until(lambda: stored_count(gateway) >= 40, 60, "honest traffic")
+        layout = TopicLayout("iomt", "gw-01")
+        sent = asyncio.run(_attack(gateway, mosquitto.port, layout))
+        wait_until(
+            lambda: all(daemon.status().get("rejected", {}).get(r, 0) >= n for r, n in sent.items()),
+            30,
+            "every rejection to be counted",
+        )
+        rejected = daemon.status()["rejected"]
+        assert rejected.get("rate_limited", 0) > 0 or rejected.get("malformed", 0) > 0
+        # Revocation by SIGHUP, without a restart: device 4's session ends.
+        assert gateway_main(["revoke", "--config", str(gateway.config_path), device_name("wearable", 4)]) == 0
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: daemon.status().get("rejected", {}).get("unknown_session", 0) > 1
+                   or daemon.status().get("rejected", {}).get("revoked", 0) > 0,
+                   30, "records of the revoked device to be refused")
+        emulator.proc.terminate()
+        emulator.proc.wait(30)
+        assert daemon.proc.poll() is None, "the daemon died"
+        stored = stored_rows(gateway)
+        honest = {d: sum(1 for r in stored if r[0] == d) for d in (device_name("wearable", i) for i in (1, 2, 3))}
+        assert all(n >= 40 for n in honest.values()), honest
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()
+        if emulator:
+            emulator.stop_quietly()
+    log = daemon.log_path.read_text()
+    assert "event=record_rejected" in log
+    assert "event=registry_reloaded" in log
+    # keys and vitals never reach the log
+    key_doc = load_identity(gateway.config.identity).signing_key.seed_bytes().hex()
+    assert key_doc not in log

@@ -1,0 +1,105 @@
+"""The SQLite store and the session table: dedupe, atomic session state, retention, bounds."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.sessions import RateLimiter, SessionEntry, SessionTable
+from gateway.store import StoredSession, VitalsStore, vitals_row
+from pqlink import HandshakeInitiator, HandshakeResponder, Session
+from pqlink.vitals import Activity, EventLabel, VitalsSample
+
+from .conftest import Parties
+
+
+def _sample(seq: int, ts: int = 1_700_000_000_000) -> VitalsSample:
+    return VitalsSample(seq, ts + seq * 1000, 70.5, 97.25, 33.1, 1.02, Activity.WALK, EventLabel.NONE)
+
+
+def test_rows_are_stored_once_and_read_back(tmp_path: Path) -> None:
+    store = VitalsStore(tmp_path / "v.db")
+    rows = [vitals_row("dev-1", _sample(i), 1) for i in range(10)]
+    assert store.commit(rows) == 10
+    assert store.commit(rows[5:] + [vitals_row("dev-1", _sample(10), 1)]) == 1
+    assert store.count() == 11
+    assert store.samples("dev-1")[3] == _sample(3)
+    assert store.devices() == ["dev-1"]
+    mode = sqlite3.connect(tmp_path / "v.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    store.close()
+
+
+def test_session_state_commits_with_rows(tmp_path: Path) -> None:
+    store = VitalsStore(tmp_path / "v.db")
+    store.commit([], [StoredSession(b"s" * 8, "dev-1", b"state-1")])
+    store.commit([], [StoredSession(b"s" * 8, "dev-1", b"state-2")])
+    assert store.load_sessions() == [StoredSession(b"s" * 8, "dev-1", b"state-2")]
+    store.commit([], [], [b"s" * 8])
+    assert store.load_sessions() == []
+    store.close()
+    reopened = VitalsStore(tmp_path / "v.db")
+    assert reopened.load_sessions() == []
+
+
+def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    store = VitalsStore(tmp_path / "v.db")
+    bad = [vitals_row("dev-1", _sample(0), 1), ("dev-1", 1, 2)]  # second row too short
+    with pytest.raises(sqlite3.ProgrammingError):
+        store.commit(bad, [StoredSession(b"x" * 8, "dev-1", b"s")])  # type: ignore[list-item]
+    assert store.count() == 0
+    assert store.load_sessions() == []
+
+
+def test_retention_by_age_and_row_limit(tmp_path: Path) -> None:
+    store = VitalsStore(tmp_path / "v.db", retention_days=1, max_rows=1000)
+    day = 86_400_000
+    now = 10 * day
+    old = [vitals_row("a", _sample(i, now - 3 * day), 1) for i in range(100)]
+    new = [vitals_row("b", _sample(i, now - day // 2), 1) for i in range(1200)]
+    store.commit(old + new)
+    deleted = store.enforce_retention(now)
+    assert deleted == 100 + 200
+    assert store.count("a") == 0
+    assert store.count("b") == 1000
+    assert store.samples("b")[0].seq == 200  # the oldest went first
+
+
+def _session(parties: Parties) -> Session:
+    init = HandshakeInitiator(parties.sensor, parties.gateway.public)
+    return HandshakeResponder(parties.gateway, parties.sensor_registry()).respond(init.start()).session
+
+
+def test_session_table_bounds_expiry_and_per_device_limit(parties: Parties) -> None:
+    table = SessionTable(max_sessions=3, unconfirmed_timeout=10, idle_timeout=100)
+    entries = [SessionEntry(_session(parties), f"dev-{i}", 0.0, 0.0) for i in range(3)]
+    for e in entries:
+        assert table.add(e, 0.0) == []
+    extra = SessionEntry(_session(parties), "dev-9", 1.0, 1.0)
+    evicted = table.add(extra, 1.0)
+    assert evicted == [entries[0]]  # least recently used
+    assert len(table) == 3
+    # per device: a third session pushes out the first
+    a = SessionEntry(_session(parties), "dev-9", 2.0, 2.0)
+    b = SessionEntry(_session(parties), "dev-9", 3.0, 3.0)
+    table.add(a, 2.0)
+    removed = table.add(b, 3.0)
+    assert extra in removed
+    # unconfirmed sessions expire after 10 s
+    expired = table.expire(20.0)
+    assert len(expired) == 3
+    assert len(table) == 0
+
+
+def test_rate_limiter_isolates_devices() -> None:
+    limiter = RateLimiter(rate=10, burst=5)
+    assert all(limiter.allow("flood", 0.0) for _ in range(5))
+    assert not limiter.allow("flood", 0.0)
+    assert limiter.allow("honest", 0.0)  # others are unaffected
+    assert limiter.allow("flood", 0.11)  # refilled at 10/s
+    bounded = RateLimiter(rate=1, burst=1, max_keys=2)
+    for key in "abc":
+        bounded.allow(key, 0.0)
+    assert len(bounded._buckets) == 2
