@@ -49,7 +49,8 @@ class Gateway:
             f'[gateway]\nid = "gw-01"\nstate_dir = "state"\n[mqtt]\nport = {port}\n'
             "[sessions]\ndevice_records_per_second = 1000000.0\ndevice_burst = 1000000\n"
             "device_handshakes_per_minute = 600.0\n"
-            f'[log]\njournal = "no"\nlevel = "warning"\n[bench]\nplaintext_records = {str(plaintext).lower()}\n'
+            f'[log]\njournal = "no"\nlevel = "warning"\n'
+            f"[bench]\nplaintext_records = {str(plaintext).lower()}\n"
         )
         with open(os.devnull, "w") as null:
             sys_stdout, sys.stdout = sys.stdout, null
@@ -67,12 +68,17 @@ class Gateway:
 
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config_path)],
-            env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env=env,
+            stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
-        while not self.config.status_path.exists() or '"connected": true' not in self.config.status_path.read_text():
+        while (
+            not self.config.status_path.exists()
+            or '"connected": true' not in self.config.status_path.read_text()
+        ):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("gateway did not connect")
             time.sleep(0.02)
@@ -97,8 +103,9 @@ def _wait_count(db: Path, target: int, timeout: float) -> float:
     return time.perf_counter()
 
 
-def run_ingest(tmp: Path, port: int, plaintext: bool, devices: int, per_device: int,
-               identities: list[Identity]) -> dict[str, Any]:
+def run_ingest(
+    tmp: Path, port: int, plaintext: bool, devices: int, per_device: int, identities: list[Identity]
+) -> dict[str, Any]:
     gw = Gateway(tmp / ("plain" if plaintext else "sealed"), port, plaintext, identities)
     gw.start()
     layout = TopicLayout("iomt", "gw-01")
@@ -113,7 +120,9 @@ def run_ingest(tmp: Path, port: int, plaintext: bool, devices: int, per_device: 
             for ident in identities:
                 topic = layout.topic(TopicKind.RECORD, ident.name)
                 s = sessions[ident.name]
-                frames += [(topic, s.seal(sample(i).encode(), topic.encode())) for i in range(per_device)]
+                frames += [
+                    (topic, s.seal(sample(i).encode(), topic.encode())) for i in range(per_device)
+                ]
         # Interleave devices, as a fleet would.
         frames = [frames[d * per_device + i] for i in range(per_device) for d in range(devices)]
         total = len(frames)
@@ -132,7 +141,9 @@ def run_ingest(tmp: Path, port: int, plaintext: bool, devices: int, per_device: 
 
 
 def run_storm(tmp: Path, port: int, n: int) -> dict[str, Any]:
-    identities = [Identity.generate(f"storm-{i:04d}", Role.SENSOR, SigAlg.ML_DSA_44) for i in range(n)]
+    identities = [
+        Identity.generate(f"storm-{i:04d}", Role.SENSOR, SigAlg.ML_DSA_44) for i in range(n)
+    ]
     gw = Gateway(tmp / "storm", port, False, identities)
     gw.start()
     try:
@@ -165,26 +176,52 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="iomt-bench-") as d:
         tmp = Path(d)
         with Mosquitto(tmp / "mosquitto") as broker:
-            identities = [Identity.generate(f"wearable-{i:04d}", Role.SENSOR, SigAlg.ML_DSA_44)
-                          for i in range(args.devices)]
+            identities = [
+                Identity.generate(f"wearable-{i:04d}", Role.SENSOR, SigAlg.ML_DSA_44)
+                for i in range(args.devices)
+            ]
             plain = run_ingest(tmp, broker.port, True, args.devices, args.records, identities)
             print(f"plaintext: {plain['records_per_second']:.0f} records/s")
             sealed = run_ingest(tmp, broker.port, False, args.devices, args.records, identities)
             print(f"sealed:    {sealed['records_per_second']:.0f} records/s")
             storm = run_storm(tmp, broker.port, args.storm)
-            print(f"storm: {storm['established']} sessions in {storm['all_established_seconds']:.2f} s, "
-                  f"daemon RSS {storm['daemon_rss_mb_with_sessions']:.1f} MB")
+            print(
+                f"storm: {storm['established']} sessions in "
+                f"{storm['all_established_seconds']:.2f} s, "
+                f"daemon RSS {storm['daemon_rss_mb_with_sessions']:.1f} MB"
+            )
     ratio = sealed["records_per_second"] / plain["records_per_second"]
     budgets = [
-        {"name": "sealed_vs_plaintext_ingest_ratio", "value": ratio, "minimum": 0.8, "ok": ratio >= 0.8},
-        {"name": "sealed_ingest_records_per_s", "value": sealed["records_per_second"],
-         "minimum": 2500, "ok": sealed["records_per_second"] >= 2500},
-        {"name": "handshake_storm_500_seconds", "value": storm["all_established_seconds"],
-         "limit": 5.0, "ok": storm["all_established_seconds"] < 5.0 and storm["established"] == args.storm},
-        {"name": "daemon_rss_mb_500_sessions", "value": storm["daemon_rss_mb_with_sessions"],
-         "limit": 80.0, "ok": storm["daemon_rss_mb_with_sessions"] < 80.0},
+        {
+            "name": "sealed_vs_plaintext_ingest_ratio",
+            "value": ratio,
+            "minimum": 0.8,
+            "ok": ratio >= 0.8,
+        },
+        {
+            "name": "sealed_ingest_records_per_s",
+            "value": sealed["records_per_second"],
+            "minimum": 2500,
+            "ok": sealed["records_per_second"] >= 2500,
+        },
+        {
+            "name": "handshake_storm_500_seconds",
+            "value": storm["all_established_seconds"],
+            "limit": 5.0,
+            "ok": storm["all_established_seconds"] < 5.0 and storm["established"] == args.storm,
+        },
+        {
+            "name": "daemon_rss_mb_500_sessions",
+            "value": storm["daemon_rss_mb_with_sessions"],
+            "limit": 80.0,
+            "ok": storm["daemon_rss_mb_with_sessions"] < 80.0,
+        },
     ]
-    write("ingest", {"plaintext": plain, "sealed": sealed, "storm": storm, "budgets": budgets}, args.out)
+    write(
+        "ingest",
+        {"plaintext": plain, "sealed": sealed, "storm": storm, "budgets": budgets},
+        args.out,
+    )
     return 0 if all(b["ok"] for b in budgets) else 1
 
 

@@ -14,19 +14,31 @@ from pqlink.vitals import Activity, EventLabel, VitalsSample
 
 
 def sample(seq: int) -> VitalsSample:
-    return VitalsSample(seq, 1_700_000_000_000 + seq * 1000, 60 + seq % 50, 97.5, 33.2, 1.0,
-                        Activity.WALK, EventLabel.NONE)
+    return VitalsSample(
+        seq,
+        1_700_000_000_000 + seq * 1000,
+        60 + seq % 50,
+        97.5,
+        33.2,
+        1.0,
+        Activity.WALK,
+        EventLabel.NONE,
+    )
 
 
 async def establish(
-    port: int, layout: TopicLayout, gateway: PublicIdentity, identities: list[Identity],
+    port: int,
+    layout: TopicLayout,
+    gateway: PublicIdentity,
+    identities: list[Identity],
     timeout: float = 60.0,
 ) -> tuple[dict[str, Session], float]:
     """Handshake every identity at once; return the sessions and the seconds until the last."""
     initiators: dict[str, HandshakeInitiator] = {}
     sessions: dict[str, Session] = {}
-    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-fleet-hs",
-                              max_inflight_messages=1000, timeout=30) as client:
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier="bench-fleet-hs", max_inflight_messages=1000, timeout=30
+    ) as client:
         client.pending_calls_threshold = 1_000_000
         await client.subscribe(layout.subscription(TopicKind.RESPONSE), qos=1)
         t0 = time.perf_counter()
@@ -52,8 +64,9 @@ async def establish(
 
 async def publish_all(port: int, frames: list[tuple[str, bytes]], window: int = 800) -> float:
     """QoS 1 publish of every frame with up to `window` in flight; returns seconds taken."""
-    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-fleet-pub",
-                              max_inflight_messages=window, timeout=60) as client:
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier="bench-fleet-pub", max_inflight_messages=window, timeout=60
+    ) as client:
         client.pending_calls_threshold = 1_000_000
         t0 = time.perf_counter()
         for i in range(0, len(frames), window):

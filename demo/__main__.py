@@ -20,6 +20,7 @@ from pqlink import (
     Registry,
     Role,
     SigAlg,
+    Suite,
     load_identity,
     load_public_identity,
     load_registry,
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         print(
             f"handshake   {(t1 - t0) * 1000:.1f} ms, init {len(init_frame)} B, "
-            f"response {len(response)} B, suite {session.suite.name}"
+            f"response {len(response)} B, suite {Suite(session.suite).name}"
         )
 
         sizes = 0

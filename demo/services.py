@@ -34,7 +34,9 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise ServiceError(f"nothing listens on 127.0.0.1:{port} after {timeout} s") from None
+                raise ServiceError(
+                    f"nothing listens on 127.0.0.1:{port} after {timeout} s"
+                ) from None
         time.sleep(0.01)  # a poll interval, not a readiness guess: the loop has a deadline
 
 

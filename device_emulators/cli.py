@@ -15,6 +15,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from device_emulators.hub import MqttHub
+from device_emulators.profiles import make_profiles
+from device_emulators.signals import VitalsGenerator
+from device_emulators.wearable import Wearable
 from pqlink import (
     Identity,
     KeyFileError,
@@ -30,11 +34,6 @@ from pqlink import (
     save_registry,
 )
 from pqlink.topics import TopicLayout
-
-from device_emulators.hub import MqttHub
-from device_emulators.profiles import make_profiles
-from device_emulators.signals import VitalsGenerator
-from device_emulators.wearable import Wearable
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_KEYS = 0, 1, 2, 3
 
@@ -75,8 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--first", type=int, default=1)
     run.add_argument("--records", type=_positive(int), help="records per device, then exit")
     run.add_argument("--rate", type=_positive(float), default=1.0, help="records/s per device")
-    run.add_argument("--sample-interval-ms", type=_positive(int), default=1000,
-                     help="simulated time between samples (faster than --rate for demos)")
+    run.add_argument(
+        "--sample-interval-ms",
+        type=_positive(int),
+        default=1000,
+        help="simulated time between samples (faster than --rate for demos)",
+    )
     run.add_argument("--event-rate", type=float, default=2.0, help="clinical events per hour")
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--devices-per-connection", type=_positive(int), default=50)
@@ -124,8 +127,14 @@ async def _run(args: argparse.Namespace) -> int:
             event_rate_per_hour=args.event_rate,
         )
         wearables.append(
-            Wearable(identity, gateway, layout, generator, rate=args.rate,
-                     rekey=RekeyPolicy(max_records=args.rekey_records))
+            Wearable(
+                identity,
+                gateway,
+                layout,
+                generator,
+                rate=args.rate,
+                rekey=RekeyPolicy(max_records=args.rekey_records),
+            )
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -143,8 +152,11 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         await asyncio.gather(*(h.wait_connected(args.connect_timeout) for h in hubs))
     except TimeoutError:
-        print(f"iomt-emulate: broker {args.host}:{args.port} unreachable for "
-              f"{args.connect_timeout:.0f} s", file=sys.stderr)
+        print(
+            f"iomt-emulate: broker {args.host}:{args.port} unreachable for "
+            f"{args.connect_timeout:.0f} s",
+            file=sys.stderr,
+        )
         stop.set()
         await asyncio.gather(*hub_tasks, return_exceptions=True)
         return EXIT_FAILURE
@@ -179,8 +191,11 @@ async def _progress(wearables: list[Wearable], t0: float, quiet: bool) -> None:
         await asyncio.sleep(2.0)
         sent = sum(w.stats.records_sent for w in wearables)
         sessions = sum(1 for w in wearables if w.session is not None)
-        print(f"[{time.perf_counter() - t0:6.1f}s] {sessions}/{len(wearables)} sessions, "
-              f"{sent} records sent", flush=True)
+        print(
+            f"[{time.perf_counter() - t0:6.1f}s] {sessions}/{len(wearables)} sessions, "
+            f"{sent} records sent",
+            flush=True,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,8 @@ class MqttHub:
         self.client_id = client_id
         self.max_inflight = max_inflight
         self._client: aiomqtt.Client | None = None
-        self._connected = asyncio.Event()
+        self._generation = 0  # one per successful connection
+        self._changed = asyncio.Condition()
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self.reconnects = 0
         self.publish_retries = 0
@@ -46,8 +47,10 @@ class MqttHub:
                 async with client:
                     if self._queues:
                         await client.subscribe([(t, 1) for t in self._queues])
-                    self._client = client
-                    self._connected.set()
+                    async with self._changed:
+                        self._client = client
+                        self._generation += 1
+                        self._changed.notify_all()
                     delay = 0.1
                     reader = asyncio.create_task(self._read(client))
                     waiter = asyncio.create_task(stop.wait())
@@ -61,7 +64,6 @@ class MqttHub:
             except aiomqtt.MqttError as exc:
                 _LOG.debug("hub %s disconnected: %s", self.client_id, exc)
             finally:
-                self._connected.clear()
                 self._client = None
             if stop.is_set():
                 break
@@ -79,20 +81,25 @@ class MqttHub:
                     queue.get_nowait()  # keep the newest: old responses are useless
                 queue.put_nowait(bytes(payload))
 
+    async def _current(self, not_generation: int = -1) -> tuple[aiomqtt.Client, int]:
+        """The live connection (a newer one than `not_generation`, if given)."""
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self._client is not None and self._generation != not_generation
+            )
+            assert self._client is not None
+            return self._client, self._generation
+
     async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        await asyncio.wait_for(self._current(), timeout)
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        """QoS 1 publish; on a broken connection, wait for the next one and try again."""
+        """QoS 1 publish; after a failure, wait for the hub's next connection and retry."""
+        client, generation = await self._current()
         while True:
-            await self._connected.wait()
-            client = self._client
-            if client is None:
-                continue
             try:
                 await client.publish(topic, payload, qos=1)
                 return
             except aiomqtt.MqttError:
                 self.publish_retries += 1
-                self._connected.clear()
-                await asyncio.sleep(0)
+                client, generation = await self._current(not_generation=generation)

@@ -4,10 +4,13 @@ rate, automatic rekeying, and a fresh handshake when the gateway asks for one or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from device_emulators.hub import MqttHub
+from device_emulators.signals import VitalsGenerator
 from pqlink import (
     HandshakeConfig,
     HandshakeInitiator,
@@ -19,9 +22,6 @@ from pqlink import (
 )
 from pqlink.topics import TopicKind, TopicLayout
 from pqlink.vitals import VitalsSample
-
-from device_emulators.hub import MqttHub
-from device_emulators.signals import VitalsGenerator
 
 
 @dataclass
@@ -116,11 +116,8 @@ class Wearable:
             next_at += interval
             delay = next_at - time.monotonic()
             if delay > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
             else:
                 next_at = time.monotonic()  # behind schedule: do not burst to catch up
                 await asyncio.sleep(0)
-

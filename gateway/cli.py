@@ -130,7 +130,9 @@ def _run(config: GatewayConfig, journal: str | None) -> int:
     from gateway.systemd import Notifier  # noqa: PLC0415
 
     choice = journal or config.log.journal
-    log = setup_logging(journal=None if choice == "auto" else choice == "yes", level=config.log.level)
+    log = setup_logging(
+        journal=None if choice == "auto" else choice == "yes", level=config.log.level
+    )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     daemon = GatewayDaemon(config, log, Notifier.from_environ(os.environ))
     return asyncio.run(daemon.run())

@@ -118,7 +118,10 @@ _RULES: dict[str, tuple[type, Any, Any, str]] = {
     "store.retention_days": (float, 0.001, 36500, "days > 0"),
     "store.max_rows": (int, 1000, 10**10, "an integer >= 1000"),
 }
-_CHOICES = {"log.level": ("debug", "info", "warning", "error"), "log.journal": ("auto", "yes", "no")}
+_CHOICES = {
+    "log.level": ("debug", "info", "warning", "error"),
+    "log.journal": ("auto", "yes", "no"),
+}
 
 
 def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:

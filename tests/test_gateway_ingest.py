@@ -35,7 +35,9 @@ def _established(parties: Parties, proc: IngestProcessor) -> Session:
 
 
 def _record(seq: int) -> bytes:
-    return VitalsSample(seq, 1000 * seq, 72.0, 98.0, 33.0, 1.0, Activity.REST, EventLabel.NONE).encode()
+    return VitalsSample(
+        seq, 1000 * seq, 72.0, 98.0, 33.0, 1.0, Activity.REST, EventLabel.NONE
+    ).encode()
 
 
 def test_honest_record_is_accepted(parties: Parties) -> None:
@@ -74,8 +76,11 @@ def test_every_bad_input_has_its_reason(parties: Parties) -> None:
     other_device = LAYOUT.topic(TopicKind.RECORD, "wearable-0002")
     assert proc.handle(REC, good, 1.0, 0).__class__ is Accepted
     cases = {
-        Reason.WRONG_TOPIC: [("iomt/gw-02/rec/x", good), (LAYOUT.topic(TopicKind.RESPONSE, DEVICE), good),
-                             (other_device, client.seal(_record(3), other_device.encode()))],
+        Reason.WRONG_TOPIC: [
+            ("iomt/gw-02/rec/x", good),
+            (LAYOUT.topic(TopicKind.RESPONSE, DEVICE), good),
+            (other_device, client.seal(_record(3), other_device.encode())),
+        ],
         Reason.OVERSIZED: [(REC, b"\x03" * 513)],
         Reason.MALFORMED: [(REC, b""), (REC, b"garbage"), (REC, good[:20])],
         Reason.UNKNOWN_SESSION: [(REC, good[:2] + b"\xff" * 8 + good[10:])],

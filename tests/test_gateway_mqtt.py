@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections import defaultdict
 from pathlib import Path
 
@@ -45,12 +46,25 @@ def _check_exactly_once(setup: GatewaySetup, devices: int, records: int, seed: i
         got = by_device[name]
         assert [r[1] for r in got] == list(range(records)), f"{name}: missing or extra records"
         start_ms = int(got[0][2])  # type: ignore[call-overload]
-        gen = VitalsGenerator(profile, seed=seed * 100_003 + n, start_ms=start_ms,
-                              interval_ms=1000, event_rate_per_hour=2.0)
+        gen = VitalsGenerator(
+            profile,
+            seed=seed * 100_003 + n,
+            start_ms=start_ms,
+            interval_ms=1000,
+            event_rate_per_hour=2.0,
+        )
         for row in got:
             expected = VitalsSample.decode(gen.next_sample().encode())
-            stored = VitalsSample(int(row[1]), int(row[2]), row[3], row[4], row[5], row[6],  # type: ignore[arg-type]
-                                  Activity(row[7]), EventLabel(row[8]))
+            stored = VitalsSample(
+                int(row[1]),
+                int(row[2]),
+                row[3],
+                row[4],
+                row[5],
+                row[6],  # type: ignore[arg-type]
+                Activity(row[7]),
+                EventLabel(row[8]),
+            )
             assert stored == expected, f"{name} seq {row[1]} altered"
 
 
@@ -59,7 +73,9 @@ def gateway(tmp_path: Path, mosquitto: Mosquitto) -> GatewaySetup:
     return make_gateway(tmp_path / "gw", mosquitto.port)
 
 
-def test_fifty_wearables_two_hundred_records_exactly_once(gateway: GatewaySetup, mosquitto: Mosquitto) -> None:
+def test_fifty_wearables_two_hundred_records_exactly_once(
+    gateway: GatewaySetup, mosquitto: Mosquitto
+) -> None:
     enroll(gateway, 50)
     daemon = DaemonProcess(gateway)
     try:
@@ -75,7 +91,9 @@ def test_fifty_wearables_two_hundred_records_exactly_once(gateway: GatewaySetup,
     assert status == {} or status["records_stored"] == 10_000
 
 
-def test_sigkill_mid_stream_loses_and_duplicates_nothing(gateway: GatewaySetup, mosquitto: Mosquitto) -> None:
+def test_sigkill_mid_stream_loses_and_duplicates_nothing(
+    gateway: GatewaySetup, mosquitto: Mosquitto
+) -> None:
     enroll(gateway, 10)
     daemon = DaemonProcess(gateway)
     emulator = None
@@ -132,8 +150,10 @@ async def _attack(setup: GatewaySetup, port: int, layout: TopicLayout) -> dict[s
             captured = bytes(message.payload)  # type: ignore[arg-type]
             break
         assert captured is not None
+        # Tamper with the counter: a record from the future, so the replay window lets it
+        # through to the tag check (a tampered *old* record is refused as a replay first).
         tampered = bytearray(captured)
-        tampered[-3] ^= 0x10
+        tampered[10] ^= 0x10
         gw_pub = load_public_identity(setup.gateway_pub)
         stranger = Identity.generate("wearable-9999", Role.SENSOR, SigAlg.ML_DSA_44)
         impostor = Identity.generate(victim, Role.SENSOR, SigAlg.ML_DSA_44)
@@ -143,10 +163,18 @@ async def _attack(setup: GatewaySetup, port: int, layout: TopicLayout) -> dict[s
             "replay": [(rec, captured)],
             "oversized": [(rec, b"\x03" * 5000)],
             "wrong_topic": [(layout.topic(TopicKind.RECORD, device_name("wearable", 2)), captured)],
-            "unenrolled": [(layout.topic(TopicKind.HANDSHAKE, "wearable-9999"),
-                            HandshakeInitiator(stranger, gw_pub).start())],
-            "bad_signature": [(layout.topic(TopicKind.HANDSHAKE, victim),
-                               HandshakeInitiator(impostor, gw_pub).start())],
+            "unenrolled": [
+                (
+                    layout.topic(TopicKind.HANDSHAKE, "wearable-9999"),
+                    HandshakeInitiator(stranger, gw_pub).start(),
+                )
+            ],
+            "bad_signature": [
+                (
+                    layout.topic(TopicKind.HANDSHAKE, victim),
+                    HandshakeInitiator(impostor, gw_pub).start(),
+                )
+            ],
             "unknown_session": [(rec, captured[:2] + b"\x00" * 8 + captured[10:])],
         }
         for reason, messages in cases.items():
@@ -160,7 +188,9 @@ async def _attack(setup: GatewaySetup, port: int, layout: TopicLayout) -> dict[s
     return sent
 
 
-def test_bad_input_is_rejected_counted_and_isolated(gateway: GatewaySetup, mosquitto: Mosquitto) -> None:
+def test_bad_input_is_rejected_counted_and_isolated(
+    gateway: GatewaySetup, mosquitto: Mosquitto
+) -> None:
     enroll(gateway, 4)
     daemon = DaemonProcess(gateway)
     emulator = None
@@ -171,24 +201,41 @@ def test_bad_input_is_rejected_counted_and_isolated(gateway: GatewaySetup, mosqu
         layout = TopicLayout("iomt", "gw-01")
         sent = asyncio.run(_attack(gateway, mosquitto.port, layout))
         wait_until(
-            lambda: all(daemon.status().get("rejected", {}).get(r, 0) >= n for r, n in sent.items()),
+            lambda: all(
+                daemon.status().get("rejected", {}).get(r, 0) >= n for r, n in sent.items()
+            ),
             30,
             "every rejection to be counted",
         )
         rejected = daemon.status()["rejected"]
         assert rejected.get("rate_limited", 0) > 0 or rejected.get("malformed", 0) > 0
         # Revocation by SIGHUP, without a restart: device 4's session ends.
-        assert gateway_main(["revoke", "--config", str(gateway.config_path), device_name("wearable", 4)]) == 0
+        assert (
+            gateway_main(
+                ["revoke", "--config", str(gateway.config_path), device_name("wearable", 4)]
+            )
+            == 0
+        )
         daemon.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: daemon.status().get("rejected", {}).get("unknown_session", 0) > 1
-                   or daemon.status().get("rejected", {}).get("revoked", 0) > 0,
-                   30, "records of the revoked device to be refused")
-        emulator.proc.terminate()
-        emulator.proc.wait(30)
+        wait_until(
+            lambda: (
+                daemon.status().get("rejected", {}).get("unknown_session", 0) > 1
+                or daemon.status().get("rejected", {}).get("revoked", 0) > 0
+            ),
+            30,
+            "records of the revoked device to be refused",
+        )
+        emulator.wait(120)
+
+        def honest_complete() -> bool:
+            rows = stored_rows(gateway)
+            return all(
+                sum(1 for r in rows if r[0] == device_name("wearable", i)) == 300 for i in (1, 2)
+            )
+
+        # Devices 1 and 2 lose nothing to the attack; device 3 shares its bucket with the flood.
+        wait_until(honest_complete, 60, "every honest record of devices 1 and 2")
         assert daemon.proc.poll() is None, "the daemon died"
-        stored = stored_rows(gateway)
-        honest = {d: sum(1 for r in stored if r[0] == d) for d in (device_name("wearable", i) for i in (1, 2, 3))}
-        assert all(n >= 40 for n in honest.values()), honest
         assert daemon.terminate() == 0
     finally:
         daemon.stop_quietly()
@@ -200,3 +247,34 @@ def test_bad_input_is_rejected_counted_and_isolated(gateway: GatewaySetup, mosqu
     # keys and vitals never reach the log
     key_doc = load_identity(gateway.config.identity).signing_key.seed_bytes().hex()
     assert key_doc not in log
+
+
+def test_sd_notify_ready_watchdog_status_stopping(gateway: GatewaySetup, tmp_path: Path) -> None:
+    """The daemon speaks sd_notify to a real datagram socket, as systemd would bind it."""
+    enroll(gateway, 1)
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(20)
+    daemon = DaemonProcess(
+        gateway, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"}
+    )
+    seen: dict[str, str] = {}
+    try:
+        while not {"READY", "WATCHDOG", "STATUS"} <= seen.keys():
+            for line in sock.recv(4096).decode().splitlines():
+                key, _, value = line.partition("=")
+                seen.setdefault(key, value)
+        assert seen["READY"] == "1"
+        assert seen["WATCHDOG"] == "1"
+        assert "sessions" in seen["STATUS"]
+        daemon.proc.send_signal(signal.SIGTERM)
+        while "STOPPING" not in seen:
+            for line in sock.recv(4096).decode().splitlines():
+                key, _, value = line.partition("=")
+                seen.setdefault(key, value)
+        assert seen["STOPPING"] == "1"
+        assert daemon.proc.wait(30) == 0
+    finally:
+        daemon.stop_quietly()
+        sock.close()

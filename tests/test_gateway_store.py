@@ -16,14 +16,16 @@ from .conftest import Parties
 
 
 def _sample(seq: int, ts: int = 1_700_000_000_000) -> VitalsSample:
-    return VitalsSample(seq, ts + seq * 1000, 70.5, 97.25, 33.1, 1.02, Activity.WALK, EventLabel.NONE)
+    return VitalsSample(
+        seq, ts + seq * 1000, 70.5, 97.25, 33.1, 1.02, Activity.WALK, EventLabel.NONE
+    )
 
 
 def test_rows_are_stored_once_and_read_back(tmp_path: Path) -> None:
     store = VitalsStore(tmp_path / "v.db")
     rows = [vitals_row("dev-1", _sample(i), 1) for i in range(10)]
     assert store.commit(rows) == 10
-    assert store.commit(rows[5:] + [vitals_row("dev-1", _sample(10), 1)]) == 1
+    assert store.commit([*rows[5:], vitals_row("dev-1", _sample(10), 1)]) == 1
     assert store.count() == 11
     assert store.samples("dev-1")[3] == _sample(3)
     assert store.devices() == ["dev-1"]
@@ -69,7 +71,9 @@ def test_retention_by_age_and_row_limit(tmp_path: Path) -> None:
 
 def _session(parties: Parties) -> Session:
     init = HandshakeInitiator(parties.sensor, parties.gateway.public)
-    return HandshakeResponder(parties.gateway, parties.sensor_registry()).respond(init.start()).session
+    return (
+        HandshakeResponder(parties.gateway, parties.sensor_registry()).respond(init.start()).session
+    )
 
 
 def test_session_table_bounds_expiry_and_per_device_limit(parties: Parties) -> None:

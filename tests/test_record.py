@@ -19,7 +19,7 @@ from pqlink import (
     SessionExpiredError,
     peek_session_id,
 )
-from pqlink.record import HEADER_SIZE, MAX_RECORD_PAYLOAD
+from pqlink.record import HEADER_SIZE, MAX_RECORD_PAYLOAD, export_session, restore_session
 
 from .conftest import Parties
 
@@ -199,8 +199,6 @@ def test_rekey_policy_validation() -> None:
 
 
 def test_exported_session_resumes_where_it_stopped(parties: Parties) -> None:
-    from pqlink.record import export_session, restore_session
-
     client, server = _pair(parties, rekey=RekeyPolicy(max_records=3), now=0.0)
     frames = [client.seal(b"%d" % i, TOPIC, now=0.0) for i in range(10)]
     for f in frames[:7]:

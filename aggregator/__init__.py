@@ -1,0 +1,1 @@
+"""The federated aggregator: round coordinator and crypto workers over RabbitMQ."""

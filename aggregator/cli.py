@@ -1,0 +1,170 @@
+"""`iomt-aggregator`: the round coordinator, the crypto workers, and identity/enrolment commands.
+
+Exit codes: 0 success; 1 runtime failure; 2 bad usage or configuration; 3 key or registry
+problem."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from aggregator.config import AggregatorConfig, ConfigError, load_config
+from pqlink import (
+    Identity,
+    KeyFileError,
+    PqlinkError,
+    Role,
+    load_identity,
+    load_public_identity,
+    load_registry,
+    save_identity,
+    save_public_identity,
+    save_registry,
+)
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_KEYS = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iomt-aggregator", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--config", "-c", required=True, type=Path, help="aggregator TOML file")
+        return sp
+
+    co = add("coordinator", "run the round coordinator")
+    co.add_argument(
+        "--inline-worker",
+        action="store_true",
+        help="also run one crypto worker in this process (the sequential baseline)",
+    )
+    wk = add("worker", "run one crypto worker (run several for distributed processing)")
+    wk.add_argument("--name", default=None, help="worker name in reports (default: host-pid)")
+    add("keygen", "create the aggregator identity if absent")
+    en = add("enroll", "enroll gateways' public identity files")
+    en.add_argument("public_files", nargs="+", type=Path)
+    en.add_argument("--replace", action="store_true")
+    rv = add("revoke", "revoke gateways")
+    rv.add_argument("gateway_ids", nargs="+")
+    return p
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _worker(config: AggregatorConfig, name: str, stop: threading.Event) -> None:
+    from aggregator.coordinator import initial_weights  # noqa: PLC0415
+    from aggregator.strategies import make_strategy  # noqa: PLC0415
+    from aggregator.validation import ValidationLimits  # noqa: PLC0415
+    from aggregator.worker import CryptoWorker, run_worker  # noqa: PLC0415
+
+    strategy = make_strategy(
+        config.strategy.name,
+        norm_bound=config.strategy.norm_bound or None,
+        trim_fraction=config.strategy.trim_fraction,
+    )
+    limits = ValidationLimits(
+        parameter_count=int(initial_weights(config.initial_weights).size),
+        max_update_norm=config.validation.max_update_norm,
+        max_envelope_bytes=config.validation.max_envelope_bytes,
+    )
+    worker = CryptoWorker(
+        name,
+        load_identity(config.identity),
+        load_registry(config.registry),
+        limits,
+        individual=strategy.needs_individual_updates,
+        norm_bound=config.strategy.norm_bound or None,
+    )
+    run_worker(
+        worker,
+        config.amqp.url,
+        prefetch=config.amqp.prefetch,
+        batch_max=config.worker.batch_max,
+        batch_wait=config.worker.batch_wait,
+        stop=stop,
+        heartbeat=config.amqp.heartbeat,
+    )
+
+
+def _coordinator(config: AggregatorConfig, inline_worker: bool) -> int:
+    from aggregator.coordinator import CoordinatorService  # noqa: PLC0415
+
+    stop = _stop_event()
+    service = CoordinatorService(config, load_identity(config.identity), stop)
+    signal.signal(signal.SIGHUP, lambda *_: service.reload_requested.set())
+    thread = None
+    if inline_worker:
+        thread = threading.Thread(target=_worker, args=(config, "inline", stop), daemon=True)
+        thread.start()
+    service.serve()
+    stop.set()
+    if thread is not None:
+        thread.join(timeout=10)
+    return EXIT_OK
+
+
+def _keygen(config: AggregatorConfig) -> int:
+    if config.identity.exists():
+        identity = load_identity(config.identity)
+        print(f"identity exists: {identity.name} {identity.public.fingerprint}")
+    else:
+        identity = Identity.generate(config.aggregator_id, Role.AGGREGATOR)
+        save_identity(identity, config.identity)
+        print(f"created {config.identity}: {identity.name} {identity.public.fingerprint}")
+    save_public_identity(identity.public, config.identity.with_suffix(".pub"))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = load_config(args.config)
+        if args.command == "coordinator":
+            return _coordinator(config, args.inline_worker)
+        if args.command == "worker":
+            stop = _stop_event()
+            _worker(config, args.name or f"{os.uname().nodename}-{os.getpid()}", stop)
+            return EXIT_OK
+        if args.command == "keygen":
+            return _keygen(config)
+        registry = load_registry(config.registry)
+        if args.command == "enroll":
+            for f in args.public_files:
+                public = load_public_identity(f)
+                if public.role is not Role.GATEWAY:
+                    raise KeyFileError(f"{f}: {public.name!r} is a {public.role}, not a gateway")
+                registry.enroll(public, replace=args.replace)
+                print(f"enrolled {public.name} {public.short_fingerprint}")
+        else:
+            for gw in args.gateway_ids:
+                registry.revoke(gw)
+                print(f"revoked {gw}")
+        save_registry(registry, config.registry)
+        return EXIT_OK
+    except ConfigError as exc:
+        print(f"iomt-aggregator: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyFileError, PqlinkError) as exc:
+        print(f"iomt-aggregator: {exc}", file=sys.stderr)
+        return EXIT_KEYS
+    except ValueError as exc:
+        print(f"iomt-aggregator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The coordinator process: announces each round with a signed, multi-recipient global model,
+applies the workers' partial sums, closes rounds at quorum or deadline, and repeats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import AMQPError
+
+from aggregator.config import AggregatorConfig
+from aggregator.partials import Partial, PartialError
+from aggregator.rounds import ClosedRound, RoundCoordinator, RoundPolicy, quorum_for
+from aggregator.strategies import make_strategy
+from aggregator.worker import PERSISTENT, declare_topology
+from pqlink import ContentType, Identity, Registry, Role, load_registry, seal_envelope
+from pqlink.fl import GLOBAL_EXCHANGE, PARTIALS_QUEUE, GlobalModel
+
+_LOG = logging.getLogger("aggregator.coordinator")
+
+
+def initial_weights(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """The flat float32 vector of the initial model (the npz of the gateway's asset)."""
+    with np.load(path) as npz:
+        parts = [
+            np.asarray(npz[k], dtype=np.float32).ravel()
+            for k in sorted(npz.files, key=_layer_order)
+        ]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _layer_order(name: str) -> tuple[int, int]:
+    # w1, b1, w2, b2, ...: layer number first, weights before biases
+    return int(name[1:]) if name[1:].isdigit() else 0, 0 if name.startswith("w") else 1
+
+
+class CoordinatorService:
+    """Couples a RoundCoordinator to RabbitMQ (pika, one blocking connection)."""
+
+    def __init__(self, config: AggregatorConfig, identity: Identity, stop: threading.Event) -> None:
+        self.config = config
+        self.identity = identity
+        self.stop = stop
+        self.registry: Registry = load_registry(config.registry)
+        self.reload_requested = threading.Event()
+        strategy = make_strategy(
+            config.strategy.name,
+            norm_bound=config.strategy.norm_bound or None,
+            trim_fraction=config.strategy.trim_fraction,
+        )
+        weights = initial_weights(config.initial_weights)
+        self.parameter_count = int(weights.size)
+        self.rounds = RoundCoordinator(config.db_path, strategy, self._policy(), weights)
+        self.report_path = config.state_dir / "rounds.jsonl"
+        self.closed: list[ClosedRound] = []
+        self.last_published_at = 0.0
+
+    def _policy(self) -> RoundPolicy:
+        rc = self.config.rounds
+        enrolled = len(self.registry.active(Role.GATEWAY))
+        return RoundPolicy(
+            quorum_for(enrolled, rc.quorum_fraction, rc.min_participants),
+            rc.round_timeout,
+            rc.min_participants,
+        )
+
+    def reload(self) -> None:
+        self.registry = load_registry(self.config.registry)
+        self.rounds.policy = self._policy()
+        _LOG.info("registry reloaded: %d gateways", len(self.registry.active(Role.GATEWAY)))
+
+    def global_envelope(self, *, final: bool = False) -> bytes:
+        """The signed global model; `final` tells gateways to apply it and stop training."""
+        r = self.rounds
+        model = GlobalModel(
+            weights=r.weights.astype("<f4").tobytes(),
+            parameter_count=self.parameter_count,
+            round=r.round,
+            deadline_ms=int(r.deadline * 1000),
+            settings={**asdict(self.config.training), "final": final},
+        )
+        recipients = self.registry.active(Role.GATEWAY)
+        return seal_envelope(
+            self.identity,
+            recipients,
+            model.encode(),
+            content_type=ContentType.GLOBAL_MODEL,
+            round=r.round,
+            model_version=r.version,
+        )
+
+    def _publish_global(self, channel: BlockingChannel, *, final: bool = False) -> None:
+        if not self.registry.active(Role.GATEWAY):
+            _LOG.warning("no gateway enrolled: nothing to announce")
+            return
+        t0 = time.perf_counter()
+        envelope = self.global_envelope(final=final)
+        channel.basic_publish(GLOBAL_EXCHANGE, "", envelope, PERSISTENT)
+        self.last_published_at = time.time()
+        _LOG.info(
+            "round %d announced (model v%d, %d bytes, %.1f ms)",
+            self.rounds.round,
+            self.rounds.version,
+            len(envelope),
+            (time.perf_counter() - t0) * 1000,
+        )
+
+    def _record(self, closed: ClosedRound, seconds: float) -> None:
+        entry = {**asdict(closed), "aggregation_seconds": seconds, "published_at": time.time()}
+        with self.report_path.open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    def done(self) -> bool:
+        max_rounds = self.config.rounds.max_rounds
+        return bool(max_rounds) and len(self.closed) >= max_rounds
+
+    def serve(self) -> None:
+        """Run rounds until stopped (or max_rounds closed); reconnect on broker failures."""
+        params = pika.URLParameters(self.config.amqp.url)
+        params.heartbeat = self.config.amqp.heartbeat
+        delay = 0.2
+        while not self.stop.is_set() and not self.done():
+            try:
+                connection = pika.BlockingConnection(params)
+            except AMQPError as exc:
+                _LOG.warning("coordinator cannot connect: %s", exc)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            delay = 0.2
+            try:
+                self._serve_connection(connection)
+            except AMQPError as exc:
+                _LOG.warning("coordinator lost the broker: %s", exc)
+                self.stop.wait(delay)
+        self.rounds.close()
+
+    def _serve_connection(self, connection: pika.BlockingConnection) -> None:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        declare_topology(channel, [g.name for g in self.registry.active(Role.GATEWAY)])
+        channel.basic_qos(prefetch_count=self.config.amqp.prefetch)
+        # (Re-)announce the open round: gateways ignore rounds they already answered.
+        self._publish_global(channel)
+        for method, _props, body in channel.consume(PARTIALS_QUEUE, inactivity_timeout=0.02):
+            if method is not None and body is not None and method.delivery_tag is not None:
+                try:
+                    partial = Partial.decode(body, self.parameter_count)
+                except PartialError as exc:
+                    _LOG.error("dropping a malformed partial: %s", exc)
+                else:
+                    outcome = self.rounds.accept(partial)
+                    for gateway, why in outcome.rejected:
+                        _LOG.warning("update rejected: gateway=%s reason=%s", gateway, why)
+                channel.basic_ack(method.delivery_tag)  # after the SQLite commit in accept()
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+                declare_topology(channel, [g.name for g in self.registry.active(Role.GATEWAY)])
+            reason = self.rounds.should_close()
+            if reason is not None:
+                t0 = time.perf_counter()
+                closed = self.rounds.close_round(reason)
+                seconds = time.perf_counter() - t0
+                self.closed.append(closed)
+                _LOG.info(
+                    "round %d closed (%s): %d gateways, %d samples, model v%d",
+                    closed.round,
+                    reason,
+                    len(closed.participants),
+                    closed.samples,
+                    closed.version,
+                )
+                self._publish_global(channel, final=self.done())
+                self._record(closed, seconds)
+            if self.stop.is_set() or self.done():
+                break
+        channel.cancel()
+        connection.close()

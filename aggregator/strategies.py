@@ -1,0 +1,128 @@
+"""Aggregation rules as small interchangeable objects (the Flower "strategy" idea): the
+coordinator is given one and never branches on which it is."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """One gateway's validated update: its weight delta and sample count."""
+
+    gateway: str
+    samples: int
+    delta: Vector
+
+
+class Strategy(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs_individual_updates(self) -> bool:
+        """True if workers must forward each update rather than partial sums."""
+        ...
+
+    def combine(
+        self, total_weight: float, weighted_sum: Vector | None, individual: Sequence[Contribution]
+    ) -> Vector:
+        """The aggregated delta of a round."""
+        ...
+
+
+def bound_norm(delta: Vector, bound: float | None) -> Vector:
+    """Scale `delta` down to L2 norm `bound` (norm bounding against oversized updates)."""
+    if bound is None:
+        return delta
+    norm = float(np.linalg.norm(delta))
+    if norm <= bound or norm == 0.0:
+        return delta
+    return (delta * (bound / norm)).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class FedAvg:
+    """Sample-weighted mean (McMahan et al. 2017); with partial sums, workers pre-add."""
+
+    norm_bound: float | None = None
+    name: str = "fedavg"
+
+    @property
+    def needs_individual_updates(self) -> bool:
+        return False
+
+    def combine(
+        self, total_weight: float, weighted_sum: Vector | None, individual: Sequence[Contribution]
+    ) -> Vector:
+        if weighted_sum is None or total_weight <= 0:
+            raise ValueError("FedAvg needs at least one contribution")
+        return (weighted_sum / np.float32(total_weight)).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class TrimmedMean:
+    """Coordinate-wise mean after dropping the `fraction` largest and smallest values
+    (Yin et al. 2018): robust to a minority of wild updates."""
+
+    fraction: float = 0.1
+    norm_bound: float | None = None
+    name: str = "trimmed_mean"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fraction < 0.5:
+            raise ValueError(f"trim fraction must be in [0, 0.5), got {self.fraction}")
+
+    @property
+    def needs_individual_updates(self) -> bool:
+        return True
+
+    def combine(
+        self, total_weight: float, weighted_sum: Vector | None, individual: Sequence[Contribution]
+    ) -> Vector:
+        if not individual:
+            raise ValueError("trimmed mean needs at least one contribution")
+        stacked = np.sort(np.stack([c.delta for c in individual]), axis=0)
+        k = int(len(individual) * self.fraction)
+        kept = stacked[k : len(individual) - k] if len(individual) - 2 * k > 0 else stacked
+        return np.asarray(kept.mean(axis=0), dtype=np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class Median:
+    """Coordinate-wise median: tolerates up to half the updates being arbitrary."""
+
+    norm_bound: float | None = None
+    name: str = "median"
+
+    @property
+    def needs_individual_updates(self) -> bool:
+        return True
+
+    def combine(
+        self, total_weight: float, weighted_sum: Vector | None, individual: Sequence[Contribution]
+    ) -> Vector:
+        if not individual:
+            raise ValueError("median needs at least one contribution")
+        return np.asarray(
+            np.median(np.stack([c.delta for c in individual]), axis=0), dtype=np.float32
+        )
+
+
+def make_strategy(
+    name: str, *, norm_bound: float | None = None, trim_fraction: float = 0.1
+) -> Strategy:
+    if name == "fedavg":
+        return FedAvg(norm_bound)
+    if name == "trimmed_mean":
+        return TrimmedMean(trim_fraction, norm_bound)
+    if name == "median":
+        return Median(norm_bound)
+    raise ValueError(f"unknown strategy {name!r}: expected fedavg, trimmed_mean or median")

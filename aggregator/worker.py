@@ -1,0 +1,188 @@
+"""Crypto workers: competing consumers of the sealed-update queue. Each verifies, opens and
+validates a batch of updates and sends the coordinator one partial sum per round.
+
+Exactly-once: an update delivered for the first time can be in no earlier partial, so fresh
+updates are summed together; a redelivered one (its worker died before acknowledging) travels
+alone, so the coordinator can drop it if it was counted already."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pika
+from pika.exchange_type import ExchangeType
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import AMQPError
+
+from aggregator.partials import Partial, Rejection, make_partial
+from aggregator.strategies import Contribution, bound_norm
+from aggregator.validation import UpdateRejectedError, ValidationLimits, validate_update
+from pqlink import Identity, Registry
+from pqlink.fl import (
+    GATEWAY_QUEUE_ARGUMENTS,
+    GLOBAL_EXCHANGE,
+    PARTIALS_QUEUE,
+    UPDATES_QUEUE,
+    gateway_queue,
+)
+
+_LOG = logging.getLogger("aggregator.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    body: bytes
+    redelivered: bool
+
+
+class CryptoWorker:
+    """The sans-IO part: deliveries in, partials out."""
+
+    def __init__(
+        self,
+        name: str,
+        identity: Identity,
+        gateways: Registry,
+        limits: ValidationLimits,
+        *,
+        individual: bool,
+        norm_bound: float | None,
+    ) -> None:
+        self.name = name
+        self.identity = identity
+        self.gateways = gateways
+        self.limits = limits
+        self.individual = individual
+        self.norm_bound = norm_bound
+        self.processed = 0
+
+    def process(self, deliveries: Sequence[Delivery]) -> list[Partial]:
+        fresh: dict[int, dict[str, Contribution]] = {}
+        alone: list[tuple[int, Contribution, dict[str, object]]] = []
+        metrics: dict[str, dict[str, object]] = {}
+        rejections: list[Rejection] = []
+        for d in deliveries:
+            t0 = time.perf_counter()
+            try:
+                valid = validate_update(d.body, self.identity, self.gateways, self.limits)
+            except UpdateRejectedError as exc:
+                rejections.append(Rejection(exc.reason, exc.gateway, exc.round, exc.detail))
+                continue
+            finally:
+                self.processed += 1
+            c = valid.contribution
+            c = Contribution(c.gateway, c.samples, bound_norm(c.delta, self.norm_bound))
+            m = {
+                **valid.metrics,
+                "open_seconds": time.perf_counter() - t0,
+                "worker": self.name,
+                "worker_received_at": time.time(),
+            }
+            if d.redelivered:
+                alone.append((valid.round, c, m))
+                continue
+            same_round = fresh.setdefault(valid.round, {})
+            if c.gateway in same_round:
+                rejections.append(
+                    Rejection("duplicate", c.gateway, valid.round, "twice in one batch")
+                )
+                continue
+            same_round[c.gateway] = c
+            metrics[c.gateway] = m
+        partials = [
+            make_partial(
+                self.name,
+                rnd,
+                list(group.values()),
+                self.individual,
+                metrics={g: metrics[g] for g in group},
+            )
+            for rnd, group in fresh.items()
+        ]
+        partials += [
+            make_partial(self.name, rnd, [c], self.individual, metrics={c.gateway: m})
+            for rnd, c, m in alone
+        ]
+        if rejections:
+            if partials:
+                first = partials[0]
+                partials[0] = Partial(
+                    first.worker,
+                    first.round,
+                    first.contributors,
+                    first.weighted_sum,
+                    first.individual,
+                    tuple(rejections),
+                    first.metrics,
+                )
+            else:
+                partials.append(make_partial(self.name, -1, [], self.individual, rejections))
+        return partials
+
+
+def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) -> None:
+    """Durable exchange and queues; the same declarations (and arguments) as the gateways'."""
+    channel.exchange_declare(GLOBAL_EXCHANGE, exchange_type=ExchangeType.fanout, durable=True)
+    channel.queue_declare(UPDATES_QUEUE, durable=True)
+    channel.queue_declare(PARTIALS_QUEUE, durable=True)
+    for gw in gateway_ids:
+        queue = gateway_queue(gw)
+        channel.queue_declare(queue, durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS)
+        channel.queue_bind(queue, GLOBAL_EXCHANGE)
+
+
+PERSISTENT = pika.BasicProperties(delivery_mode=2)  # persistent
+
+
+def run_worker(
+    worker: CryptoWorker,
+    url: str,
+    *,
+    prefetch: int,
+    batch_max: int,
+    batch_wait: float,
+    stop: threading.Event,
+    heartbeat: int = 30,
+) -> None:
+    """Consume until `stop` is set; reconnect with backoff on broker failures."""
+    params = pika.URLParameters(url)
+    params.heartbeat = heartbeat
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            connection = pika.BlockingConnection(params)
+        except AMQPError as exc:
+            _LOG.warning("worker %s cannot connect: %s", worker.name, exc)
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        delay = 0.2
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            declare_topology(channel)
+            channel.basic_qos(prefetch_count=prefetch)
+            batch: list[tuple[int, Delivery]] = []
+            for method, _props, body in channel.consume(
+                UPDATES_QUEUE, inactivity_timeout=batch_wait
+            ):
+                if method is not None and body is not None and method.delivery_tag is not None:
+                    batch.append((method.delivery_tag, Delivery(body, bool(method.redelivered))))
+                if batch and (method is None or len(batch) >= batch_max):
+                    for partial in worker.process([d for _, d in batch]):
+                        # With confirms on, this returns once the broker has the partial on
+                        # disk, and raises if it refused it: only then are the updates acked.
+                        channel.basic_publish("", PARTIALS_QUEUE, partial.encode(), PERSISTENT)
+                    channel.basic_ack(batch[-1][0], multiple=True)
+                    batch = []
+                if stop.is_set():
+                    break
+            channel.cancel()
+            connection.close()
+        except AMQPError as exc:
+            _LOG.warning("worker %s lost the broker: %s", worker.name, exc)
+            stop.wait(delay)

@@ -1,0 +1,156 @@
+"""The gateway's federated-learning client, without I/O of its own: open and check a signed
+global model, decide with the energy policy, train locally on the stored windows, and seal
+the signed update for the aggregator."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.energy import (
+    EnergyPolicy,
+    EnergyReadings,
+    PowerModel,
+    ScheduleDecision,
+    estimate_energy,
+)
+from gateway.trainer import PARAMETER_COUNT, Trainer, TrainOptions, fit, flatten, unflatten
+from pqlink import (
+    ContentType,
+    DecodeError,
+    Identity,
+    PublicIdentity,
+    Registry,
+    open_envelope,
+    seal_envelope,
+)
+from pqlink.fl import GlobalModel, ModelUpdate
+
+F32 = npt.NDArray[np.float32]
+
+
+class GlobalModelRejectedError(Exception):
+    """A global model failed a check (signature, recipient, content, shape)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedGlobal:
+    model: GlobalModel
+    version: int
+    weights: list[F32]
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TrainedUpdate:
+    round: int
+    envelope: bytes
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def train_options(settings: dict[str, Any], seed: int) -> TrainOptions:
+    """The aggregator's per-round settings as local training options (validated)."""
+    clip = float(settings.get("clip_norm", 0.0) or 0.0)
+    return TrainOptions(
+        epochs=int(settings.get("epochs", 1)),
+        batch_size=int(settings.get("batch_size", 32)),
+        learning_rate=float(settings.get("learning_rate", 0.05)),
+        prox_mu=float(settings.get("prox_mu", 0.0)),
+        clip_norm=clip if clip > 0 else None,
+        noise_multiplier=float(settings.get("noise_multiplier", 0.0)) if clip > 0 else 0.0,
+        seed=seed,
+    )
+
+
+class FederatedLearner:
+    """Used from worker threads: `open_global` (crypto), `train_and_seal` (trainer thread)."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        aggregator: PublicIdentity,
+        trainer: Trainer,
+        policy: EnergyPolicy,
+        power_model: PowerModel,
+    ) -> None:
+        self.identity = identity
+        self.aggregator = aggregator
+        self.senders = Registry()
+        self.senders.enroll(aggregator)
+        self.trainer = trainer
+        self.policy = policy
+        self.power_model = power_model
+
+    def open_global(self, envelope: bytes) -> ReceivedGlobal:
+        received_at = time.time()
+        try:
+            opened = open_envelope(envelope, self.identity, self.senders)
+            if opened.metadata.content_type is not ContentType.GLOBAL_MODEL:
+                raise GlobalModelRejectedError(f"content type {opened.metadata.content_type.name}")
+            model = GlobalModel.decode(opened.payload)
+        except (DecodeError, ValueError) as exc:
+            raise GlobalModelRejectedError(str(exc)) from None
+        if model.round != opened.metadata.round:
+            raise GlobalModelRejectedError("round in payload differs from the signed metadata")
+        if model.parameter_count != PARAMETER_COUNT:
+            raise GlobalModelRejectedError(
+                f"{model.parameter_count} parameters, expected {PARAMETER_COUNT}"
+            )
+        vector = np.frombuffer(model.weights, dtype="<f4").astype(np.float32)
+        if not np.all(np.isfinite(vector)):
+            raise GlobalModelRejectedError("global model holds NaN or infinity")
+        return ReceivedGlobal(model, opened.metadata.model_version, unflatten(vector), received_at)
+
+    def decide(
+        self, readings: EnergyReadings, received: ReceivedGlobal, now: float
+    ) -> ScheduleDecision:
+        return self.policy.decide(readings, now=now, deadline=received.model.deadline_ms / 1000)
+
+    def apply(self, received: ReceivedGlobal) -> None:
+        self.trainer.set_weights(received.weights)
+
+    def train_and_seal(
+        self, received: ReceivedGlobal, x: F32, y: npt.NDArray[np.int32], seed: int
+    ) -> TrainedUpdate:
+        options = train_options(received.model.settings, seed)
+        t0 = time.perf_counter()
+        cpu0 = time.thread_time()
+        result = fit(self.trainer, x, y, options, received.weights)
+        cpu = time.thread_time() - cpu0
+        train_seconds = time.perf_counter() - t0
+        delta = flatten(list(result.weights)) - flatten(received.weights)
+        energy = estimate_energy(cpu, train_seconds, self.power_model)
+        metrics: dict[str, Any] = {
+            "backend": result.backend,
+            "windows": len(y),
+            "alert_windows": int(np.sum(y)),
+            "loss_before": result.loss_before,
+            "loss_after": result.loss_after,
+            "steps": result.steps,
+            "update_norm": result.update_norm,
+            "clipped": result.clipped,
+            "noise_std": result.noise_std,
+            "train_seconds": train_seconds,
+            "cpu_seconds": cpu,
+            "energy_joules": energy.joules,
+            "power_model": self.power_model.name,
+            "global_received_at": received.received_at,
+        }
+        t1 = time.perf_counter()
+        payload = ModelUpdate(delta.astype("<f4").tobytes(), PARAMETER_COUNT, metrics)
+        # The seal time cannot be inside the sealed metrics; the envelope is timed around it.
+        envelope = seal_envelope(
+            self.identity,
+            [self.aggregator],
+            payload.encode(),
+            content_type=ContentType.MODEL_UPDATE,
+            round=received.model.round,
+            model_version=received.version,
+            sample_count=len(y),
+        )
+        metrics["seal_seconds"] = time.perf_counter() - t1
+        return TrainedUpdate(received.model.round, envelope, metrics)

@@ -1,0 +1,143 @@
+"""The gateway's AMQP edge (aio-pika): receives signed global models into the spool and
+publishes spooled model updates with publisher confirms, reconnecting with backoff.
+
+aio-pika rather than pika: the daemon is one asyncio program, and aio-pika's awaitable
+publisher confirms and async consumers fit its task group; pika's BlockingConnection would
+need a thread of its own and hand-written cross-thread signalling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aiormq.exceptions import AMQPError
+
+from gateway.logs import EventLog
+from gateway.spool import Spool
+from pqlink import peek_envelope
+from pqlink.fl import GATEWAY_QUEUE_ARGUMENTS, GLOBAL_EXCHANGE, UPDATES_QUEUE, gateway_queue
+
+
+class Uplink:
+    """Owns the AMQP connection. Spool calls run in `executor` (the daemon's store thread)."""
+
+    def __init__(  # noqa: PLR0917 -- the daemon wires these once
+        self,
+        url: str,
+        gateway_id: str,
+        spool: Spool,
+        executor: Executor,
+        log: EventLog,
+        on_global: Callable[[], Awaitable[None]],
+        *,
+        max_delay: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.gateway_id = gateway_id
+        self.spool = spool
+        self.executor = executor
+        self.log = log
+        self.on_global = on_global
+        self.max_delay = max_delay
+        self.connected = False
+        self.published = 0
+        self.reconnects = 0
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something was spooled: publish it now."""
+        self._wake.set()
+
+    async def _spool(self, fn: Callable[..., object], *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                connection = await aio_pika.connect(self.url, timeout=10)
+            except (TimeoutError, AMQPError, OSError) as exc:
+                self.log.event("uplink_unreachable", level=logging.WARNING, reason=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, self.max_delay)
+                continue
+            delay = 0.2
+            try:
+                async with connection:
+                    channel = await connection.channel(publisher_confirms=True)
+                    await channel.set_qos(prefetch_count=4)
+                    self.connected = True
+                    self.log.event("uplink_connected")
+                    consumer = asyncio.create_task(self._consume(channel))
+                    publisher = asyncio.create_task(self._publish_loop(channel))
+                    stopper = asyncio.create_task(stop.wait())
+                    closed = asyncio.create_task(self._closed(connection))
+                    done, pending = await asyncio.wait(
+                        {consumer, publisher, stopper, closed}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in pending:
+                        task.cancel()
+                    for task in done:
+                        if task is not stopper and not task.cancelled() and task.exception():
+                            raise task.exception()  # type: ignore[misc]
+            except (AMQPError, OSError, aio_pika.exceptions.AMQPException) as exc:
+                self.log.event("uplink_disconnected", level=logging.WARNING, reason=str(exc))
+            finally:
+                self.connected = False
+            if not stop.is_set():
+                self.reconnects += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
+    async def _closed(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        await connection.closing  # type: ignore[attr-defined]
+        raise ConnectionError("AMQP connection closed")
+
+    async def _consume(self, channel: AbstractChannel) -> None:
+        exchange = await channel.declare_exchange(
+            GLOBAL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        queue = await channel.declare_queue(
+            gateway_queue(self.gateway_id), durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS
+        )
+        await queue.bind(exchange)
+        async with queue.iterator() as messages:
+            async for message in messages:
+                await self._received(message)
+
+    async def _received(self, message: AbstractIncomingMessage) -> None:
+        body = bytes(message.body)
+        try:
+            round_ = peek_envelope(body).round
+        except Exception as exc:
+            self.log.event("global_rejected", level=logging.WARNING, reason=f"undecodable: {exc}")
+            await message.ack()
+            return
+        # Durable before the ack: a crash after this still applies the model on restart.
+        await self._spool(self.spool.put_global, round_, body)
+        await message.ack()
+        await self.on_global()
+
+    async def _publish_loop(self, channel: AbstractChannel) -> None:
+        await channel.declare_queue(UPDATES_QUEUE, durable=True)
+        while True:
+            pending = await self._spool(self.spool.pending_updates)
+            assert isinstance(pending, list)
+            for item in pending:
+                # With publisher confirms, publish() returns once the broker has it durably.
+                await channel.default_exchange.publish(
+                    aio_pika.Message(item.envelope, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=UPDATES_QUEUE,
+                )
+                await self._spool(self.spool.confirmed, item.id)
+                self.published += 1
+                self.log.event("update_confirmed", round=item.round, bytes=len(item.envelope))
+            self._wake.clear()
+            if not pending:
+                await self._wake.wait()
