@@ -62,6 +62,8 @@ class ClosedRound:
     samples: int
     reason: str
     update_norm: float
+    opened_at: float = 0.0
+    closed_at: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -226,7 +228,7 @@ class RoundCoordinator:
             norm = float(np.linalg.norm(delta))
             self.weights = (self.weights + delta).astype(np.float32)
             self.version += 1
-        closed = self.round
+        closed, opened = self.round, self.opened
         report = {"metrics": {g: self.metrics_by_gateway.get(g, {}) for g in participants}}
         statements: list[tuple[str, tuple[Any, ...]]] = [
             (
@@ -258,7 +260,8 @@ class RoundCoordinator:
         self.round, self.opened, self.deadline = closed + 1, now, now + self.policy.round_timeout
         self.metrics_by_gateway = {}
         return ClosedRound(
-            closed, self.version, participants, samples, reason, norm, report["metrics"]
+            closed, self.version, participants, samples, reason, norm,
+            opened_at=opened, closed_at=now, metrics=report["metrics"],
         )
 
     def _aggregate(self) -> Vector:

@@ -37,6 +37,17 @@ _LOG = logging.getLogger("aggregator.worker")
 class Delivery:
     body: bytes
     redelivered: bool
+    headers: dict[str, object] | None = None  # unauthenticated timing hints for reports
+
+
+def _timings(headers: dict[str, object] | None) -> dict[str, float]:
+    """The uplink's timing headers (integer microseconds) as seconds, for the report."""
+    out: dict[str, float] = {}
+    for key, name in (("seal_us", "uplink_seal_seconds"), ("published_at_us", "uplink_published_at")):
+        value = (headers or {}).get(key)
+        if isinstance(value, int):
+            out[name] = value / 1e6
+    return out
 
 
 class CryptoWorker:
@@ -78,6 +89,8 @@ class CryptoWorker:
             c = Contribution(c.gateway, c.samples, bound_norm(c.delta, self.norm_bound))
             m = {
                 **valid.metrics,
+                **_timings(d.headers),
+                "update_bytes": len(d.body),
                 "open_seconds": time.perf_counter() - t0,
                 "worker": self.name,
                 "worker_received_at": time.time(),
@@ -126,7 +139,8 @@ class CryptoWorker:
 
 def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) -> None:
     """Durable exchange and queues; the same declarations (and arguments) as the gateways'."""
-    channel.exchange_declare(GLOBAL_EXCHANGE, exchange_type=ExchangeType.fanout, durable=True)
+    # types-pika declares the enum members as plain str, hence the ignore.
+    channel.exchange_declare(GLOBAL_EXCHANGE, exchange_type=ExchangeType.fanout, durable=True)  # type: ignore[arg-type]
     channel.queue_declare(UPDATES_QUEUE, durable=True)
     channel.queue_declare(PARTIALS_QUEUE, durable=True)
     for gw in gateway_ids:
@@ -167,11 +181,13 @@ def run_worker(
             declare_topology(channel)
             channel.basic_qos(prefetch_count=prefetch)
             batch: list[tuple[int, Delivery]] = []
-            for method, _props, body in channel.consume(
+            for method, props, body in channel.consume(
                 UPDATES_QUEUE, inactivity_timeout=batch_wait
             ):
                 if method is not None and body is not None and method.delivery_tag is not None:
-                    batch.append((method.delivery_tag, Delivery(body, bool(method.redelivered))))
+                    headers = dict(props.headers) if props is not None and props.headers else None
+                    delivery = Delivery(body, bool(method.redelivered), headers)
+                    batch.append((method.delivery_tag, delivery))
                 if batch and (method is None or len(batch) >= batch_max):
                     for partial in worker.process([d for _, d in batch]):
                         # With confirms on, this returns once the broker has the partial on

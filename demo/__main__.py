@@ -1,135 +1,288 @@
-"""`make demo`: a wearable and a gateway, in two processes, run the post-quantum handshake and
-exchange sealed vitals records over a socket pair; key files and registry live in a temp dir."""
+"""`make demo`: the whole system on one machine. Private mosquitto and RabbitMQ, the coordinator
+and two crypto workers, three gateway daemons with twenty emulated wearables each (non-IID
+patient mixes), several federated rounds; then a per-round table, a plot and a JSON summary.
+
+Exit codes: 0 success; 1 a component failed or the rounds did not complete in time."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
-import multiprocessing as mp
-import socket
-import struct
+import os
+import shutil
+import signal
+import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from pqlink import (
-    HandshakeInitiator,
-    HandshakeResponder,
-    Identity,
-    Registry,
-    Role,
-    SigAlg,
-    Suite,
-    load_identity,
-    load_public_identity,
-    load_registry,
-    save_identity,
-    save_public_identity,
-    save_registry,
-)
+from demo.report import evaluate_rounds, held_out_windows, plot, table
+from demo.services import Mosquitto, ServiceError
 
-TOPIC = b"iomt/rec/wearable-0001"
-_LEN = struct.Struct(">I")
+ROOT = Path(__file__).resolve().parents[1]
+COHORTS = ("cardiac", "elderly-copd", "post-op", "athlete", "healthy-adult")
 
 
-def _send(sock: socket.socket, frame: bytes) -> None:
-    sock.sendall(_LEN.pack(len(frame)) + frame)
+class DemoError(Exception):
+    """A component failed; the message says which and where its log is."""
 
 
-def _recv(sock: socket.socket) -> bytes:
-    def exactly(n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("peer closed the connection")
-            buf += chunk
-        return bytes(buf)
+@dataclass
+class Clock:
+    t0: float = field(default_factory=time.monotonic)
 
-    (n,) = _LEN.unpack(exactly(4))
-    return exactly(n)
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", flush=True)
 
 
-def _gateway(sock: socket.socket, keydir: str, records: int) -> None:
-    identity = load_identity(Path(keydir) / "gw-01.key")
-    registry = load_registry(Path(keydir) / "registry.json")
-    result = HandshakeResponder(identity, registry).respond(_recv(sock))
-    _send(sock, result.response)
-    session = result.session
-    total = 0
-    for _ in range(records):
-        vitals = json.loads(session.open(_recv(sock), TOPIC))
-        total += vitals["hr"]
-    _send(
-        sock,
-        session.seal(json.dumps({"records": records, "mean_hr": total / records}).encode(), TOPIC),
+def _quiet(fn: Any, *args: Any) -> int:
+    """Run one of our CLIs in-process without its chatter."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return int(fn(list(args)))
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def check(self) -> None:
+        code = self.popen.poll()
+        if code is not None and code != 0:
+            raise DemoError(f"{self.name} exited with {code}; see {self.log}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+class Fleet:
+    """Starts our own processes and stops all of them, in reverse order, whatever happens."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: list[Proc] = []
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), self.env.get("PYTHONPATH")]))
+
+    def spawn(self, name: str, *args: str) -> Proc:
+        log = self.work / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as fh:
+            popen = subprocess.Popen(  # noqa: S603 -- our own modules, fixed arguments
+                [sys.executable, "-m", *args], stdout=fh, stderr=fh, env=self.env, cwd=ROOT
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def check(self) -> None:
+        for p in self.procs:
+            p.check()
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+
+
+@dataclass
+class Gateway:
+    gid: str
+    root: Path
+    config: Path
+    cohort: str
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def status(self) -> dict[str, Any]:
+        try:
+            doc: dict[str, Any] = json.loads((self.state / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return doc
+
+
+def _wait(what: str, predicate: Any, timeout: float, fleet: Fleet) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        fleet.check()
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _setup(work: Path, args: argparse.Namespace, mqtt_port: int, amqp_url: str) -> tuple[Path, list[Gateway]]:
+    from aggregator.cli import main as aggregator_main  # noqa: PLC0415 -- after sys.path is set
+    from device_emulators.cli import main as emulate_main  # noqa: PLC0415
+    from gateway.cli import main as gateway_main  # noqa: PLC0415
+
+    agg_dir = work / "aggregator"
+    agg_dir.mkdir(parents=True)
+    agg_conf = agg_dir / "aggregator.toml"
+    agg_conf.write_text(
+        f'[aggregator]\nid = "aggregator"\nstate_dir = "state"\n'
+        f'[amqp]\nurl = "{amqp_url}"\n'
+        f"[rounds]\nquorum_fraction = 1.0\nround_timeout = 30.0\nmax_rounds = {args.rounds}\n"
+        f"[training]\nepochs = {args.epochs}\nbatch_size = 32\nlearning_rate = 0.1\n"
+        f'[strategy]\nname = "{args.strategy}"\n[metrics]\nport = 0\n'
     )
-    sock.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
-    parser.add_argument("--records", type=int, default=1000, help="records to send (default 1000)")
-    args = parser.parse_args(argv)
-    if args.records < 1:
-        parser.error("--records must be at least 1")
-
-    with tempfile.TemporaryDirectory(prefix="iomt-demo-") as keydir:
-        sensor = Identity.generate("wearable-0001", Role.SENSOR, SigAlg.ML_DSA_44)
-        gateway = Identity.generate("gw-01", Role.GATEWAY)
-        save_identity(sensor, Path(keydir) / "wearable-0001.key")
-        save_identity(gateway, Path(keydir) / "gw-01.key")
-        save_public_identity(gateway.public, Path(keydir) / "gw-01.pub")
-        registry = Registry()
-        registry.enroll(sensor.public)
-        save_registry(registry, Path(keydir) / "registry.json")
-        print(
-            f"identities  sensor {sensor.public.short_fingerprint} (ML-DSA-44), "
-            f"gateway {gateway.public.short_fingerprint} (ML-DSA-65)"
+    _quiet(aggregator_main, "keygen", "--config", str(agg_conf))
+    agg_pub = agg_dir / "state" / "identity.pub"
+    gateways = []
+    for i in range(args.gateways):
+        gid = f"gw-{i + 1:02d}"
+        root = work / gid
+        (root / "state").mkdir(parents=True)
+        conf = root / "gateway.toml"
+        conf.write_text(
+            f'[gateway]\nid = "{gid}"\nstate_dir = "state"\n[mqtt]\nport = {mqtt_port}\n'
+            f'[uplink]\namqp_url = "{amqp_url}"\naggregator_public = "aggregator.pub"\n'
+            "[sessions]\ndevice_records_per_second = 1000.0\ndevice_burst = 2000\n"
+            '[log]\njournal = "no"\n'
         )
+        shutil.copy(agg_pub, root / "state" / "aggregator.pub")
+        _quiet(gateway_main, "keygen", "--config", str(conf))
+        _quiet(emulate_main, "enroll", "--registry", str(root / "state" / "registry.json"),
+               "--keys-dir", str(root / "wearables"), "--devices", str(args.wearables),
+               "--prefix", f"{gid}-wearable")
+        _quiet(aggregator_main, "enroll", "--config", str(agg_conf), str(root / "state" / "identity.pub"))
+        gateways.append(Gateway(gid, root, conf, COHORTS[i % len(COHORTS)]))
+    return agg_conf, gateways
 
-        ours, theirs = socket.socketpair()
-        proc = mp.get_context("spawn").Process(target=_gateway, args=(theirs, keydir, args.records))
-        proc.start()
-        theirs.close()
 
-        t0 = time.perf_counter()
-        init = HandshakeInitiator(
-            load_identity(Path(keydir) / "wearable-0001.key"),
-            load_public_identity(Path(keydir) / "gw-01.pub"),
-        )
-        init_frame = init.start()
-        _send(ours, init_frame)
-        response = _recv(ours)
-        session = init.receive(response)
-        t1 = time.perf_counter()
-        print(
-            f"handshake   {(t1 - t0) * 1000:.1f} ms, init {len(init_frame)} B, "
-            f"response {len(response)} B, suite {Suite(session.suite).name}"
-        )
+def _progress_lines(report: Path, seen: int) -> tuple[list[dict[str, Any]], int]:
+    if not report.exists():
+        return [], seen
+    lines = report.read_text().splitlines()
+    return [json.loads(line) for line in lines[seen:]], len(lines)
 
-        sizes = 0
-        for i in range(args.records):
-            payload = json.dumps({"hr": 60 + i % 40, "spo2": 97, "t": 36.6}).encode()
-            frame = session.seal(payload, TOPIC)
-            sizes += len(frame)
-            _send(ours, frame)
-        summary = json.loads(session.open(_recv(ours), TOPIC))
-        t2 = time.perf_counter()
-        proc.join(timeout=30)
-        ours.close()
-        print(
-            f"records     {args.records} sealed records ({sizes / args.records:.0f} B each) "
-            f"in {(t2 - t1) * 1000:.1f} ms; gateway confirms {summary['records']} records, "
-            f"mean heart rate {summary['mean_hr']:.1f}"
-        )
-        if proc.exitcode != 0 or summary["records"] != args.records:
-            print("demo: the gateway process failed", file=sys.stderr)
-            return 1
-    print("demo: OK")
+
+def run(args: argparse.Namespace) -> int:
+    clock = Clock()
+    out = Path(args.out).resolve() / time.strftime("demo-%Y%m%d-%H%M%S")
+    work = out / "work"
+    work.mkdir(parents=True)
+    fleet = Fleet(work)
+    from demo.rabbitmq import RabbitMQ  # noqa: PLC0415
+
+    clock.say(f"output in {out}")
+    with contextlib.ExitStack() as stack:
+        mosquitto = Mosquitto(work / "mosquitto")
+        mosquitto.start()
+        stack.callback(mosquitto.stop)
+        clock.say(f"mosquitto on 127.0.0.1:{mosquitto.port}")
+        rabbit = RabbitMQ(work / "rabbitmq")
+        rabbit.start()
+        stack.callback(rabbit.stop)
+        clock.say(f"RabbitMQ on 127.0.0.1:{rabbit.amqp_port}")
+        stack.callback(fleet.stop)
+
+        agg_conf, gateways = _setup(work, args, mosquitto.port, rabbit.url)
+        clock.say(f"identities: aggregator + {len(gateways)} gateways + "
+                  f"{len(gateways) * args.wearables} wearables, all enrolled")
+        for gw in gateways:
+            fleet.spawn(gw.gid, "gateway.cli", "run", "--config", str(gw.config))
+        _wait("the gateways to connect", lambda: all(g.status().get("connected") for g in gateways), 60, fleet)
+        clock.say("gateway daemons up (MQTT connected)")
+        for n, gw in enumerate(gateways):
+            fleet.spawn(f"{gw.gid}-wearables", "device_emulators.cli", "run",
+                        "--keys-dir", str(gw.root / "wearables"),
+                        "--gateway-pub", str(gw.state / "identity.pub"), "--port", str(mosquitto.port),
+                        "--devices", str(args.wearables), "--prefix", f"{gw.gid}-wearable",
+                        "--rate", str(args.rate), "--seed", str(11 + n), "--cohort", gw.cohort,
+                        "--event-rate", str(args.event_rate), "--quiet")
+        clock.say(f"{args.wearables} wearables per gateway streaming sealed vitals "
+                  f"(cohorts: {', '.join(g.cohort for g in gateways)})")
+        need = args.wearables * args.warmup_samples
+        _wait("the first vitals", lambda: all(g.status().get("records_stored", 0) >= need for g in gateways),
+              90, fleet)
+        stored = sum(g.status().get("records_stored", 0) for g in gateways)
+        clock.say(f"{stored} records stored; starting the aggregator")
+        for w in range(args.workers):
+            fleet.spawn(f"worker-{w + 1}", "aggregator.cli", "worker", "--config", str(agg_conf),
+                        "--name", f"worker-{w + 1}")
+        coordinator = fleet.spawn("coordinator", "aggregator.cli", "coordinator", "--config", str(agg_conf))
+        report = agg_conf.parent / "state" / "rounds.jsonl"
+        seen = 0
+        deadline = time.monotonic() + args.timeout
+        while coordinator.popen.poll() is None:
+            fleet.check()
+            closed, seen = _progress_lines(report, seen)
+            for r in closed:
+                clock.say(f"round {r['round']} closed ({r['reason']}): {len(r['participants'])} gateways, "
+                          f"{r['samples']} windows, model v{r['version']}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"rounds did not complete in {args.timeout} s; see {work / 'logs'}")
+            time.sleep(0.1)
+        coordinator.check()
+        closed, seen = _progress_lines(report, seen)
+        for r in closed:
+            clock.say(f"round {r['round']} closed ({r['reason']}): {len(r['participants'])} gateways, "
+                      f"{r['samples']} windows, model v{r['version']}")
+        _wait("the final global model at every gateway",
+              lambda: all((g.status().get("federation") or {}).get("last_global_round", 0) > args.rounds
+                          for g in gateways), 30, fleet)
+        final_status = {g.gid: g.status() for g in gateways}
+        clock.say("final global model applied by every gateway; stopping everything")
+    clock.say("all processes stopped")
+
+    x_test, y_test = held_out_windows(seed=999, event_rate=args.event_rate)
+    rows = evaluate_rounds(agg_conf.parent / "state", report, final_status, x_test, y_test,
+                           [g.state / "vitals.sqlite3" for g in gateways], args.epochs * args.rounds)
+    print()
+    print(table(rows.rounds, rows.central_accuracy))
+    png = out / "rounds.png"
+    plot(rows.rounds, rows.central_accuracy, png)
+    summary = out / "summary.json"
+    summary.write_text(json.dumps({
+        "gateways": args.gateways, "wearables_per_gateway": args.wearables, "rounds": args.rounds,
+        "strategy": args.strategy, "workers": args.workers, "held_out_windows": int(len(y_test)),
+        "central_accuracy": rows.central_accuracy,
+        "per_round": [r.as_dict() for r in rows.rounds],
+        "gateway_status": final_status, "elapsed_seconds": time.monotonic() - clock.t0,
+    }, indent=2, default=str) + "\n")
+    print(f"\nplot:    {png}\nsummary: {summary}")
+    clock.say("demo finished")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--gateways", type=int, default=3)
+    parser.add_argument("--wearables", type=int, default=20, help="per gateway")
+    parser.add_argument("--workers", type=int, default=2, help="crypto workers")
+    parser.add_argument("--strategy", choices=("fedavg", "trimmed_mean", "median"), default="fedavg")
+    parser.add_argument("--epochs", type=int, default=5, help="local epochs per round")
+    parser.add_argument("--rate", type=float, default=40.0, help="records/s per wearable")
+    parser.add_argument("--event-rate", type=float, default=30.0, help="clinical events per hour")
+    parser.add_argument("--warmup-samples", type=int, default=600,
+                        help="samples per wearable before the first round")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds for all rounds")
+    parser.add_argument("--out", default=str(ROOT / "out"), help="output directory")
+    args = parser.parse_args(argv)
+    if min(args.rounds, args.gateways, args.wearables, args.workers, args.epochs) < 1:
+        parser.error("--rounds, --gateways, --wearables, --workers and --epochs must be >= 1")
+    try:
+        return run(args)
+    except (DemoError, ServiceError) as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
     sys.exit(main())
+

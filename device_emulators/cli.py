@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from device_emulators.hub import MqttHub
-from device_emulators.profiles import make_profiles
+from device_emulators.profiles import COHORTS, dominant_mix, make_profiles
 from device_emulators.signals import VitalsGenerator
 from device_emulators.wearable import Wearable
 from pqlink import (
@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--event-rate", type=float, default=2.0, help="clinical events per hour")
     run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--cohort", choices=COHORTS, default=None,
+                     help="patients mostly of this cohort (non-IID gateways); default: all cohorts")
+    run.add_argument("--cohort-share", type=float, default=0.7,
+                     help="share of --cohort among the patients (default 0.7)")
     run.add_argument("--devices-per-connection", type=_positive(int), default=50)
     run.add_argument("--rekey-records", type=_positive(int), default=1 << 16)
     run.add_argument("--connect-timeout", type=_positive(float), default=30.0)
@@ -113,7 +117,8 @@ def _enroll(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     gateway = load_public_identity(args.gateway_pub)
     layout = TopicLayout(args.topic_prefix, gateway.name)
-    profiles = make_profiles(args.devices, args.seed)
+    mix = dominant_mix(args.cohort, args.cohort_share) if args.cohort else None
+    profiles = make_profiles(args.devices, args.seed, cohort_weights=mix)
     start_ms = int(time.time() * 1000)
     wearables = []
     for n, profile in enumerate(profiles):

@@ -58,6 +58,29 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class UplinkConfig:
+    amqp_url: str | None = None  # None: federated learning is off
+    aggregator_public: str = "aggregator.pub"  # relative to state_dir
+    reconnect_max_delay: float = 30.0
+
+
+@dataclass(frozen=True)
+class LearningConfig:
+    backend: str = "auto"  # auto | litert | numpy
+    model: str | None = None  # default: the packaged vitals_mlp.tflite
+    max_samples_per_device: int = 20_000
+    min_windows: int = 4
+    power_model: str = "raspberry-pi-4"  # raspberry-pi-4 | raspberry-pi-5
+    min_battery_percent: float = 30.0
+    min_battery_percent_when_deadline_near: float = 15.0
+    max_cpu_load: float = 0.8
+    max_temperature_c: float = 75.0
+    min_free_memory_mb: float = 100.0
+    require_ac_power: bool = False
+    defer_check_interval: float = 5.0
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """Benchmark-only switches. Never enable in a deployment: they turn security off."""
 
@@ -74,7 +97,18 @@ class GatewayConfig:
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+
+    @property
+    def spool_path(self) -> Path:
+        return self.state_dir / "uplink.sqlite3"
+
+    @property
+    def aggregator_public_path(self) -> Path:
+        p = Path(self.uplink.aggregator_public)
+        return p if p.is_absolute() else self.state_dir / p
 
     @property
     def db_path(self) -> Path:
@@ -117,6 +151,15 @@ _RULES: dict[str, tuple[type, Any, Any, str]] = {
     "store.batch_interval": (float, 0.001, 10, "seconds, 0.001-10"),
     "store.retention_days": (float, 0.001, 36500, "days > 0"),
     "store.max_rows": (int, 1000, 10**10, "an integer >= 1000"),
+    "uplink.reconnect_max_delay": (float, 0.1, 3600, "seconds, 0.1-3600"),
+    "learning.max_samples_per_device": (int, 30, 10**8, "an integer >= 30"),
+    "learning.min_windows": (int, 1, 10**6, "an integer >= 1"),
+    "learning.min_battery_percent": (float, 0, 100, "percent, 0-100"),
+    "learning.min_battery_percent_when_deadline_near": (float, 0, 100, "percent, 0-100"),
+    "learning.max_cpu_load": (float, 0.01, 1.0, "a fraction 0.01-1"),
+    "learning.max_temperature_c": (float, 20, 120, "degrees C, 20-120"),
+    "learning.min_free_memory_mb": (float, 0, 1e6, "megabytes >= 0"),
+    "learning.defer_check_interval": (float, 0.01, 3600, "seconds, 0.01-3600"),
 }
 _CHOICES = {
     "log.level": ("debug", "info", "warning", "error"),
@@ -164,7 +207,7 @@ def _section(cls: type, name: str, table: Any) -> Any:
 
 def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
     """Validate a parsed TOML document; relative paths are relative to `base_dir`."""
-    allowed = {"gateway", "mqtt", "sessions", "store", "log", "bench"}
+    allowed = {"gateway", "mqtt", "sessions", "store", "log", "uplink", "learning", "bench"}
     unknown = sorted(set(doc) - allowed)
     if unknown:
         raise ConfigError(f"unknown section [{unknown[0]}] (known: {', '.join(sorted(allowed))})")
@@ -203,6 +246,8 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
         sessions=_section(SessionsConfig, "sessions", doc.get("sessions", {})),
         store=_section(StoreConfig, "store", doc.get("store", {})),
         log=_section(LogConfig, "log", doc.get("log", {})),
+        uplink=_section(UplinkConfig, "uplink", doc.get("uplink", {})),
+        learning=_section(LearningConfig, "learning", doc.get("learning", {})),
         bench=_section(BenchConfig, "bench", doc.get("bench", {})),
     )
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -37,6 +37,9 @@ from pqlink import (
 )
 from pqlink.record import export_session, restore_session
 from pqlink.topics import TopicKind, TopicLayout
+
+if TYPE_CHECKING:
+    from gateway.federation import FederationClient
 
 _LOG_ONCE_INTERVAL = 60.0
 
@@ -97,6 +100,12 @@ class GatewayDaemon:
             max_rows=config.store.max_rows,
         )
         self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self.federation: FederationClient | None = None
+        if config.uplink.amqp_url:
+            # numpy and the trainer load only on gateways that take part in federated learning
+            from gateway.federation import FederationClient  # noqa: PLC0415
+
+            self.federation = FederationClient(config, self.identity, self.store, self._store_pool, log)
         self._crypto_pool = ThreadPoolExecutor(1, thread_name_prefix="crypto")
         self._batch = _Batch()
         self._flush_lock = asyncio.Lock()
@@ -153,6 +162,8 @@ class GatewayDaemon:
             async with asyncio.TaskGroup() as tg:
                 flusher = tg.create_task(self._flusher())
                 housekeeping = tg.create_task(self._housekeeping())
+                if self.federation is not None:
+                    tg.create_task(self.federation.run(self._stop))
                 await self._mqtt_loop()
                 flusher.cancel()
                 housekeeping.cancel()
@@ -265,13 +276,15 @@ class GatewayDaemon:
         after committing and acknowledging everything received, while still connected)."""
         consume = asyncio.create_task(self._consume(client))
         stop = asyncio.create_task(self._stop.wait())
-        done, _ = await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (consume, stop):
+                task.cancel()
         if consume in done:
-            stop.cancel()
             consume.result()  # raises MqttError
             return False
-        consume.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
             await consume
         if self._pending_handshakes:
             await asyncio.wait(self._pending_handshakes, timeout=5)
@@ -452,6 +465,7 @@ class GatewayDaemon:
             "records_accepted": self.processor.accepted,
             **self.counters,
             "rejected": dict(sorted(self.processor.rejected.items())),
+            "federation": self.federation.status() if self.federation is not None else None,
         }
 
     def status_line(self) -> str:

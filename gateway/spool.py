@@ -11,7 +11,7 @@ from pathlib import Path
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER NOT NULL, envelope BLOB NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL, seal_seconds REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS inbox (
     round INTEGER PRIMARY KEY, envelope BLOB NOT NULL, received REAL NOT NULL
@@ -25,6 +25,7 @@ class Outgoing:
     id: int
     round: int
     envelope: bytes
+    seal_seconds: float = 0.0
 
 
 class Spool:
@@ -40,18 +41,18 @@ class Spool:
     def close(self) -> None:
         self._db.close()
 
-    def put_update(self, round_: int, envelope: bytes) -> int:
+    def put_update(self, round_: int, envelope: bytes, seal_seconds: float = 0.0) -> int:
         cur = self._db.execute(
-            "INSERT INTO outbox (round, envelope, created) VALUES (?,?,?)",
-            (round_, envelope, time.time()),
+            "INSERT INTO outbox (round, envelope, created, seal_seconds) VALUES (?,?,?,?)",
+            (round_, envelope, time.time(), seal_seconds),
         )
         return int(cur.lastrowid or 0)
 
     def pending_updates(self, limit: int = 100) -> list[Outgoing]:
         rows = self._db.execute(
-            "SELECT id, round, envelope FROM outbox ORDER BY id LIMIT ?", (limit,)
+            "SELECT id, round, envelope, seal_seconds FROM outbox ORDER BY id LIMIT ?", (limit,)
         )
-        return [Outgoing(i, r, bytes(e)) for i, r, e in rows]
+        return [Outgoing(i, r, bytes(e), s) for i, r, e, s in rows]
 
     def confirmed(self, update_id: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE id = ?", (update_id,))

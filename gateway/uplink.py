@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
@@ -86,7 +87,7 @@ class Uplink:
                     for task in done:
                         if task is not stopper and not task.cancelled() and task.exception():
                             raise task.exception()  # type: ignore[misc]
-            except (AMQPError, OSError, aio_pika.exceptions.AMQPException) as exc:
+            except (AMQPError, OSError, aio_pika.exceptions.AMQPException, RuntimeError) as exc:
                 self.log.event("uplink_disconnected", level=logging.WARNING, reason=str(exc))
             finally:
                 self.connected = False
@@ -96,7 +97,7 @@ class Uplink:
                     await asyncio.wait_for(stop.wait(), delay)
 
     async def _closed(self, connection: aio_pika.abc.AbstractConnection) -> None:
-        await connection.closing  # type: ignore[attr-defined]
+        await connection.closed()
         raise ConnectionError("AMQP connection closed")
 
     async def _consume(self, channel: AbstractChannel) -> None:
@@ -131,8 +132,15 @@ class Uplink:
             assert isinstance(pending, list)
             for item in pending:
                 # With publisher confirms, publish() returns once the broker has it durably.
+                # Headers are not authenticated: they carry timings for reports, nothing else.
+                # Integers: AMQP field tables carry floats as 32-bit in aiormq, too coarse here.
+                headers = {
+                    "seal_us": round(item.seal_seconds * 1e6),
+                    "published_at_us": round(time.time() * 1e6),
+                }
                 await channel.default_exchange.publish(
-                    aio_pika.Message(item.envelope, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    aio_pika.Message(item.envelope, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                     headers=headers),
                     routing_key=UPDATES_QUEUE,
                 )
                 await self._spool(self.spool.confirmed, item.id)

@@ -45,6 +45,6 @@ fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     say "installing iomt-gateway (editable, with its C extension) into .venv/"
     .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-    .venv/bin/python -m pip install -q -e ".[test]"
+    .venv/bin/python -m pip install -q -e ".[test,litert,demo]"
     echo "$digest" > "$stamp"
 fi

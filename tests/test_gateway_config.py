@@ -32,6 +32,8 @@ def test_example_config_parses_with_documented_defaults(tmp_path: Path) -> None:
     assert minimal.mqtt == config.mqtt
     assert minimal.sessions == config.sessions
     assert minimal.store == config.store
+    assert minimal.uplink == config.uplink
+    assert minimal.learning == config.learning
 
 
 def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
@@ -79,4 +81,4 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
 
 def test_every_example_key_is_known() -> None:
     doc = tomllib.loads(EXAMPLE.read_text())
-    assert set(doc) == {"gateway", "mqtt", "sessions", "store", "log"}
+    assert set(doc) == {"gateway", "mqtt", "sessions", "store", "log", "uplink", "learning"}

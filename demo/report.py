@@ -1,0 +1,174 @@
+"""The demo's report: per-round accuracy of the global model on held-out windows, the latency
+split of each round, bytes and energy, as a table, a PNG plot and JSON."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from device_emulators.profiles import make_profiles
+from device_emulators.signals import VitalsGenerator
+from gateway.features import N_FEATURES, build_windows
+from gateway.store import VitalsStore
+from gateway.trainer import DEFAULT_MODEL_PATH, NumpyTrainer, TrainOptions, evaluate, fit, load_initial_weights, unflatten
+
+F32 = npt.NDArray[np.float32]
+I32 = npt.NDArray[np.int32]
+
+
+@dataclass
+class RoundRow:
+    round: int
+    participants: int
+    windows: int
+    accuracy: float
+    loss: float
+    training_ms: float
+    sealing_ms: float
+    transport_ms: float
+    opening_ms: float
+    aggregation_ms: float
+    redistribution_ms: float
+    round_ms: float
+    update_bytes: int
+    energy_j: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Evaluation:
+    rounds: list[RoundRow]
+    central_accuracy: float
+
+
+def held_out_windows(seed: int, patients: int = 40, samples: int = 900,
+                     event_rate: float = 6.0) -> tuple[F32, I32]:
+    """Windows from patients no gateway has seen, all cohorts equally (the test population)."""
+    xs, ys = [], []
+    for i, profile in enumerate(make_profiles(patients, seed, id_prefix="holdout")):
+        gen = VitalsGenerator(profile, seed=seed * 7919 + i, start_ms=1_790_000_000_000,
+                              event_rate_per_hour=event_rate)
+        x, y = build_windows(gen.samples(samples))
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int32)
+
+
+def _models(state: Path) -> dict[int, F32]:
+    db = sqlite3.connect(f"file:{state / 'coordinator.sqlite3'}?mode=ro", uri=True)
+    try:
+        return {int(r): np.frombuffer(w, dtype=np.float32).copy()
+                for r, w in db.execute("SELECT round, weights FROM models")}
+    finally:
+        db.close()
+
+
+def _central_accuracy(stores: list[Path], x_test: F32, y_test: I32, epochs: int) -> float:
+    """One model trained on the pooled data of every gateway: the yardstick for FedAvg."""
+    xs, ys = [np.zeros((0, N_FEATURES), np.float32)], [np.zeros(0, np.int32)]
+    for path in stores:
+        store = VitalsStore(path)
+        for device in store.devices():
+            x, y = build_windows(store.samples(device))
+            xs.append(x)
+            ys.append(y)
+        store.close()
+    trainer = NumpyTrainer(load_initial_weights(DEFAULT_MODEL_PATH))
+    fit(trainer, np.concatenate(xs), np.concatenate(ys),
+        TrainOptions(epochs=epochs, learning_rate=0.1))
+    return evaluate(trainer, x_test, y_test)[1]
+
+
+def _ms(values: list[float]) -> float:
+    return 1000.0 * max(values) if values else 0.0
+
+
+def evaluate_rounds(state: Path, report: Path, final_status: dict[str, Any], x_test: F32, y_test: I32,
+                    stores: list[Path], central_epochs: int) -> Evaluation:
+    entries = [json.loads(line) for line in report.read_text().splitlines()]
+    models = _models(state)
+    trainer = NumpyTrainer(load_initial_weights(DEFAULT_MODEL_PATH))
+    rows = []
+    for n, e in enumerate(entries):
+        metrics: dict[str, dict[str, Any]] = e["metrics"]
+        weights = models.get(e["round"] + 1)
+        if weights is not None:
+            trainer.set_weights(unflatten(weights))
+        loss, acc = evaluate(trainer, x_test, y_test)
+        # Redistribution: from this round's global published to the last gateway holding it.
+        if n + 1 < len(entries):
+            received = [m.get("global_received_at", 0.0) for m in entries[n + 1]["metrics"].values()]
+        else:
+            received = [(s.get("federation") or {}).get("last_global_received_at") or 0.0
+                        for s in final_status.values()]
+        m = list(metrics.values())
+        rows.append(RoundRow(
+            round=e["round"],
+            participants=len(e["participants"]),
+            windows=e["samples"],
+            accuracy=acc,
+            loss=loss,
+            training_ms=_ms([x.get("train_seconds", 0.0) for x in m]),
+            sealing_ms=_ms([x.get("uplink_seal_seconds", 0.0) for x in m]),
+            transport_ms=_ms([x["worker_received_at"] - x["uplink_published_at"]
+                              for x in m if "uplink_published_at" in x and "worker_received_at" in x]),
+            opening_ms=_ms([x.get("open_seconds", 0.0) for x in m]),
+            aggregation_ms=1000.0 * e.get("aggregation_seconds", 0.0),
+            redistribution_ms=max(0.0, 1000.0 * (max(received) - e["published_at"])) if received else 0.0,
+            round_ms=1000.0 * (e.get("closed_at", 0.0) - e.get("opened_at", 0.0)),
+            update_bytes=int(sum(x.get("update_bytes", 0) for x in m)),
+            energy_j=float(sum(x.get("energy_joules", 0.0) for x in m)),
+        ))
+    return Evaluation(rows, _central_accuracy(stores, x_test, y_test, central_epochs))
+
+
+def table(rows: list[RoundRow], central: float) -> str:
+    head = (f"{'round':>5} {'gw':>3} {'windows':>7} {'acc':>6} | {'train':>7} {'seal':>6} {'transp':>7} "
+            f"{'open':>6} {'aggr':>6} {'redist':>7} | {'round':>7} {'bytes':>8} {'energy':>8}")
+    unit = f"{'':>5} {'':>3} {'':>7} {'':>6} | {'ms':>7} {'ms':>6} {'ms':>7} {'ms':>6} {'ms':>6} {'ms':>7} | {'ms':>7} {'':>8} {'J':>8}"
+    lines = [head, unit, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.round:>5} {r.participants:>3} {r.windows:>7} {r.accuracy:>6.3f} | {r.training_ms:>7.1f} "
+            f"{r.sealing_ms:>6.1f} {r.transport_ms:>7.1f} {r.opening_ms:>6.1f} {r.aggregation_ms:>6.1f} "
+            f"{r.redistribution_ms:>7.1f} | {r.round_ms:>7.0f} {r.update_bytes:>8} {r.energy_j:>8.3f}"
+        )
+    lines.append(f"centrally trained model on the pooled data: accuracy {central:.3f}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[RoundRow], central: float, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 -- only the demo draws
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    rounds = [r.round for r in rows]
+    ax1.plot(rounds, [r.accuracy for r in rows], marker="o", label="global model (FedAvg)")
+    ax1.axhline(central, color="grey", linestyle="--", label="central model, pooled data")
+    ax1.set(xlabel="round", ylabel="accuracy on held-out windows", ylim=(0, 1), title="Accuracy")
+    ax1.legend(loc="lower right")
+    ax1.set_xticks(rounds)
+    ax2.set_xticks(rounds)
+    parts = [("training", "training_ms"), ("sealing", "sealing_ms"), ("transport", "transport_ms"),
+             ("opening", "opening_ms"), ("aggregation", "aggregation_ms"),
+             ("redistribution", "redistribution_ms")]
+    bottom = np.zeros(len(rows))
+    for label, attr in parts:
+        values = np.array([getattr(r, attr) for r in rows])
+        ax2.bar(rounds, values, bottom=bottom, label=label)
+        bottom += values
+    ax2.set(xlabel="round", ylabel="ms (slowest gateway per stage)", title="Latency split per round")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,183 @@
+"""The daemon's federated-learning component: global models in from the uplink, the energy
+policy's decision, local training in a worker thread, sealed updates out through the spool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.config import GatewayConfig
+from gateway.energy import (
+    POWER_MODELS,
+    Decision,
+    EnergyPolicy,
+    EnergyPolicyConfig,
+    read_energy,
+)
+from gateway.features import N_FEATURES, build_windows
+from gateway.learning import FederatedLearner, GlobalModelRejectedError, ReceivedGlobal
+from gateway.logs import EventLog
+from gateway.spool import Spool
+from gateway.store import VitalsStore
+from gateway.trainer import DEFAULT_MODEL_PATH, make_trainer
+from gateway.uplink import Uplink
+from pqlink import Identity, PqlinkError, load_public_identity
+
+T = TypeVar("T")
+_LAST_ROUND = "last_round"
+
+
+class FederationClient:
+    """Owns the uplink and the learner loop; store and spool calls go to the store thread."""
+
+    def __init__(self, config: GatewayConfig, identity: Identity, store: VitalsStore,
+                 store_pool: Executor, log: EventLog) -> None:
+        lc = config.learning
+        self.config = config
+        self.store = store
+        self.store_pool = store_pool
+        self.log = log
+        self.spool = Spool(config.spool_path)
+        trainer = make_trainer(lc.model or DEFAULT_MODEL_PATH, lc.backend)  # type: ignore[arg-type]
+        policy = EnergyPolicy(EnergyPolicyConfig(
+            min_battery_percent=lc.min_battery_percent,
+            min_battery_percent_when_deadline_near=lc.min_battery_percent_when_deadline_near,
+            max_cpu_load=lc.max_cpu_load,
+            max_temperature_c=lc.max_temperature_c,
+            min_free_memory_mb=lc.min_free_memory_mb,
+            require_ac_power=lc.require_ac_power,
+            defer_check_interval_s=lc.defer_check_interval,
+        ))
+        self.learner = FederatedLearner(
+            identity, load_public_identity(config.aggregator_public_path), trainer, policy,
+            POWER_MODELS[lc.power_model],
+        )
+        self._wake = asyncio.Event()
+        self.uplink = Uplink(
+            config.uplink.amqp_url or "", config.gateway_id, self.spool, store_pool, log,
+            self._wake_learner, max_delay=config.uplink.reconnect_max_delay,
+        )
+        self._train_pool = ThreadPoolExecutor(1, thread_name_prefix="trainer")
+        self.counters: dict[str, Any] = {
+            "rounds_trained": 0, "rounds_skipped": 0, "rounds_deferred": 0,
+            "globals_rejected": 0, "last_round": 0, "model_version": 0, "backend": trainer.backend,
+            "last_update": {},
+            "last_global_round": 0,
+            "last_global_received_at": None,
+        }
+
+    async def _wake_learner(self) -> None:
+        self._wake.set()
+
+    async def _in(self, pool: Executor, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def status(self) -> dict[str, Any]:
+        return {**self.counters, "uplink_connected": self.uplink.connected,
+                "updates_published": self.uplink.published}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.counters["last_round"] = await self._in(self.store_pool, self.spool.get_state, _LAST_ROUND)
+        self._wake.set()  # a global model may be waiting in the spool from before a restart
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.uplink.run(stop))
+            learner = tg.create_task(self._learn(stop))
+            await stop.wait()
+            learner.cancel()
+        self._train_pool.shutdown()
+        await self._in(self.store_pool, self.spool.close)
+
+    async def _learn(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            item = await self._in(self.store_pool, self.spool.take_global)
+            if item is None:
+                continue
+            round_, envelope = item
+            if round_ <= self.counters["last_round"]:
+                await self._in(self.store_pool, self.spool.done_global, round_)
+                continue
+            await self._round(round_, envelope, stop)
+
+    async def _finish(self, round_: int) -> None:
+        def commit() -> None:
+            self.spool.set_state(_LAST_ROUND, round_)
+            self.spool.done_global(round_)
+
+        await self._in(self.store_pool, commit)
+        self.counters["last_round"] = round_
+
+    async def _round(self, round_: int, envelope: bytes, stop: asyncio.Event) -> None:
+        try:
+            received = await self._in(self._train_pool, self.learner.open_global, envelope)
+        except (PqlinkError, GlobalModelRejectedError) as exc:
+            self.counters["globals_rejected"] += 1
+            self.log.event("global_rejected", level=logging.WARNING, round=round_, reason=str(exc))
+            await self._in(self.store_pool, self.spool.done_global, round_)
+            return
+        await self._in(self._train_pool, self.learner.apply, received)
+        self.counters["model_version"] = received.version
+        self.counters["last_global_round"] = round_
+        self.counters["last_global_received_at"] = received.received_at
+        self.log.event("global_applied", round=round_, version=received.version)
+        if received.model.settings.get("final"):
+            await self._finish(round_)
+            return
+        while True:
+            decision = self.learner.decide(read_energy(), received, time.time())
+            if decision.decision is Decision.TRAIN_NOW:
+                break
+            if decision.decision is Decision.SKIP:
+                self.counters["rounds_skipped"] += 1
+                self.log.event("round_skipped", round=round_, reason=decision.reason, detail=decision.detail)
+                await self._finish(round_)
+                return
+            self.counters["rounds_deferred"] += 1
+            self.log.event("round_deferred", round=round_, reason=decision.reason, detail=decision.detail)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.learning.defer_check_interval)
+            if stop.is_set():
+                return
+        await self._train(round_, received)
+
+    def _windows(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]:
+        xs, ys = [np.zeros((0, N_FEATURES), np.float32)], [np.zeros(0, np.int32)]
+        limit = self.config.learning.max_samples_per_device
+        for device in self.store.devices():
+            x, y = build_windows(self.store.samples(device, limit=limit))
+            xs.append(x)
+            ys.append(y)
+        return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int32)
+
+    async def _train(self, round_: int, received: ReceivedGlobal) -> None:
+        x, y = await self._in(self.store_pool, self._windows)
+        if len(y) < self.config.learning.min_windows:
+            self.counters["rounds_skipped"] += 1
+            self.log.event("round_skipped", round=round_, reason="no_data", count=len(y))
+            await self._finish(round_)
+            return
+        update = await self._in(self._train_pool, self.learner.train_and_seal, received, x, y, round_)
+
+        def spool_it() -> None:
+            self.spool.put_update(round_, update.envelope, update.metrics["seal_seconds"])
+            self.spool.set_state(_LAST_ROUND, round_)
+            self.spool.done_global(round_)
+
+        await self._in(self.store_pool, spool_it)
+        self.counters["last_round"] = round_
+        self.counters["rounds_trained"] += 1
+        self.counters["last_update"] = update.metrics
+        self.uplink.wake()
+        m = update.metrics
+        self.log.event("round_trained", round=round_, windows=m["windows"], loss_before=round(m["loss_before"], 4),
+                       loss_after=round(m["loss_after"], 4), train_ms=round(m["train_seconds"] * 1000, 1),
+                       energy_j=round(m["energy_joules"], 3), backend=m["backend"])
