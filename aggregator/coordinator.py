@@ -114,8 +114,11 @@ class CoordinatorService:
         )
 
     def _record(self, closed: ClosedRound, seconds: float) -> None:
-        entry = {**asdict(closed), "aggregation_seconds": seconds,
-                 "published_at": self.last_published_at}
+        entry = {
+            **asdict(closed),
+            "aggregation_seconds": seconds,
+            "published_at": self.last_published_at,
+        }
         with self.report_path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
 

@@ -260,8 +260,15 @@ class RoundCoordinator:
         self.round, self.opened, self.deadline = closed + 1, now, now + self.policy.round_timeout
         self.metrics_by_gateway = {}
         return ClosedRound(
-            closed, self.version, participants, samples, reason, norm,
-            opened_at=opened, closed_at=now, metrics=report["metrics"],
+            closed,
+            self.version,
+            participants,
+            samples,
+            reason,
+            norm,
+            opened_at=opened,
+            closed_at=now,
+            metrics=report["metrics"],
         )
 
     def _aggregate(self) -> Vector:

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pika
-from pika.exchange_type import ExchangeType
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
+from pika.exchange_type import ExchangeType
 
 from aggregator.partials import Partial, Rejection, make_partial
 from aggregator.strategies import Contribution, bound_norm
@@ -43,7 +43,10 @@ class Delivery:
 def _timings(headers: dict[str, object] | None) -> dict[str, float]:
     """The uplink's timing headers (integer microseconds) as seconds, for the report."""
     out: dict[str, float] = {}
-    for key, name in (("seal_us", "uplink_seal_seconds"), ("published_at_us", "uplink_published_at")):
+    for key, name in (
+        ("seal_us", "uplink_seal_seconds"),
+        ("published_at_us", "uplink_published_at"),
+    ):
         value = (headers or {}).get(key)
         if isinstance(value, int):
             out[name] = value / 1e6

@@ -74,7 +74,9 @@ class Fleet:
         self.work = work
         self.procs: list[Proc] = []
         self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), self.env.get("PYTHONPATH")]))
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT), self.env.get("PYTHONPATH")])
+        )
 
     def spawn(self, name: str, *args: str) -> Proc:
         log = self.work / "logs" / f"{name}.log"
@@ -124,7 +126,9 @@ def _wait(what: str, predicate: Any, timeout: float, fleet: Fleet) -> None:
         time.sleep(0.1)
 
 
-def _setup(work: Path, args: argparse.Namespace, mqtt_port: int, amqp_url: str) -> tuple[Path, list[Gateway]]:
+def _setup(
+    work: Path, args: argparse.Namespace, mqtt_port: int, amqp_url: str
+) -> tuple[Path, list[Gateway]]:
     from aggregator.cli import main as aggregator_main  # noqa: PLC0415 -- after sys.path is set
     from device_emulators.cli import main as emulate_main  # noqa: PLC0415
     from gateway.cli import main as gateway_main  # noqa: PLC0415
@@ -155,10 +159,25 @@ def _setup(work: Path, args: argparse.Namespace, mqtt_port: int, amqp_url: str) 
         )
         shutil.copy(agg_pub, root / "state" / "aggregator.pub")
         _quiet(gateway_main, "keygen", "--config", str(conf))
-        _quiet(emulate_main, "enroll", "--registry", str(root / "state" / "registry.json"),
-               "--keys-dir", str(root / "wearables"), "--devices", str(args.wearables),
-               "--prefix", f"{gid}-wearable")
-        _quiet(aggregator_main, "enroll", "--config", str(agg_conf), str(root / "state" / "identity.pub"))
+        _quiet(
+            emulate_main,
+            "enroll",
+            "--registry",
+            str(root / "state" / "registry.json"),
+            "--keys-dir",
+            str(root / "wearables"),
+            "--devices",
+            str(args.wearables),
+            "--prefix",
+            f"{gid}-wearable",
+        )
+        _quiet(
+            aggregator_main,
+            "enroll",
+            "--config",
+            str(agg_conf),
+            str(root / "state" / "identity.pub"),
+        )
         gateways.append(Gateway(gid, root, conf, COHORTS[i % len(COHORTS)]))
     return agg_conf, gateways
 
@@ -191,69 +210,135 @@ def run(args: argparse.Namespace) -> int:
         stack.callback(fleet.stop)
 
         agg_conf, gateways = _setup(work, args, mosquitto.port, rabbit.url)
-        clock.say(f"identities: aggregator + {len(gateways)} gateways + "
-                  f"{len(gateways) * args.wearables} wearables, all enrolled")
+        clock.say(
+            f"identities: aggregator + {len(gateways)} gateways + "
+            f"{len(gateways) * args.wearables} wearables, all enrolled"
+        )
         for gw in gateways:
             fleet.spawn(gw.gid, "gateway.cli", "run", "--config", str(gw.config))
-        _wait("the gateways to connect", lambda: all(g.status().get("connected") for g in gateways), 60, fleet)
+        _wait(
+            "the gateways to connect",
+            lambda: all(g.status().get("connected") for g in gateways),
+            60,
+            fleet,
+        )
         clock.say("gateway daemons up (MQTT connected)")
         for n, gw in enumerate(gateways):
-            fleet.spawn(f"{gw.gid}-wearables", "device_emulators.cli", "run",
-                        "--keys-dir", str(gw.root / "wearables"),
-                        "--gateway-pub", str(gw.state / "identity.pub"), "--port", str(mosquitto.port),
-                        "--devices", str(args.wearables), "--prefix", f"{gw.gid}-wearable",
-                        "--rate", str(args.rate), "--seed", str(11 + n), "--cohort", gw.cohort,
-                        "--event-rate", str(args.event_rate), "--quiet")
-        clock.say(f"{args.wearables} wearables per gateway streaming sealed vitals "
-                  f"(cohorts: {', '.join(g.cohort for g in gateways)})")
+            fleet.spawn(
+                f"{gw.gid}-wearables",
+                "device_emulators.cli",
+                "run",
+                "--keys-dir",
+                str(gw.root / "wearables"),
+                "--gateway-pub",
+                str(gw.state / "identity.pub"),
+                "--port",
+                str(mosquitto.port),
+                "--devices",
+                str(args.wearables),
+                "--prefix",
+                f"{gw.gid}-wearable",
+                "--rate",
+                str(args.rate),
+                "--seed",
+                str(11 + n),
+                "--cohort",
+                gw.cohort,
+                "--event-rate",
+                str(args.event_rate),
+                "--quiet",
+            )
+        clock.say(
+            f"{args.wearables} wearables per gateway streaming sealed vitals "
+            f"(cohorts: {', '.join(g.cohort for g in gateways)})"
+        )
         need = args.wearables * args.warmup_samples
-        _wait("the first vitals", lambda: all(g.status().get("records_stored", 0) >= need for g in gateways),
-              90, fleet)
+        _wait(
+            "the first vitals",
+            lambda: all(g.status().get("records_stored", 0) >= need for g in gateways),
+            90,
+            fleet,
+        )
         stored = sum(g.status().get("records_stored", 0) for g in gateways)
         clock.say(f"{stored} records stored; starting the aggregator")
         for w in range(args.workers):
-            fleet.spawn(f"worker-{w + 1}", "aggregator.cli", "worker", "--config", str(agg_conf),
-                        "--name", f"worker-{w + 1}")
-        coordinator = fleet.spawn("coordinator", "aggregator.cli", "coordinator", "--config", str(agg_conf))
+            fleet.spawn(
+                f"worker-{w + 1}",
+                "aggregator.cli",
+                "worker",
+                "--config",
+                str(agg_conf),
+                "--name",
+                f"worker-{w + 1}",
+            )
+        coordinator = fleet.spawn(
+            "coordinator", "aggregator.cli", "coordinator", "--config", str(agg_conf)
+        )
         report = agg_conf.parent / "state" / "rounds.jsonl"
         seen = 0
         deadline = time.monotonic() + args.timeout
-        while coordinator.popen.poll() is None:
+        while True:
+            running = coordinator.popen.poll() is None
             fleet.check()
             closed, seen = _progress_lines(report, seen)
             for r in closed:
-                clock.say(f"round {r['round']} closed ({r['reason']}): {len(r['participants'])} gateways, "
-                          f"{r['samples']} windows, model v{r['version']}")
+                clock.say(
+                    f"round {r['round']} closed ({r['reason']}): "
+                    f"{len(r['participants'])} gateways, {r['samples']} windows, "
+                    f"model v{r['version']}"
+                )
+            if not running:
+                break
             if time.monotonic() > deadline:
                 raise DemoError(f"rounds did not complete in {args.timeout} s; see {work / 'logs'}")
             time.sleep(0.1)
-        coordinator.check()
-        closed, seen = _progress_lines(report, seen)
-        for r in closed:
-            clock.say(f"round {r['round']} closed ({r['reason']}): {len(r['participants'])} gateways, "
-                      f"{r['samples']} windows, model v{r['version']}")
-        _wait("the final global model at every gateway",
-              lambda: all((g.status().get("federation") or {}).get("last_global_round", 0) > args.rounds
-                          for g in gateways), 30, fleet)
+        _wait(
+            "the final global model at every gateway",
+            lambda: all(
+                (g.status().get("federation") or {}).get("last_global_round", 0) > args.rounds
+                for g in gateways
+            ),
+            30,
+            fleet,
+        )
         final_status = {g.gid: g.status() for g in gateways}
         clock.say("final global model applied by every gateway; stopping everything")
     clock.say("all processes stopped")
 
     x_test, y_test = held_out_windows(seed=999, event_rate=args.event_rate)
-    rows = evaluate_rounds(agg_conf.parent / "state", report, final_status, x_test, y_test,
-                           [g.state / "vitals.sqlite3" for g in gateways], args.epochs * args.rounds)
+    rows = evaluate_rounds(
+        state=agg_conf.parent / "state",
+        report=report,
+        final_status=final_status,
+        x_test=x_test,
+        y_test=y_test,
+        stores=[g.state / "vitals.sqlite3" for g in gateways],
+        central_epochs=args.epochs * args.rounds,
+    )
     print()
     print(table(rows.rounds, rows.central_accuracy))
     png = out / "rounds.png"
     plot(rows.rounds, rows.central_accuracy, png)
     summary = out / "summary.json"
-    summary.write_text(json.dumps({
-        "gateways": args.gateways, "wearables_per_gateway": args.wearables, "rounds": args.rounds,
-        "strategy": args.strategy, "workers": args.workers, "held_out_windows": int(len(y_test)),
-        "central_accuracy": rows.central_accuracy,
-        "per_round": [r.as_dict() for r in rows.rounds],
-        "gateway_status": final_status, "elapsed_seconds": time.monotonic() - clock.t0,
-    }, indent=2, default=str) + "\n")
+    summary.write_text(
+        json.dumps(
+            {
+                "gateways": args.gateways,
+                "wearables_per_gateway": args.wearables,
+                "rounds": args.rounds,
+                "strategy": args.strategy,
+                "workers": args.workers,
+                "held_out_windows": len(y_test),
+                "central_accuracy": rows.central_accuracy,
+                "per_round": [r.as_dict() for r in rows.rounds],
+                "gateway_status": final_status,
+                "elapsed_seconds": time.monotonic() - clock.t0,
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     print(f"\nplot:    {png}\nsummary: {summary}")
     clock.say("demo finished")
     return 0
@@ -265,12 +350,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gateways", type=int, default=3)
     parser.add_argument("--wearables", type=int, default=20, help="per gateway")
     parser.add_argument("--workers", type=int, default=2, help="crypto workers")
-    parser.add_argument("--strategy", choices=("fedavg", "trimmed_mean", "median"), default="fedavg")
+    parser.add_argument(
+        "--strategy", choices=("fedavg", "trimmed_mean", "median"), default="fedavg"
+    )
     parser.add_argument("--epochs", type=int, default=5, help="local epochs per round")
     parser.add_argument("--rate", type=float, default=40.0, help="records/s per wearable")
     parser.add_argument("--event-rate", type=float, default=30.0, help="clinical events per hour")
-    parser.add_argument("--warmup-samples", type=int, default=600,
-                        help="samples per wearable before the first round")
+    parser.add_argument(
+        "--warmup-samples",
+        type=int,
+        default=600,
+        help="samples per wearable before the first round",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for all rounds")
     parser.add_argument("--out", default=str(ROOT / "out"), help="output directory")
     args = parser.parse_args(argv)
@@ -285,4 +376,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -3,6 +3,7 @@ epmd, for the demo, tests and benchmarks; started and stopped by its owner."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -32,7 +33,9 @@ def _amqp_ready(port: int) -> bool:
 class RabbitMQ:
     """Call the real server script directly (never the /usr/sbin wrappers, which switch user)."""
 
-    def __init__(self, workdir: Path, *, amqp_port: int | None = None, plugins: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, workdir: Path, *, amqp_port: int | None = None, plugins: tuple[str, ...] = ()
+    ) -> None:
         self.server = require_binary(SERVER, "rabbitmq-server")
         self.epmd_binary = require_binary("epmd", "erlang-base")
         self.workdir = workdir
@@ -84,7 +87,9 @@ class RabbitMQ:
             # started by the node would outlive the broker.
             self.epmd = subprocess.Popen(  # noqa: S603 -- fixed binary
                 [self.epmd_binary, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
-                env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
         with (self.workdir / "server.out").open("ab") as out:
@@ -94,7 +99,9 @@ class RabbitMQ:
         deadline = time.monotonic() + timeout
         while not _amqp_ready(self.amqp_port):
             if self.proc.poll() is not None:
-                raise ServiceError(f"RabbitMQ exited with {self.proc.returncode}:\n{self._log_tail()}")
+                raise ServiceError(
+                    f"RabbitMQ exited with {self.proc.returncode}:\n{self._log_tail()}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServiceError(f"RabbitMQ not ready after {timeout} s:\n{self._log_tail()}")
@@ -102,10 +109,8 @@ class RabbitMQ:
 
     def _signal_group(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful: SIGTERM to the node's process group, then its epmd."""
@@ -140,7 +145,11 @@ class RabbitMQ:
 
     def ctl(self, *args: str) -> str:
         result = subprocess.run(  # noqa: S603 -- fixed binary
-            [CTL, "-n", self.node, *args], env=self.env, capture_output=True, text=True, timeout=60,
+            [CTL, "-n", self.node, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
             check=True,
         )
         return result.stdout
@@ -149,6 +158,10 @@ class RabbitMQ:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()

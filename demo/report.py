@@ -16,7 +16,15 @@ from device_emulators.profiles import make_profiles
 from device_emulators.signals import VitalsGenerator
 from gateway.features import N_FEATURES, build_windows
 from gateway.store import VitalsStore
-from gateway.trainer import DEFAULT_MODEL_PATH, NumpyTrainer, TrainOptions, evaluate, fit, load_initial_weights, unflatten
+from gateway.trainer import (
+    DEFAULT_MODEL_PATH,
+    NumpyTrainer,
+    TrainOptions,
+    evaluate,
+    fit,
+    load_initial_weights,
+    unflatten,
+)
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
@@ -49,13 +57,18 @@ class Evaluation:
     central_accuracy: float
 
 
-def held_out_windows(seed: int, patients: int = 40, samples: int = 900,
-                     event_rate: float = 6.0) -> tuple[F32, I32]:
+def held_out_windows(
+    seed: int, patients: int = 40, samples: int = 900, event_rate: float = 6.0
+) -> tuple[F32, I32]:
     """Windows from patients no gateway has seen, all cohorts equally (the test population)."""
     xs, ys = [], []
     for i, profile in enumerate(make_profiles(patients, seed, id_prefix="holdout")):
-        gen = VitalsGenerator(profile, seed=seed * 7919 + i, start_ms=1_790_000_000_000,
-                              event_rate_per_hour=event_rate)
+        gen = VitalsGenerator(
+            profile,
+            seed=seed * 7919 + i,
+            start_ms=1_790_000_000_000,
+            event_rate_per_hour=event_rate,
+        )
         x, y = build_windows(gen.samples(samples))
         xs.append(x)
         ys.append(y)
@@ -65,8 +78,10 @@ def held_out_windows(seed: int, patients: int = 40, samples: int = 900,
 def _models(state: Path) -> dict[int, F32]:
     db = sqlite3.connect(f"file:{state / 'coordinator.sqlite3'}?mode=ro", uri=True)
     try:
-        return {int(r): np.frombuffer(w, dtype=np.float32).copy()
-                for r, w in db.execute("SELECT round, weights FROM models")}
+        return {
+            int(r): np.frombuffer(w, dtype=np.float32).copy()
+            for r, w in db.execute("SELECT round, weights FROM models")
+        }
     finally:
         db.close()
 
@@ -82,8 +97,12 @@ def _central_accuracy(stores: list[Path], x_test: F32, y_test: I32, epochs: int)
             ys.append(y)
         store.close()
     trainer = NumpyTrainer(load_initial_weights(DEFAULT_MODEL_PATH))
-    fit(trainer, np.concatenate(xs), np.concatenate(ys),
-        TrainOptions(epochs=epochs, learning_rate=0.1))
+    fit(
+        trainer,
+        np.concatenate(xs),
+        np.concatenate(ys),
+        TrainOptions(epochs=epochs, learning_rate=0.1),
+    )
     return evaluate(trainer, x_test, y_test)[1]
 
 
@@ -91,8 +110,16 @@ def _ms(values: list[float]) -> float:
     return 1000.0 * max(values) if values else 0.0
 
 
-def evaluate_rounds(state: Path, report: Path, final_status: dict[str, Any], x_test: F32, y_test: I32,
-                    stores: list[Path], central_epochs: int) -> Evaluation:
+def evaluate_rounds(
+    *,
+    state: Path,
+    report: Path,
+    final_status: dict[str, Any],
+    x_test: F32,
+    y_test: I32,
+    stores: list[Path],
+    central_epochs: int,
+) -> Evaluation:
     entries = [json.loads(line) for line in report.read_text().splitlines()]
     models = _models(state)
     trainer = NumpyTrainer(load_initial_weights(DEFAULT_MODEL_PATH))
@@ -105,42 +132,66 @@ def evaluate_rounds(state: Path, report: Path, final_status: dict[str, Any], x_t
         loss, acc = evaluate(trainer, x_test, y_test)
         # Redistribution: from this round's global published to the last gateway holding it.
         if n + 1 < len(entries):
-            received = [m.get("global_received_at", 0.0) for m in entries[n + 1]["metrics"].values()]
+            received = [
+                m.get("global_received_at", 0.0) for m in entries[n + 1]["metrics"].values()
+            ]
         else:
-            received = [(s.get("federation") or {}).get("last_global_received_at") or 0.0
-                        for s in final_status.values()]
+            received = [
+                (s.get("federation") or {}).get("last_global_received_at") or 0.0
+                for s in final_status.values()
+            ]
         m = list(metrics.values())
-        rows.append(RoundRow(
-            round=e["round"],
-            participants=len(e["participants"]),
-            windows=e["samples"],
-            accuracy=acc,
-            loss=loss,
-            training_ms=_ms([x.get("train_seconds", 0.0) for x in m]),
-            sealing_ms=_ms([x.get("uplink_seal_seconds", 0.0) for x in m]),
-            transport_ms=_ms([x["worker_received_at"] - x["uplink_published_at"]
-                              for x in m if "uplink_published_at" in x and "worker_received_at" in x]),
-            opening_ms=_ms([x.get("open_seconds", 0.0) for x in m]),
-            aggregation_ms=1000.0 * e.get("aggregation_seconds", 0.0),
-            redistribution_ms=max(0.0, 1000.0 * (max(received) - e["published_at"])) if received else 0.0,
-            round_ms=1000.0 * (e.get("closed_at", 0.0) - e.get("opened_at", 0.0)),
-            update_bytes=int(sum(x.get("update_bytes", 0) for x in m)),
-            energy_j=float(sum(x.get("energy_joules", 0.0) for x in m)),
-        ))
+        rows.append(
+            RoundRow(
+                round=e["round"],
+                participants=len(e["participants"]),
+                windows=e["samples"],
+                accuracy=acc,
+                loss=loss,
+                training_ms=_ms([x.get("train_seconds", 0.0) for x in m]),
+                sealing_ms=_ms([x.get("uplink_seal_seconds", 0.0) for x in m]),
+                transport_ms=_ms(
+                    [
+                        x["worker_received_at"] - x["uplink_published_at"]
+                        for x in m
+                        if "uplink_published_at" in x and "worker_received_at" in x
+                    ]
+                ),
+                opening_ms=_ms([x.get("open_seconds", 0.0) for x in m]),
+                aggregation_ms=1000.0 * e.get("aggregation_seconds", 0.0),
+                redistribution_ms=max(0.0, 1000.0 * (max(received) - e["published_at"]))
+                if received
+                else 0.0,
+                round_ms=1000.0 * (e.get("closed_at", 0.0) - e.get("opened_at", 0.0)),
+                update_bytes=int(sum(x.get("update_bytes", 0) for x in m)),
+                energy_j=float(sum(x.get("energy_joules", 0.0) for x in m)),
+            )
+        )
     return Evaluation(rows, _central_accuracy(stores, x_test, y_test, central_epochs))
 
 
+_COLUMNS = (  # header, unit, width, format, attribute
+    ("round", "", 5, "d", "round"),
+    ("gw", "", 3, "d", "participants"),
+    ("windows", "", 7, "d", "windows"),
+    ("acc", "", 6, ".3f", "accuracy"),
+    ("train", "ms", 7, ".1f", "training_ms"),
+    ("seal", "ms", 6, ".1f", "sealing_ms"),
+    ("transp", "ms", 7, ".1f", "transport_ms"),
+    ("open", "ms", 6, ".1f", "opening_ms"),
+    ("aggr", "ms", 6, ".1f", "aggregation_ms"),
+    ("redist", "ms", 7, ".1f", "redistribution_ms"),
+    ("round", "ms", 7, ".0f", "round_ms"),
+    ("bytes", "", 8, "d", "update_bytes"),
+    ("energy", "J", 8, ".3f", "energy_j"),
+)
+
+
 def table(rows: list[RoundRow], central: float) -> str:
-    head = (f"{'round':>5} {'gw':>3} {'windows':>7} {'acc':>6} | {'train':>7} {'seal':>6} {'transp':>7} "
-            f"{'open':>6} {'aggr':>6} {'redist':>7} | {'round':>7} {'bytes':>8} {'energy':>8}")
-    unit = f"{'':>5} {'':>3} {'':>7} {'':>6} | {'ms':>7} {'ms':>6} {'ms':>7} {'ms':>6} {'ms':>6} {'ms':>7} | {'ms':>7} {'':>8} {'J':>8}"
+    head = " ".join(f"{h:>{w}}" for h, _, w, _, _ in _COLUMNS)
+    unit = " ".join(f"{u:>{w}}" for _, u, w, _, _ in _COLUMNS)
     lines = [head, unit, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r.round:>5} {r.participants:>3} {r.windows:>7} {r.accuracy:>6.3f} | {r.training_ms:>7.1f} "
-            f"{r.sealing_ms:>6.1f} {r.transport_ms:>7.1f} {r.opening_ms:>6.1f} {r.aggregation_ms:>6.1f} "
-            f"{r.redistribution_ms:>7.1f} | {r.round_ms:>7.0f} {r.update_bytes:>8} {r.energy_j:>8.3f}"
-        )
+    lines += [" ".join(f"{getattr(r, a):>{w}{f}}" for _, _, w, f, a in _COLUMNS) for r in rows]
     lines.append(f"centrally trained model on the pooled data: accuracy {central:.3f}")
     return "\n".join(lines)
 
@@ -159,15 +210,22 @@ def plot(rows: list[RoundRow], central: float, path: Path) -> None:
     ax1.legend(loc="lower right")
     ax1.set_xticks(rounds)
     ax2.set_xticks(rounds)
-    parts = [("training", "training_ms"), ("sealing", "sealing_ms"), ("transport", "transport_ms"),
-             ("opening", "opening_ms"), ("aggregation", "aggregation_ms"),
-             ("redistribution", "redistribution_ms")]
+    parts = [
+        ("training", "training_ms"),
+        ("sealing", "sealing_ms"),
+        ("transport", "transport_ms"),
+        ("opening", "opening_ms"),
+        ("aggregation", "aggregation_ms"),
+        ("redistribution", "redistribution_ms"),
+    ]
     bottom = np.zeros(len(rows))
     for label, attr in parts:
         values = np.array([getattr(r, attr) for r in rows])
         ax2.bar(rounds, values, bottom=bottom, label=label)
         bottom += values
-    ax2.set(xlabel="round", ylabel="ms (slowest gateway per stage)", title="Latency split per round")
+    ax2.set(
+        xlabel="round", ylabel="ms (slowest gateway per stage)", title="Latency split per round"
+    )
     ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

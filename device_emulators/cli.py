@@ -82,10 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--event-rate", type=float, default=2.0, help="clinical events per hour")
     run.add_argument("--seed", type=int, default=1)
-    run.add_argument("--cohort", choices=COHORTS, default=None,
-                     help="patients mostly of this cohort (non-IID gateways); default: all cohorts")
-    run.add_argument("--cohort-share", type=float, default=0.7,
-                     help="share of --cohort among the patients (default 0.7)")
+    run.add_argument(
+        "--cohort",
+        choices=COHORTS,
+        default=None,
+        help="patients mostly of this cohort (non-IID gateways); default: all cohorts",
+    )
+    run.add_argument(
+        "--cohort-share",
+        type=float,
+        default=0.7,
+        help="share of --cohort among the patients (default 0.7)",
+    )
     run.add_argument("--devices-per-connection", type=_positive(int), default=50)
     run.add_argument("--rekey-records", type=_positive(int), default=1 << 16)
     run.add_argument("--connect-timeout", type=_positive(float), default=30.0)

@@ -105,7 +105,9 @@ class GatewayDaemon:
             # numpy and the trainer load only on gateways that take part in federated learning
             from gateway.federation import FederationClient  # noqa: PLC0415
 
-            self.federation = FederationClient(config, self.identity, self.store, self._store_pool, log)
+            self.federation = FederationClient(
+                config, self.identity, self.store, self._store_pool, log
+            )
         self._crypto_pool = ThreadPoolExecutor(1, thread_name_prefix="crypto")
         self._batch = _Batch()
         self._flush_lock = asyncio.Lock()

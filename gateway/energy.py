@@ -83,7 +83,8 @@ class EnergyPolicyConfig:
     def __post_init__(self) -> None:
         checks = {
             "min_battery_percent": 0 <= self.min_battery_percent <= 100,
-            "min_battery_percent_when_deadline_near": 0 <= self.min_battery_percent_when_deadline_near
+            "min_battery_percent_when_deadline_near": 0
+            <= self.min_battery_percent_when_deadline_near
             <= self.min_battery_percent,
             "max_cpu_load": 0 < self.max_cpu_load <= 1,
             "max_temperature_c": 0 < self.max_temperature_c < 150,
@@ -103,7 +104,9 @@ class EnergyPolicy:
         c = self.config
         left = deadline - now
         if left <= 0:
-            return ScheduleDecision(Decision.SKIP, "deadline_passed", f"{-left:.1f} s past the deadline")
+            return ScheduleDecision(
+                Decision.SKIP, "deadline_passed", f"{-left:.1f} s past the deadline"
+            )
         near = left < c.defer_check_interval_s
         on_battery = r.on_ac_power is False
 
@@ -116,9 +119,13 @@ class EnergyPolicy:
             return wait("on_battery", "training needs mains power")
         if on_battery and r.battery_percent is not None:
             if r.battery_percent < c.min_battery_percent_when_deadline_near:
-                return ScheduleDecision(Decision.SKIP, "battery_critical", f"battery {r.battery_percent:.0f}%")
+                return ScheduleDecision(
+                    Decision.SKIP, "battery_critical", f"battery {r.battery_percent:.0f}%"
+                )
             if r.battery_percent < c.min_battery_percent and not near:
-                return ScheduleDecision(Decision.DEFER, "battery_low", f"battery {r.battery_percent:.0f}%")
+                return ScheduleDecision(
+                    Decision.DEFER, "battery_low", f"battery {r.battery_percent:.0f}%"
+                )
         if r.free_memory_mb < c.min_free_memory_mb:
             return wait("memory_low", f"{r.free_memory_mb:.0f} MB free")
         if r.temperature_c is not None and r.temperature_c > c.max_temperature_c:
@@ -153,8 +160,13 @@ class EnergyEstimate:
     model: str
 
 
-def estimate_energy(cpu_seconds: float, wall_seconds: float, model: PowerModel = RASPBERRY_PI_4,
-                    *, include_idle: bool = False) -> EnergyEstimate:
+def estimate_energy(
+    cpu_seconds: float,
+    wall_seconds: float,
+    model: PowerModel = RASPBERRY_PI_4,
+    *,
+    include_idle: bool = False,
+) -> EnergyEstimate:
     """Marginal energy of the work (busy-core watts x CPU seconds), plus the board's idle
     draw over the wall time if asked."""
     joules = model.active_watts_per_core * cpu_seconds

@@ -38,8 +38,14 @@ _LAST_ROUND = "last_round"
 class FederationClient:
     """Owns the uplink and the learner loop; store and spool calls go to the store thread."""
 
-    def __init__(self, config: GatewayConfig, identity: Identity, store: VitalsStore,
-                 store_pool: Executor, log: EventLog) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        identity: Identity,
+        store: VitalsStore,
+        store_pool: Executor,
+        log: EventLog,
+    ) -> None:
         lc = config.learning
         self.config = config
         self.store = store
@@ -47,28 +53,43 @@ class FederationClient:
         self.log = log
         self.spool = Spool(config.spool_path)
         trainer = make_trainer(lc.model or DEFAULT_MODEL_PATH, lc.backend)  # type: ignore[arg-type]
-        policy = EnergyPolicy(EnergyPolicyConfig(
-            min_battery_percent=lc.min_battery_percent,
-            min_battery_percent_when_deadline_near=lc.min_battery_percent_when_deadline_near,
-            max_cpu_load=lc.max_cpu_load,
-            max_temperature_c=lc.max_temperature_c,
-            min_free_memory_mb=lc.min_free_memory_mb,
-            require_ac_power=lc.require_ac_power,
-            defer_check_interval_s=lc.defer_check_interval,
-        ))
+        policy = EnergyPolicy(
+            EnergyPolicyConfig(
+                min_battery_percent=lc.min_battery_percent,
+                min_battery_percent_when_deadline_near=lc.min_battery_percent_when_deadline_near,
+                max_cpu_load=lc.max_cpu_load,
+                max_temperature_c=lc.max_temperature_c,
+                min_free_memory_mb=lc.min_free_memory_mb,
+                require_ac_power=lc.require_ac_power,
+                defer_check_interval_s=lc.defer_check_interval,
+            )
+        )
         self.learner = FederatedLearner(
-            identity, load_public_identity(config.aggregator_public_path), trainer, policy,
+            identity,
+            load_public_identity(config.aggregator_public_path),
+            trainer,
+            policy,
             POWER_MODELS[lc.power_model],
         )
         self._wake = asyncio.Event()
         self.uplink = Uplink(
-            config.uplink.amqp_url or "", config.gateway_id, self.spool, store_pool, log,
-            self._wake_learner, max_delay=config.uplink.reconnect_max_delay,
+            config.uplink.amqp_url or "",
+            config.gateway_id,
+            self.spool,
+            store_pool,
+            log,
+            self._wake_learner,
+            max_delay=config.uplink.reconnect_max_delay,
         )
         self._train_pool = ThreadPoolExecutor(1, thread_name_prefix="trainer")
         self.counters: dict[str, Any] = {
-            "rounds_trained": 0, "rounds_skipped": 0, "rounds_deferred": 0,
-            "globals_rejected": 0, "last_round": 0, "model_version": 0, "backend": trainer.backend,
+            "rounds_trained": 0,
+            "rounds_skipped": 0,
+            "rounds_deferred": 0,
+            "globals_rejected": 0,
+            "last_round": 0,
+            "model_version": 0,
+            "backend": trainer.backend,
             "last_update": {},
             "last_global_round": 0,
             "last_global_received_at": None,
@@ -81,11 +102,16 @@ class FederationClient:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     def status(self) -> dict[str, Any]:
-        return {**self.counters, "uplink_connected": self.uplink.connected,
-                "updates_published": self.uplink.published}
+        return {
+            **self.counters,
+            "uplink_connected": self.uplink.connected,
+            "updates_published": self.uplink.published,
+        }
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.counters["last_round"] = await self._in(self.store_pool, self.spool.get_state, _LAST_ROUND)
+        self.counters["last_round"] = await self._in(
+            self.store_pool, self.spool.get_state, _LAST_ROUND
+        )
         self._wake.set()  # a global model may be waiting in the spool from before a restart
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.uplink.run(stop))
@@ -138,11 +164,15 @@ class FederationClient:
                 break
             if decision.decision is Decision.SKIP:
                 self.counters["rounds_skipped"] += 1
-                self.log.event("round_skipped", round=round_, reason=decision.reason, detail=decision.detail)
+                self.log.event(
+                    "round_skipped", round=round_, reason=decision.reason, detail=decision.detail
+                )
                 await self._finish(round_)
                 return
             self.counters["rounds_deferred"] += 1
-            self.log.event("round_deferred", round=round_, reason=decision.reason, detail=decision.detail)
+            self.log.event(
+                "round_deferred", round=round_, reason=decision.reason, detail=decision.detail
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.learning.defer_check_interval)
             if stop.is_set():
@@ -165,7 +195,9 @@ class FederationClient:
             self.log.event("round_skipped", round=round_, reason="no_data", count=len(y))
             await self._finish(round_)
             return
-        update = await self._in(self._train_pool, self.learner.train_and_seal, received, x, y, round_)
+        update = await self._in(
+            self._train_pool, self.learner.train_and_seal, received, x, y, round_
+        )
 
         def spool_it() -> None:
             self.spool.put_update(round_, update.envelope, update.metrics["seal_seconds"])
@@ -178,6 +210,13 @@ class FederationClient:
         self.counters["last_update"] = update.metrics
         self.uplink.wake()
         m = update.metrics
-        self.log.event("round_trained", round=round_, windows=m["windows"], loss_before=round(m["loss_before"], 4),
-                       loss_after=round(m["loss_after"], 4), train_ms=round(m["train_seconds"] * 1000, 1),
-                       energy_j=round(m["energy_joules"], 3), backend=m["backend"])
+        self.log.event(
+            "round_trained",
+            round=round_,
+            windows=m["windows"],
+            loss_before=round(m["loss_before"], 4),
+            loss_after=round(m["loss_after"], 4),
+            train_ms=round(m["train_seconds"] * 1000, 1),
+            energy_j=round(m["energy_joules"], 3),
+            backend=m["backend"],
+        )

@@ -15,9 +15,20 @@ from typing import TextIO
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "iomt-gateway"
 FieldValue = str | int | float | bool | None
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 # syslog priorities of the Python levels
-_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
 _FIELD = re.compile(r"[A-Z0-9][A-Z0-9_]*")
 
 
@@ -110,7 +121,9 @@ class JournalLog(EventLog):
             self.dropped += 1
 
 
-def setup_logging(*, journal: bool | None = None, level: str = "info", stream: TextIO | None = None) -> EventLog:
+def setup_logging(
+    *, journal: bool | None = None, level: str = "info", stream: TextIO | None = None
+) -> EventLog:
     """journal None: journald when its socket exists (under systemd), else stderr."""
     lvl = _LEVELS.get(level)
     if lvl is None:

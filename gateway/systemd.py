@@ -55,7 +55,9 @@ class Notifier:
 
     def reloading(self) -> bool:
         # systemd >= 253 wants MONOTONIC_USEC with RELOADING=1; older versions ignore it.
-        return self.notify(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+        return self.notify(
+            RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        )
 
     def stopping(self) -> bool:
         return self.notify(STOPPING=1)

@@ -139,8 +139,11 @@ class Uplink:
                     "published_at_us": round(time.time() * 1e6),
                 }
                 await channel.default_exchange.publish(
-                    aio_pika.Message(item.envelope, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                     headers=headers),
+                    aio_pika.Message(
+                        item.envelope,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        headers=headers,
+                    ),
                     routing_key=UPDATES_QUEUE,
                 )
                 await self._spool(self.spool.confirmed, item.id)

@@ -20,7 +20,7 @@ sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Pyt
 PY
 "$python" -c "import ensurepip, venv" 2>/dev/null || need+=(python3-venv)
 # Real brokers for the demo and the integration tests (started privately, never as services).
-for pkg in mosquitto ${IOMT_APT_PACKAGES:-}; do have_pkg "$pkg" || need+=("$pkg"); done
+for pkg in mosquitto rabbitmq-server ${IOMT_APT_PACKAGES:-}; do have_pkg "$pkg" || need+=("$pkg"); done
 
 if ((${#need[@]})); then
     if ! command -v apt-get >/dev/null 2>&1; then

@@ -31,8 +31,9 @@ EPOCHS = 2
 def _gateway_data(cohort: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for i, profile in enumerate(make_profiles(20, seed, cohort_weights=dominant_mix(cohort, 0.8))):
-        gen = VitalsGenerator(profile, seed=seed * 1000 + i, start_ms=1_790_000_000_000,
-                              event_rate_per_hour=6.0)
+        gen = VitalsGenerator(
+            profile, seed=seed * 1000 + i, start_ms=1_790_000_000_000, event_rate_per_hour=6.0
+        )
         x, y = build_windows(gen.samples(600))
         xs.append(x)
         ys.append(y)
@@ -45,8 +46,9 @@ def federation() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 @pytest.mark.parametrize("strategy", [FedAvg(), Median()], ids=["fedavg", "median"])
-def test_federated_reaches_90_percent_of_central(federation: list[tuple[np.ndarray, np.ndarray]],
-                                                 strategy: FedAvg | Median) -> None:
+def test_federated_reaches_90_percent_of_central(
+    federation: list[tuple[np.ndarray, np.ndarray]], strategy: FedAvg | Median
+) -> None:
     x_test, y_test = held_out_windows(seed=999)
     initial = load_initial_weights(DEFAULT_MODEL_PATH)
     options = TrainOptions(epochs=EPOCHS, learning_rate=0.1)
