@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     wk = add("worker", "run one crypto worker (run several for distributed processing)")
     wk.add_argument("--name", default=None, help="worker name in reports (default: host-pid)")
+    wk.add_argument("--batch-wait", type=float, default=None,
+                    help="override worker.batch_wait (seconds an update may wait for batching)")
     add("keygen", "create the aggregator identity if absent")
     en = add("enroll", "enroll gateways' public identity files")
     en.add_argument("public_files", nargs="+", type=Path)
@@ -64,7 +66,8 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def _worker(config: AggregatorConfig, name: str, stop: threading.Event) -> None:
+def _worker(config: AggregatorConfig, name: str, stop: threading.Event,
+            batch_wait: float | None = None) -> None:
     from aggregator.coordinator import initial_weights  # noqa: PLC0415
     from aggregator.strategies import make_strategy  # noqa: PLC0415
     from aggregator.validation import ValidationLimits  # noqa: PLC0415
@@ -93,7 +96,7 @@ def _worker(config: AggregatorConfig, name: str, stop: threading.Event) -> None:
         config.amqp.url,
         prefetch=config.amqp.prefetch,
         batch_max=config.worker.batch_max,
-        batch_wait=config.worker.batch_wait,
+        batch_wait=config.worker.batch_wait if batch_wait is None else batch_wait,
         stop=stop,
         heartbeat=config.amqp.heartbeat,
     )
@@ -131,13 +134,16 @@ def _keygen(config: AggregatorConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)  # its INFO is per-connection chatter
     try:
         config = load_config(args.config)
         if args.command == "coordinator":
             return _coordinator(config, args.inline_worker)
         if args.command == "worker":
             stop = _stop_event()
-            _worker(config, args.name or f"{os.uname().nodename}-{os.getpid()}", stop)
+            if args.batch_wait is not None and not 0 <= args.batch_wait <= 60:
+                raise ValueError(f"--batch-wait {args.batch_wait} must be within 0-60 seconds")
+            _worker(config, args.name or f"{os.uname().nodename}-{os.getpid()}", stop, args.batch_wait)
             return EXIT_OK
         if args.command == "keygen":
             return _keygen(config)

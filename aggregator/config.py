@@ -107,7 +107,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "validation.max_update_norm": (1e-6, 1e9),
     "validation.max_envelope_bytes": (1024, 1 << 30),
     "worker.batch_max": (1, 10_000),
-    "worker.batch_wait": (0, 10),
+    "worker.batch_wait": (0, 60),
     "metrics.port": (0, 65535),
 }
 _CHOICES = {"strategy.name": ("fedavg", "trimmed_mean", "median")}

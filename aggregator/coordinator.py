@@ -135,7 +135,7 @@ class CoordinatorService:
             try:
                 connection = pika.BlockingConnection(params)
             except AMQPError as exc:
-                _LOG.warning("coordinator cannot connect: %s", exc)
+                _LOG.warning("coordinator cannot connect: %r", exc)
                 self.stop.wait(delay)
                 delay = min(delay * 2, 10.0)
                 continue

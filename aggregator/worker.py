@@ -165,7 +165,10 @@ def run_worker(
     stop: threading.Event,
     heartbeat: int = 30,
 ) -> None:
-    """Consume until `stop` is set; reconnect with backoff on broker failures."""
+    """Consume until `stop` is set; reconnect with backoff on broker failures. A batch is
+    processed when it holds `batch_max` updates, or when no update came for a moment and the
+    oldest has waited `batch_wait` seconds."""
+    tick = max(0.005, min(batch_wait, 0.2))  # how often `stop` is checked while idle
     params = pika.URLParameters(url)
     params.heartbeat = heartbeat
     delay = 0.2
@@ -173,7 +176,7 @@ def run_worker(
         try:
             connection = pika.BlockingConnection(params)
         except AMQPError as exc:
-            _LOG.warning("worker %s cannot connect: %s", worker.name, exc)
+            _LOG.warning("worker %s cannot connect: %r", worker.name, exc)
             stop.wait(delay)
             delay = min(delay * 2, 10.0)
             continue
@@ -184,14 +187,16 @@ def run_worker(
             declare_topology(channel)
             channel.basic_qos(prefetch_count=prefetch)
             batch: list[tuple[int, Delivery]] = []
-            for method, props, body in channel.consume(
-                UPDATES_QUEUE, inactivity_timeout=batch_wait
-            ):
+            oldest = 0.0
+            for method, props, body in channel.consume(UPDATES_QUEUE, inactivity_timeout=tick):
                 if method is not None and body is not None and method.delivery_tag is not None:
                     headers = dict(props.headers) if props is not None and props.headers else None
                     delivery = Delivery(body, bool(method.redelivered), headers)
+                    if not batch:
+                        oldest = time.monotonic()
                     batch.append((method.delivery_tag, delivery))
-                if batch and (method is None or len(batch) >= batch_max):
+                idle_and_due = method is None and time.monotonic() - oldest >= batch_wait
+                if batch and (idle_and_due or len(batch) >= batch_max):
                     for partial in worker.process([d for _, d in batch]):
                         # With confirms on, this returns once the broker has the partial on
                         # disk, and raises if it refused it: only then are the updates acked.

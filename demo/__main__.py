@@ -203,13 +203,18 @@ def run(args: argparse.Namespace) -> int:
         mosquitto.start()
         stack.callback(mosquitto.stop)
         clock.say(f"mosquitto on 127.0.0.1:{mosquitto.port}")
-        rabbit = RabbitMQ(work / "rabbitmq")
-        rabbit.start()
-        stack.callback(rabbit.stop)
-        clock.say(f"RabbitMQ on 127.0.0.1:{rabbit.amqp_port}")
+        if args.amqp_url:
+            amqp_url = args.amqp_url
+            clock.say("using the RabbitMQ given by --amqp-url")
+        else:
+            rabbit = RabbitMQ(work / "rabbitmq")
+            rabbit.start()
+            stack.callback(rabbit.stop)
+            amqp_url = rabbit.url
+            clock.say(f"RabbitMQ on 127.0.0.1:{rabbit.amqp_port}")
         stack.callback(fleet.stop)
 
-        agg_conf, gateways = _setup(work, args, mosquitto.port, rabbit.url)
+        agg_conf, gateways = _setup(work, args, mosquitto.port, amqp_url)
         clock.say(
             f"identities: aggregator + {len(gateways)} gateways + "
             f"{len(gateways) * args.wearables} wearables, all enrolled"
@@ -364,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for all rounds")
     parser.add_argument("--out", default=str(ROOT / "out"), help="output directory")
+    parser.add_argument("--amqp-url", help="use this RabbitMQ instead of starting a private one")
     args = parser.parse_args(argv)
     if min(args.rounds, args.gateways, args.wearables, args.workers, args.epochs) < 1:
         parser.error("--rounds, --gateways, --wearables, --workers and --epochs must be >= 1")

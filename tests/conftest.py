@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from demo.rabbitmq import RabbitMQ
 from demo.services import Mosquitto
 from pqlink import Identity, Registry, Role, SigAlg
 
@@ -54,3 +55,14 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    """One private RabbitMQ node for the whole test session (it takes seconds to start)."""
+    node = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
