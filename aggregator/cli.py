@@ -48,8 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     wk = add("worker", "run one crypto worker (run several for distributed processing)")
     wk.add_argument("--name", default=None, help="worker name in reports (default: host-pid)")
-    wk.add_argument("--batch-wait", type=float, default=None,
-                    help="override worker.batch_wait (seconds an update may wait for batching)")
+    wk.add_argument(
+        "--batch-wait",
+        type=float,
+        default=None,
+        help="override worker.batch_wait (seconds an update may wait for batching)",
+    )
     add("keygen", "create the aggregator identity if absent")
     en = add("enroll", "enroll gateways' public identity files")
     en.add_argument("public_files", nargs="+", type=Path)
@@ -66,8 +70,9 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def _worker(config: AggregatorConfig, name: str, stop: threading.Event,
-            batch_wait: float | None = None) -> None:
+def _worker(
+    config: AggregatorConfig, name: str, stop: threading.Event, batch_wait: float | None = None
+) -> None:
     from aggregator.coordinator import initial_weights  # noqa: PLC0415
     from aggregator.strategies import make_strategy  # noqa: PLC0415
     from aggregator.validation import ValidationLimits  # noqa: PLC0415
@@ -90,6 +95,7 @@ def _worker(config: AggregatorConfig, name: str, stop: threading.Event,
         limits,
         individual=strategy.needs_individual_updates,
         norm_bound=config.strategy.norm_bound or None,
+        unsealed=config.bench.plaintext_envelopes,
     )
     run_worker(
         worker,
@@ -143,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop = _stop_event()
             if args.batch_wait is not None and not 0 <= args.batch_wait <= 60:
                 raise ValueError(f"--batch-wait {args.batch_wait} must be within 0-60 seconds")
-            _worker(config, args.name or f"{os.uname().nodename}-{os.getpid()}", stop, args.batch_wait)
+            _worker(
+                config, args.name or f"{os.uname().nodename}-{os.getpid()}", stop, args.batch_wait
+            )
             return EXIT_OK
         if args.command == "keygen":
             return _keygen(config)

@@ -70,6 +70,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class BenchConfig:
+    """Benchmark-only: never in a deployment (updates and global models are not protected)."""
+
+    plaintext_envelopes: bool = False
+
+
+@dataclass(frozen=True)
 class AggregatorConfig:
     aggregator_id: str
     state_dir: Path
@@ -83,6 +90,7 @@ class AggregatorConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     @property
     def db_path(self) -> Path:
@@ -118,6 +126,10 @@ def _check(key: str, value: Any, default: Any) -> Any:
         if value not in _CHOICES[key]:
             raise ConfigError(f"{key} = {value!r} is invalid: expected one of {_CHOICES[key]}")
         return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} is invalid: expected true or false")
+        return value
     if isinstance(default, str):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} = {value!r} is invalid: expected a non-empty string")
@@ -152,6 +164,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> AggregatorConfig:
         "validation",
         "worker",
         "metrics",
+        "bench",
     }
     for name in doc:
         if name not in sections:
@@ -191,6 +204,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> AggregatorConfig:
         validation=_section(ValidationConfig, "validation", doc.get("validation", {})),
         worker=_section(WorkerConfig, "worker", doc.get("worker", {})),
         metrics=_section(MetricsConfig, "metrics", doc.get("metrics", {})),
+        bench=_section(BenchConfig, "bench", doc.get("bench", {})),
     )
 
 

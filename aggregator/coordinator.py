@@ -22,7 +22,7 @@ from aggregator.rounds import ClosedRound, RoundCoordinator, RoundPolicy, quorum
 from aggregator.strategies import make_strategy
 from aggregator.worker import PERSISTENT, declare_topology
 from pqlink import ContentType, Identity, Registry, Role, load_registry, seal_envelope
-from pqlink.fl import GLOBAL_EXCHANGE, PARTIALS_QUEUE, GlobalModel
+from pqlink.fl import GLOBAL_EXCHANGE, PARTIALS_QUEUE, GlobalModel, encode_unsealed
 
 _LOG = logging.getLogger("aggregator.coordinator")
 
@@ -87,6 +87,9 @@ class CoordinatorService:
             deadline_ms=int(r.deadline * 1000),
             settings={**asdict(self.config.training), "final": final},
         )
+        if self.config.bench.plaintext_envelopes:  # benchmark baseline: crypto off
+            meta = {"round": r.round, "version": r.version}
+            return encode_unsealed(meta, model.encode())
         recipients = self.registry.active(Role.GATEWAY)
         return seal_envelope(
             self.identity,

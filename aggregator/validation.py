@@ -20,7 +20,7 @@ from pqlink import (
     UnknownPeerError,
     open_envelope,
 )
-from pqlink.fl import ModelUpdate
+from pqlink.fl import ModelUpdate, decode_unsealed
 
 
 class UpdateRejectedError(Exception):
@@ -64,23 +64,41 @@ def _reason(exc: PqlinkError) -> str:
     return "malformed"
 
 
+def _open_unsealed(frame: bytes) -> tuple[str, int, int, bytes, bytes]:
+    """Benchmark baseline (crypto off): sender, round, samples, envelope id, payload."""
+    meta, payload = decode_unsealed(frame)
+    try:
+        return str(meta["sender"]), int(meta["round"]), int(meta["samples"]), b"", payload
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(f"unsealed frame: {exc}") from None
+
+
 def validate_update(
-    frame: bytes, aggregator: Identity, gateways: Registry, limits: ValidationLimits
+    frame: bytes,
+    aggregator: Identity,
+    gateways: Registry,
+    limits: ValidationLimits,
+    *,
+    unsealed: bool = False,
 ) -> ValidUpdate:
     if len(frame) > limits.max_envelope_bytes:
         raise UpdateRejectedError("oversized", f"{len(frame)} bytes > {limits.max_envelope_bytes}")
     try:
-        opened = open_envelope(frame, aggregator, gateways, max_size=limits.max_envelope_bytes)
+        if unsealed:
+            who, rnd, samples, envelope_id, payload = _open_unsealed(frame)
+        else:
+            opened = open_envelope(frame, aggregator, gateways, max_size=limits.max_envelope_bytes)
+            meta = opened.metadata
+            who, rnd, samples = meta.sender, meta.round, meta.sample_count
+            envelope_id, payload = meta.envelope_id, opened.payload
+            if meta.content_type is not ContentType.MODEL_UPDATE:
+                raise UpdateRejectedError("wrong_type", meta.content_type.name, who, rnd)
     except PqlinkError as exc:
         raise UpdateRejectedError(_reason(exc), str(exc)) from None
-    meta = opened.metadata
-    who, rnd = meta.sender, meta.round
-    if meta.content_type is not ContentType.MODEL_UPDATE:
-        raise UpdateRejectedError("wrong_type", meta.content_type.name, who, rnd)
-    if not 1 <= meta.sample_count <= limits.max_samples:
-        raise UpdateRejectedError("bad_sample_count", str(meta.sample_count), who, rnd)
+    if not 1 <= samples <= limits.max_samples:
+        raise UpdateRejectedError("bad_sample_count", str(samples), who, rnd)
     try:
-        update = ModelUpdate.decode(opened.payload)
+        update = ModelUpdate.decode(payload)
     except DecodeError as exc:
         raise UpdateRejectedError("malformed", str(exc), who, rnd) from None
     if update.parameter_count != limits.parameter_count:
@@ -98,6 +116,4 @@ def validate_update(
         raise UpdateRejectedError(
             "norm_exceeded", f"norm {norm:.3g} > {limits.max_update_norm}", who, rnd
         )
-    return ValidUpdate(
-        Contribution(who, meta.sample_count, delta), rnd, meta.envelope_id, update.metrics
-    )
+    return ValidUpdate(Contribution(who, samples, delta), rnd, envelope_id, update.metrics)

@@ -65,7 +65,9 @@ class CryptoWorker:
         *,
         individual: bool,
         norm_bound: float | None,
+        unsealed: bool = False,
     ) -> None:
+        self.unsealed = unsealed  # benchmark baseline only
         self.name = name
         self.identity = identity
         self.gateways = gateways
@@ -82,7 +84,9 @@ class CryptoWorker:
         for d in deliveries:
             t0 = time.perf_counter()
             try:
-                valid = validate_update(d.body, self.identity, self.gateways, self.limits)
+                valid = validate_update(
+                    d.body, self.identity, self.gateways, self.limits, unsealed=self.unsealed
+                )
             except UpdateRejectedError as exc:
                 rejections.append(Rejection(exc.reason, exc.gateway, exc.round, exc.detail))
                 continue

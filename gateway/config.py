@@ -85,6 +85,7 @@ class BenchConfig:
     """Benchmark-only switches. Never enable in a deployment: they turn security off."""
 
     plaintext_records: bool = False
+    plaintext_envelopes: bool = False  # model updates and global models unsealed
 
 
 @dataclass(frozen=True)

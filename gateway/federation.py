@@ -70,6 +70,7 @@ class FederationClient:
             trainer,
             policy,
             POWER_MODELS[lc.power_model],
+            unsealed=config.bench.plaintext_envelopes,
         )
         self._wake = asyncio.Event()
         self.uplink = Uplink(

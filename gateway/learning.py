@@ -28,7 +28,7 @@ from pqlink import (
     open_envelope,
     seal_envelope,
 )
-from pqlink.fl import GlobalModel, ModelUpdate
+from pqlink.fl import GlobalModel, ModelUpdate, decode_unsealed, encode_unsealed
 
 F32 = npt.NDArray[np.float32]
 
@@ -76,7 +76,10 @@ class FederatedLearner:
         trainer: Trainer,
         policy: EnergyPolicy,
         power_model: PowerModel,
+        *,
+        unsealed: bool = False,
     ) -> None:
+        self.unsealed = unsealed  # benchmark baseline only: no crypto on updates or globals
         self.identity = identity
         self.aggregator = aggregator
         self.senders = Registry()
@@ -88,13 +91,21 @@ class FederatedLearner:
     def open_global(self, envelope: bytes) -> ReceivedGlobal:
         received_at = time.time()
         try:
-            opened = open_envelope(envelope, self.identity, self.senders)
-            if opened.metadata.content_type is not ContentType.GLOBAL_MODEL:
-                raise GlobalModelRejectedError(f"content type {opened.metadata.content_type.name}")
-            model = GlobalModel.decode(opened.payload)
-        except (DecodeError, ValueError) as exc:
+            if self.unsealed:
+                meta, payload = decode_unsealed(envelope)
+                signed_round, version = int(meta["round"]), int(meta["version"])
+            else:
+                opened = open_envelope(envelope, self.identity, self.senders)
+                if opened.metadata.content_type is not ContentType.GLOBAL_MODEL:
+                    raise GlobalModelRejectedError(
+                        f"content type {opened.metadata.content_type.name}"
+                    )
+                payload = opened.payload
+                signed_round, version = opened.metadata.round, opened.metadata.model_version
+            model = GlobalModel.decode(payload)
+        except (DecodeError, ValueError, KeyError) as exc:
             raise GlobalModelRejectedError(str(exc)) from None
-        if model.round != opened.metadata.round:
+        if model.round != signed_round:
             raise GlobalModelRejectedError("round in payload differs from the signed metadata")
         if model.parameter_count != PARAMETER_COUNT:
             raise GlobalModelRejectedError(
@@ -103,7 +114,7 @@ class FederatedLearner:
         vector = np.frombuffer(model.weights, dtype="<f4").astype(np.float32)
         if not np.all(np.isfinite(vector)):
             raise GlobalModelRejectedError("global model holds NaN or infinity")
-        return ReceivedGlobal(model, opened.metadata.model_version, unflatten(vector), received_at)
+        return ReceivedGlobal(model, version, unflatten(vector), received_at)
 
     def decide(
         self, readings: EnergyReadings, received: ReceivedGlobal, now: float
@@ -143,14 +154,23 @@ class FederatedLearner:
         t1 = time.perf_counter()
         payload = ModelUpdate(delta.astype("<f4").tobytes(), PARAMETER_COUNT, metrics)
         # The seal time cannot be inside the sealed metrics; the envelope is timed around it.
-        envelope = seal_envelope(
-            self.identity,
-            [self.aggregator],
-            payload.encode(),
-            content_type=ContentType.MODEL_UPDATE,
-            round=received.model.round,
-            model_version=received.version,
-            sample_count=len(y),
-        )
+        if self.unsealed:
+            meta = {
+                "sender": self.identity.name,
+                "round": received.model.round,
+                "version": received.version,
+                "samples": len(y),
+            }
+            envelope = encode_unsealed(meta, payload.encode())
+        else:
+            envelope = seal_envelope(
+                self.identity,
+                [self.aggregator],
+                payload.encode(),
+                content_type=ContentType.MODEL_UPDATE,
+                round=received.model.round,
+                model_version=received.version,
+                sample_count=len(y),
+            )
         metrics["seal_seconds"] = time.perf_counter() - t1
         return TrainedUpdate(received.model.round, envelope, metrics)

@@ -3,6 +3,7 @@ fields such as IOMT_EVENT, DEVICE_ID, REASON) when it is there, else logfmt line
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -10,6 +11,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -86,12 +88,16 @@ class JournalLog(EventLog):
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.dropped = 0
+        self._send: Callable[..., object] | None = None
         try:
-            from systemd import journal  # type: ignore[import-not-found]  # noqa: PLC0415
-        except ImportError:
+            # imported by name: the repository's own systemd/ folder of unit files must not be
+            # mistaken for the systemd-python package by the type checker
+            self._send = importlib.import_module("systemd.journal").send
+        except (ImportError, AttributeError):
             self._send = None
-        else:
-            self._send = journal.send
+
+    def close(self) -> None:
+        self._sock.close()
 
     def _emit(self, name: str, level: int, fields: dict[str, FieldValue]) -> None:
         text = " ".join([name, *(f"{k}={_logfmt(v)}" for k, v in fields.items())])

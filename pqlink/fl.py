@@ -109,3 +109,30 @@ GATEWAY_QUEUE_ARGUMENTS: dict[str, Any] = {"x-max-length": 4, "x-overflow": "dro
 
 def gateway_queue(gateway_id: str) -> str:
     return f"iomt.gateway.{gateway_id}"
+
+
+# --- benchmark-only unsealed framing ---------------------------------------------------------
+
+_UNSEALED = b"UNSEALED"
+
+
+def encode_unsealed(meta: dict[str, Any], payload: bytes) -> bytes:
+    """NO SECURITY: the benchmark baseline "crypto switched off" frames an update or global
+    model this way instead of sealing it, so the same pipeline can be timed without crypto.
+    Only reachable through the `[bench] plaintext_envelopes` switches of the two configs."""
+    blob = json.dumps(meta, separators=(",", ":")).encode()
+    return _UNSEALED + struct.pack(">I", len(blob)) + blob + payload
+
+
+def decode_unsealed(frame: bytes) -> tuple[dict[str, Any], bytes]:
+    if not frame.startswith(_UNSEALED) or len(frame) < len(_UNSEALED) + 4:
+        raise DecodeError("not an unsealed benchmark frame")
+    (n,) = struct.unpack_from(">I", frame, len(_UNSEALED))
+    start = len(_UNSEALED) + 4
+    try:
+        meta = json.loads(frame[start : start + n])
+    except ValueError as exc:
+        raise DecodeError(f"unsealed frame: {exc}") from None
+    if not isinstance(meta, dict):
+        raise DecodeError("unsealed frame: metadata is not an object")
+    return meta, frame[start + n :]

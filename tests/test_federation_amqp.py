@@ -27,7 +27,6 @@ from demo.rabbitmq import RabbitMQ
 from demo.services import Mosquitto
 from device_emulators.profiles import make_profiles
 from device_emulators.signals import VitalsGenerator
-from gateway.cli import main as gateway_main
 from gateway.config import load_config
 from gateway.spool import Spool
 from gateway.store import VitalsStore, vitals_row
@@ -50,8 +49,24 @@ def vhost(rabbitmq: RabbitMQ) -> Iterator[str]:
 
 
 def test_full_rounds_through_both_brokers(tmp_path: Path, vhost: str) -> None:
-    code = demo_main(["--rounds", "2", "--gateways", "2", "--wearables", "4", "--workers", "2",
-                      "--warmup-samples", "120", "--out", str(tmp_path), "--amqp-url", vhost])
+    code = demo_main(
+        [
+            "--rounds",
+            "2",
+            "--gateways",
+            "2",
+            "--wearables",
+            "4",
+            "--workers",
+            "2",
+            "--warmup-samples",
+            "120",
+            "--out",
+            str(tmp_path),
+            "--amqp-url",
+            vhost,
+        ]
+    )
     assert code == 0
     (summary_path,) = tmp_path.glob("demo-*/summary.json")
     summary = json.loads(summary_path.read_text())
@@ -66,7 +81,9 @@ def test_full_rounds_through_both_brokers(tmp_path: Path, vhost: str) -> None:
 
 
 class Aggregator:
-    def __init__(self, root: Path, url: str, gateways: list[Identity], *, batch_wait: float = 0.01) -> None:
+    def __init__(
+        self, root: Path, url: str, gateways: list[Identity], *, batch_wait: float = 0.01
+    ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.config = root / "aggregator.toml"
@@ -87,11 +104,17 @@ class Aggregator:
         self.parameters = int(initial_weights(ROOT / "gateway/assets/vitals_mlp_init.npz").size)
 
     def spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        )
         with (self.root / f"{args[0]}-{len(self.procs)}.log").open("ab") as log:
-            proc = subprocess.Popen(  # noqa: S603
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "aggregator.cli", *args, "--config", str(self.config)],
-                stdout=log, stderr=log, env=env, cwd=ROOT,
+                stdout=log,
+                stderr=log,
+                env=env,
+                cwd=ROOT,
             )
         self.procs.append(proc)
         return proc
@@ -123,10 +146,20 @@ class Aggregator:
                 p.wait()
 
 
-def _update(gw: Identity, agg: Identity, round_: int, delta: np.ndarray, samples: int = 100) -> bytes:
-    payload = ModelUpdate(delta.astype("<f4").tobytes(), int(delta.size), {"train_seconds": 0.0}).encode()
-    return seal_envelope(gw, [agg.public], payload, content_type=ContentType.MODEL_UPDATE,
-                         round=round_, sample_count=samples)
+def _update(
+    gw: Identity, agg: Identity, round_: int, delta: np.ndarray, samples: int = 100
+) -> bytes:
+    payload = ModelUpdate(
+        delta.astype("<f4").tobytes(), int(delta.size), {"train_seconds": 0.0}
+    ).encode()
+    return seal_envelope(
+        gw,
+        [agg.public],
+        payload,
+        content_type=ContentType.MODEL_UPDATE,
+        round=round_,
+        sample_count=samples,
+    )
 
 
 def _publish(url: str, frames: list[bytes]) -> None:
@@ -141,24 +174,35 @@ def _publish(url: str, frames: list[bytes]) -> None:
 
 def _unacked(rabbitmq: RabbitMQ, url: str) -> int:
     vh = url.rsplit("/", 1)[1]
-    for line in rabbitmq.ctl("list_queues", "-p", vh, "name", "messages_unacknowledged").splitlines():
+    for line in rabbitmq.ctl(
+        "list_queues", "-p", vh, "name", "messages_unacknowledged"
+    ).splitlines():
         parts = line.split()
         if parts and parts[0] == UPDATES_QUEUE:
             return int(parts[1])
     return 0
 
 
-def test_worker_killed_and_broker_restarted_mid_round(tmp_path: Path, rabbitmq: RabbitMQ, vhost: str) -> None:
+def test_worker_killed_and_broker_restarted_mid_round(
+    tmp_path: Path, rabbitmq: RabbitMQ, vhost: str
+) -> None:
     gateways = [Identity.generate(f"gw-{i}", Role.GATEWAY) for i in range(1, 4)]
     agg = Aggregator(tmp_path / "agg", vhost, gateways, batch_wait=30.0)
     try:
         agg.spawn("coordinator")
         slow = agg.spawn("worker", "--name", "slow")  # holds its deliveries up to 30 s
-        wait_until(lambda: agg.db("SELECT round FROM rounds"), 30, "the coordinator to open round 1")
-        deltas = {gw.name: np.full(agg.parameters, 0.01 * (i + 1), np.float32) for i, gw in enumerate(gateways)}
+        wait_until(
+            lambda: agg.db("SELECT round FROM rounds"), 30, "the coordinator to open round 1"
+        )
+        deltas = {
+            gw.name: np.full(agg.parameters, 0.01 * (i + 1), np.float32)
+            for i, gw in enumerate(gateways)
+        }
         frames = [_update(gw, agg.identity, 1, deltas[gw.name]) for gw in gateways]
         _publish(vhost, frames)
-        wait_until(lambda: _unacked(rabbitmq, vhost) == 3, 30, "the worker to hold all three updates")
+        wait_until(
+            lambda: _unacked(rabbitmq, vhost) == 3, 30, "the worker to hold all three updates"
+        )
         slow.kill()  # mid-update: nothing was acknowledged
         slow.wait()
         rabbitmq.restart()  # and the broker goes down mid-round, too
@@ -166,9 +210,13 @@ def test_worker_killed_and_broker_restarted_mid_round(tmp_path: Path, rabbitmq: 
         wait_until(lambda: agg.closed_rounds() >= 1, 60, "round 1 to close after the failures")
         rows = agg.db("SELECT gateway, samples FROM contributions WHERE round = 1 ORDER BY gateway")
         assert rows == [("gw-1", 100), ("gw-2", 100), ("gw-3", 100)]  # each counted once
-        weights = np.frombuffer(agg.db("SELECT weights FROM models WHERE version = 1")[0][0], np.float32)  # type: ignore[arg-type]
+        weights = np.frombuffer(
+            agg.db("SELECT weights FROM models WHERE version = 1")[0][0], np.float32
+        )  # type: ignore[arg-type]
         base = initial_weights(ROOT / "gateway/assets/vitals_mlp_init.npz")
-        assert np.allclose(weights - base, 0.02, atol=1e-6)  # the mean of .01, .02, .03: no double count
+        assert np.allclose(
+            weights - base, 0.02, atol=1e-6
+        )  # the mean of .01, .02, .03: no double count
 
         # Round 2: replays of round 1 are stale; forged, malformed and hostile updates rejected.
         before = agg.db("SELECT count(*) FROM models")[0][0]
@@ -176,14 +224,23 @@ def test_worker_killed_and_broker_restarted_mid_round(tmp_path: Path, rabbitmq: 
         bad = {
             "stale": frames[0],
             "forged": _update(stranger, agg.identity, 2, deltas["gw-1"]),
-            "wrong_shape": _update(gateways[0], agg.identity, 2, np.zeros(agg.parameters + 1, np.float32)),
-            "non_finite": _update(gateways[1], agg.identity, 2, np.full(agg.parameters, np.nan, np.float32)),
-            "norm_exceeded": _update(gateways[2], agg.identity, 2, np.full(agg.parameters, 1e3, np.float32)),
+            "wrong_shape": _update(
+                gateways[0], agg.identity, 2, np.zeros(agg.parameters + 1, np.float32)
+            ),
+            "non_finite": _update(
+                gateways[1], agg.identity, 2, np.full(agg.parameters, np.nan, np.float32)
+            ),
+            "norm_exceeded": _update(
+                gateways[2], agg.identity, 2, np.full(agg.parameters, 1e3, np.float32)
+            ),
             "oversized": b"\x04" * (5 * 1024 * 1024),
         }
         _publish(vhost, list(bad.values()))
-        wait_until(lambda: {r[0] for r in agg.db("SELECT reason FROM rejections")} >= set(bad), 60,
-                   "every bad update to be rejected with its reason")
+        wait_until(
+            lambda: {r[0] for r in agg.db("SELECT reason FROM rejections")} >= set(bad),
+            60,
+            "every bad update to be rejected with its reason",
+        )
         assert agg.db("SELECT count(*) FROM models")[0][0] == before
         assert agg.db("SELECT count(*) FROM contributions WHERE round = 2")[0][0] == 0
         # ...and the next round proceeds with honest updates.
@@ -193,17 +250,24 @@ def test_worker_killed_and_broker_restarted_mid_round(tmp_path: Path, rabbitmq: 
         agg.stop()
 
 
-def test_gateway_killed_before_upload_confirmed_loses_nothing(tmp_path: Path, mosquitto: Mosquitto,
-                                                             rabbitmq: RabbitMQ, vhost: str) -> None:
+def test_gateway_killed_before_upload_confirmed_loses_nothing(
+    tmp_path: Path, mosquitto: Mosquitto, rabbitmq: RabbitMQ, vhost: str
+) -> None:
     dead_url = "amqp://guest:guest@127.0.0.1:1/%2F"  # nothing listens: uploads stay in the spool
-    setup = make_gateway(tmp_path / "gw", mosquitto.port, extra=(
-        f'[uplink]\namqp_url = "{dead_url}"\naggregator_public = "aggregator.pub"\n'
-        "reconnect_max_delay = 0.5\n"
-    ))
+    setup = make_gateway(
+        tmp_path / "gw",
+        mosquitto.port,
+        extra=(
+            f'[uplink]\namqp_url = "{dead_url}"\naggregator_public = "aggregator.pub"\n'
+            "reconnect_max_delay = 0.5\n"
+        ),
+    )
     gateway_id = setup.config.gateway_id
     gw_identity = load_identity(setup.config.identity)
     agg = Aggregator(tmp_path / "agg", vhost, [gw_identity])
-    (setup.config.state_dir / "aggregator.pub").write_text(json.dumps(agg.identity.public.to_json()))
+    (setup.config.state_dir / "aggregator.pub").write_text(
+        json.dumps(agg.identity.public.to_json())
+    )
     # Vitals already stored, and a signed global model waiting in the spool's inbox.
     store = VitalsStore(setup.config.db_path)
     start_ms = int((time.time() - 3600) * 1000)  # recent: older rows fall to the retention limit
@@ -212,17 +276,27 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(tmp_path: Path, mo
         store.commit([vitals_row(f"wearable-{n}", s, 0) for s in gen.samples(300)])
     store.close()
     weights = initial_weights(ROOT / "gateway/assets/vitals_mlp_init.npz")
-    model = GlobalModel(weights.astype("<f4").tobytes(), int(weights.size), 1, 2_000_000_000_000, {"epochs": 1})
-    envelope = seal_envelope(agg.identity, [gw_identity.public], model.encode(),
-                             content_type=ContentType.GLOBAL_MODEL, round=1)
+    model = GlobalModel(
+        weights.astype("<f4").tobytes(), int(weights.size), 1, 2_000_000_000_000, {"epochs": 1}
+    )
+    envelope = seal_envelope(
+        agg.identity,
+        [gw_identity.public],
+        model.encode(),
+        content_type=ContentType.GLOBAL_MODEL,
+        round=1,
+    )
     spool = Spool(setup.config.spool_path)
     spool.put_global(1, envelope)
     spool.close()
 
     daemon = DaemonProcess(setup)
     try:
-        wait_until(lambda: (daemon.status().get("federation") or {}).get("rounds_trained") == 1, 60,
-                   "the gateway to train round 1")
+        wait_until(
+            lambda: (daemon.status().get("federation") or {}).get("rounds_trained") == 1,
+            60,
+            "the gateway to train round 1",
+        )
         daemon.kill()  # SIGKILL with the sealed update not yet confirmed by any broker
         spool = Spool(setup.config.spool_path)
         assert [u.round for u in spool.pending_updates()] == [1]
@@ -231,15 +305,22 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(tmp_path: Path, mo
         setup.config_path.write_text(text)
         assert load_config(setup.config_path).uplink.amqp_url == vhost
         daemon = DaemonProcess(setup)
-        wait_until(lambda: (daemon.status().get("federation") or {}).get("updates_published") == 1, 60,
-                   "the spooled update to be published after the restart")
+        wait_until(
+            lambda: (daemon.status().get("federation") or {}).get("updates_published") == 1,
+            60,
+            "the spooled update to be published after the restart",
+        )
         spool = Spool(setup.config.spool_path)
         assert spool.depth() == 0
         spool.close()
         # The retrain did not happen twice: round 1 was already done before the kill.
         assert daemon.status()["federation"]["rounds_trained"] == 0
         conn = pika.BlockingConnection(pika.URLParameters(vhost))
-        queued = conn.channel().queue_declare(UPDATES_QUEUE, durable=True, passive=True).method.message_count
+        queued = (
+            conn.channel()
+            .queue_declare(UPDATES_QUEUE, durable=True, passive=True)
+            .method.message_count
+        )
         conn.close()
         assert queued == 1
         assert gateway_id == "gw-01"
