@@ -12,8 +12,8 @@ demo: setup
 	$(PY) -m demo
 
 lint: setup
-	$(VENV)/bin/ruff check $(PACKAGES) tests bench
-	$(VENV)/bin/ruff format --check $(PACKAGES) tests bench
+	$(VENV)/bin/ruff check $(PACKAGES) tests bench tools
+	$(VENV)/bin/ruff format --check $(PACKAGES) tests bench tools
 
 typecheck: setup
 	$(VENV)/bin/mypy $(PACKAGES)

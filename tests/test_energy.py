@@ -22,14 +22,14 @@ NOW = 1000.0
 
 
 def _r(**kw: object) -> EnergyReadings:
-    base: dict[str, object] = dict(
-        on_ac_power=True,
-        battery_percent=90.0,
-        cpu_load=0.1,
-        temperature_c=50.0,
-        free_memory_mb=1000.0,
-        taken_at=NOW,
-    )
+    base: dict[str, object] = {
+        "on_ac_power": True,
+        "battery_percent": 90.0,
+        "cpu_load": 0.1,
+        "temperature_c": 50.0,
+        "free_memory_mb": 1000.0,
+        "taken_at": NOW,
+    }
     base.update(kw)
     return EnergyReadings(**base)  # type: ignore[arg-type]
 
