@@ -14,7 +14,11 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from prometheus_client.registry import Collector
+
 from aggregator.config import AggregatorConfig, ConfigError, load_config
+from aggregator.metrics import WorkerMetrics
+from gateway.metrics import MetricsServer
 from pqlink import (
     Identity,
     KeyFileError,
@@ -29,6 +33,7 @@ from pqlink import (
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_KEYS = 0, 1, 2, 3
+_METRICS_HELP = "override metrics.port (Prometheus /metrics; 0: none)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run one crypto worker in this process (the sequential baseline)",
     )
+    co.add_argument("--metrics-port", type=int, default=None, help=_METRICS_HELP)
     wk = add("worker", "run one crypto worker (run several for distributed processing)")
+    wk.add_argument("--metrics-port", type=int, default=None, help=_METRICS_HELP)
     wk.add_argument("--name", default=None, help="worker name in reports (default: host-pid)")
     wk.add_argument(
         "--batch-wait",
@@ -70,8 +77,28 @@ def _stop_event() -> threading.Event:
     return stop
 
 
+def _metrics_server(
+    config: AggregatorConfig, port: int | None, collectors: list[Collector]
+) -> MetricsServer | None:
+    """Start /metrics when a port is configured; returns the server (or None)."""
+    port = config.metrics.port if port is None else port
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--metrics-port {port} must be a TCP port 0-65535")
+    if not port:
+        return None
+    server = MetricsServer(config.metrics.host, port, collectors)
+    logging.getLogger("aggregator").info(
+        "metrics on http://%s:%d/metrics", config.metrics.host, server.port
+    )
+    return server
+
+
 def _worker(
-    config: AggregatorConfig, name: str, stop: threading.Event, batch_wait: float | None = None
+    config: AggregatorConfig,
+    name: str,
+    stop: threading.Event,
+    batch_wait: float | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> None:
     from aggregator.coordinator import initial_weights  # noqa: PLC0415
     from aggregator.strategies import make_strategy  # noqa: PLC0415
@@ -96,6 +123,7 @@ def _worker(
         individual=strategy.needs_individual_updates,
         norm_bound=config.strategy.norm_bound or None,
         unsealed=config.bench.plaintext_envelopes,
+        metrics=metrics,
     )
     run_worker(
         worker,
@@ -108,20 +136,31 @@ def _worker(
     )
 
 
-def _coordinator(config: AggregatorConfig, inline_worker: bool) -> int:
+def _coordinator(config: AggregatorConfig, inline_worker: bool, metrics_port: int | None) -> int:
     from aggregator.coordinator import CoordinatorService  # noqa: PLC0415
 
     stop = _stop_event()
     service = CoordinatorService(config, load_identity(config.identity), stop)
     signal.signal(signal.SIGHUP, lambda *_: service.reload_requested.set())
+    worker_metrics = WorkerMetrics() if inline_worker else None
+    collectors = service.metrics.collectors()
+    if worker_metrics is not None:
+        collectors += worker_metrics.collectors()
+    server = _metrics_server(config, metrics_port, collectors)
     thread = None
     if inline_worker:
-        thread = threading.Thread(target=_worker, args=(config, "inline", stop), daemon=True)
+        thread = threading.Thread(
+            target=_worker, args=(config, "inline", stop, None, worker_metrics), daemon=True
+        )
         thread.start()
-    service.serve()
-    stop.set()
-    if thread is not None:
-        thread.join(timeout=10)
+    try:
+        service.serve()
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=10)
+        if server is not None:
+            server.close()
     return EXIT_OK
 
 
@@ -144,14 +183,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         if args.command == "coordinator":
-            return _coordinator(config, args.inline_worker)
+            return _coordinator(config, args.inline_worker, args.metrics_port)
         if args.command == "worker":
             stop = _stop_event()
             if args.batch_wait is not None and not 0 <= args.batch_wait <= 60:
                 raise ValueError(f"--batch-wait {args.batch_wait} must be within 0-60 seconds")
-            _worker(
-                config, args.name or f"{os.uname().nodename}-{os.getpid()}", stop, args.batch_wait
-            )
+            metrics = WorkerMetrics()
+            server = _metrics_server(config, args.metrics_port, metrics.collectors())
+            try:
+                name = args.name or f"{os.uname().nodename}-{os.getpid()}"
+                _worker(config, name, stop, args.batch_wait, metrics)
+            finally:
+                if server is not None:
+                    server.close()
             return EXIT_OK
         if args.command == "keygen":
             return _keygen(config)
@@ -178,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"iomt-aggregator: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        print(f"iomt-aggregator: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    port: int = 9102  # 0: no metrics endpoint
+    port: int = 0  # 0: no metrics endpoint (the cluster manifests use 9102)
     host: str = "0.0.0.0"  # noqa: S104 -- scraped by Prometheus from other pods
 
 

@@ -17,6 +17,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
 from aggregator.config import AggregatorConfig
+from aggregator.metrics import CoordinatorMetrics
 from aggregator.partials import Partial, PartialError
 from aggregator.rounds import ClosedRound, RoundCoordinator, RoundPolicy, quorum_for
 from aggregator.strategies import make_strategy
@@ -62,6 +63,13 @@ class CoordinatorService:
         self.report_path = config.state_dir / "rounds.jsonl"
         self.closed: list[ClosedRound] = []
         self.last_published_at = 0.0
+        self.metrics = CoordinatorMetrics()
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.metrics.round.set(self.rounds.round)
+        self.metrics.model_version.set(self.rounds.version)
+        self.metrics.gateways_enrolled.set(len(self.registry.active(Role.GATEWAY)))
 
     def _policy(self) -> RoundPolicy:
         rc = self.config.rounds
@@ -75,6 +83,7 @@ class CoordinatorService:
     def reload(self) -> None:
         self.registry = load_registry(self.config.registry)
         self.rounds.policy = self._policy()
+        self._update_gauges()
         _LOG.info("registry reloaded: %d gateways", len(self.registry.active(Role.GATEWAY)))
 
     def global_envelope(self, *, final: bool = False) -> bytes:
@@ -165,7 +174,12 @@ class CoordinatorService:
                     _LOG.error("dropping a malformed partial: %s", exc)
                 else:
                     outcome = self.rounds.accept(partial)
+                    m = self.metrics
+                    m.updates.labels("accepted").inc(len(outcome.accepted))
+                    m.updates.labels("duplicate").inc(len(outcome.duplicates))
+                    m.updates.labels("rejected").inc(len(outcome.rejected))
                     for gateway, why in outcome.rejected:
+                        m.rejected.labels(why).inc()
                         _LOG.warning("update rejected: gateway=%s reason=%s", gateway, why)
                 channel.basic_ack(method.delivery_tag)  # after the SQLite commit in accept()
             if self.reload_requested.is_set():
@@ -178,6 +192,11 @@ class CoordinatorService:
                 closed = self.rounds.close_round(reason)
                 seconds = time.perf_counter() - t0
                 self.closed.append(closed)
+                self.metrics.rounds_closed.labels(reason).inc()
+                self.metrics.aggregation_seconds.observe(seconds)
+                self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
+                self.metrics.participants.set(len(closed.participants))
+                self._update_gauges()
                 _LOG.info(
                     "round %d closed (%s): %d gateways, %d samples, model v%d",
                     closed.round,

@@ -18,6 +18,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 from pika.exchange_type import ExchangeType
 
+from aggregator.metrics import WorkerMetrics
 from aggregator.partials import Partial, Rejection, make_partial
 from aggregator.strategies import Contribution, bound_norm
 from aggregator.validation import UpdateRejectedError, ValidationLimits, validate_update
@@ -66,8 +67,10 @@ class CryptoWorker:
         individual: bool,
         norm_bound: float | None,
         unsealed: bool = False,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.unsealed = unsealed  # benchmark baseline only
+        self.metrics = metrics
         self.name = name
         self.identity = identity
         self.gateways = gateways
@@ -89,9 +92,15 @@ class CryptoWorker:
                 )
             except UpdateRejectedError as exc:
                 rejections.append(Rejection(exc.reason, exc.gateway, exc.round, exc.detail))
+                if self.metrics is not None:
+                    self.metrics.updates.labels("rejected").inc()
+                    self.metrics.rejected.labels(exc.reason).inc()
                 continue
             finally:
                 self.processed += 1
+            if self.metrics is not None:
+                self.metrics.updates.labels("valid").inc()
+                self.metrics.open_seconds.observe(time.perf_counter() - t0)
             c = valid.contribution
             c = Contribution(c.gateway, c.samples, bound_norm(c.delta, self.norm_bound))
             m = {
@@ -113,6 +122,8 @@ class CryptoWorker:
                 continue
             same_round[c.gateway] = c
             metrics[c.gateway] = m
+        if self.metrics is not None:
+            self.metrics.batches.inc()
         partials = [
             make_partial(
                 self.name,

@@ -81,6 +81,12 @@ class LearningConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"  # where Prometheus scrapes /metrics
+    port: int = 0  # 0: no metrics endpoint
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """Benchmark-only switches. Never enable in a deployment: they turn security off."""
 
@@ -100,6 +106,7 @@ class GatewayConfig:
     log: LogConfig = field(default_factory=LogConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     learning: LearningConfig = field(default_factory=LearningConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     @property
@@ -152,6 +159,7 @@ _RULES: dict[str, tuple[type, Any, Any, str]] = {
     "store.batch_interval": (float, 0.001, 10, "seconds, 0.001-10"),
     "store.retention_days": (float, 0.001, 36500, "days > 0"),
     "store.max_rows": (int, 1000, 10**10, "an integer >= 1000"),
+    "metrics.port": (int, 0, 65535, "a TCP port 1-65535, or 0 for no endpoint"),
     "uplink.reconnect_max_delay": (float, 0.1, 3600, "seconds, 0.1-3600"),
     "learning.max_samples_per_device": (int, 30, 10**8, "an integer >= 30"),
     "learning.min_windows": (int, 1, 10**6, "an integer >= 1"),
@@ -208,7 +216,17 @@ def _section(cls: type, name: str, table: Any) -> Any:
 
 def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
     """Validate a parsed TOML document; relative paths are relative to `base_dir`."""
-    allowed = {"gateway", "mqtt", "sessions", "store", "log", "uplink", "learning", "bench"}
+    allowed = {
+        "gateway",
+        "mqtt",
+        "sessions",
+        "store",
+        "log",
+        "uplink",
+        "learning",
+        "metrics",
+        "bench",
+    }
     unknown = sorted(set(doc) - allowed)
     if unknown:
         raise ConfigError(f"unknown section [{unknown[0]}] (known: {', '.join(sorted(allowed))})")
@@ -249,6 +267,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
         log=_section(LogConfig, "log", doc.get("log", {})),
         uplink=_section(UplinkConfig, "uplink", doc.get("uplink", {})),
         learning=_section(LearningConfig, "learning", doc.get("learning", {})),
+        metrics=_section(MetricsConfig, "metrics", doc.get("metrics", {})),
         bench=_section(BenchConfig, "bench", doc.get("bench", {})),
     )
 

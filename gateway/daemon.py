@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 from gateway.config import GatewayConfig
 from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Reason, Rejected, reason_for
 from gateway.logs import EventLog
+from gateway.metrics import GatewayCollector, MetricsServer
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
 from gateway.store import StoredSession, VitalsRow, VitalsStore
 from gateway.systemd import Notifier
@@ -159,6 +160,14 @@ class GatewayDaemon:
                 reason="bench.plaintext_records: records are NOT authenticated",
             )
         await loop.run_in_executor(self._store_pool, self._restore_sessions)
+        metrics = None
+        if self.config.metrics.port:
+            try:
+                metrics = self._start_metrics()
+            except OSError as bind_error:
+                self.log.event("daemon_failed", level=logging.CRITICAL, reason=str(bind_error))
+                await self._drain()
+                return 1
         code = 0
         try:
             async with asyncio.TaskGroup() as tg:
@@ -174,8 +183,20 @@ class GatewayDaemon:
                 self.log.event("daemon_failed", level=logging.CRITICAL, reason=repr(exc))
             code = 1
         await self._drain()
+        if metrics is not None:
+            metrics.close()
         self.log.event("daemon_stopped", records=self.counters["records_stored"], exit_code=code)
         return code
+
+    def _start_metrics(self) -> MetricsServer:
+        hist = [self.federation.round_seconds] if self.federation is not None else []
+        server = MetricsServer(
+            self.config.metrics.host,
+            self.config.metrics.port,
+            [GatewayCollector(self.status, hist)],
+        )
+        self.log.event("metrics_listening", host=self.config.metrics.host, port=server.port)
+        return server
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -451,6 +472,10 @@ class GatewayDaemon:
                 deleted = await loop.run_in_executor(self._store_pool, self.store.enforce_retention)
                 if deleted:
                     self.log.event("retention_applied", count=deleted)
+            if self.federation is not None:
+                self.federation.counters["spool_depth"] = await loop.run_in_executor(
+                    self._store_pool, self.federation.spool.depth
+                )
             self.notifier.watchdog()
             self.notifier.status(self.status_line())
             self._write_status()

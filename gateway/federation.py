@@ -25,6 +25,7 @@ from gateway.energy import (
 from gateway.features import N_FEATURES, build_windows
 from gateway.learning import FederatedLearner, GlobalModelRejectedError, ReceivedGlobal
 from gateway.logs import EventLog
+from gateway.metrics import round_histogram
 from gateway.spool import Spool
 from gateway.store import VitalsStore
 from gateway.trainer import DEFAULT_MODEL_PATH, make_trainer
@@ -94,7 +95,14 @@ class FederationClient:
             "last_update": {},
             "last_global_round": 0,
             "last_global_received_at": None,
+            "energy_joules_total": 0.0,
+            "spool_depth": 0,
         }
+        # training + sealing of each answered round, for the metrics endpoint
+        self.round_seconds = round_histogram(
+            "iomt_gateway_round_seconds",
+            "local round latency: global model received to sealed update spooled",
+        )
 
     async def _wake_learner(self) -> None:
         self._wake.set()
@@ -190,6 +198,7 @@ class FederationClient:
         return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int32)
 
     async def _train(self, round_: int, received: ReceivedGlobal) -> None:
+        t0 = time.monotonic()
         x, y = await self._in(self.store_pool, self._windows)
         if len(y) < self.config.learning.min_windows:
             self.counters["rounds_skipped"] += 1
@@ -209,6 +218,8 @@ class FederationClient:
         self.counters["last_round"] = round_
         self.counters["rounds_trained"] += 1
         self.counters["last_update"] = update.metrics
+        self.counters["energy_joules_total"] += update.metrics["energy_joules"]
+        self.round_seconds.observe(time.monotonic() - t0)
         self.uplink.wake()
         m = update.metrics
         self.log.event(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -66,3 +67,13 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture
+def vhost(rabbitmq: RabbitMQ) -> Iterator[str]:
+    """A fresh virtual host: each test gets its own queues on the session's node."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    rabbitmq.ctl("add_vhost", name)
+    rabbitmq.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@127.0.0.1:{rabbitmq.amqp_port}/{name}"
+    rabbitmq.ctl("delete_vhost", name)

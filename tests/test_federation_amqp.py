@@ -6,21 +6,12 @@ stale, wrong-shape, NaN-laden and oversized updates rejected without touching th
 from __future__ import annotations
 
 import json
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pika
-import pytest
 
-from aggregator.cli import main as aggregator_main
 from aggregator.coordinator import initial_weights
 from demo.__main__ import main as demo_main
 from demo.rabbitmq import RabbitMQ
@@ -31,21 +22,12 @@ from gateway.config import load_config
 from gateway.spool import Spool
 from gateway.store import VitalsStore, vitals_row
 from pqlink import ContentType, Identity, Role, load_identity, seal_envelope
-from pqlink.fl import UPDATES_QUEUE, GlobalModel, ModelUpdate
+from pqlink.fl import UPDATES_QUEUE, GlobalModel
 
+from .fl_harness import Aggregator, publish_updates, sealed_update
 from .harness import DaemonProcess, make_gateway, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def vhost(rabbitmq: RabbitMQ) -> Iterator[str]:
-    """A fresh virtual host: each test gets its own queues on the session's node."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    rabbitmq.ctl("add_vhost", name)
-    rabbitmq.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    yield f"amqp://guest:guest@127.0.0.1:{rabbitmq.amqp_port}/{name}"
-    rabbitmq.ctl("delete_vhost", name)
 
 
 def test_full_rounds_through_both_brokers(tmp_path: Path, vhost: str) -> None:
@@ -80,98 +62,6 @@ def test_full_rounds_through_both_brokers(tmp_path: Path, vhost: str) -> None:
 # --- the aggregator under failures -----------------------------------------------------------
 
 
-class Aggregator:
-    def __init__(
-        self, root: Path, url: str, gateways: list[Identity], *, batch_wait: float = 0.01
-    ) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self.config = root / "aggregator.toml"
-        self.config.write_text(
-            f'[aggregator]\nid = "aggregator"\nstate_dir = "state"\n[amqp]\nurl = "{url}"\n'
-            f"[rounds]\nquorum_fraction = 1.0\nround_timeout = 120.0\n"
-            f"[worker]\nbatch_wait = {batch_wait}\nbatch_max = 64\n[metrics]\nport = 0\n"
-        )
-        assert aggregator_main(["keygen", "--config", str(self.config)]) == 0
-        self.identity = load_identity(root / "state" / "identity.key")
-        pubs = []
-        for gw in gateways:
-            pub = root / f"{gw.name}.pub"
-            pub.write_text(json.dumps(gw.public.to_json()))
-            pubs.append(str(pub))
-        assert aggregator_main(["enroll", "--config", str(self.config), *pubs]) == 0
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.parameters = int(initial_weights(ROOT / "gateway/assets/vitals_mlp_init.npz").size)
-
-    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        env = dict(
-            os.environ,
-            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        )
-        with (self.root / f"{args[0]}-{len(self.procs)}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "aggregator.cli", *args, "--config", str(self.config)],
-                stdout=log,
-                stderr=log,
-                env=env,
-                cwd=ROOT,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def db(self, sql: str, *args: object) -> list[tuple[object, ...]]:
-        path = self.root / "state" / "coordinator.sqlite3"
-        if not path.exists():
-            return []
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            return con.execute(sql, args).fetchall()
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            con.close()
-
-    def closed_rounds(self) -> int:
-        return len(self.db("SELECT round FROM rounds WHERE closed IS NOT NULL"))
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def _update(
-    gw: Identity, agg: Identity, round_: int, delta: np.ndarray, samples: int = 100
-) -> bytes:
-    payload = ModelUpdate(
-        delta.astype("<f4").tobytes(), int(delta.size), {"train_seconds": 0.0}
-    ).encode()
-    return seal_envelope(
-        gw,
-        [agg.public],
-        payload,
-        content_type=ContentType.MODEL_UPDATE,
-        round=round_,
-        sample_count=samples,
-    )
-
-
-def _publish(url: str, frames: list[bytes]) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    ch = conn.channel()
-    ch.confirm_delivery()
-    ch.queue_declare(UPDATES_QUEUE, durable=True)
-    for f in frames:
-        ch.basic_publish("", UPDATES_QUEUE, f, pika.BasicProperties(delivery_mode=2))
-    conn.close()
-
-
 def _unacked(rabbitmq: RabbitMQ, url: str) -> int:
     vh = url.rsplit("/", 1)[1]
     for line in rabbitmq.ctl(
@@ -198,8 +88,8 @@ def test_worker_killed_and_broker_restarted_mid_round(
             gw.name: np.full(agg.parameters, 0.01 * (i + 1), np.float32)
             for i, gw in enumerate(gateways)
         }
-        frames = [_update(gw, agg.identity, 1, deltas[gw.name]) for gw in gateways]
-        _publish(vhost, frames)
+        frames = [sealed_update(gw, agg.identity, 1, deltas[gw.name]) for gw in gateways]
+        publish_updates(vhost, frames)
         wait_until(
             lambda: _unacked(rabbitmq, vhost) == 3, 30, "the worker to hold all three updates"
         )
@@ -223,19 +113,19 @@ def test_worker_killed_and_broker_restarted_mid_round(
         stranger = Identity.generate("gw-1", Role.GATEWAY)  # claims gw-1 with another key
         bad = {
             "stale": frames[0],
-            "forged": _update(stranger, agg.identity, 2, deltas["gw-1"]),
-            "wrong_shape": _update(
+            "forged": sealed_update(stranger, agg.identity, 2, deltas["gw-1"]),
+            "wrong_shape": sealed_update(
                 gateways[0], agg.identity, 2, np.zeros(agg.parameters + 1, np.float32)
             ),
-            "non_finite": _update(
+            "non_finite": sealed_update(
                 gateways[1], agg.identity, 2, np.full(agg.parameters, np.nan, np.float32)
             ),
-            "norm_exceeded": _update(
+            "norm_exceeded": sealed_update(
                 gateways[2], agg.identity, 2, np.full(agg.parameters, 1e3, np.float32)
             ),
             "oversized": b"\x04" * (5 * 1024 * 1024),
         }
-        _publish(vhost, list(bad.values()))
+        publish_updates(vhost, list(bad.values()))
         wait_until(
             lambda: {r[0] for r in agg.db("SELECT reason FROM rejections")} >= set(bad),
             60,
@@ -244,7 +134,9 @@ def test_worker_killed_and_broker_restarted_mid_round(
         assert agg.db("SELECT count(*) FROM models")[0][0] == before
         assert agg.db("SELECT count(*) FROM contributions WHERE round = 2")[0][0] == 0
         # ...and the next round proceeds with honest updates.
-        _publish(vhost, [_update(gw, agg.identity, 2, deltas[gw.name]) for gw in gateways])
+        publish_updates(
+            vhost, [sealed_update(gw, agg.identity, 2, deltas[gw.name]) for gw in gateways]
+        )
         wait_until(lambda: agg.closed_rounds() >= 2, 60, "round 2 to close")
     finally:
         agg.stop()
