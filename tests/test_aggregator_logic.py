@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aggregator.config import load_config, parse_config
 from aggregator.partials import Partial, PartialError, make_partial
 from aggregator.rounds import RoundCoordinator, RoundPolicy, quorum_for
 from aggregator.strategies import (
@@ -248,3 +249,13 @@ def test_multi_recipient_registry(parties: Parties) -> None:
     reg = Registry()
     reg.enroll(parties.gateway.public)
     assert reg.active(Role.GATEWAY) == [parties.gateway.public]
+
+
+def test_example_aggregator_config_shows_the_defaults() -> None:
+    example = Path(__file__).resolve().parents[1] / "configs" / "aggregator.toml"
+    parsed = load_config(example)
+    minimal = parse_config(
+        {"aggregator": {"id": "aggregator", "state_dir": "/var/lib/iomt-aggregator"}},
+        example.parent.resolve(),
+    )
+    assert parsed == minimal
