@@ -37,6 +37,7 @@ from pqlink.fl import UPDATES_QUEUE, ModelUpdate
 
 ROOT = Path(__file__).resolve().parents[1]
 INIT = ROOT / "gateway" / "assets" / "vitals_mlp_init.npz"
+WARMUP_ROUNDS = 2
 
 
 def _env() -> dict[str, str]:
@@ -134,10 +135,11 @@ def full_rounds(
     *,
     plaintext: bool,
     windows_per_gateway: int,
+    run: int = 0,
 ) -> dict[str, Any]:
     """Real gateway daemons with stored vitals, the coordinator and two workers."""
-    procs = Procs(tmp / "logs")
-    root = tmp / ("plain" if plaintext else "sealed")
+    root = tmp / f"{'plain' if plaintext else 'sealed'}-{run}"
+    procs = Procs(root / "logs")
     gw_dirs = []
     samples = windows_per_gateway * 30 // 4
     start_ms = int((time.time() - 3 * 3600) * 1000)
@@ -149,6 +151,9 @@ def full_rounds(
             f'[gateway]\nid = "gw-{g:02d}"\nstate_dir = "state"\n[mqtt]\nport = {mqtt_port}\n'
             f'[uplink]\namqp_url = "{url}"\n[log]\njournal = "no"\nlevel = "warning"\n'
             f"[bench]\nplaintext_envelopes = {str(plaintext).lower()}\n"
+            # ten gateways share two cores: each would take the others' load for its own and
+            # defer (the energy policy is tested in tests/test_energy.py, not measured here)
+            "[learning]\nmax_cpu_load = 1.0\n"
         )
         _quiet(gateway_main, "keygen", "--config", str(conf))
         store = VitalsStore(d / "state" / "vitals.sqlite3")
@@ -193,16 +198,65 @@ def full_rounds(
         procs.stop()
     closed = _rounds(conf)
     latencies = [b - a for a, b in closed]
-    # the first round also pays for connections and cold caches: report it, take the rest
-    steady = latencies[1:] or latencies
+    if len(latencies) <= WARMUP_ROUNDS:
+        raise RuntimeError(f"only {len(latencies)} rounds closed; see {root / 'logs'}")
     return {
         "gateways": gateways,
         "rounds": len(closed),
         "crypto": not plaintext,
         "round_seconds": latencies,
-        "median_round_seconds": statistics.median(steady),
+        # the first rounds also pay for connections, imports and cold caches
+        "steady_round_seconds": latencies[WARMUP_ROUNDS:],
         "samples_per_gateway": samples * 4,
     }
+
+
+def _vhost(rabbit: RabbitMQ, name: str) -> str:
+    rabbit.ctl("add_vhost", name)
+    rabbit.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    return f"amqp://guest:guest@127.0.0.1:{rabbit.amqp_port}/{name}"
+
+
+def compare_rounds(
+    tmp: Path, mq: Mosquitto, rabbit: RabbitMQ, gateways: int, rounds: int, repeats: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sealed and crypto-off fleets run alternately (sealed, off, sealed, off, ...), each on a
+    fresh virtual host, so that drift of a noisy machine falls on both sides alike."""
+    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for rep in range(repeats):
+        for plaintext in (False, True):
+            mode = "off" if plaintext else "sealed"
+            url = _vhost(rabbit, f"rounds-{mode}-{rep}")
+            result = full_rounds(
+                tmp,
+                mq.port,
+                url,
+                gateways,
+                rounds,
+                plaintext=plaintext,
+                windows_per_gateway=100,
+                run=rep,
+            )
+            runs[plaintext].append(result)
+            steady = result["steady_round_seconds"]
+            print(
+                f"  run {rep + 1}/{repeats}, crypto {mode}: median of {len(steady)} rounds "
+                f"{statistics.median(steady) * 1000:.0f} ms",
+                flush=True,
+            )
+
+    def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
+        steady = [x for r in results for x in r["steady_round_seconds"]]
+        return {
+            "gateways": gateways,
+            "crypto": results[0]["crypto"],
+            "samples_per_gateway": results[0]["samples_per_gateway"],
+            "runs": results,
+            "rounds_counted": len(steady),
+            "median_round_seconds": statistics.median(steady),
+        }
+
+    return pooled(runs[False]), pooled(runs[True])
 
 
 def _update(gw: Identity, agg: Identity, round_: int, size: int) -> bytes:
@@ -288,36 +342,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out")
     parser.add_argument("--gateways", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=10, help="rounds per run")
+    parser.add_argument("--repeats", type=int, default=3, help="sealed/off run pairs")
     parser.add_argument("--crypto-gateways", type=int, default=50)
     parser.add_argument("--crypto-rounds", type=int, default=5)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="iomt-rounds-") as d:
         tmp = Path(d)
         with Mosquitto(tmp / "mosquitto") as mq, RabbitMQ(tmp / "rabbitmq") as rabbit:
-            sealed = full_rounds(
-                tmp,
-                mq.port,
-                rabbit.url,
-                args.gateways,
-                args.rounds,
-                plaintext=False,
-                windows_per_gateway=100,
+            print(f"full rounds, {args.gateways} gateways, sealed vs crypto off:", flush=True)
+            sealed, plain = compare_rounds(
+                tmp, mq, rabbit, args.gateways, args.rounds, args.repeats
             )
             print(
-                f"full round, {args.gateways} gateways, PQ crypto: median "
-                f"{sealed['median_round_seconds'] * 1000:.0f} ms"
+                f"full round median: sealed {sealed['median_round_seconds'] * 1000:.0f} ms, "
+                f"crypto off {plain['median_round_seconds'] * 1000:.0f} ms",
+                flush=True,
             )
-            plain = full_rounds(
-                tmp,
-                mq.port,
-                rabbit.url,
-                args.gateways,
-                args.rounds,
-                plaintext=True,
-                windows_per_gateway=100,
-            )
-            print(f"full round, crypto off: median {plain['median_round_seconds'] * 1000:.0f} ms")
             base = f"amqp://guest:guest@127.0.0.1:{rabbit.amqp_port}/"
             seq = crypto_processing(tmp, base, rabbit, args.crypto_gateways, args.crypto_rounds, 0)
             dist = crypto_processing(tmp, base, rabbit, args.crypto_gateways, args.crypto_rounds, 2)

@@ -156,6 +156,9 @@ def _setup(
             f'[uplink]\namqp_url = "{amqp_url}"\naggregator_public = "aggregator.pub"\n'
             "[sessions]\ndevice_records_per_second = 1000.0\ndevice_burst = 2000\n"
             '[log]\njournal = "no"\n'
+            # Every gateway here shares one machine, so each would see the others' training as
+            # its own CPU load and defer; on a Pi the default (0.8) applies to that Pi alone.
+            "[learning]\nmax_cpu_load = 1.0\n"
         )
         shutil.copy(agg_pub, root / "state" / "aggregator.pub")
         _quiet(gateway_main, "keygen", "--config", str(conf))

@@ -81,4 +81,13 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
 
 def test_every_example_key_is_known() -> None:
     doc = tomllib.loads(EXAMPLE.read_text())
-    assert set(doc) == {"gateway", "mqtt", "sessions", "store", "log", "uplink", "learning"}
+    assert set(doc) == {
+        "gateway",
+        "mqtt",
+        "sessions",
+        "store",
+        "log",
+        "uplink",
+        "learning",
+        "metrics",
+    }
