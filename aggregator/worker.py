@@ -1,5 +1,6 @@
 """Crypto workers: competing consumers of the sealed-update queue. Each verifies, opens and
-validates a batch of updates and sends the coordinator one partial sum per round.
+validates every update as it arrives, and folds a batch of them into one partial sum per round
+for the coordinator.
 
 Exactly-once: an update delivered for the first time can be in no earlier partial, so fresh
 updates are summed together; a redelivered one (its worker died before acknowledging) travels
@@ -54,6 +55,16 @@ def _timings(headers: dict[str, object] | None) -> dict[str, float]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """One update after `CryptoWorker.check`: valid (round, contribution, report metrics) or
+    rejected."""
+
+    redelivered: bool
+    valid: tuple[int, Contribution, dict[str, object]] | None
+    rejection: Rejection | None
+
+
 class CryptoWorker:
     """The sans-IO part: deliveries in, partials out."""
 
@@ -79,46 +90,59 @@ class CryptoWorker:
         self.norm_bound = norm_bound
         self.processed = 0
 
+    def check(self, d: Delivery) -> Checked:
+        """Verify, open and validate one update: done as each arrives, so the crypto overlaps
+        the wait for the rest of the batch."""
+        t0 = time.perf_counter()
+        try:
+            valid = validate_update(
+                d.body, self.identity, self.gateways, self.limits, unsealed=self.unsealed
+            )
+        except UpdateRejectedError as exc:
+            if self.metrics is not None:
+                self.metrics.updates.labels("rejected").inc()
+                self.metrics.rejected.labels(exc.reason).inc()
+            return Checked(
+                d.redelivered, None, Rejection(exc.reason, exc.gateway, exc.round, exc.detail)
+            )
+        finally:
+            self.processed += 1
+        if self.metrics is not None:
+            self.metrics.updates.labels("valid").inc()
+            self.metrics.open_seconds.observe(time.perf_counter() - t0)
+        c = valid.contribution
+        c = Contribution(c.gateway, c.samples, bound_norm(c.delta, self.norm_bound))
+        m = {
+            **valid.metrics,
+            **_timings(d.headers),
+            "update_bytes": len(d.body),
+            "open_seconds": time.perf_counter() - t0,
+            "worker": self.name,
+            "worker_received_at": time.time(),
+        }
+        return Checked(d.redelivered, (valid.round, c, m), None)
+
     def process(self, deliveries: Sequence[Delivery]) -> list[Partial]:
+        return self.fold([self.check(d) for d in deliveries])
+
+    def fold(self, checked: Sequence[Checked]) -> list[Partial]:
+        """One partial sum per round for the fresh updates, one each for redelivered ones."""
         fresh: dict[int, dict[str, Contribution]] = {}
         alone: list[tuple[int, Contribution, dict[str, object]]] = []
         metrics: dict[str, dict[str, object]] = {}
         rejections: list[Rejection] = []
-        for d in deliveries:
-            t0 = time.perf_counter()
-            try:
-                valid = validate_update(
-                    d.body, self.identity, self.gateways, self.limits, unsealed=self.unsealed
-                )
-            except UpdateRejectedError as exc:
-                rejections.append(Rejection(exc.reason, exc.gateway, exc.round, exc.detail))
-                if self.metrics is not None:
-                    self.metrics.updates.labels("rejected").inc()
-                    self.metrics.rejected.labels(exc.reason).inc()
+        for item in checked:
+            if item.valid is None:
+                if item.rejection is not None:
+                    rejections.append(item.rejection)
                 continue
-            finally:
-                self.processed += 1
-            if self.metrics is not None:
-                self.metrics.updates.labels("valid").inc()
-                self.metrics.open_seconds.observe(time.perf_counter() - t0)
-            c = valid.contribution
-            c = Contribution(c.gateway, c.samples, bound_norm(c.delta, self.norm_bound))
-            m = {
-                **valid.metrics,
-                **_timings(d.headers),
-                "update_bytes": len(d.body),
-                "open_seconds": time.perf_counter() - t0,
-                "worker": self.name,
-                "worker_received_at": time.time(),
-            }
-            if d.redelivered:
-                alone.append((valid.round, c, m))
+            rnd, c, m = item.valid
+            if item.redelivered:
+                alone.append((rnd, c, m))
                 continue
-            same_round = fresh.setdefault(valid.round, {})
+            same_round = fresh.setdefault(rnd, {})
             if c.gateway in same_round:
-                rejections.append(
-                    Rejection("duplicate", c.gateway, valid.round, "twice in one batch")
-                )
+                rejections.append(Rejection("duplicate", c.gateway, rnd, "twice in one batch"))
                 continue
             same_round[c.gateway] = c
             metrics[c.gateway] = m
@@ -180,9 +204,10 @@ def run_worker(
     stop: threading.Event,
     heartbeat: int = 30,
 ) -> None:
-    """Consume until `stop` is set; reconnect with backoff on broker failures. A batch is
-    processed when it holds `batch_max` updates, or when no update came for a moment and the
-    oldest has waited `batch_wait` seconds."""
+    """Consume until `stop` is set; reconnect with backoff on broker failures. Each update
+    is checked on arrival; a batch is folded, published and acknowledged when it holds
+    `batch_max` updates, or when no update came for a moment and the oldest has waited
+    `batch_wait` seconds."""
     tick = max(0.005, min(batch_wait, 0.2))  # how often `stop` is checked while idle
     params = pika.URLParameters(url)
     params.heartbeat = heartbeat
@@ -201,7 +226,7 @@ def run_worker(
             channel.confirm_delivery()
             declare_topology(channel)
             channel.basic_qos(prefetch_count=prefetch)
-            batch: list[tuple[int, Delivery]] = []
+            batch: list[tuple[int, Checked]] = []
             oldest = 0.0
             for method, props, body in channel.consume(UPDATES_QUEUE, inactivity_timeout=tick):
                 if method is not None and body is not None and method.delivery_tag is not None:
@@ -209,10 +234,10 @@ def run_worker(
                     delivery = Delivery(body, bool(method.redelivered), headers)
                     if not batch:
                         oldest = time.monotonic()
-                    batch.append((method.delivery_tag, delivery))
+                    batch.append((method.delivery_tag, worker.check(delivery)))
                 idle_and_due = method is None and time.monotonic() - oldest >= batch_wait
                 if batch and (idle_and_due or len(batch) >= batch_max):
-                    for partial in worker.process([d for _, d in batch]):
+                    for partial in worker.fold([c for _, c in batch]):
                         # With confirms on, this returns once the broker has the partial on
                         # disk, and raises if it refused it: only then are the updates acked.
                         channel.basic_publish("", PARTIALS_QUEUE, partial.encode(), PERSISTENT)

@@ -118,6 +118,35 @@ def _rounds(conf: Path) -> list[tuple[float, float]]:
         con.close()
 
 
+PHASES = (
+    ("announced", "global model aggregated, sealed and published (from round open)"),
+    ("all_received", "last gateway has taken the global model off its queue"),
+    ("all_uploaded", "last gateway has trained, sealed and published its update"),
+    ("all_checked", "last update verified and opened by a worker"),
+    ("closed", "partials summed by the coordinator, round closed"),
+)
+
+
+def _phases(conf: Path) -> dict[str, list[float]]:
+    """Per steady round, when each phase ended (seconds after the round opened), from the
+    coordinator's report; a round's announcement is the previous round's `published_at`."""
+    report = conf.parent / "state" / "rounds.jsonl"
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    published = {r["round"] + 1: r["published_at"] for r in rows}
+    out: dict[str, list[float]] = {name: [] for name, _ in PHASES}
+    for r in rows[WARMUP_ROUNDS:]:
+        gw = list(r["metrics"].values())
+        if r["round"] not in published or not gw:
+            continue
+        t0 = r["opened_at"]
+        out["announced"].append(published[r["round"]] - t0)
+        out["all_received"].append(max(m["global_received_at"] for m in gw) - t0)
+        out["all_uploaded"].append(max(m["uplink_published_at"] for m in gw) - t0)
+        out["all_checked"].append(max(m["worker_received_at"] for m in gw) - t0)
+        out["closed"].append(r["closed_at"] - t0)
+    return out
+
+
 def _wait(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -207,6 +236,7 @@ def full_rounds(
         "round_seconds": latencies,
         # the first rounds also pay for connections, imports and cold caches
         "steady_round_seconds": latencies[WARMUP_ROUNDS:],
+        "phase_seconds": _phases(conf),
         "samples_per_gateway": samples * 4,
     }
 
@@ -254,6 +284,10 @@ def compare_rounds(
             "runs": results,
             "rounds_counted": len(steady),
             "median_round_seconds": statistics.median(steady),
+            "median_phase_seconds": {
+                name: statistics.median(x for r in results for x in r["phase_seconds"][name])
+                for name, _ in PHASES
+            },
         }
 
     return pooled(runs[False]), pooled(runs[True])
@@ -273,14 +307,21 @@ def _update(gw: Identity, agg: Identity, round_: int, size: int) -> bytes:
 
 
 def crypto_processing(
-    tmp: Path, url_base: str, rabbit: RabbitMQ, n_gateways: int, rounds: int, workers: int
+    tmp: Path,
+    url_base: str,
+    rabbit: RabbitMQ,
+    n_gateways: int,
+    rounds: int,
+    workers: int,
+    run: int = 0,
 ) -> dict[str, Any]:
-    """Updates of `n_gateways` published at once; time until the round closes."""
-    vhost = f"bench{workers}"
+    """Updates of `n_gateways` published at once; time until the round closes. `workers` crypto
+    worker processes (0: the coordinator opens the updates itself)."""
+    vhost = f"bench{workers}-{run}"
     rabbit.ctl("add_vhost", vhost)
     rabbit.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     url = f"{url_base}{vhost}"
-    root = tmp / f"crypto-{workers}"
+    root = tmp / f"crypto-{workers}-{run}"
     gateways = [Identity.generate(f"gw-{i:03d}", Role.GATEWAY) for i in range(n_gateways)]
     pubs = []
     (root / "pubs").mkdir(parents=True)
@@ -331,11 +372,40 @@ def crypto_processing(
     finally:
         procs.stop()
     return {
-        "workers": workers or "inline (sequential)",
+        "workers": workers or "inline (in the coordinator)",
         "gateways": n_gateways,
         "round_seconds": durations,
         "median_seconds": statistics.median(durations),
     }
+
+
+def compare_workers(
+    tmp: Path, url_base: str, rabbit: RabbitMQ, n_gateways: int, rounds: int, repeats: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One worker (sequential) against two, alternately, each run on a fresh virtual host; the
+    first round of each run (connections, cold caches) is left out of the median."""
+    runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for rep in range(repeats):
+        for workers in (1, 2):
+            result = crypto_processing(tmp, url_base, rabbit, n_gateways, rounds, workers, rep)
+            runs[workers].append(result)
+            print(
+                f"  run {rep + 1}/{repeats}, {workers} worker(s): median of {rounds} rounds "
+                f"{result['median_seconds'] * 1000:.0f} ms",
+                flush=True,
+            )
+
+    def pooled(workers: int) -> dict[str, Any]:
+        steady = [x for r in runs[workers] for x in r["round_seconds"][1:]]
+        return {
+            "workers": workers,
+            "gateways": n_gateways,
+            "runs": runs[workers],
+            "rounds_counted": len(steady),
+            "median_seconds": statistics.median(steady),
+        }
+
+    return pooled(1), pooled(2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="rounds per run")
     parser.add_argument("--repeats", type=int, default=3, help="sealed/off run pairs")
     parser.add_argument("--crypto-gateways", type=int, default=50)
-    parser.add_argument("--crypto-rounds", type=int, default=5)
+    parser.add_argument("--crypto-rounds", type=int, default=6, help="rounds per worker run")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="iomt-rounds-") as d:
         tmp = Path(d)
@@ -359,13 +429,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"crypto off {plain['median_round_seconds'] * 1000:.0f} ms",
                 flush=True,
             )
+            print("phase ends, median ms after the round opened (sealed / crypto off):")
+            for name, what in PHASES:
+                a = sealed["median_phase_seconds"][name] * 1000
+                b = plain["median_phase_seconds"][name] * 1000
+                print(f"  {name:<13} {a:6.1f} / {b:6.1f}   {what}")
             base = f"amqp://guest:guest@127.0.0.1:{rabbit.amqp_port}/"
-            seq = crypto_processing(tmp, base, rabbit, args.crypto_gateways, args.crypto_rounds, 0)
-            dist = crypto_processing(tmp, base, rabbit, args.crypto_gateways, args.crypto_rounds, 2)
+            print(f"crypto processing, {args.crypto_gateways} updates, 1 worker vs 2:", flush=True)
+            seq, dist = compare_workers(
+                tmp, base, rabbit, args.crypto_gateways, args.crypto_rounds, args.repeats
+            )
     overhead = sealed["median_round_seconds"] / plain["median_round_seconds"] - 1
     reduction = 1 - dist["median_seconds"] / seq["median_seconds"]
     print(
-        f"crypto overhead {overhead * 100:.1f}%; {args.crypto_gateways} updates: sequential "
+        f"crypto overhead {overhead * 100:.1f}%; {args.crypto_gateways} updates: 1 worker "
         f"{seq['median_seconds'] * 1000:.0f} ms, 2 workers {dist['median_seconds'] * 1000:.0f} ms "
         f"({reduction * 100:.0f}% less)"
     )

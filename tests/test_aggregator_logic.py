@@ -165,6 +165,24 @@ def test_worker_sums_fresh_and_isolates_redelivered(parties: Parties) -> None:
         Partial.decode(p.encode()[:-4], N)
 
 
+def test_worker_checks_on_arrival_and_folds_later(parties: Parties) -> None:
+    """The run loop verifies each update as it arrives and folds the batch when it is due."""
+    worker = _worker(parties)
+    d1 = _update(parties.gateway, parties.aggregator, np.ones(N, np.float32), samples=10)
+    forged = _flip(d1, len(d1) - 5)
+    checked = [worker.check(Delivery(d, False)) for d in (d1, forged, d1)]
+    assert worker.processed == 3
+    assert checked[0].valid is not None
+    assert checked[0].rejection is None
+    assert checked[1].valid is None
+    assert checked[1].rejection is not None
+    assert checked[1].rejection.reason == "forged"
+    partials = worker.fold(checked)
+    assert len(partials) == 1
+    assert partials[0].contributors == (("gw-01", 10),)
+    assert sorted(r.reason for r in partials[0].rejections) == ["duplicate", "forged"]
+
+
 def _coordinator(tmp_path: Path, strategy: object = None, quorum: int = 2) -> RoundCoordinator:
     return RoundCoordinator(
         tmp_path / "c.db",
