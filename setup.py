@@ -7,6 +7,7 @@ setup(
         Extension(
             "pqlink._ascon",
             sources=["pqlink/_ascon.c"],
+            depends=["pqlink/_ascon_core.h"],
             extra_compile_args=["-O3", "-std=c99", "-Wall", "-Wextra", "-fno-strict-aliasing"],
         )
     ]

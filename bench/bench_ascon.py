@@ -14,7 +14,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from bench._timing import write
-from pqlink.ascon import decrypt, encrypt
+from pqlink.ascon import IMPLEMENTATION, decrypt, encrypt
 
 SIZES = {"64B": 64, "1KiB": 1024, "1MiB": 1 << 20}
 REQUIRED_RATIO = 0.2
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON output path (default bench/results/ascon.json)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
+    print(f"Ascon code path: {IMPLEMENTATION}")
     sizes: dict[str, dict[str, float]] = {}
     for label, size in SIZES.items():
         row = bench_size(size)
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "ascon",
         {
             "unit": "MB/s (1e6 bytes per second), median of repetitions",
+            "ascon_implementation": IMPLEMENTATION,
             "sizes": sizes,
             "budget": budget,
             "seconds": round(time.perf_counter() - t0, 1),

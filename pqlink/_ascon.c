@@ -186,135 +186,52 @@ static inline uint64_t low_bytes(size_t n) { return (UINT64_C(1) << (8 * n)) - 1
 
 /* ------------------------------------------------------------------ AEAD */
 
-/*
- * Initialisation and associated data, shared by both directions. The state
- * goes through a struct only at this boundary; the bulk loops below work on
- * locals again.
- */
+/* The state between the initialisation, the bulk loops and the tag. */
 typedef struct {
     uint64_t x0, x1, x2, x3, x4;
 } ascon_state;
 
-static void ascon_start(ascon_state *s, uint64_t k0, uint64_t k1, const uint8_t *nonce,
-                        const uint8_t *ad, size_t adlen) {
-    uint64_t x0 = ASCON_IV, x1 = k0, x2 = ~k1; /* ~: see the permutation */
-    uint64_t x3 = load64(nonce), x4 = ~load64(nonce + 8);
-    P12();
-    x3 ^= k0;
-    x4 ^= k1;
-    if (adlen > 0) {
-        while (adlen >= ASCON_RATE) {
-            x0 ^= load64(ad);
-            x1 ^= load64(ad + 8);
-            P8();
-            ad += ASCON_RATE;
-            adlen -= ASCON_RATE;
-        }
-        /* The last block is always padded, even when it holds no data. */
-        if (adlen >= 8) {
-            x0 ^= load64(ad);
-            x1 ^= load_partial(ad + 8, adlen - 8) ^ pad(adlen - 8);
-        } else {
-            x0 ^= load_partial(ad, adlen) ^ pad(adlen);
-        }
-        P8();
-    }
-    x4 ^= ASCON_DSEP;
-    s->x0 = x0;
-    s->x1 = x1;
-    s->x2 = x2;
-    s->x3 = x3;
-    s->x4 = x4;
-}
+/*
+ * The mode is compiled once per code path. On x86-64 a second copy is built
+ * for processors with BMI1 and BMI2 (all since 2013): ANDN and RORX, a rotate
+ * that leaves its source intact, save a copy in most s-box and linear-layer
+ * steps, which made 1 MiB about 5% faster on Zen 4. The module picks the path
+ * once, at import, and reports it as IMPLEMENTATION. Define ASCON_PORTABLE to
+ * build the portable path alone (the tests do, to check it against the
+ * vectors on machines that would otherwise run the other).
+ */
+#define ASCON_NAME(f) ascon_##f##_portable
+#include "_ascon_core.h"
+#undef ASCON_NAME
 
-static void ascon_finish(ascon_state *s, uint64_t k0, uint64_t k1, uint8_t tag[16]) {
-    uint64_t x0 = s->x0, x1 = s->x1, x2 = s->x2 ^ k0, x3 = s->x3 ^ k1, x4 = s->x4;
-    P12();
-    store64(tag, x3 ^ k0);
-    store64(tag + 8, ~x4 ^ k1); /* undo the lane complement */
-}
+typedef void (*encrypt_fn)(const uint8_t *, const uint8_t *, const uint8_t *, size_t,
+                           const uint8_t *, size_t, uint8_t *);
+typedef int (*decrypt_fn)(const uint8_t *, const uint8_t *, const uint8_t *, size_t,
+                          const uint8_t *, size_t, const uint8_t *, uint8_t *);
 
-static void ascon_encrypt(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, size_t adlen,
-                          const uint8_t *m, size_t mlen, uint8_t *c) {
-    const uint64_t k0 = load64(key), k1 = load64(key + 8);
-    ascon_state s;
-    ascon_start(&s, k0, k1, nonce, ad, adlen);
-    uint64_t x0 = s.x0, x1 = s.x1, x2 = s.x2, x3 = s.x3, x4 = s.x4;
-    while (mlen >= ASCON_RATE) {
-        x0 ^= load64(m);
-        x1 ^= load64(m + 8);
-        store64(c, x0);
-        store64(c + 8, x1);
-        P8();
-        m += ASCON_RATE;
-        c += ASCON_RATE;
-        mlen -= ASCON_RATE;
-    }
-    if (mlen >= 8) {
-        x0 ^= load64(m);
-        store64(c, x0);
-        x1 ^= load_partial(m + 8, mlen - 8);
-        store_partial(c + 8, x1, mlen - 8);
-        x1 ^= pad(mlen - 8);
-    } else {
-        x0 ^= load_partial(m, mlen);
-        store_partial(c, x0, mlen);
-        x0 ^= pad(mlen);
-    }
-    c += mlen;
-    s.x0 = x0;
-    s.x1 = x1;
-    s.x2 = x2;
-    s.x3 = x3;
-    s.x4 = x4;
-    ascon_finish(&s, k0, k1, c);
-}
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(ASCON_PORTABLE)
+#define ASCON_HAVE_BMI2 1
+#pragma GCC push_options
+#pragma GCC target("bmi,bmi2")
+#define ASCON_NAME(f) ascon_##f##_bmi2
+#include "_ascon_core.h"
+#undef ASCON_NAME
+#pragma GCC pop_options
+#endif
 
-/* Returns 0 when the tag verifies; otherwise m holds unauthenticated bytes
- * that the caller must wipe. */
-static int ascon_decrypt(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, size_t adlen,
-                         const uint8_t *c, size_t clen, const uint8_t *tag, uint8_t *m) {
-    const uint64_t k0 = load64(key), k1 = load64(key + 8);
-    ascon_state s;
-    ascon_start(&s, k0, k1, nonce, ad, adlen);
-    uint64_t x0 = s.x0, x1 = s.x1, x2 = s.x2, x3 = s.x3, x4 = s.x4;
-    while (clen >= ASCON_RATE) {
-        const uint64_t c0 = load64(c), c1 = load64(c + 8);
-        store64(m, x0 ^ c0);
-        store64(m + 8, x1 ^ c1);
-        x0 = c0;
-        x1 = c1;
-        P8();
-        m += ASCON_RATE;
-        c += ASCON_RATE;
-        clen -= ASCON_RATE;
+static encrypt_fn ascon_encrypt = ascon_encrypt_portable;
+static decrypt_fn ascon_decrypt = ascon_decrypt_portable;
+static const char *implementation = "portable";
+
+static void choose_implementation(void) {
+#ifdef ASCON_HAVE_BMI2
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2")) {
+        ascon_encrypt = ascon_encrypt_bmi2;
+        ascon_decrypt = ascon_decrypt_bmi2;
+        implementation = "x86-64 BMI2";
     }
-    if (clen >= 8) {
-        const uint64_t c0 = load64(c);
-        store64(m, x0 ^ c0);
-        x0 = c0;
-        const size_t n = clen - 8;
-        const uint64_t c1 = load_partial(c + 8, n);
-        store_partial(m + 8, x1 ^ c1, n);
-        x1 = ((x1 & ~low_bytes(n)) | c1) ^ pad(n);
-    } else {
-        const uint64_t c0 = load_partial(c, clen);
-        store_partial(m, x0 ^ c0, clen);
-        x0 = ((x0 & ~low_bytes(clen)) | c0) ^ pad(clen);
-    }
-    s.x0 = x0;
-    s.x1 = x1;
-    s.x2 = x2;
-    s.x3 = x3;
-    s.x4 = x4;
-    uint8_t expected[ASCON_TAG_SIZE];
-    ascon_finish(&s, k0, k1, expected);
-    /* Constant time: every byte is looked at whatever the first difference. */
-    unsigned diff = 0;
-    for (int i = 0; i < ASCON_TAG_SIZE; i++) {
-        diff |= (unsigned)(expected[i] ^ tag[i]);
-    }
-    return diff != 0;
+#endif
 }
 
 /* A plain memset of memory that is freed next may be elided as a dead store;
@@ -475,6 +392,12 @@ PyMODINIT_FUNC PyInit__ascon(void) {
     if (PyModule_AddIntConstant(m, "KEY_SIZE", ASCON_KEY_SIZE) < 0 ||
         PyModule_AddIntConstant(m, "NONCE_SIZE", ASCON_NONCE_SIZE) < 0 ||
         PyModule_AddIntConstant(m, "TAG_SIZE", ASCON_TAG_SIZE) < 0) {
+        Py_DECREF(exc);
+        Py_DECREF(m);
+        return NULL;
+    }
+    choose_implementation();
+    if (PyModule_AddStringConstant(m, "IMPLEMENTATION", implementation) < 0) {
         Py_DECREF(exc);
         Py_DECREF(m);
         return NULL;

@@ -9,6 +9,8 @@ _BytesLike: TypeAlias = bytes | bytearray | memoryview
 KEY_SIZE: Final[int]
 NONCE_SIZE: Final[int]
 TAG_SIZE: Final[int]
+#: The code path chosen at import: "x86-64 BMI2" or "portable".
+IMPLEMENTATION: Final[str]
 
 def encrypt(
     key: _BytesLike, nonce: _BytesLike, associated_data: _BytesLike, plaintext: _BytesLike, /

@@ -2,6 +2,6 @@
 
 A zero-overhead re-export of the C extension pqlink._ascon; see its stub for the signatures."""
 
-from pqlink._ascon import KEY_SIZE, NONCE_SIZE, TAG_SIZE, decrypt, encrypt
+from pqlink._ascon import IMPLEMENTATION, KEY_SIZE, NONCE_SIZE, TAG_SIZE, decrypt, encrypt
 
-__all__ = ["KEY_SIZE", "NONCE_SIZE", "TAG_SIZE", "decrypt", "encrypt"]
+__all__ = ["IMPLEMENTATION", "KEY_SIZE", "NONCE_SIZE", "TAG_SIZE", "decrypt", "encrypt"]

@@ -4,16 +4,22 @@ A modified, truncated or mis-keyed ciphertext must raise AuthenticationError and
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from setuptools import Distribution, Extension
+from setuptools.command.build_ext import build_ext
 
+import pqlink
+from pqlink import _ascon
 from pqlink._errors import AuthenticationError
 from pqlink.ascon import KEY_SIZE, NONCE_SIZE, TAG_SIZE, decrypt, encrypt
 
@@ -74,6 +80,7 @@ TAMPER_LENGTHS = [(0, 0), (7, 9), (16, 16), (17, 0), (32, 32)]
 
 def test_constants() -> None:
     assert (KEY_SIZE, NONCE_SIZE, TAG_SIZE) == (16, 16, 16)
+    assert _ascon.IMPLEMENTATION in {"portable", "x86-64 BMI2"}
 
 
 def test_kat_file_is_complete() -> None:
@@ -246,3 +253,42 @@ def test_any_bit_flip_is_rejected_property(
     bit = data.draw(st.integers(min_value=0, max_value=8 * len(ct) - 1), label="bit")
     with pytest.raises(AuthenticationError):
         decrypt(key, nonce, ad, flip_bit(ct, bit))
+
+
+def _build_portable(tmp: Path) -> ModuleType:
+    """The extension built again with ASCON_PORTABLE: only the baseline code path, which the
+    loader does not choose on an x86-64 processor with BMI2."""
+    source = Path(pqlink.__file__).parent / "_ascon.c"
+    ext = Extension(
+        "pqlink._ascon",
+        sources=[str(source)],
+        define_macros=[("ASCON_PORTABLE", "1")],
+        extra_compile_args=["-O3", "-std=c99", "-fno-strict-aliasing"],
+    )
+    cmd = build_ext(Distribution({"ext_modules": [ext]}))
+    cmd.build_lib = str(tmp / "lib")
+    cmd.build_temp = str(tmp / "obj")
+    cmd.ensure_finalized()
+    cmd.run()
+    spec = importlib.util.spec_from_file_location("pqlink._ascon", cmd.get_ext_fullpath(ext.name))
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)  # not put into sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_portable_build_reproduces_the_vectors(tmp_path: Path) -> None:
+    portable = _build_portable(tmp_path)
+    assert portable.IMPLEMENTATION == "portable"
+    for v in kat_vectors():
+        assert portable.encrypt(v.key, v.nonce, v.ad, v.pt) == v.ct, f"Count = {v.count}"
+        assert portable.decrypt(v.key, v.nonce, v.ad, v.ct) == v.pt, f"Count = {v.count}"
+    with pytest.raises(AuthenticationError):
+        portable.decrypt(KEY, NONCE, b"", flip_bit(kat(16, 0).ct, 3))
+    # longer inputs than the vectors have, against the installed build
+    for size in (33, 255, 4095, 4096, 70_001):
+        key, nonce, ad, pt = os.urandom(16), os.urandom(16), os.urandom(size // 3), os.urandom(size)
+        ct = encrypt(key, nonce, ad, pt)
+        assert portable.encrypt(key, nonce, ad, pt) == ct
+        assert portable.decrypt(key, nonce, ad, ct) == pt
