@@ -144,7 +144,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory, ansible_env: dict[str, str])
     src = base / "src"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
-    for package in project["tool"]["setuptools"]["packages"]:
+    for package in {name.split(".")[0] for name in project["tool"]["setuptools"]["packages"]}:
         shutil.copytree(ROOT / package, src / package, ignore=ignore)
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, src / name)

@@ -735,12 +735,13 @@ def test_containerfile() -> None:
         if ins == "COPY" and not args.startswith("--from")
         for src in args.split()[:-1]
     }
-    needed = {*project["tool"]["setuptools"]["packages"], "pyproject.toml", "setup.py"}
+    packages = {name.split(".")[0] for name in project["tool"]["setuptools"]["packages"]}
+    needed = {*packages, "pyproject.toml", "setup.py"}
     assert needed | {project["project"]["readme"]} <= copied
     context = (ROOT / ".dockerignore").read_text().splitlines()
     assert {ln[1:].rstrip("/") for ln in context if ln.startswith("!")} >= copied
-    # The initial model ships in the wheel: package-data of gateway.
-    assert "assets/*" in project["tool"]["setuptools"]["package-data"]["gateway"]
+    # The initial model ships in the wheel: package-data of gateway.assets.
+    assert "*.npz" in project["tool"]["setuptools"]["package-data"]["gateway.assets"]
     assert DEFAULT_INITIAL_WEIGHTS.is_file()
 
 
