@@ -238,6 +238,7 @@ def full_rounds(
         "steady_round_seconds": latencies[WARMUP_ROUNDS:],
         "phase_seconds": _phases(conf),
         "samples_per_gateway": samples * 4,
+        "windows_per_gateway": windows_per_gateway,
     }
 
 
@@ -248,7 +249,13 @@ def _vhost(rabbit: RabbitMQ, name: str) -> str:
 
 
 def compare_rounds(
-    tmp: Path, mq: Mosquitto, rabbit: RabbitMQ, gateways: int, rounds: int, repeats: int
+    tmp: Path,
+    mq: Mosquitto,
+    rabbit: RabbitMQ,
+    gateways: int,
+    rounds: int,
+    repeats: int,
+    windows: int = 100,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sealed and crypto-off fleets run alternately (sealed, off, sealed, off, ...), each on a
     fresh virtual host, so that drift of a noisy machine falls on both sides alike."""
@@ -264,7 +271,7 @@ def compare_rounds(
                 gateways,
                 rounds,
                 plaintext=plaintext,
-                windows_per_gateway=100,
+                windows_per_gateway=windows,
                 run=rep,
             )
             runs[plaintext].append(result)
@@ -281,6 +288,7 @@ def compare_rounds(
             "gateways": gateways,
             "crypto": results[0]["crypto"],
             "samples_per_gateway": results[0]["samples_per_gateway"],
+            "windows_per_gateway": results[0]["windows_per_gateway"],
             "runs": results,
             "rounds_counted": len(steady),
             "median_round_seconds": statistics.median(steady),
@@ -414,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateways", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=10, help="rounds per run")
     parser.add_argument("--repeats", type=int, default=3, help="sealed/off run pairs")
+    parser.add_argument(
+        "--windows", type=int, default=100, help="training windows stored per gateway"
+    )
     parser.add_argument("--crypto-gateways", type=int, default=50)
     parser.add_argument("--crypto-rounds", type=int, default=6, help="rounds per worker run")
     args = parser.parse_args(argv)
@@ -422,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         with Mosquitto(tmp / "mosquitto") as mq, RabbitMQ(tmp / "rabbitmq") as rabbit:
             print(f"full rounds, {args.gateways} gateways, sealed vs crypto off:", flush=True)
             sealed, plain = compare_rounds(
-                tmp, mq, rabbit, args.gateways, args.rounds, args.repeats
+                tmp, mq, rabbit, args.gateways, args.rounds, args.repeats, args.windows
             )
             print(
                 f"full round median: sealed {sealed['median_round_seconds'] * 1000:.0f} ms, "

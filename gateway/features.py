@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from gateway.store import SampleRow
 from pqlink.vitals import Activity, EventLabel, VitalsSample
 
 WINDOW = 30  # samples per window
@@ -42,8 +43,6 @@ N_FEATURES = len(FEATURE_NAMES)
 FEATURE_CENTRES: tuple[float, ...] = tuple(centre for _, centre, _ in _FEATURES)
 FEATURE_SCALES: tuple[float, ...] = tuple(scale for _, _, scale in _FEATURES)
 
-SampleRow = tuple[int, int, float | None, float | None, float | None, float | None, int, int]
-"""(seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label): the store's column order."""
 Vitals = VitalsSample | SampleRow
 
 _EVENT_KINDS = np.array([e.value for e in EventLabel if e is not EventLabel.NONE], dtype=np.int8)

@@ -192,7 +192,7 @@ class FederationClient:
         xs, ys = [np.zeros((0, N_FEATURES), np.float32)], [np.zeros(0, np.int32)]
         limit = self.config.learning.max_samples_per_device
         for device in self.store.devices():
-            x, y = build_windows(self.store.samples(device, limit=limit))
+            x, y = build_windows(self.store.sample_rows(device, limit=limit))
             xs.append(x)
             ys.append(y)
         return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int32)

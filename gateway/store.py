@@ -13,6 +13,18 @@ from pathlib import Path
 
 from pqlink.vitals import Activity, EventLabel, VitalsSample
 
+SampleRow = tuple[int, int, float | None, float | None, float | None, float | None, int, int]
+"""A stored sample: (seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label)."""
+
+_ALL_ROWS = (
+    "SELECT seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label "
+    "FROM vitals WHERE device_id = ? ORDER BY seq"
+)
+_NEWEST_ROWS = (
+    "SELECT * FROM (SELECT seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label "
+    "FROM vitals WHERE device_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vitals (
     device_id   TEXT    NOT NULL,
@@ -148,16 +160,19 @@ class VitalsStore:
     def devices(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT device_id FROM vitals ORDER BY 1")]
 
+    def sample_rows(self, device_id: str, limit: int | None = None) -> list[SampleRow]:
+        """A device's samples as plain rows in the store's column order (seq, ts_ms,
+        heart_rate, spo2, skin_temp, accel, activity, label), in time order, the newest
+        `limit` if given: what feature windows are built from, without an object per row."""
+        if limit is None:
+            return self._db.execute(_ALL_ROWS, (device_id,)).fetchall()
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        return self._db.execute(_NEWEST_ROWS, (device_id, limit)).fetchall()
+
     def samples(self, device_id: str, limit: int | None = None) -> list[VitalsSample]:
         """A device's samples in time order (the newest `limit` if given)."""
-        sql = (
-            "SELECT seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label "
-            "FROM vitals WHERE device_id = ? ORDER BY seq"
-        )
-        rows = self._db.execute(sql, (device_id,)).fetchall()
-        if limit is not None:
-            rows = rows[-limit:]
         return [
             VitalsSample(seq, ts, hr, spo2, temp, accel, Activity(act), EventLabel(label))
-            for seq, ts, hr, spo2, temp, accel, act, label in rows
+            for seq, ts, hr, spo2, temp, accel, act, label in self.sample_rows(device_id, limit)
         ]

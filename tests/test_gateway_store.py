@@ -34,6 +34,24 @@ def test_rows_are_stored_once_and_read_back(tmp_path: Path) -> None:
     store.close()
 
 
+def test_newest_rows_in_time_order(tmp_path: Path) -> None:
+    store = VitalsStore(tmp_path / "v.db")
+    # committed out of order and interleaved with another device
+    store.commit([vitals_row("dev-1", _sample(i), 1) for i in (5, 1, 4, 0, 3, 2)])
+    store.commit([vitals_row("dev-2", _sample(i + 100), 1) for i in range(3)])
+    rows = store.sample_rows("dev-1")
+    assert [r[0] for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert rows[2] == (2, _sample(2).timestamp_ms, 70.5, 97.25, 33.1, 1.02, Activity.WALK, 0)
+    assert [r[0] for r in store.sample_rows("dev-1", limit=4)] == [2, 3, 4, 5]
+    assert store.sample_rows("dev-1", limit=0) == []
+    assert [s.seq for s in store.samples("dev-1", limit=2)] == [4, 5]
+    assert store.samples("dev-1", limit=3) == [_sample(i) for i in (3, 4, 5)]
+    assert store.sample_rows("nobody") == []
+    with pytest.raises(ValueError, match="limit"):
+        store.sample_rows("dev-1", limit=-1)
+    store.close()
+
+
 def test_session_state_commits_with_rows(tmp_path: Path) -> None:
     store = VitalsStore(tmp_path / "v.db")
     store.commit([], [StoredSession(b"s" * 8, "dev-1", b"state-1")])
