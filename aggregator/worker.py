@@ -58,11 +58,10 @@ def _timings(headers: dict[str, object] | None) -> dict[str, float]:
 @dataclass(frozen=True, slots=True)
 class Checked:
     """One update after `CryptoWorker.check`: valid (round, contribution, report metrics) or
-    rejected."""
+    its rejection."""
 
     redelivered: bool
-    valid: tuple[int, Contribution, dict[str, object]] | None
-    rejection: Rejection | None
+    outcome: tuple[int, Contribution, dict[str, object]] | Rejection
 
 
 class CryptoWorker:
@@ -102,25 +101,24 @@ class CryptoWorker:
             if self.metrics is not None:
                 self.metrics.updates.labels("rejected").inc()
                 self.metrics.rejected.labels(exc.reason).inc()
-            return Checked(
-                d.redelivered, None, Rejection(exc.reason, exc.gateway, exc.round, exc.detail)
-            )
+            return Checked(d.redelivered, Rejection(exc.reason, exc.gateway, exc.round, exc.detail))
         finally:
             self.processed += 1
+        elapsed = time.perf_counter() - t0
         if self.metrics is not None:
             self.metrics.updates.labels("valid").inc()
-            self.metrics.open_seconds.observe(time.perf_counter() - t0)
+            self.metrics.open_seconds.observe(elapsed)
         c = valid.contribution
         c = Contribution(c.gateway, c.samples, bound_norm(c.delta, self.norm_bound))
         m = {
             **valid.metrics,
             **_timings(d.headers),
             "update_bytes": len(d.body),
-            "open_seconds": time.perf_counter() - t0,
+            "open_seconds": elapsed,
             "worker": self.name,
             "worker_received_at": time.time(),
         }
-        return Checked(d.redelivered, (valid.round, c, m), None)
+        return Checked(d.redelivered, (valid.round, c, m))
 
     def process(self, deliveries: Sequence[Delivery]) -> list[Partial]:
         return self.fold([self.check(d) for d in deliveries])
@@ -132,11 +130,10 @@ class CryptoWorker:
         metrics: dict[str, dict[str, object]] = {}
         rejections: list[Rejection] = []
         for item in checked:
-            if item.valid is None:
-                if item.rejection is not None:
-                    rejections.append(item.rejection)
+            if isinstance(item.outcome, Rejection):
+                rejections.append(item.outcome)
                 continue
-            rnd, c, m = item.valid
+            rnd, c, m = item.outcome
             if item.redelivered:
                 alone.append((rnd, c, m))
                 continue

@@ -315,20 +315,11 @@ def _update(gw: Identity, agg: Identity, round_: int, size: int) -> bytes:
 
 
 def crypto_processing(
-    tmp: Path,
-    url_base: str,
-    rabbit: RabbitMQ,
-    n_gateways: int,
-    rounds: int,
-    workers: int,
-    run: int = 0,
+    tmp: Path, rabbit: RabbitMQ, n_gateways: int, rounds: int, workers: int, run: int = 0
 ) -> dict[str, Any]:
-    """Updates of `n_gateways` published at once; time until the round closes. `workers` crypto
-    worker processes (0: the coordinator opens the updates itself)."""
-    vhost = f"bench{workers}-{run}"
-    rabbit.ctl("add_vhost", vhost)
-    rabbit.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    url = f"{url_base}{vhost}"
+    """Updates of `n_gateways` published at once; time until the round closes, with `workers`
+    crypto worker processes."""
+    url = _vhost(rabbit, f"bench{workers}-{run}")
     root = tmp / f"crypto-{workers}-{run}"
     gateways = [Identity.generate(f"gw-{i:03d}", Role.GATEWAY) for i in range(n_gateways)]
     pubs = []
@@ -343,28 +334,17 @@ def crypto_processing(
     frames = {r: [_update(gw, agg, r, size) for gw in gateways] for r in range(1, rounds + 1)}
     procs = Procs(root / "logs")
     try:
-        if workers == 0:
-            procs.spawn(
-                "coordinator",
-                "aggregator.cli",
-                "coordinator",
-                "--inline-worker",
-                "--config",
-                str(conf),
-            )
-        else:
-            for w in range(workers):
-                procs.spawn(f"worker-{w}", "aggregator.cli", "worker", "--config", str(conf))
-            procs.spawn("coordinator", "aggregator.cli", "coordinator", "--config", str(conf))
+        for w in range(workers):
+            procs.spawn(f"worker-{w}", "aggregator.cli", "worker", "--config", str(conf))
+        procs.spawn("coordinator", "aggregator.cli", "coordinator", "--config", str(conf))
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
         ch.queue_declare(UPDATES_QUEUE, durable=True)
         _wait((conf.parent / "state" / "coordinator.sqlite3").exists, 60, "the coordinator")
-        consumers = max(workers, 1)
         _wait(
             lambda: (
                 ch.queue_declare(UPDATES_QUEUE, durable=True, passive=True).method.consumer_count
-                >= consumers
+                >= workers
             ),
             60,
             "the crypto workers to consume",
@@ -380,7 +360,7 @@ def crypto_processing(
     finally:
         procs.stop()
     return {
-        "workers": workers or "inline (in the coordinator)",
+        "workers": workers,
         "gateways": n_gateways,
         "round_seconds": durations,
         "median_seconds": statistics.median(durations),
@@ -388,14 +368,14 @@ def crypto_processing(
 
 
 def compare_workers(
-    tmp: Path, url_base: str, rabbit: RabbitMQ, n_gateways: int, rounds: int, repeats: int
+    tmp: Path, rabbit: RabbitMQ, n_gateways: int, rounds: int, repeats: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One worker (sequential) against two, alternately, each run on a fresh virtual host; the
     first round of each run (connections, cold caches) is left out of the median."""
     runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for rep in range(repeats):
         for workers in (1, 2):
-            result = crypto_processing(tmp, url_base, rabbit, n_gateways, rounds, workers, rep)
+            result = crypto_processing(tmp, rabbit, n_gateways, rounds, workers, rep)
             runs[workers].append(result)
             print(
                 f"  run {rep + 1}/{repeats}, {workers} worker(s): median of {rounds} rounds "
@@ -445,10 +425,9 @@ def main(argv: list[str] | None = None) -> int:
                 a = sealed["median_phase_seconds"][name] * 1000
                 b = plain["median_phase_seconds"][name] * 1000
                 print(f"  {name:<13} {a:6.1f} / {b:6.1f}   {what}")
-            base = f"amqp://guest:guest@127.0.0.1:{rabbit.amqp_port}/"
             print(f"crypto processing, {args.crypto_gateways} updates, 1 worker vs 2:", flush=True)
             seq, dist = compare_workers(
-                tmp, base, rabbit, args.crypto_gateways, args.crypto_rounds, args.repeats
+                tmp, rabbit, args.crypto_gateways, args.crypto_rounds, args.repeats
             )
     overhead = sealed["median_round_seconds"] / plain["median_round_seconds"] - 1
     reduction = 1 - dist["median_seconds"] / seq["median_seconds"]

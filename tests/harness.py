@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,11 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from device_emulators.cli import main as emulate_main
 from gateway.cli import main as gateway_main
 from gateway.config import GatewayConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def tool(name: str, hint: str) -> str:
+    """A console script of the test's environment, else `name` on PATH; fail (never skip) with
+    `hint` saying how to install it."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found: {hint}")
+    return found
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

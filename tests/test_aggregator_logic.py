@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aggregator.config import load_config, parse_config
-from aggregator.partials import Partial, PartialError, make_partial
+from aggregator.partials import Partial, PartialError, Rejection, make_partial
 from aggregator.rounds import RoundCoordinator, RoundPolicy, quorum_for
 from aggregator.strategies import (
     Contribution,
@@ -172,11 +172,10 @@ def test_worker_checks_on_arrival_and_folds_later(parties: Parties) -> None:
     forged = _flip(d1, len(d1) - 5)
     checked = [worker.check(Delivery(d, False)) for d in (d1, forged, d1)]
     assert worker.processed == 3
-    assert checked[0].valid is not None
-    assert checked[0].rejection is None
-    assert checked[1].valid is None
-    assert checked[1].rejection is not None
-    assert checked[1].rejection.reason == "forged"
+    assert not isinstance(checked[0].outcome, Rejection)
+    assert checked[0].outcome[1].gateway == "gw-01"
+    assert isinstance(checked[1].outcome, Rejection)
+    assert checked[1].outcome.reason == "forged"
     partials = worker.fold(checked)
     assert len(partials) == 1
     assert partials[0].contributors == (("gw-01", 10),)

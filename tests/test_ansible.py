@@ -38,6 +38,8 @@ from pqlink import (
 )
 from pqlink.identity import save_public_identity
 
+from .harness import tool
+
 ROOT = Path(__file__).resolve().parents[1]
 ANSIBLE_DIR = ROOT / "ansible"
 PLAYBOOKS = ("site.yml", "enroll.yml", "upgrade.yml")
@@ -50,12 +52,7 @@ RESTART = "RUNNING HANDLER [iomt_gateway : Restart iomt-gateway]"
 
 
 def _tool(name: str, package: str) -> str:
-    """A console script of the test's environment; fail (not skip) naming the package."""
-    candidate = Path(sys.executable).parent / name
-    found = str(candidate) if candidate.exists() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found: install the Python package '{package}' (the test extras)")
-    return found
+    return tool(name, f"install the Python package '{package}' (the test extras)")
 
 
 @pytest.fixture(scope="module")
@@ -267,21 +264,7 @@ def _mode(path: Path) -> int:
 
 @pytest.mark.parametrize("playbook", PLAYBOOKS)
 def test_playbook_passes_syntax_check(ansible_env: dict[str, str], playbook: str) -> None:
-    proc = subprocess.run(
-        [
-            _tool("ansible-playbook", "ansible-core"),
-            "--syntax-check",
-            "-i",
-            "inventory.example.yml",
-            playbook,
-        ],
-        cwd=ANSIBLE_DIR,
-        env=ansible_env,
-        capture_output=True,
-        text=True,
-        timeout=PLAY_TIMEOUT,
-        check=False,
-    )
+    proc = _run(ansible_env, playbook, "--syntax-check", "-i", "inventory.example.yml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"playbook: {playbook}" in proc.stdout
 

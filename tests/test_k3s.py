@@ -15,7 +15,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,8 @@ from aggregator.cli import main as aggregator_main
 from aggregator.config import DEFAULT_INITIAL_WEIGHTS, AggregatorConfig, load_config
 from pqlink import Identity, KeyFileError, Role, load_identity, load_registry
 from pqlink.identity import save_public_identity
+
+from .harness import tool
 
 ROOT = Path(__file__).resolve().parents[1]
 K3S = ROOT / "k3s"
@@ -47,17 +48,8 @@ ARCH_LABEL = "kubernetes.io/arch"
 Obj = dict[str, Any]
 
 
-def _tool(name: str, hint: str) -> str:
-    """A tool of the test's environment or of PATH; fail (never skip) saying what is missing."""
-    candidate = Path(sys.executable).parent / name
-    found = str(candidate) if candidate.exists() else shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} not found: {hint}")
-    return found
-
-
 def _kubectl() -> str:
-    return _tool(
+    return tool(
         "kubectl",
         "install kubectl >= 1.27 (built-in kustomize 5) from the Kubernetes release binaries "
         "or pkgs.k8s.io (not Debian's kubernetes-client)",
@@ -65,7 +57,7 @@ def _kubectl() -> str:
 
 
 def _validator() -> str:
-    return _tool(
+    return tool(
         "kubernetes-validate",
         "install the Python package 'kubernetes-validate' (the test extras)",
     )

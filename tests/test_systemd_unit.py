@@ -8,16 +8,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from .harness import tool
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "iomt-gateway.service"
 
 
 def _analyze() -> str:
-    found = shutil.which("systemd-analyze")
-    if found is None:
-        pytest.fail("systemd-analyze not found: install the Debian package 'systemd'")
-    return found
+    return tool("systemd-analyze", "install the Debian package 'systemd'")
 
 
 def _root(tmp_path: Path, unit_text: str) -> Path:
