@@ -23,7 +23,10 @@ from aggregator.rounds import ClosedRound, RoundCoordinator, RoundPolicy, quorum
 from aggregator.strategies import make_strategy
 from aggregator.worker import PERSISTENT, declare_topology
 from pqlink import ContentType, Identity, Registry, Role, load_registry, seal_envelope
-from pqlink.fl import GLOBAL_EXCHANGE, PARTIALS_QUEUE, GlobalModel, encode_unsealed
+from servicekit.backoff import Backoff
+from wire.amqp import GLOBAL_EXCHANGE, PARTIALS_QUEUE
+from wire.fl import GlobalModel, RoundSettings
+from wire.unsealed import encode_unsealed
 
 _LOG = logging.getLogger("aggregator.coordinator")
 
@@ -94,7 +97,7 @@ class CoordinatorService:
             parameter_count=self.parameter_count,
             round=r.round,
             deadline_ms=int(r.deadline * 1000),
-            settings={**asdict(self.config.training), "final": final},
+            settings=RoundSettings(**asdict(self.config.training), final=final),
         )
         if self.config.bench.plaintext_envelopes:  # benchmark baseline: crypto off
             meta = {"round": r.round, "version": r.version}
@@ -142,21 +145,20 @@ class CoordinatorService:
         """Run rounds until stopped (or max_rounds closed); reconnect on broker failures."""
         params = pika.URLParameters(self.config.amqp.url)
         params.heartbeat = self.config.amqp.heartbeat
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while not self.stop.is_set() and not self.done():
             try:
                 connection = pika.BlockingConnection(params)
             except AMQPError as exc:
                 _LOG.warning("coordinator cannot connect: %r", exc)
-                self.stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+                backoff.wait_blocking(self.stop)
                 continue
-            delay = 0.2
+            backoff.succeeded()
             try:
                 self._serve_connection(connection)
             except AMQPError as exc:
                 _LOG.warning("coordinator lost the broker: %s", exc)
-                self.stop.wait(delay)
+                self.stop.wait(backoff.delay)
         self.rounds.close()
 
     def _serve_connection(self, connection: pika.BlockingConnection) -> None:

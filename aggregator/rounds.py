@@ -17,6 +17,7 @@ import numpy as np
 
 from aggregator.partials import Partial
 from aggregator.strategies import Contribution, Strategy, Vector, bound_norm
+from wire.reasons import Reason
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -51,7 +52,7 @@ class RoundPolicy:
 class PartialOutcome:
     accepted: tuple[str, ...]
     duplicates: tuple[str, ...]
-    rejected: tuple[tuple[str, str], ...]  # (gateway, reason)
+    rejected: tuple[tuple[str, Reason], ...]  # (gateway, reason)
 
 
 @dataclass
@@ -131,7 +132,7 @@ class RoundCoordinator:
         """Apply a worker's partial exactly once; stale or duplicate contributions are refused."""
         now = time.time() if now is None else now
         statements: list[tuple[str, tuple[Any, ...]]] = []
-        rejected: list[tuple[str, str]] = []
+        rejected: list[tuple[str, Reason]] = []
         for r in partial.rejections:
             self.rejections[r.reason] += 1
             rejected.append((r.gateway or "-", r.reason))
@@ -143,7 +144,7 @@ class RoundCoordinator:
             )
         names = [g for g, _ in partial.contributors]
         if partial.round != self.round:
-            reason = "stale" if partial.round < self.round else "future_round"
+            reason = Reason.STALE if partial.round < self.round else Reason.FUTURE_ROUND
             for g in names:
                 self.rejections[reason] += 1
                 rejected.append((g, reason))
@@ -163,8 +164,8 @@ class RoundCoordinator:
             # Cannot happen by construction (redelivered updates travel alone); refuse rather
             # than count anyone twice.
             for g in names:
-                self.rejections["conflict"] += 1
-                rejected.append((g, "conflict"))
+                self.rejections[Reason.CONFLICT] += 1
+                rejected.append((g, Reason.CONFLICT))
             if statements:
                 self._tx(*statements)
             return PartialOutcome((), dups, tuple(rejected))

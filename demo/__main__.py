@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from demo.report import evaluate_rounds, held_out_windows, plot, table
-from demo.services import Mosquitto, ServiceError
+from testbed import Mosquitto, ServiceError
 
 ROOT = Path(__file__).resolve().parents[1]
 COHORTS = ("cardiac", "elderly-copd", "post-op", "athlete", "healthy-adult")
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     work = out / "work"
     work.mkdir(parents=True)
     fleet = Fleet(work)
-    from demo.rabbitmq import RabbitMQ  # noqa: PLC0415
+    from testbed import RabbitMQ  # noqa: PLC0415
 
     clock.say(f"output in {out}")
     with contextlib.ExitStack() as stack:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from pqlink.vitals import Activity, EventLabel
+from wire.vitals import Activity, EventLabel
 
 HOURS_PER_DAY = 24
 ACTIVITY_ORDER: tuple[Activity, ...] = tuple(Activity)  # columns of an activity-pattern row

@@ -20,12 +20,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import GatewayConfig
-from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Reason, Rejected, reason_for
-from gateway.logs import EventLog
-from gateway.metrics import GatewayCollector, MetricsServer
+from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Rejected
+from gateway.metrics import GatewayCollector
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
 from gateway.store import StoredSession, VitalsRow, VitalsStore
-from gateway.systemd import Notifier
 from pqlink import (
     HandshakeConfig,
     HandshakeResponder,
@@ -37,7 +35,12 @@ from pqlink import (
     load_registry,
 )
 from pqlink.record import export_session, restore_session
-from pqlink.topics import TopicKind, TopicLayout
+from servicekit.backoff import Backoff
+from servicekit.logs import EventLog
+from servicekit.metrics import MetricsServer
+from servicekit.notify import Notifier
+from wire.reasons import Reason, reason_for
+from wire.topics import TopicKind, TopicLayout
 
 if TYPE_CHECKING:
     from gateway.federation import FederationClient
@@ -261,7 +264,7 @@ class GatewayDaemon:
         return client
 
     async def _mqtt_loop(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, self.config.mqtt.reconnect_max_delay)
         while not self._stop.is_set():
             client = self._make_client()
             try:
@@ -282,15 +285,13 @@ class GatewayDaemon:
                         self._ready_sent = True
                         self.notifier.ready()
                         self.log.event("daemon_ready")
-                    delay = 0.2
+                    backoff.succeeded()
                     if await self._serve(client):
                         return
             except aiomqtt.MqttError as exc:
                 self._client = None
                 self.log.event("broker_disconnected", level=logging.WARNING, reason=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                delay = min(delay * 2, self.config.mqtt.reconnect_max_delay)
+                await backoff.wait(self._stop)
             finally:
                 self._client = None
 

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from gateway.store import SampleRow
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 WINDOW = 30  # samples per window
 MAX_GAP_INTERVALS = 3  # a window never spans a gap longer than this many sampling intervals

@@ -24,13 +24,14 @@ from gateway.energy import (
 )
 from gateway.features import N_FEATURES, build_windows
 from gateway.learning import FederatedLearner, GlobalModelRejectedError, ReceivedGlobal
-from gateway.logs import EventLog
-from gateway.metrics import round_histogram
 from gateway.spool import Spool
 from gateway.store import VitalsStore
-from gateway.trainer import DEFAULT_MODEL_PATH, make_trainer
+from gateway.trainer import make_trainer
 from gateway.uplink import Uplink
 from pqlink import Identity, PqlinkError, load_public_identity
+from servicekit.logs import EventLog
+from servicekit.metrics import round_histogram
+from wire.model import DEFAULT_MODEL_PATH
 
 T = TypeVar("T")
 _LAST_ROUND = "last_round"
@@ -164,7 +165,7 @@ class FederationClient:
         self.counters["last_global_round"] = round_
         self.counters["last_global_received_at"] = received.received_at
         self.log.event("global_applied", round=round_, version=received.version)
-        if received.model.settings.get("final"):
+        if received.model.settings.final:
             await self._finish(round_)
             return
         while True:

@@ -18,7 +18,7 @@ from gateway.energy import (
     ScheduleDecision,
     estimate_energy,
 )
-from gateway.trainer import PARAMETER_COUNT, Trainer, TrainOptions, fit, flatten, unflatten
+from gateway.trainer import Trainer, TrainOptions, fit, flatten, unflatten
 from pqlink import (
     ContentType,
     DecodeError,
@@ -28,7 +28,9 @@ from pqlink import (
     open_envelope,
     seal_envelope,
 )
-from pqlink.fl import GlobalModel, ModelUpdate, decode_unsealed, encode_unsealed
+from wire.fl import GlobalModel, ModelUpdate, RoundSettings
+from wire.model import PARAMETER_COUNT
+from wire.unsealed import decode_unsealed, encode_unsealed
 
 F32 = npt.NDArray[np.float32]
 
@@ -52,16 +54,16 @@ class TrainedUpdate:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def train_options(settings: dict[str, Any], seed: int) -> TrainOptions:
-    """The aggregator's per-round settings as local training options (validated)."""
-    clip = float(settings.get("clip_norm", 0.0) or 0.0)
+def train_options(settings: RoundSettings, seed: int) -> TrainOptions:
+    """The aggregator's per-round settings as local training options."""
+    clipping = settings.clip_norm > 0
     return TrainOptions(
-        epochs=int(settings.get("epochs", 1)),
-        batch_size=int(settings.get("batch_size", 32)),
-        learning_rate=float(settings.get("learning_rate", 0.05)),
-        prox_mu=float(settings.get("prox_mu", 0.0)),
-        clip_norm=clip if clip > 0 else None,
-        noise_multiplier=float(settings.get("noise_multiplier", 0.0)) if clip > 0 else 0.0,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        prox_mu=settings.prox_mu,
+        clip_norm=settings.clip_norm if clipping else None,
+        noise_multiplier=settings.noise_multiplier if clipping else 0.0,
         seed=seed,
     )
 

@@ -18,16 +18,12 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 
-from gateway.logs import EventLog
 from gateway.spool import Spool
 from pqlink import peek_envelope
-from pqlink.fl import (
-    GATEWAY_QUEUE_ARGUMENTS,
-    GLOBAL_EXCHANGE,
-    UPDATES_QUEUE,
-    decode_unsealed,
-    gateway_queue,
-)
+from servicekit.backoff import Backoff
+from servicekit.logs import EventLog
+from wire.amqp import GATEWAY_QUEUE_ARGUMENTS, GLOBAL_EXCHANGE, UPDATES_QUEUE, gateway_queue
+from wire.unsealed import decode_unsealed
 
 
 class Uplink:
@@ -64,17 +60,15 @@ class Uplink:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def run(self, stop: asyncio.Event) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, self.max_delay)
         while not stop.is_set():
             try:
                 connection = await aio_pika.connect(self.url, timeout=10)
             except (TimeoutError, AMQPError, OSError) as exc:
                 self.log.event("uplink_unreachable", level=logging.WARNING, reason=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, self.max_delay)
+                await backoff.wait(stop)
                 continue
-            delay = 0.2
+            backoff.succeeded()
             try:
                 async with connection:
                     channel = await connection.channel(publisher_confirms=True)
@@ -100,7 +94,7 @@ class Uplink:
             if not stop.is_set():
                 self.reconnects += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    await asyncio.wait_for(stop.wait(), backoff.delay)
 
     async def _closed(self, connection: aio_pika.abc.AbstractConnection) -> None:
         await connection.closed()

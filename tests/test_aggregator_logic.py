@@ -22,7 +22,7 @@ from aggregator.strategies import (
 from aggregator.validation import UpdateRejectedError, ValidationLimits, validate_update
 from aggregator.worker import CryptoWorker, Delivery
 from pqlink import ContentType, Identity, Registry, Role, seal_envelope
-from pqlink.fl import ModelUpdate
+from wire.fl import ModelUpdate
 
 from .conftest import Parties
 
@@ -84,14 +84,14 @@ def test_valid_update_passes(parties: Parties) -> None:
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
-        ("forged", "forged"),
+        ("forged", "bad_signature"),
         ("unenrolled", "unenrolled"),
         ("wrong_shape", "wrong_shape"),
         ("nan", "non_finite"),
         ("inf", "non_finite"),
         ("huge_norm", "norm_exceeded"),
         ("oversized", "oversized"),
-        ("tampered", "forged"),  # the signature covers every byte: checked before decrypting
+        ("tampered", "bad_signature"),  # the signature covers every byte: checked before decrypting
         ("truncated", "malformed"),
         ("wrong_type", "wrong_type"),
         ("zero_samples", "bad_sample_count"),
@@ -175,11 +175,11 @@ def test_worker_checks_on_arrival_and_folds_later(parties: Parties) -> None:
     assert not isinstance(checked[0].outcome, Rejection)
     assert checked[0].outcome[1].gateway == "gw-01"
     assert isinstance(checked[1].outcome, Rejection)
-    assert checked[1].outcome.reason == "forged"
+    assert checked[1].outcome.reason == "bad_signature"
     partials = worker.fold(checked)
     assert len(partials) == 1
     assert partials[0].contributors == (("gw-01", 10),)
-    assert sorted(r.reason for r in partials[0].rejections) == ["duplicate", "forged"]
+    assert sorted(r.reason for r in partials[0].rejections) == ["bad_signature", "duplicate"]
 
 
 def _coordinator(tmp_path: Path, strategy: object = None, quorum: int = 2) -> RoundCoordinator:

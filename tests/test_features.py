@@ -25,7 +25,7 @@ from gateway.features import (
     window_features,
     window_starts,
 )
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 START_MS = 1_700_006_400_000
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}

@@ -14,7 +14,6 @@ from device_emulators.profiles import COHORTS, dominant_mix, make_profiles
 from device_emulators.signals import VitalsGenerator
 from gateway.features import build_windows
 from gateway.trainer import (
-    DEFAULT_MODEL_PATH,
     NumpyTrainer,
     TrainOptions,
     evaluate,
@@ -23,6 +22,7 @@ from gateway.trainer import (
     load_initial_weights,
     unflatten,
 )
+from wire.model import DEFAULT_MODEL_PATH
 
 ROUNDS = 8
 EPOCHS = 2

@@ -14,15 +14,16 @@ import pika
 
 from aggregator.coordinator import initial_weights
 from demo.__main__ import main as demo_main
-from demo.rabbitmq import RabbitMQ
-from demo.services import Mosquitto
 from device_emulators.profiles import make_profiles
 from device_emulators.signals import VitalsGenerator
 from gateway.config import load_config
 from gateway.spool import Spool
 from gateway.store import VitalsStore, vitals_row
 from pqlink import ContentType, Identity, Role, load_identity, seal_envelope
-from pqlink.fl import UPDATES_QUEUE, GlobalModel
+from testbed import Mosquitto, RabbitMQ
+from wire.amqp import UPDATES_QUEUE
+from wire.fl import GlobalModel
+from wire.model import DEFAULT_INITIAL_WEIGHTS
 
 from .fl_harness import Aggregator, publish_updates, sealed_update
 from .harness import DaemonProcess, make_gateway, wait_until
@@ -103,7 +104,7 @@ def test_worker_killed_and_broker_restarted_mid_round(
         weights = np.frombuffer(
             agg.db("SELECT weights FROM models WHERE version = 1")[0][0], np.float32
         )  # type: ignore[arg-type]
-        base = initial_weights(ROOT / "gateway/assets/vitals_mlp_init.npz")
+        base = initial_weights(DEFAULT_INITIAL_WEIGHTS)
         assert np.allclose(
             weights - base, 0.02, atol=1e-6
         )  # the mean of .01, .02, .03: no double count
@@ -113,7 +114,7 @@ def test_worker_killed_and_broker_restarted_mid_round(
         stranger = Identity.generate("gw-1", Role.GATEWAY)  # claims gw-1 with another key
         bad = {
             "stale": frames[0],
-            "forged": sealed_update(stranger, agg.identity, 2, deltas["gw-1"]),
+            "bad_signature": sealed_update(stranger, agg.identity, 2, deltas["gw-1"]),
             "wrong_shape": sealed_update(
                 gateways[0], agg.identity, 2, np.zeros(agg.parameters + 1, np.float32)
             ),
@@ -167,7 +168,7 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(
         gen = VitalsGenerator(profile, seed=n, start_ms=start_ms, event_rate_per_hour=30)
         store.commit([vitals_row(f"wearable-{n}", s, 0) for s in gen.samples(300)])
     store.close()
-    weights = initial_weights(ROOT / "gateway/assets/vitals_mlp_init.npz")
+    weights = initial_weights(DEFAULT_INITIAL_WEIGHTS)
     model = GlobalModel(
         weights.astype("<f4").tobytes(), int(weights.size), 1, 2_000_000_000_000, {"epochs": 1}
     )

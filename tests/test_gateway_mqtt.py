@@ -12,14 +12,14 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from demo.services import Mosquitto
 from device_emulators.cli import device_name
 from device_emulators.profiles import make_profiles
 from device_emulators.signals import VitalsGenerator
 from gateway.cli import main as gateway_main
 from pqlink import HandshakeInitiator, Identity, Role, SigAlg, load_identity, load_public_identity
-from pqlink.topics import TopicKind, TopicLayout
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from testbed import Mosquitto
+from wire.topics import TopicKind, TopicLayout
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 from .harness import (
     DaemonProcess,

@@ -10,7 +10,7 @@ import pytest
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
 from gateway.store import StoredSession, VitalsStore, vitals_row
 from pqlink import HandshakeInitiator, HandshakeResponder, Session
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 from .conftest import Parties
 

@@ -31,7 +31,7 @@ from device_emulators.signals import (
     TEMP_RANGE,
     VitalsGenerator,
 )
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 START_MS = 1_700_006_400_000  # 2023-11-15 00:00:00 UTC: day boundaries fall on midnight
 HOUR_MS = 3_600_000
