@@ -26,24 +26,20 @@ from pqlink import ContentType, Identity, Registry, Role, load_registry, seal_en
 from servicekit.backoff import Backoff
 from wire.amqp import GLOBAL_EXCHANGE, PARTIALS_QUEUE
 from wire.fl import GlobalModel, RoundSettings
+from wire.model import WEIGHT_NAMES
 from wire.unsealed import encode_unsealed
 
 _LOG = logging.getLogger("aggregator.coordinator")
 
 
 def initial_weights(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """The flat float32 vector of the initial model (the npz of the gateway's asset)."""
+    """The flat float32 vector of the initial model, in the layout wire.model defines."""
     with np.load(path) as npz:
-        parts = [
-            np.asarray(npz[k], dtype=np.float32).ravel()
-            for k in sorted(npz.files, key=_layer_order)
-        ]
+        missing = [name for name in WEIGHT_NAMES if name not in npz.files]
+        if missing:
+            raise ValueError(f"{path} lacks the weights {missing}")
+        parts = [np.asarray(npz[name], dtype=np.float32).ravel() for name in WEIGHT_NAMES]
     return np.concatenate(parts).astype(np.float32)
-
-
-def _layer_order(name: str) -> tuple[int, int]:
-    # w1, b1, w2, b2, ...: layer number first, weights before biases
-    return int(name[1:]) if name[1:].isdigit() else 0, 0 if name.startswith("w") else 1
 
 
 class CoordinatorService:
@@ -59,6 +55,7 @@ class CoordinatorService:
             config.strategy.name,
             norm_bound=config.strategy.norm_bound or None,
             trim_fraction=config.strategy.trim_fraction,
+            training=RoundSettings(**asdict(config.training)),
         )
         weights = initial_weights(config.initial_weights)
         self.parameter_count = int(weights.size)
@@ -97,7 +94,7 @@ class CoordinatorService:
             parameter_count=self.parameter_count,
             round=r.round,
             deadline_ms=int(r.deadline * 1000),
-            settings=RoundSettings(**asdict(self.config.training), final=final),
+            settings=r.strategy.configure_round(r.round, final=final),
         )
         if self.config.bench.plaintext_envelopes:  # benchmark baseline: crypto off
             meta = {"round": r.round, "version": r.version}
