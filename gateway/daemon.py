@@ -39,7 +39,7 @@ from servicekit.backoff import Backoff
 from servicekit.logs import EventLog
 from servicekit.metrics import MetricsServer
 from servicekit.notify import Notifier
-from wire.reasons import Reason, reason_for
+from wire.reasons import Event, Reason, reason_for
 from wire.topics import TopicKind, TopicLayout
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ class GatewayDaemon:
             now = time.monotonic()
             self.table.add(SessionEntry(session, stored.device_id, now, now, dirty=False), now)
             restored += 1
-        self.log.event("sessions_restored", count=restored, dropped=dropped)
+        self.log.event(Event.SESSIONS_RESTORED, count=restored, dropped=dropped)
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
@@ -155,10 +155,10 @@ class GatewayDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        self.log.event("daemon_started", gateway=self.config.gateway_id, pid=os.getpid())
+        self.log.event(Event.DAEMON_STARTED, gateway=self.config.gateway_id, pid=os.getpid())
         if self.config.bench.plaintext_records:
             self.log.event(
-                "insecure_benchmark_mode",
+                Event.INSECURE_BENCHMARK_MODE,
                 level=logging.CRITICAL,
                 reason="bench.plaintext_records: records are NOT authenticated",
             )
@@ -168,7 +168,7 @@ class GatewayDaemon:
             try:
                 metrics = self._start_metrics()
             except OSError as bind_error:
-                self.log.event("daemon_failed", level=logging.CRITICAL, reason=str(bind_error))
+                self.log.event(Event.DAEMON_FAILED, level=logging.CRITICAL, reason=str(bind_error))
                 await self._drain()
                 return 1
         code = 0
@@ -183,12 +183,14 @@ class GatewayDaemon:
                 housekeeping.cancel()
         except* Exception as group:
             for exc in group.exceptions:
-                self.log.event("daemon_failed", level=logging.CRITICAL, reason=repr(exc))
+                self.log.event(Event.DAEMON_FAILED, level=logging.CRITICAL, reason=repr(exc))
             code = 1
         await self._drain()
         if metrics is not None:
             metrics.close()
-        self.log.event("daemon_stopped", records=self.counters["records_stored"], exit_code=code)
+        self.log.event(
+            Event.DAEMON_STOPPED, records=self.counters["records_stored"], exit_code=code
+        )
         return code
 
     def _start_metrics(self) -> MetricsServer:
@@ -198,13 +200,13 @@ class GatewayDaemon:
             self.config.metrics.port,
             [GatewayCollector(self.status, hist)],
         )
-        self.log.event("metrics_listening", host=self.config.metrics.host, port=server.port)
+        self.log.event(Event.METRICS_LISTENING, host=self.config.metrics.host, port=server.port)
         return server
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
             self.notifier.stopping()
-            self.log.event("daemon_stopping")
+            self.log.event(Event.DAEMON_STOPPING)
         self._stop.set()
 
     def reload(self) -> None:
@@ -213,7 +215,7 @@ class GatewayDaemon:
         try:
             registry = load_registry(self.config.registry)
         except PqlinkError as exc:
-            self.log.event("registry_reload_failed", level=logging.ERROR, reason=str(exc))
+            self.log.event(Event.REGISTRY_RELOAD_FAILED, level=logging.ERROR, reason=str(exc))
             self.notifier.ready()
             return
         self.responder.registry = registry
@@ -225,7 +227,7 @@ class GatewayDaemon:
                 for entry in self.table.drop_device(device):
                     self._batch.dropped.append(entry.session.session_id)
                     ended += 1
-        self.log.event("registry_reloaded", count=len(registry), sessions_ended=ended)
+        self.log.event(Event.REGISTRY_RELOADED, count=len(registry), sessions_ended=ended)
         self.notifier.ready()
 
     async def _drain(self) -> None:
@@ -279,18 +281,20 @@ class GatewayDaemon:
                     )
                     self.counters["broker_connects"] += 1
                     self.log.event(
-                        "broker_connected", host=self.config.mqtt.host, port=self.config.mqtt.port
+                        Event.BROKER_CONNECTED,
+                        host=self.config.mqtt.host,
+                        port=self.config.mqtt.port,
                     )
                     if not self._ready_sent:
                         self._ready_sent = True
                         self.notifier.ready()
-                        self.log.event("daemon_ready")
+                        self.log.event(Event.DAEMON_READY)
                     backoff.succeeded()
                     if await self._serve(client):
                         return
             except aiomqtt.MqttError as exc:
                 self._client = None
-                self.log.event("broker_disconnected", level=logging.WARNING, reason=str(exc))
+                self.log.event(Event.BROKER_DISCONNECTED, level=logging.WARNING, reason=str(exc))
                 await backoff.wait(self._stop)
             finally:
                 self._client = None
@@ -351,7 +355,9 @@ class GatewayDaemon:
             self.counters["handshakes_failed"] += 1
             self.processor.rejected[reason.value] += 1
             self._batch.acks.append(ack)
-            self._log_rejection(Rejected(request.device_id, reason, str(exc)), "session_rejected")
+            self._log_rejection(
+                Rejected(request.device_id, reason, str(exc)), Event.SESSION_REJECTED
+            )
             return
         if result.initiator.name != request.device_id:
             self.counters["handshakes_failed"] += 1
@@ -359,7 +365,7 @@ class GatewayDaemon:
             self._batch.acks.append(ack)
             self._log_rejection(
                 Rejected(request.device_id, Reason.WRONG_TOPIC, "init names another device"),
-                "session_rejected",
+                Event.SESSION_REJECTED,
             )
             return
         entry = SessionEntry(result.session, request.device_id, now, now, dirty=True)
@@ -372,7 +378,7 @@ class GatewayDaemon:
         def established() -> None:
             # Published only once the session is durable, so records never outrun it.
             self.counters["handshakes_ok"] += 1
-            self.log.event("session_established", device_id=request.device_id, session_id=sid)
+            self.log.event(Event.SESSION_ESTABLISHED, device_id=request.device_id, session_id=sid)
             client = self._client
             if client is not None:
                 asyncio.get_running_loop().create_task(self._publish(client, topic, response))
@@ -385,7 +391,7 @@ class GatewayDaemon:
         with contextlib.suppress(aiomqtt.MqttError):
             await client.publish(topic, payload, qos=1)
 
-    def _log_rejection(self, rejected: Rejected, event: str = "record_rejected") -> None:
+    def _log_rejection(self, rejected: Rejected, event: Event = Event.RECORD_REJECTED) -> None:
         key = (rejected.device_id or "-", rejected.reason.value)
         now = time.monotonic()
         if now - self._logged.get(key, -_LOG_ONCE_INTERVAL) < _LOG_ONCE_INTERVAL:
@@ -432,7 +438,7 @@ class GatewayDaemon:
                 )
             except Exception as exc:
                 # Nothing is acknowledged: the broker redelivers after our restart.
-                self.log.event("store_failed", level=logging.CRITICAL, reason=str(exc))
+                self.log.event(Event.STORE_FAILED, level=logging.CRITICAL, reason=str(exc))
                 raise
             self.counters["commits"] += 1
             self.counters["records_stored"] += inserted
@@ -464,7 +470,7 @@ class GatewayDaemon:
             for entry in self.table.expire(now):
                 self._batch.dropped.append(entry.session.session_id)
                 self.log.event(
-                    "session_expired",
+                    Event.SESSION_EXPIRED,
                     device_id=entry.device_id,
                     session_id=entry.session.session_id.hex()[:8],
                 )
@@ -472,7 +478,7 @@ class GatewayDaemon:
                 last_retention = now
                 deleted = await loop.run_in_executor(self._store_pool, self.store.enforce_retention)
                 if deleted:
-                    self.log.event("retention_applied", count=deleted)
+                    self.log.event(Event.RETENTION_APPLIED, count=deleted)
             if self.federation is not None:
                 self.federation.counters["spool_depth"] = await loop.run_in_executor(
                     self._store_pool, self.federation.spool.depth

@@ -32,6 +32,7 @@ from pqlink import Identity, PqlinkError, load_public_identity
 from servicekit.logs import EventLog
 from servicekit.metrics import round_histogram
 from wire.model import DEFAULT_MODEL_PATH
+from wire.reasons import Event
 
 T = TypeVar("T")
 _LAST_ROUND = "last_round"
@@ -157,14 +158,16 @@ class FederationClient:
             received = await self._in(self._train_pool, self.learner.open_global, envelope)
         except (PqlinkError, GlobalModelRejectedError) as exc:
             self.counters["globals_rejected"] += 1
-            self.log.event("global_rejected", level=logging.WARNING, round=round_, reason=str(exc))
+            self.log.event(
+                Event.GLOBAL_REJECTED, level=logging.WARNING, round=round_, reason=str(exc)
+            )
             await self._in(self.store_pool, self.spool.done_global, round_)
             return
         await self._in(self._train_pool, self.learner.apply, received)
         self.counters["model_version"] = received.version
         self.counters["last_global_round"] = round_
         self.counters["last_global_received_at"] = received.received_at
-        self.log.event("global_applied", round=round_, version=received.version)
+        self.log.event(Event.GLOBAL_APPLIED, round=round_, version=received.version)
         if received.model.settings.final:
             await self._finish(round_)
             return
@@ -175,13 +178,16 @@ class FederationClient:
             if decision.decision is Decision.SKIP:
                 self.counters["rounds_skipped"] += 1
                 self.log.event(
-                    "round_skipped", round=round_, reason=decision.reason, detail=decision.detail
+                    Event.ROUND_SKIPPED,
+                    round=round_,
+                    reason=decision.reason,
+                    detail=decision.detail,
                 )
                 await self._finish(round_)
                 return
             self.counters["rounds_deferred"] += 1
             self.log.event(
-                "round_deferred", round=round_, reason=decision.reason, detail=decision.detail
+                Event.ROUND_DEFERRED, round=round_, reason=decision.reason, detail=decision.detail
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.learning.defer_check_interval)
@@ -203,7 +209,7 @@ class FederationClient:
         x, y = await self._in(self.store_pool, self._windows)
         if len(y) < self.config.learning.min_windows:
             self.counters["rounds_skipped"] += 1
-            self.log.event("round_skipped", round=round_, reason="no_data", count=len(y))
+            self.log.event(Event.ROUND_SKIPPED, round=round_, reason="no_data", count=len(y))
             await self._finish(round_)
             return
         update = await self._in(
@@ -224,7 +230,7 @@ class FederationClient:
         self.uplink.wake()
         m = update.metrics
         self.log.event(
-            "round_trained",
+            Event.ROUND_TRAINED,
             round=round_,
             windows=m["windows"],
             loss_before=round(m["loss_before"], 4),

@@ -23,6 +23,7 @@ from pqlink import peek_envelope
 from servicekit.backoff import Backoff
 from servicekit.logs import EventLog
 from wire.amqp import GATEWAY_QUEUE_ARGUMENTS, GLOBAL_EXCHANGE, UPDATES_QUEUE, gateway_queue
+from wire.reasons import Event
 from wire.unsealed import decode_unsealed
 
 
@@ -65,7 +66,7 @@ class Uplink:
             try:
                 connection = await aio_pika.connect(self.url, timeout=10)
             except (TimeoutError, AMQPError, OSError) as exc:
-                self.log.event("uplink_unreachable", level=logging.WARNING, reason=str(exc))
+                self.log.event(Event.UPLINK_UNREACHABLE, level=logging.WARNING, reason=str(exc))
                 await backoff.wait(stop)
                 continue
             backoff.succeeded()
@@ -74,7 +75,7 @@ class Uplink:
                     channel = await connection.channel(publisher_confirms=True)
                     await channel.set_qos(prefetch_count=4)
                     self.connected = True
-                    self.log.event("uplink_connected")
+                    self.log.event(Event.UPLINK_CONNECTED)
                     consumer = asyncio.create_task(self._consume(channel))
                     publisher = asyncio.create_task(self._publish_loop(channel))
                     stopper = asyncio.create_task(stop.wait())
@@ -88,7 +89,7 @@ class Uplink:
                         if task is not stopper and not task.cancelled() and task.exception():
                             raise task.exception()  # type: ignore[misc]
             except (AMQPError, OSError, aio_pika.exceptions.AMQPException, RuntimeError) as exc:
-                self.log.event("uplink_disconnected", level=logging.WARNING, reason=str(exc))
+                self.log.event(Event.UPLINK_DISCONNECTED, level=logging.WARNING, reason=str(exc))
             finally:
                 self.connected = False
             if not stop.is_set():
@@ -120,7 +121,9 @@ class Uplink:
             else:
                 round_ = peek_envelope(body).round
         except Exception as exc:
-            self.log.event("global_rejected", level=logging.WARNING, reason=f"undecodable: {exc}")
+            self.log.event(
+                Event.GLOBAL_REJECTED, level=logging.WARNING, reason=f"undecodable: {exc}"
+            )
             await message.ack()
             return
         # Durable before the ack: a crash after this still applies the model on restart.
@@ -151,7 +154,7 @@ class Uplink:
                 )
                 await self._spool(self.spool.confirmed, item.id)
                 self.published += 1
-                self.log.event("update_confirmed", round=item.round, bytes=len(item.envelope))
+                self.log.event(Event.UPDATE_CONFIRMED, round=item.round, bytes=len(item.envelope))
             self._wake.clear()
             if not pending:
                 await self._wake.wait()

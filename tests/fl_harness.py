@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pika
@@ -70,7 +71,7 @@ class Aggregator:
         self.procs.append(proc)
         return proc
 
-    def db(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+    def db(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         path = self.root / "state" / "coordinator.sqlite3"
         if not path.exists():
             return []

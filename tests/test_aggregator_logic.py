@@ -15,6 +15,7 @@ from aggregator.strategies import (
     Contribution,
     FedAvg,
     Median,
+    Strategy,
     TrimmedMean,
     bound_norm,
     make_strategy,
@@ -182,11 +183,13 @@ def test_worker_checks_on_arrival_and_folds_later(parties: Parties) -> None:
     assert sorted(r.reason for r in partials[0].rejections) == ["bad_signature", "duplicate"]
 
 
-def _coordinator(tmp_path: Path, strategy: object = None, quorum: int = 2) -> RoundCoordinator:
+def _coordinator(
+    tmp_path: Path, strategy: Strategy | None = None, quorum: int = 2
+) -> RoundCoordinator:
     return RoundCoordinator(
         tmp_path / "c.db",
         strategy or FedAvg(),
-        RoundPolicy(quorum, 30.0),  # type: ignore[arg-type]
+        RoundPolicy(quorum, 30.0),
         np.zeros(N, np.float32),
     )
 

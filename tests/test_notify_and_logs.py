@@ -96,7 +96,7 @@ def test_stderr_log_is_logfmt() -> None:
     assert "event=record_rejected device_id=wearable-0003 reason=replay" in line
     assert 'detail="counter 5 seen" count=2' in line
     with pytest.raises(TypeError, match="bytes"):
-        log.event("leak", key=b"\x00secret")
+        log.event("leak", key=b"\x00secret")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="log level"):
         setup_logging(journal=False, level="loud")
 
