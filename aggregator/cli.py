@@ -21,6 +21,7 @@ from aggregator.metrics import WorkerMetrics
 from pqlink import Role, load_identity, load_registry
 from servicekit.cli import ExitCode, enroll, keygen, revoke, run_main
 from servicekit.metrics import MetricsServer
+from wire.envelopes import envelope_codec
 
 _METRICS_HELP = "override metrics.port (Prometheus /metrics; 0: none)"
 
@@ -111,7 +112,7 @@ def _worker(
         limits,
         individual=strategy.needs_individual_updates,
         norm_bound=config.strategy.norm_bound or None,
-        unsealed=config.bench.plaintext_envelopes,
+        codec=envelope_codec(config.bench.plaintext_envelopes),
         metrics=metrics,
     )
     run_worker(

@@ -22,12 +22,12 @@ from aggregator.partials import Partial, PartialError
 from aggregator.rounds import ClosedRound, RoundCoordinator, RoundPolicy, quorum_for
 from aggregator.strategies import make_strategy
 from aggregator.worker import PERSISTENT, declare_topology
-from pqlink import ContentType, Identity, Registry, Role, load_registry, seal_envelope
+from pqlink import ContentType, Identity, Registry, Role, load_registry
 from servicekit.backoff import Backoff
 from wire.amqp import GLOBAL_EXCHANGE, PARTIALS_QUEUE
+from wire.envelopes import envelope_codec
 from wire.fl import GlobalModel, RoundSettings
 from wire.model import WEIGHT_NAMES
-from wire.unsealed import encode_unsealed
 
 _LOG = logging.getLogger("aggregator.coordinator")
 
@@ -51,6 +51,7 @@ class CoordinatorService:
         self.stop = stop
         self.registry: Registry = load_registry(config.registry)
         self.reload_requested = threading.Event()
+        self.codec = envelope_codec(config.bench.plaintext_envelopes)
         strategy = make_strategy(
             config.strategy.name,
             norm_bound=config.strategy.norm_bound or None,
@@ -96,11 +97,8 @@ class CoordinatorService:
             deadline_ms=int(r.deadline * 1000),
             settings=r.strategy.configure_round(r.round, final=final),
         )
-        if self.config.bench.plaintext_envelopes:  # benchmark baseline: crypto off
-            meta = {"round": r.round, "version": r.version}
-            return encode_unsealed(meta, model.encode())
         recipients = self.registry.active(Role.GATEWAY)
-        return seal_envelope(
+        return self.codec.seal(
             self.identity,
             recipients,
             model.encode(),

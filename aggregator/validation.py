@@ -14,11 +14,10 @@ from pqlink import (
     Identity,
     PqlinkError,
     Registry,
-    open_envelope,
 )
+from wire.envelopes import EnvelopeCodec, SealedCodec
 from wire.fl import ModelUpdate
 from wire.reasons import Reason, reason_for
-from wire.unsealed import decode_unsealed
 
 
 class UpdateRejectedError(Exception):
@@ -50,37 +49,26 @@ class ValidUpdate:
     metrics: dict[str, object]
 
 
-def _open_unsealed(frame: bytes) -> tuple[str, int, int, bytes, bytes]:
-    """Benchmark baseline (crypto off): sender, round, samples, envelope id, payload."""
-    meta, payload = decode_unsealed(frame)
-    try:
-        return str(meta["sender"]), int(meta["round"]), int(meta["samples"]), b"", payload
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DecodeError(f"unsealed frame: {exc}") from None
-
-
 def validate_update(
     frame: bytes,
     aggregator: Identity,
     gateways: Registry,
     limits: ValidationLimits,
     *,
-    unsealed: bool = False,
+    codec: EnvelopeCodec | None = None,
 ) -> ValidUpdate:
     if len(frame) > limits.max_envelope_bytes:
         raise UpdateRejectedError(
             Reason.OVERSIZED, f"{len(frame)} bytes > {limits.max_envelope_bytes}"
         )
     try:
-        if unsealed:
-            who, rnd, samples, envelope_id, payload = _open_unsealed(frame)
-        else:
-            opened = open_envelope(frame, aggregator, gateways, max_size=limits.max_envelope_bytes)
-            meta = opened.metadata
-            who, rnd, samples = meta.sender, meta.round, meta.sample_count
-            envelope_id, payload = meta.envelope_id, opened.payload
-            if meta.content_type is not ContentType.MODEL_UPDATE:
-                raise UpdateRejectedError(Reason.WRONG_TYPE, meta.content_type.name, who, rnd)
+        opened = (codec or SealedCodec()).open(
+            frame, aggregator, gateways, max_size=limits.max_envelope_bytes
+        )
+        who, rnd, samples = opened.sender, opened.round, opened.sample_count
+        envelope_id, payload = opened.envelope_id, opened.payload
+        if opened.content_type is not ContentType.MODEL_UPDATE:
+            raise UpdateRejectedError(Reason.WRONG_TYPE, opened.content_type.name, who, rnd)
     except PqlinkError as exc:
         raise UpdateRejectedError(reason_for(exc), str(exc)) from None
     if not 1 <= samples <= limits.max_samples:

@@ -32,6 +32,7 @@ from wire.amqp import (
     UPDATES_QUEUE,
     gateway_queue,
 )
+from wire.envelopes import EnvelopeCodec, SealedCodec
 from wire.reasons import Reason
 
 _LOG = logging.getLogger("aggregator.worker")
@@ -78,10 +79,10 @@ class CryptoWorker:
         *,
         individual: bool,
         norm_bound: float | None,
-        unsealed: bool = False,
+        codec: EnvelopeCodec | None = None,
         metrics: WorkerMetrics | None = None,
     ) -> None:
-        self.unsealed = unsealed  # benchmark baseline only
+        self.codec = codec or SealedCodec()
         self.metrics = metrics
         self.name = name
         self.identity = identity
@@ -97,7 +98,7 @@ class CryptoWorker:
         t0 = time.perf_counter()
         try:
             valid = validate_update(
-                d.body, self.identity, self.gateways, self.limits, unsealed=self.unsealed
+                d.body, self.identity, self.gateways, self.limits, codec=self.codec
             )
         except UpdateRejectedError as exc:
             if self.metrics is not None:

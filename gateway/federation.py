@@ -31,6 +31,7 @@ from gateway.uplink import Uplink
 from pqlink import Identity, PqlinkError, load_public_identity
 from servicekit.logs import EventLog
 from servicekit.metrics import round_histogram
+from wire.envelopes import envelope_codec
 from wire.model import DEFAULT_MODEL_PATH
 from wire.reasons import Event
 
@@ -67,13 +68,14 @@ class FederationClient:
                 defer_check_interval_s=lc.defer_check_interval,
             )
         )
+        codec = envelope_codec(config.bench.plaintext_envelopes)
         self.learner = FederatedLearner(
             identity,
             load_public_identity(config.aggregator_public_path),
             trainer,
             policy,
             POWER_MODELS[lc.power_model],
-            unsealed=config.bench.plaintext_envelopes,
+            codec=codec,
         )
         self._wake = asyncio.Event()
         self.uplink = Uplink(
@@ -84,6 +86,7 @@ class FederationClient:
             log,
             self._wake_learner,
             max_delay=config.uplink.reconnect_max_delay,
+            codec=codec,
         )
         self._train_pool = ThreadPoolExecutor(1, thread_name_prefix="trainer")
         self.counters: dict[str, Any] = {

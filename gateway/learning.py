@@ -25,12 +25,10 @@ from pqlink import (
     Identity,
     PublicIdentity,
     Registry,
-    open_envelope,
-    seal_envelope,
 )
+from wire.envelopes import EnvelopeCodec, SealedCodec
 from wire.fl import GlobalModel, ModelUpdate, RoundSettings
 from wire.model import PARAMETER_COUNT
-from wire.unsealed import decode_unsealed, encode_unsealed
 
 F32 = npt.NDArray[np.float32]
 
@@ -79,9 +77,9 @@ class FederatedLearner:
         policy: EnergyPolicy,
         power_model: PowerModel,
         *,
-        unsealed: bool = False,
+        codec: EnvelopeCodec | None = None,
     ) -> None:
-        self.unsealed = unsealed  # benchmark baseline only: no crypto on updates or globals
+        self.codec = codec or SealedCodec()
         self.identity = identity
         self.aggregator = aggregator
         self.senders = Registry()
@@ -93,18 +91,11 @@ class FederatedLearner:
     def open_global(self, envelope: bytes) -> ReceivedGlobal:
         received_at = time.time()
         try:
-            if self.unsealed:
-                meta, payload = decode_unsealed(envelope)
-                signed_round, version = int(meta["round"]), int(meta["version"])
-            else:
-                opened = open_envelope(envelope, self.identity, self.senders)
-                if opened.metadata.content_type is not ContentType.GLOBAL_MODEL:
-                    raise GlobalModelRejectedError(
-                        f"content type {opened.metadata.content_type.name}"
-                    )
-                payload = opened.payload
-                signed_round, version = opened.metadata.round, opened.metadata.model_version
-            model = GlobalModel.decode(payload)
+            opened = self.codec.open(envelope, self.identity, self.senders)
+            if opened.content_type is not ContentType.GLOBAL_MODEL:
+                raise GlobalModelRejectedError(f"content type {opened.content_type.name}")
+            signed_round, version = opened.round, opened.model_version
+            model = GlobalModel.decode(opened.payload)
         except (DecodeError, ValueError, KeyError) as exc:
             raise GlobalModelRejectedError(str(exc)) from None
         if model.round != signed_round:
@@ -156,23 +147,14 @@ class FederatedLearner:
         t1 = time.perf_counter()
         payload = ModelUpdate(delta.astype("<f4").tobytes(), PARAMETER_COUNT, metrics)
         # The seal time cannot be inside the sealed metrics; the envelope is timed around it.
-        if self.unsealed:
-            meta = {
-                "sender": self.identity.name,
-                "round": received.model.round,
-                "version": received.version,
-                "samples": len(y),
-            }
-            envelope = encode_unsealed(meta, payload.encode())
-        else:
-            envelope = seal_envelope(
-                self.identity,
-                [self.aggregator],
-                payload.encode(),
-                content_type=ContentType.MODEL_UPDATE,
-                round=received.model.round,
-                model_version=received.version,
-                sample_count=len(y),
-            )
+        envelope = self.codec.seal(
+            self.identity,
+            [self.aggregator],
+            payload.encode(),
+            content_type=ContentType.MODEL_UPDATE,
+            round=received.model.round,
+            model_version=received.version,
+            sample_count=len(y),
+        )
         metrics["seal_seconds"] = time.perf_counter() - t1
         return TrainedUpdate(received.model.round, envelope, metrics)

@@ -19,12 +19,11 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 
 from gateway.spool import Spool
-from pqlink import peek_envelope
 from servicekit.backoff import Backoff
 from servicekit.logs import EventLog
 from wire.amqp import GATEWAY_QUEUE_ARGUMENTS, GLOBAL_EXCHANGE, UPDATES_QUEUE, gateway_queue
+from wire.envelopes import EnvelopeCodec, SealedCodec
 from wire.reasons import Event
-from wire.unsealed import decode_unsealed
 
 
 class Uplink:
@@ -40,7 +39,9 @@ class Uplink:
         on_global: Callable[[], Awaitable[None]],
         *,
         max_delay: float = 30.0,
+        codec: EnvelopeCodec | None = None,
     ) -> None:
+        self.codec = codec or SealedCodec()
         self.url = url
         self.gateway_id = gateway_id
         self.spool = spool
@@ -116,10 +117,7 @@ class Uplink:
     async def _received(self, message: AbstractIncomingMessage) -> None:
         body = bytes(message.body)
         try:
-            if body.startswith(b"UNSEALED"):  # benchmark baseline framing
-                round_ = int(decode_unsealed(body)[0]["round"])
-            else:
-                round_ = peek_envelope(body).round
+            round_ = self.codec.peek_round(body)
         except Exception as exc:
             self.log.event(
                 Event.GLOBAL_REJECTED, level=logging.WARNING, reason=f"undecodable: {exc}"

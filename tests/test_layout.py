@@ -16,12 +16,15 @@ import pytest
 
 from gateway.cli import main as gateway_main
 from gateway.config import load_config
-from pqlink import DecodeError
+from pqlink import ContentType, DecodeError
 from servicekit.backoff import Backoff
 from servicekit.cli import ExitCode
 from servicekit.config import ConfigError
+from wire.envelopes import SealedCodec, UnsealedCodec, envelope_codec
 from wire.fl import SETTING_RANGES, GlobalModel, ModelUpdate, RoundSettings
 from wire.reasons import Event, Reason
+
+from .conftest import Parties
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,3 +249,38 @@ def test_pqlink_imports_without_the_applications() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+# --- wire: the envelope codec chosen at wiring time -----------------------------------------
+
+
+def test_envelope_codecs_round_trip_and_refuse_each_other(parties: Parties) -> None:
+    registry = parties.gateway_registry()
+    sealed, unsealed = envelope_codec(False), envelope_codec(True)
+    assert isinstance(sealed, SealedCodec)
+    assert isinstance(unsealed, UnsealedCodec)
+    for codec in (sealed, unsealed):
+        frame = codec.seal(
+            parties.gateway,
+            [parties.aggregator.public],
+            b"payload",
+            content_type=ContentType.MODEL_UPDATE,
+            round=5,
+            model_version=4,
+            sample_count=30,
+        )
+        opened = codec.open(frame, parties.aggregator, registry, max_size=len(frame))
+        assert (opened.sender, opened.round, opened.model_version, opened.sample_count) == (
+            "gw-01",
+            5,
+            4,
+            30,
+        )
+        assert opened.content_type is ContentType.MODEL_UPDATE
+        assert opened.payload == b"payload"
+        assert codec.peek_round(frame) == 5
+        with pytest.raises(DecodeError):
+            codec.open(frame, parties.aggregator, registry, max_size=len(frame) - 1)
+        other = unsealed if codec is sealed else sealed
+        with pytest.raises(DecodeError):
+            other.open(frame, parties.aggregator, registry)
