@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.errors import AggregatorError
 from aggregator.strategies import Contribution, Vector
 from wire.reasons import Reason
 
 _LEN = struct.Struct(">I")
 
 
-class PartialError(Exception):
+class PartialError(AggregatorError):
     """A partial message is malformed."""
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aggregator.errors import AggregatorError
 from aggregator.strategies import Contribution
 from pqlink import (
     ContentType,
@@ -20,7 +21,7 @@ from wire.fl import ModelUpdate
 from wire.reasons import Reason, reason_for
 
 
-class UpdateRejectedError(Exception):
+class UpdateRejectedError(AggregatorError):
     """An update failed a check; `reason` is a stable machine name."""
 
     def __init__(

@@ -122,6 +122,10 @@ class FederationClient:
             "updates_published": self.uplink.published,
         }
 
+    async def refresh_spool_depth(self) -> None:
+        """Sealed updates not yet confirmed by RabbitMQ (read in the store thread)."""
+        self.counters["spool_depth"] = await self._in(self.store_pool, self.spool.depth)
+
     async def run(self, stop: asyncio.Event) -> None:
         self.counters["last_round"] = await self._in(
             self.store_pool, self.spool.get_state, _LAST_ROUND

@@ -18,6 +18,7 @@ from gateway.energy import (
     ScheduleDecision,
     estimate_energy,
 )
+from gateway.errors import GatewayError
 from gateway.trainer import Trainer, TrainOptions, fit, flatten, unflatten
 from pqlink import (
     ContentType,
@@ -33,7 +34,7 @@ from wire.model import PARAMETER_COUNT
 F32 = npt.NDArray[np.float32]
 
 
-class GlobalModelRejectedError(Exception):
+class GlobalModelRejectedError(GatewayError):
     """A global model failed a check (signature, recipient, content, shape)."""
 
 

@@ -21,6 +21,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from gateway.errors import GatewayError
 from wire.model import (
     CLASSES,
     FEATURES,
@@ -43,7 +44,7 @@ _RUNTIMES: Final = (
 )
 
 
-class TrainerError(Exception):
+class TrainerError(GatewayError):
     """Base class of the trainer's own failures (bad input is a plain ValueError)."""
 
 
