@@ -53,17 +53,14 @@ class MqttHub:
                         self._generation += 1
                         self._changed.notify_all()
                     backoff.succeeded()
-                    reader = asyncio.create_task(self._read(client))
-                    waiter = asyncio.create_task(stop.wait())
-                    done, _ = await asyncio.wait(
-                        {reader, waiter}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for task in (reader, waiter):
-                        task.cancel()
-                    if reader in done:
-                        reader.result()
-            except aiomqtt.MqttError as exc:
-                _LOG.debug("hub %s disconnected: %s", self.client_id, exc)
+                    # The reader belongs to this connection: a broken link ends it (and the
+                    # group), a stop request cancels it.
+                    async with asyncio.TaskGroup() as tg:
+                        reader = tg.create_task(self._read(client))
+                        await stop.wait()
+                        reader.cancel()
+            except* aiomqtt.MqttError as group:
+                _LOG.debug("hub %s disconnected: %s", self.client_id, group.exceptions[0])
             finally:
                 self._client = None
             if stop.is_set():

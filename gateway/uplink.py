@@ -77,20 +77,23 @@ class Uplink:
                     await channel.set_qos(prefetch_count=4)
                     self.connected = True
                     self.log.event(Event.UPLINK_CONNECTED)
-                    consumer = asyncio.create_task(self._consume(channel))
-                    publisher = asyncio.create_task(self._publish_loop(channel))
-                    stopper = asyncio.create_task(stop.wait())
-                    closed = asyncio.create_task(self._closed(connection))
-                    done, pending = await asyncio.wait(
-                        {consumer, publisher, stopper, closed}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for task in pending:
-                        task.cancel()
-                    for task in done:
-                        if task is not stopper and not task.cancelled() and task.exception():
-                            raise task.exception()  # type: ignore[misc]
-            except (AMQPError, OSError, aio_pika.exceptions.AMQPException, RuntimeError) as exc:
-                self.log.event(Event.UPLINK_DISCONNECTED, level=logging.WARNING, reason=str(exc))
+                    # One group per connection: a failing part (or the connection closing)
+                    # cancels the others; a stop request cancels all three.
+                    async with asyncio.TaskGroup() as tg:
+                        parts = (
+                            tg.create_task(self._consume(channel)),
+                            tg.create_task(self._publish_loop(channel)),
+                            tg.create_task(self._closed(connection)),
+                        )
+                        await stop.wait()
+                        for part in parts:
+                            part.cancel()
+            except* (AMQPError, OSError, aio_pika.exceptions.AMQPException, RuntimeError) as group:
+                self.log.event(
+                    Event.UPLINK_DISCONNECTED,
+                    level=logging.WARNING,
+                    reason=str(group.exceptions[0]),
+                )
             finally:
                 self.connected = False
             if not stop.is_set():
