@@ -1,0 +1,119 @@
+"""t-of-n Shamir secret sharing of 32-byte secrets over GF(2^521 - 1), with typed errors.
+
+Secure aggregation shares each client's self-mask seed and pair-key seed this way."""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pqlink._errors import LocalProtocolError, RemoteProtocolError
+
+#: The Mersenne prime 2^521 - 1: every 256-bit secret is a field element, and a wrong set of
+#: shares recovers a value below 2^256 only with probability 2^-265.
+PRIME = (1 << 521) - 1
+SECRET_SIZE = 32
+VALUE_SIZE = 66  # ceil(521 / 8)
+SHARE_SIZE = 2 + VALUE_SIZE
+#: Share indices are the evaluation points 1..MAX_SHARES (0 would be the secret itself).
+MAX_SHARES = 0xFFFF
+
+
+class ShamirParameterError(LocalProtocolError):
+    """The caller asked for an impossible sharing (threshold or count out of range, bad secret)."""
+
+
+class InvalidShareError(RemoteProtocolError):
+    """A share is malformed, repeated, out of range, or the shares are not of one secret."""
+
+
+class NotEnoughSharesError(RemoteProtocolError):
+    """Fewer shares than the threshold: nothing can be recovered, and nothing is revealed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One point (index, value) of the sharing polynomial."""
+
+    index: int
+    value: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= MAX_SHARES:
+            raise InvalidShareError(f"share index {self.index} outside 1..{MAX_SHARES}")
+        if not 0 <= self.value < PRIME:
+            raise InvalidShareError(f"share {self.index}: value is not a field element")
+
+    def to_bytes(self) -> bytes:
+        return struct.pack(">H", self.index) + self.value.to_bytes(VALUE_SIZE, "big")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Share:
+        if len(data) != SHARE_SIZE:
+            raise InvalidShareError(f"share must be {SHARE_SIZE} bytes, got {len(data)}")
+        (index,) = struct.unpack_from(">H", data)
+        return cls(index, int.from_bytes(data[2:], "big"))
+
+    def __repr__(self) -> str:
+        return f"Share(index={self.index}, <secret>)"
+
+
+def split_secret(
+    secret: bytes, threshold: int, count: int, *, coefficients: Sequence[int] | None = None
+) -> tuple[Share, ...]:
+    """Shares 1..count of `secret`; any `threshold` of them recover it, fewer reveal nothing.
+
+    `coefficients` (a_1..a_{t-1}) fixes the polynomial for known-answer tests; by default they
+    are drawn uniformly from the field with `secrets`."""
+    if len(secret) != SECRET_SIZE:
+        raise ShamirParameterError(f"secret must be {SECRET_SIZE} bytes, got {len(secret)}")
+    if not 1 <= count <= MAX_SHARES:
+        raise ShamirParameterError(f"share count {count} outside 1..{MAX_SHARES}")
+    if not 1 <= threshold <= count:
+        raise ShamirParameterError(f"threshold {threshold} outside 1..{count}")
+    if coefficients is None:
+        coefficients = [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
+    elif len(coefficients) != threshold - 1 or not all(0 <= a < PRIME for a in coefficients):
+        raise ShamirParameterError(f"need {threshold - 1} coefficients in 0..p-1")
+    poly = [int.from_bytes(secret, "big"), *coefficients]
+    shares = []
+    for x in range(1, count + 1):
+        y = 0
+        for a in reversed(poly):  # Horner
+            y = (y * x + a) % PRIME
+        shares.append(Share(x, y))
+    return tuple(shares)
+
+
+def recover_secret(shares: Iterable[Share], threshold: int) -> bytes:
+    """The secret from at least `threshold` shares with distinct indices.
+
+    The first `threshold` shares are interpolated at 0; a result that is not a 256-bit value
+    means a share was garbled or the shares belong to different secrets. Shares are not
+    authenticated: a share crafted to shift the result goes unnoticed here, so callers that
+    face active peers check the result against a commitment."""
+    if threshold < 1:
+        raise ShamirParameterError(f"threshold {threshold} must be at least 1")
+    chosen: list[Share] = []
+    seen: set[int] = set()
+    for share in shares:
+        if share.index in seen:
+            raise InvalidShareError(f"share index {share.index} given twice")
+        seen.add(share.index)
+        if len(chosen) < threshold:
+            chosen.append(share)
+    if len(chosen) < threshold:
+        raise NotEnoughSharesError(f"{len(chosen)} shares, threshold {threshold}")
+    secret = 0
+    for i, share_i in enumerate(chosen):
+        num, den = 1, 1
+        for j, share_j in enumerate(chosen):
+            if i != j:
+                num = num * share_j.index % PRIME
+                den = den * (share_j.index - share_i.index) % PRIME
+        secret = (secret + share_i.value * num * pow(den, -1, PRIME)) % PRIME
+    if secret >> (8 * SECRET_SIZE):
+        raise InvalidShareError("shares do not interpolate to a 32-byte secret")
+    return secret.to_bytes(SECRET_SIZE, "big")
