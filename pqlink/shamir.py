@@ -61,16 +61,27 @@ class Share:
 
 
 def split_secret(
-    secret: bytes, threshold: int, count: int, *, coefficients: Sequence[int] | None = None
+    secret: bytes,
+    threshold: int,
+    count: int,
+    *,
+    indices: Sequence[int] | None = None,
+    coefficients: Sequence[int] | None = None,
 ) -> tuple[Share, ...]:
-    """Shares 1..count of `secret`; any `threshold` of them recover it, fewer reveal nothing.
+    """`count` shares of `secret`; any `threshold` of them recover it, fewer reveal nothing.
 
-    `coefficients` (a_1..a_{t-1}) fixes the polynomial for known-answer tests; by default they
-    are drawn uniformly from the field with `secrets`."""
+    The shares sit at `indices` (distinct, in 1..MAX_SHARES; default 1..count), so that a
+    holder's own id can be its share's index. `coefficients` (a_1..a_{t-1}) fixes the
+    polynomial for known-answer tests; by default they are drawn uniformly with `secrets`."""
     if len(secret) != SECRET_SIZE:
         raise ShamirParameterError(f"secret must be {SECRET_SIZE} bytes, got {len(secret)}")
     if not 1 <= count <= MAX_SHARES:
         raise ShamirParameterError(f"share count {count} outside 1..{MAX_SHARES}")
+    points = list(range(1, count + 1)) if indices is None else list(indices)
+    if len(points) != count or len(set(points)) != count:
+        raise ShamirParameterError(f"need {count} distinct indices")
+    if not all(1 <= x <= MAX_SHARES for x in points):
+        raise ShamirParameterError(f"share indices must lie in 1..{MAX_SHARES}")
     if not 1 <= threshold <= count:
         raise ShamirParameterError(f"threshold {threshold} outside 1..{count}")
     if coefficients is None:
@@ -79,7 +90,7 @@ def split_secret(
         raise ShamirParameterError(f"need {threshold - 1} coefficients in 0..p-1")
     poly = [int.from_bytes(secret, "big"), *coefficients]
     shares = []
-    for x in range(1, count + 1):
+    for x in points:
         y = 0
         for a in reversed(poly):  # Horner
             y = (y * x + a) % PRIME
