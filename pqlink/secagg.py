@@ -530,6 +530,7 @@ class SecAggServer:
         self._keys = verify_keys
         self._graph = neighbour_graph(config.participants, config.degree, config.graph_seed)
         self._c = _Collected()
+        self._holders: dict[int, frozenset[int]] = {}  # owner -> who holds its shares
         self._survivors: tuple[int, ...] = ()
         self._dropped: tuple[int, ...] = ()
 
@@ -600,6 +601,7 @@ class SecAggServer:
         if len(recipients) < self.config.threshold:
             raise MalformedMessageError(f"client {sender} shared with fewer than t neighbours")
         self._c.shares[sender] = msg
+        self._holders[sender] = frozenset(recipients)
 
     def close_shares(self) -> dict[int, bytes] | RoundAborted:
         self._expect(ServerState.SHARES)
@@ -665,7 +667,7 @@ class SecAggServer:
             wanted = ShareKind.SELF_MASK if owner in survivors else ShareKind.PAIR_KEY
             if (owner not in survivors and owner not in dropped) or kind is not wanted:
                 raise MalformedMessageError(f"response of {sender}: unrequested share of {owner}")
-            if sender not in {v for v, _ in self._c.shares[owner].shares}:
+            if sender not in self._holders[owner]:
                 raise UnexpectedSenderError(f"client {sender} holds no share of {owner}")
             if share.index != sender:
                 raise ForgedMessageError(f"response of {sender}: share at index {share.index}")
@@ -686,7 +688,9 @@ class SecAggServer:
         wanted += [(u, ShareKind.PAIR_KEY) for u in self._dropped]
         for owner, kind in wanted:
             try:
-                seed = recover_secret(collected.get((owner, kind), []), t)
+                # in index order, so that owners with the same holders share Lagrange weights
+                held = sorted(collected.get((owner, kind), []), key=lambda share: share.index)
+                seed = recover_secret(held, t)
             except NotEnoughSharesError as exc:
                 return self._abort("unmask", "too_few_shares", f"client {owner}: {exc}")
             except InvalidShareError as exc:

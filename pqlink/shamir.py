@@ -4,6 +4,7 @@ Secure aggregation shares each client's self-mask seed and pair-key seed this wa
 
 from __future__ import annotations
 
+import functools
 import secrets
 import struct
 from collections.abc import Iterable, Sequence
@@ -98,6 +99,21 @@ def split_secret(
     return tuple(shares)
 
 
+@functools.lru_cache(maxsize=256)
+def _lagrange_at_zero(indices: tuple[int, ...]) -> tuple[int, ...]:
+    """The Lagrange weights that interpolate at 0 from these points. They depend on the
+    indices only, and one unmasking recovers many seeds from the same holders: cached."""
+    weights = []
+    for i, x_i in enumerate(indices):
+        num, den = 1, 1
+        for j, x_j in enumerate(indices):
+            if i != j:
+                num = num * x_j % PRIME
+                den = den * (x_j - x_i) % PRIME
+        weights.append(num * pow(den, -1, PRIME) % PRIME)
+    return tuple(weights)
+
+
 def recover_secret(shares: Iterable[Share], threshold: int) -> bytes:
     """The secret from at least `threshold` shares with distinct indices.
 
@@ -117,14 +133,8 @@ def recover_secret(shares: Iterable[Share], threshold: int) -> bytes:
             chosen.append(share)
     if len(chosen) < threshold:
         raise NotEnoughSharesError(f"{len(chosen)} shares, threshold {threshold}")
-    secret = 0
-    for i, share_i in enumerate(chosen):
-        num, den = 1, 1
-        for j, share_j in enumerate(chosen):
-            if i != j:
-                num = num * share_j.index % PRIME
-                den = den * (share_j.index - share_i.index) % PRIME
-        secret = (secret + share_i.value * num * pow(den, -1, PRIME)) % PRIME
+    weights = _lagrange_at_zero(tuple(share.index for share in chosen))
+    secret = sum(share.value * w for share, w in zip(chosen, weights, strict=True)) % PRIME
     if secret >> (8 * SECRET_SIZE):
         raise InvalidShareError("shares do not interpolate to a 32-byte secret")
     return secret.to_bytes(SECRET_SIZE, "big")

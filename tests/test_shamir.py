@@ -151,3 +151,22 @@ def test_share_decoder_raises_only_its_error(data: bytes) -> None:
     except InvalidShareError:
         return
     assert share.to_bytes() == data
+
+
+def test_shares_at_chosen_indices() -> None:
+    # f(x) = S + 2x + 3x^2 at the holders' own ids
+    shares = split_secret(SECRET, 3, 3, indices=[7, 300, MAX_SHARES], coefficients=[2, 3])
+    assert [(s.index, s.value) for s in shares] == [
+        (7, S + 14 + 147),
+        (300, S + 600 + 270_000),
+        (MAX_SHARES, S + 2 * MAX_SHARES + 3 * MAX_SHARES**2),
+    ]
+    assert recover_secret(reversed(shares), 3) == SECRET
+    with pytest.raises(ShamirParameterError, match=r"^need 3 distinct indices$"):
+        split_secret(SECRET, 2, 3, indices=[1, 2, 2])
+    with pytest.raises(ShamirParameterError, match=r"^need 3 distinct indices$"):
+        split_secret(SECRET, 2, 3, indices=[1, 2])
+    with pytest.raises(ShamirParameterError, match=r"^share indices must lie in 1..65535$"):
+        split_secret(SECRET, 2, 2, indices=[1, MAX_SHARES + 1])
+    with pytest.raises(ShamirParameterError, match=r"^share indices must lie in 1..65535$"):
+        split_secret(SECRET, 2, 2, indices=[0, 1])
