@@ -69,7 +69,7 @@ def config_for(n: int, round_id: int) -> RoundConfig:
     ids = tuple(range(1, n + 1))
     seed = round_id.to_bytes(32, "big")
     return RoundConfig(
-        round_id, seed, ids, params.degree, params.threshold, params.threshold, encoding
+        round_id, seed, ids, params.degree, params.threshold, params.threshold + 1, encoding
     )
 
 

@@ -392,6 +392,8 @@ class UnmaskRequest:
     @classmethod
     def from_bytes(cls, data: bytes) -> UnmaskRequest:
         head, r = _read_header(data, Kind.UNMASK_REQUEST)
+        if head.sender != 0:
+            raise MalformedMessageError(f"unmask request from sender {head.sender}, not the server")
         try:
             survivors = tuple(r.u16("survivor") for _ in range(r.u16("survivor count")))
             dropped = tuple(r.u16("dropped") for _ in range(r.u16("dropped count")))

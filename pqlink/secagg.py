@@ -124,8 +124,9 @@ class RoundConfig:
             raise SecAggParameterError("participants must be distinct ids in 1..65535")
         if not 1 <= self.threshold <= min(self.degree, len(ids) - 1):
             raise SecAggParameterError(f"threshold {self.threshold} outside 1..degree")
-        if not self.threshold <= self.min_survivors <= len(ids):
-            raise SecAggParameterError("need threshold <= min_survivors <= participants")
+        # A survivor's self-mask seed comes back from t shares held by *other* survivors.
+        if not self.threshold < self.min_survivors <= len(ids):
+            raise SecAggParameterError("need threshold < min_survivors <= participants")
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ def make_config(
     bits = modulus_bits_for(n, precision_bits, noise_std=noise_std, dimension=dimension)
     encoding = InputEncoding(dimension, 1.0, precision_bits, bits, noise_std)
     return RoundConfig(
-        round_id, seed, ids, k, t, t if min_survivors is None else min_survivors, encoding
+        round_id, seed, ids, k, t, t + 1 if min_survivors is None else min_survivors, encoding
     )
 
 

@@ -7,6 +7,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pqlink._secagg_codec import (
     Advert,
@@ -112,7 +114,7 @@ def test_fewer_survivors_than_the_minimum_aborts_before_unmasking() -> None:
 
 
 def test_fewer_responses_than_the_threshold_aborts() -> None:
-    config = h.make_config(6, threshold=4, min_survivors=4)
+    config = h.make_config(6, threshold=4, min_survivors=5)
     r = h.start(config)
     h.through_shares(r)
     ring, _ = h.random_inputs(config, np.random.default_rng(6))
@@ -187,7 +189,7 @@ def test_a_second_request_is_refused() -> None:
 
 
 def _advertised(n: int = 4, round_id: int = 7) -> tuple[h.Round, dict[int, bytes]]:
-    r = h.start(h.make_config(n, round_id=round_id, threshold=2, min_survivors=2))
+    r = h.start(h.make_config(n, round_id=round_id, threshold=2, min_survivors=3))
     return r, {u: c.advertise() for u, c in r.clients.items()}
 
 
@@ -235,7 +237,7 @@ def test_advert_from_wrong_or_unknown_sender_rejected() -> None:
         r.server.receive_advert(3, adverts[2])  # transport says 3, message says 2
     with pytest.raises(UnexpectedSenderError):
         r.clients[1].receive_advert(adverts[1])  # itself
-    stranger = SecAggClient(h.make_config(5, threshold=2, min_survivors=2), 5, h.identity(5), {})
+    stranger = SecAggClient(h.make_config(5, threshold=2, min_survivors=3), 5, h.identity(5), {})
     with pytest.raises(UnexpectedSenderError):
         r.server.receive_advert(5, stranger.advertise())
 
@@ -244,7 +246,7 @@ def test_advert_from_wrong_or_unknown_sender_rejected() -> None:
 
 
 def _after_key_agreement(round_id: int = 7) -> tuple[h.Round, dict[int, list[bytes]]]:
-    config = h.make_config(4, round_id=round_id, threshold=2, min_survivors=2)
+    config = h.make_config(4, round_id=round_id, threshold=2, min_survivors=3)
     r = h.start(config)
     for u, c in r.clients.items():
         r.server.receive_advert(u, c.advertise())
@@ -364,7 +366,7 @@ def test_state_machine_refuses_out_of_order_calls() -> None:
 def test_masked_input_is_uniform_modulo_2k() -> None:
     # One client's input is a constant (the worst case for a leak); its masked vector must
     # still look uniform: chi-square over the top 8 of the k bits (df 255, p = 0.001: 330.5).
-    config = h.make_config(3, dimension=25_600, threshold=2, min_survivors=2)
+    config = h.make_config(3, dimension=25_600, threshold=2, min_survivors=3)
     r = h.start(config)
     h.through_shares(r)
     k = config.encoding.modulus_bits
@@ -381,7 +383,7 @@ def test_masked_input_is_uniform_modulo_2k() -> None:
 
 
 def test_malformed_input_rejected_by_server() -> None:
-    config = h.make_config(3, threshold=2, min_survivors=2)
+    config = h.make_config(3, threshold=2, min_survivors=3)
     r = h.start(config)
     h.through_shares(r)
     ring, _ = h.random_inputs(config, np.random.default_rng(8))
@@ -394,10 +396,32 @@ def test_malformed_input_rejected_by_server() -> None:
 
 
 def test_client_without_enough_neighbours_cannot_share() -> None:
-    config = h.make_config(4, threshold=3, min_survivors=3)
+    config = h.make_config(4, threshold=3, min_survivors=4)
     r = h.start(config)
     adverts = {u: c.advertise() for u, c in r.clients.items()}
     r.clients[1].receive_advert(adverts[2])  # only one neighbour's advert arrives
     r.clients[1].key_agreement()
     with pytest.raises(InsufficientNeighboursError, match="1 neighbours completed"):
         r.clients[1].share_keys()
+
+
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_any_dropout_set_gives_the_exact_sum_or_a_clean_abort(data: st.DataObject) -> None:
+    n = data.draw(st.integers(3, 7), label="clients")
+    t = data.draw(st.integers(1, n - 1), label="threshold")
+    config = h.make_config(n, threshold=t, min_survivors=t + 1, dimension=16)
+    dropped = frozenset(
+        data.draw(st.sets(st.sampled_from(config.participants), max_size=n - 1), label="dropped")
+    )
+    r = h.start(config)
+    h.through_shares(r)
+    ring, plain = h.random_inputs(config, np.random.default_rng(len(dropped)))
+    result = h.finish(r, ring, dropped=dropped)
+    if n - len(dropped) < config.min_survivors:
+        assert isinstance(result, RoundAborted)
+        assert result.reason == "too_few_survivors"
+    else:
+        assert isinstance(result, AggregateResult)
+        want = np.sum([q for u, q in plain.items() if u not in dropped], axis=0)
+        assert np.array_equal(result.signed_sum(), want)

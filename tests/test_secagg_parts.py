@@ -27,6 +27,7 @@ from pqlink.secagg import (
     COMPLETE_GRAPH_UP_TO,
     InputEncoding,
     MalformedMessageError,
+    RoundConfig,
     SecAggParameterError,
     choose_parameters,
     distributed_noise_std,
@@ -52,7 +53,7 @@ DECODERS: list[Callable[[bytes], object]] = [
 
 def _valid_messages() -> list[bytes]:
     """One real message of every kind, from a three-client round."""
-    config = h.make_config(3, threshold=2, min_survivors=2)
+    config = h.make_config(3, threshold=2, min_survivors=3)
     r = h.start(config)
     out = []
     adverts = {u: c.advertise() for u, c in r.clients.items()}
@@ -154,6 +155,11 @@ def test_wrong_kind_and_version_named() -> None:
         Advert.from_bytes(b"\x02" + advert[1:])
     with pytest.raises(MalformedMessageError, match="trailing"):
         Advert.from_bytes(advert + b"\x00")
+    request = UnmaskRequest(5, (1, 2), (3,)).to_bytes()
+    assert UnmaskRequest.from_bytes(request) == UnmaskRequest(5, (1, 2), (3,))
+    from_client = request[:10] + b"\x00\x01" + request[12:]  # sender field: 1, not the server
+    with pytest.raises(MalformedMessageError, match="unmask request from sender 1"):
+        UnmaskRequest.from_bytes(from_client)
 
 
 # --- graph and parameters --------------------------------------------------------------------
@@ -270,3 +276,17 @@ def test_mask_expansion_is_the_cxof_stream() -> None:
     assert not np.array_equal(m32, expand_mask(b"s" * 32, 10, b"self", 5, 20))
     assert not np.array_equal(m32, expand_mask(b"s" * 32, 9, b"pair", 5, 20))
     assert np.array_equal(expand_mask(b"s" * 32, 9, b"self", 3, 20), m32[:3])
+
+
+def test_round_config_min_survivors_must_exceed_the_threshold() -> None:
+    enc = InputEncoding(4, 1.0, 8, 16)
+    ids = (1, 2, 3, 4)
+    config = RoundConfig(1, bytes(32), ids, 3, 2, 3, enc)  # t + 1: accepted
+    assert config.min_survivors == 3
+    with pytest.raises(SecAggParameterError, match="need threshold < min_survivors"):
+        RoundConfig(1, bytes(32), ids, 3, 2, 2, enc)
+    assert RoundConfig(1, bytes(32), ids, 3, 2, 4, enc).min_survivors == 4
+    with pytest.raises(SecAggParameterError, match="need threshold < min_survivors"):
+        RoundConfig(1, bytes(32), ids, 3, 2, 5, enc)
+    with pytest.raises(SecAggParameterError, match="threshold 4 outside"):
+        RoundConfig(1, bytes(32), ids, 3, 4, 4, enc)
