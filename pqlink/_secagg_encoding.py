@@ -4,6 +4,7 @@ distributed DP noise, integers modulo 2^k; and the masks, expanded with Ascon-CX
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from pqlink.ascon import cxof128
 
 U64Vector = npt.NDArray[np.uint64]
 _MASK_CUSTOMIZATION = b"iomt-secagg mask v1 "
+_NOISE_CUSTOMIZATION = b"iomt-secagg noise v1"
 
 
 def modulus_bits_for(
@@ -88,18 +90,26 @@ class InputEncoding:
         up = rng.random(self.dimension) < (scaled - low)
         return (low + up).astype(np.int64)
 
-    def noise(self, rng: np.random.Generator) -> npt.NDArray[np.int64]:
-        """This client's share of the distributed noise, rounded to integers."""
+    def noise(self, rng: np.random.Generator | None = None) -> npt.NDArray[np.int64]:
+        """This client's share of the distributed noise, rounded to integers. Without `rng`
+        (the default, and what `encode` uses) the Gaussians come from a fresh 256-bit
+        `secrets` seed through Ascon-CXOF128, not from a statistical generator whose state
+        could be inferred; `rng` is for reproducible tests."""
         if self.noise_std == 0.0:
             return np.zeros(self.dimension, dtype=np.int64)
-        return np.rint(rng.normal(0.0, self.noise_std, self.dimension)).astype(np.int64)
+        if rng is not None:
+            gauss = rng.normal(0.0, 1.0, self.dimension)
+        else:
+            gauss = _standard_gaussians(self.dimension)
+        return np.rint(gauss * self.noise_std).astype(np.int64)
 
     def to_ring(self, values: npt.NDArray[np.int64]) -> U64Vector:
         """Signed integers as residues modulo 2^k (two's complement, then the low k bits)."""
         return values.astype(np.uint64) & np.uint64(_low_mask(self.modulus_bits))
 
     def encode(self, update: npt.ArrayLike, rng: np.random.Generator) -> U64Vector:
-        return self.to_ring(self.quantise(update, rng) + self.noise(rng))
+        """Quantise with `rng` for the rounding coins, add noise from the secret stream."""
+        return self.to_ring(self.quantise(update, rng) + self.noise())
 
     def signed_sum(self, total: U64Vector) -> npt.NDArray[np.int64]:
         """The sum modulo 2^k read back as signed integers (it never wrapped, by choice of k)."""
@@ -122,6 +132,17 @@ def distributed_noise_std(
     if min_survivors < 1 or noise_multiplier < 0.0:
         raise SecAggParameterError("need min_survivors >= 1 and a noise multiplier >= 0")
     return noise_multiplier * encoding_sensitivity / math.sqrt(min_survivors)
+
+
+def _standard_gaussians(count: int) -> npt.NDArray[np.float64]:
+    """Box-Muller over 53-bit uniforms in (0, 1) from Ascon-CXOF128 of a fresh secret seed."""
+    pairs = (count + 1) // 2
+    raw = cxof128(secrets.token_bytes(32), _NOISE_CUSTOMIZATION, 16 * pairs)
+    words = np.frombuffer(raw, dtype="<u8")
+    uniform = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    radius = np.sqrt(-2.0 * np.log(uniform[0::2]))
+    angle = 2.0 * math.pi * uniform[1::2]
+    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:count]
 
 
 def _low_mask(bits: int) -> int:

@@ -290,3 +290,16 @@ def test_round_config_min_survivors_must_exceed_the_threshold() -> None:
         RoundConfig(1, bytes(32), ids, 3, 2, 5, enc)
     with pytest.raises(SecAggParameterError, match="threshold 4 outside"):
         RoundConfig(1, bytes(32), ids, 3, 4, 4, enc)
+
+
+def test_secret_noise_stream_is_gaussian_and_fresh() -> None:
+    enc = InputEncoding(40_000, 1.0, 8, 40, noise_std=25.0)
+    first, second = enc.noise(), enc.noise()
+    assert not np.array_equal(first, second)
+    for draw in (first, second):
+        assert abs(float(np.mean(draw))) < 0.5  # 6 standard errors of 25 / 200
+        assert np.std(draw) == pytest.approx(25.0, rel=0.02)
+        # the tails of a Gaussian: about 4.55% beyond two standard deviations
+        assert np.mean(np.abs(draw) > 50) == pytest.approx(0.0455, abs=0.006)
+    odd = InputEncoding(7, 1.0, 8, 40, noise_std=3.0).noise()
+    assert odd.shape == (7,)
