@@ -19,15 +19,17 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 from pika.exchange_type import ExchangeType
 
+from aggregator.masked import CheckedMasked, MaskedFolder
 from aggregator.metrics import WorkerMetrics
 from aggregator.partials import Partial, Rejection, make_partial
 from aggregator.strategies import Contribution, bound_norm
 from aggregator.validation import UpdateRejectedError, ValidationLimits, validate_update
-from pqlink import Identity, Registry
+from pqlink import ContentType, Identity, PqlinkError, Registry, peek_envelope
 from servicekit.backoff import Backoff
 from wire.amqp import (
     GATEWAY_QUEUE_ARGUMENTS,
     GLOBAL_EXCHANGE,
+    MASKED_PARTIALS_QUEUE,
     PARTIALS_QUEUE,
     UPDATES_QUEUE,
     gateway_queue,
@@ -185,6 +187,7 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
     channel.exchange_declare(GLOBAL_EXCHANGE, exchange_type=ExchangeType.fanout, durable=True)  # type: ignore[arg-type]
     channel.queue_declare(UPDATES_QUEUE, durable=True)
     channel.queue_declare(PARTIALS_QUEUE, durable=True)
+    channel.queue_declare(MASKED_PARTIALS_QUEUE, durable=True)
     for gw in gateway_ids:
         queue = gateway_queue(gw)
         channel.queue_declare(queue, durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS)
@@ -192,6 +195,14 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
 
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)  # persistent
+
+
+def is_masked_input(frame: bytes) -> bool:
+    """Routing only (unauthenticated): the secure half opens and checks it in full."""
+    try:
+        return peek_envelope(frame).content_type is ContentType.MASKED_INPUT
+    except PqlinkError:
+        return False
 
 
 def run_worker(
@@ -203,11 +214,13 @@ def run_worker(
     batch_wait: float,
     stop: threading.Event,
     heartbeat: int = 30,
+    masked: MaskedFolder | None = None,
 ) -> None:
     """Consume until `stop` is set; reconnect with backoff on broker failures. Each update
     is checked on arrival; a batch is folded, published and acknowledged when it holds
     `batch_max` updates, or when no update came for a moment and the oldest has waited
-    `batch_wait` seconds."""
+    `batch_wait` seconds. With `masked`, masked inputs of secure rounds are opened and summed
+    modulo 2^k into their own partials."""
     tick = max(0.005, min(batch_wait, 0.2))  # how often `stop` is checked while idle
     params = pika.URLParameters(url)
     params.heartbeat = heartbeat
@@ -225,7 +238,7 @@ def run_worker(
             channel.confirm_delivery()
             declare_topology(channel)
             channel.basic_qos(prefetch_count=prefetch)
-            batch: list[tuple[int, Checked]] = []
+            batch: list[tuple[int, Checked | CheckedMasked]] = []
             oldest = 0.0
             for method, props, body in channel.consume(UPDATES_QUEUE, inactivity_timeout=tick):
                 if method is not None and body is not None and method.delivery_tag is not None:
@@ -233,13 +246,24 @@ def run_worker(
                     delivery = Delivery(body, bool(method.redelivered), headers)
                     if not batch:
                         oldest = time.monotonic()
-                    batch.append((method.delivery_tag, worker.check(delivery)))
+                    checked: Checked | CheckedMasked
+                    if masked is not None and is_masked_input(body):
+                        checked = masked.check(body)
+                    else:
+                        checked = worker.check(delivery)
+                    batch.append((method.delivery_tag, checked))
                 idle_and_due = method is None and time.monotonic() - oldest >= batch_wait
                 if batch and (idle_and_due or len(batch) >= batch_max):
-                    for partial in worker.fold([c for _, c in batch]):
+                    plain = [c for _, c in batch if isinstance(c, Checked)]
+                    secure = [c for _, c in batch if isinstance(c, CheckedMasked)]
+                    for partial in worker.fold(plain) if plain else []:
                         # With confirms on, this returns once the broker has the partial on
                         # disk, and raises if it refused it: only then are the updates acked.
                         channel.basic_publish("", PARTIALS_QUEUE, partial.encode(), PERSISTENT)
+                    for summed in masked.fold(secure) if masked is not None and secure else []:
+                        channel.basic_publish(
+                            "", MASKED_PARTIALS_QUEUE, summed.encode(), PERSISTENT
+                        )
                     channel.basic_ack(batch[-1][0], multiple=True)
                     batch = []
                 if stop.is_set():

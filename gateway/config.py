@@ -72,6 +72,9 @@ class LogConfig:
 class UplinkConfig:
     amqp_url: str | None = None  # None: federated learning is off
     aggregator_public: str = "aggregator.pub"  # relative to state_dir
+    # the aggregator's registry of gateway identities, handed out at enrolment: a secure
+    # round's participants are checked against it (relative to state_dir)
+    gateway_registry: str = "gateways.json"
     reconnect_max_delay: float = 30.0
 
 
@@ -127,6 +130,11 @@ class GatewayConfig:
     @property
     def aggregator_public_path(self) -> Path:
         p = Path(self.uplink.aggregator_public)
+        return p if p.is_absolute() else self.state_dir / p
+
+    @property
+    def gateway_registry_path(self) -> Path:
+        p = Path(self.uplink.gateway_registry)
         return p if p.is_absolute() else self.state_dir / p
 
     @property

@@ -54,8 +54,10 @@ class TrainedUpdate:
 
 
 def train_options(settings: RoundSettings, seed: int) -> TrainOptions:
-    """The aggregator's per-round settings as local training options."""
-    clipping = settings.clip_norm > 0
+    """The aggregator's per-round settings as local training options. In secure mode the
+    clip and the noise belong to the encoding of the update (clip, quantise, this gateway's
+    share of the distributed noise), not to local training."""
+    clipping = settings.clip_norm > 0 and not settings.secure_aggregation
     return TrainOptions(
         epochs=settings.epochs,
         batch_size=settings.batch_size,
@@ -121,6 +123,26 @@ class FederatedLearner:
     def train_and_seal(
         self, received: ReceivedGlobal, x: F32, y: npt.NDArray[np.int32], seed: int
     ) -> TrainedUpdate:
+        delta, metrics = self.train_delta(received, x, y, seed)
+        t1 = time.perf_counter()
+        payload = ModelUpdate(delta.astype("<f4").tobytes(), PARAMETER_COUNT, metrics)
+        # The seal time cannot be inside the sealed metrics; the envelope is timed around it.
+        envelope = self.codec.seal(
+            self.identity,
+            [self.aggregator],
+            payload.encode(),
+            content_type=ContentType.MODEL_UPDATE,
+            round=received.model.round,
+            model_version=received.version,
+            sample_count=len(y),
+        )
+        metrics["seal_seconds"] = time.perf_counter() - t1
+        return TrainedUpdate(received.model.round, envelope, metrics)
+
+    def train_delta(
+        self, received: ReceivedGlobal, x: F32, y: npt.NDArray[np.int32], seed: int
+    ) -> tuple[F32, dict[str, Any]]:
+        """Train locally; the update (local minus global weights) and its metrics."""
         options = train_options(received.model.settings, seed)
         t0 = time.perf_counter()
         cpu0 = time.thread_time()
@@ -145,17 +167,4 @@ class FederatedLearner:
             "power_model": self.power_model.name,
             "global_received_at": received.received_at,
         }
-        t1 = time.perf_counter()
-        payload = ModelUpdate(delta.astype("<f4").tobytes(), PARAMETER_COUNT, metrics)
-        # The seal time cannot be inside the sealed metrics; the envelope is timed around it.
-        envelope = self.codec.seal(
-            self.identity,
-            [self.aggregator],
-            payload.encode(),
-            content_type=ContentType.MODEL_UPDATE,
-            round=received.model.round,
-            model_version=received.version,
-            sample_count=len(y),
-        )
-        metrics["seal_seconds"] = time.perf_counter() - t1
-        return TrainedUpdate(received.model.round, envelope, metrics)
+        return delta.astype(np.float32), metrics

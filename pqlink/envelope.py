@@ -36,6 +36,8 @@ class ContentType(enum.IntEnum):
     MODEL_UPDATE = 1
     GLOBAL_MODEL = 2
     ROUND_ANNOUNCEMENT = 3
+    SECAGG = 4  # a secure-aggregation protocol message (adverts, keys, shares, unmasking)
+    MASKED_INPUT = 5  # a gateway's masked update, summed by crypto workers
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ __all__ = [
     "InputEncoding",
     "InsufficientNeighboursError",
     "MalformedMessageError",
+    "MaskedVector",
     "ReplayedMessageError",
     "RoundAborted",
     "RoundConfig",
@@ -91,6 +92,7 @@ __all__ = [
     "expand_mask",
     "modulus_bits_for",
     "neighbour_graph",
+    "open_masked_input",
     "peek_header",
 ]
 
@@ -162,6 +164,38 @@ class AggregateResult:
 
     def decoded_sum(self) -> np.ndarray:
         return self.encoding.decode_sum(self.total)
+
+
+@dataclass(frozen=True, slots=True)
+class MaskedVector:
+    """One client's masked input as a crypto worker folds it: indistinguishable from uniform
+    modulo 2^k to anyone without the masks."""
+
+    round_id: int
+    sender: int
+    modulus_bits: int
+    vector: U64Vector
+
+
+def open_masked_input(
+    data: bytes, modulus_bits: int | None = None, dimension: int | None = None
+) -> MaskedVector:
+    """Decode and check a round-3 message (for a worker that sums masked inputs before the
+    server sees them): the ring and length when given, values below 2^k always;
+    MalformedMessageError otherwise."""
+    msg = MaskedInput.from_bytes(data)
+    modulus_bits = msg.modulus_bits if modulus_bits is None else modulus_bits
+    dimension = msg.dimension if dimension is None else dimension
+    if (msg.modulus_bits, msg.dimension) != (modulus_bits, dimension):
+        raise MalformedMessageError(
+            f"input of {msg.sender}: {msg.dimension} values mod 2^{msg.modulus_bits}, "
+            f"expected {dimension} mod 2^{modulus_bits}"
+        )
+    dtype = "<u4" if word_bytes(msg.modulus_bits) == 4 else "<u8"
+    vector = np.frombuffer(msg.vector, dtype=dtype).astype(np.uint64)
+    if modulus_bits < 64 and np.any(vector >> np.uint64(modulus_bits)):
+        raise MalformedMessageError(f"input of {msg.sender} holds values over 2^k")
+    return MaskedVector(msg.round_id, msg.sender, msg.modulus_bits, vector)
 
 
 # --- key schedule -----------------------------------------------------------------------------
@@ -517,6 +551,9 @@ class _Collected:
     key_agreements: dict[int, KeyAgreement] = field(default_factory=dict)
     shares: dict[int, SharesMessage] = field(default_factory=dict)
     inputs: dict[int, U64Vector] = field(default_factory=dict)
+    # partial sums folded by crypto workers: the server never sees these clients one by one
+    summed: set[int] = field(default_factory=set)
+    sums: list[U64Vector] = field(default_factory=list)
     responses: dict[int, UnmaskResponse] = field(default_factory=dict)
 
 
@@ -623,6 +660,8 @@ class SecAggServer:
         self._expect(ServerState.INPUTS)
         msg = MaskedInput.from_bytes(data)
         self._check(msg.round_id, sender, msg.sender, self._c.inputs)
+        if sender in self._c.summed:
+            raise ReplayedMessageError(f"input of client {sender} counted already")
         if sender not in self._c.shares:
             raise UnexpectedSenderError(f"client {sender} sent no shares")
         enc = self.config.encoding
@@ -637,16 +676,62 @@ class SecAggServer:
             raise MalformedMessageError(f"input of {sender} holds values over 2^k")
         self._c.inputs[sender] = vector
 
+    def receive_masked_sum(self, senders: Sequence[int], total: U64Vector) -> None:
+        """A partial sum, modulo 2^k, of the masked inputs of `senders` (each opened and
+        checked by a crypto worker with `open_masked_input`). All or nothing: any sender that
+        is unknown, sent no shares or is already counted refuses the whole partial."""
+        self._expect(ServerState.INPUTS)
+        enc = self.config.encoding
+        vector = np.asarray(total)
+        if vector.dtype != np.uint64 or vector.shape != (enc.dimension,):
+            raise MalformedMessageError(f"partial sum is not {enc.dimension} u64 values")
+        if np.any(vector > _ring_mask(self.config)):
+            raise MalformedMessageError("partial sum holds values over 2^k")
+        ids = list(senders)
+        if not ids or len(set(ids)) != len(ids):
+            raise MalformedMessageError(f"partial sum of senders {ids}: empty or repeated")
+        for u in ids:
+            if u not in self._c.shares:
+                raise UnexpectedSenderError(f"client {u} sent no shares")
+            if u in self._c.inputs or u in self._c.summed:
+                raise ReplayedMessageError(f"input of client {u} counted already")
+        self._c.summed.update(ids)
+        self._c.sums.append(vector.copy())
+
     def close_inputs(self) -> bytes | RoundAborted:
         """The one unmasking request, for every survivor (see `survivors`)."""
         self._expect(ServerState.INPUTS)
-        survivors = tuple(sorted(self._c.inputs))
+        survivors = tuple(sorted(set(self._c.inputs) | self._c.summed))
         if len(survivors) < self.config.min_survivors:
             return self._abort("inputs", "too_few_survivors", f"{len(survivors)} inputs")
         self._survivors = survivors
         self._dropped = tuple(sorted(set(self._c.shares) - set(survivors)))
         self.state = ServerState.UNMASKING
         return UnmaskRequest(self.config.round_id, survivors, self._dropped).to_bytes()
+
+    @property
+    def heard(self) -> int:
+        """How many clients the open stage has heard from (for a transport to stop waiting)."""
+        c = self._c
+        return {
+            ServerState.ADVERTS: len(c.adverts),
+            ServerState.CIPHERTEXTS: len(c.key_agreements),
+            ServerState.SHARES: len(c.shares),
+            ServerState.INPUTS: len(c.inputs) + len(c.summed),
+            ServerState.UNMASKING: len(c.responses),
+        }.get(self.state, 0)
+
+    @property
+    def awaited(self) -> int:
+        """How many clients the open stage can hear from at most: those left in the round."""
+        c = self._c
+        return {
+            ServerState.ADVERTS: len(self.config.participants),
+            ServerState.CIPHERTEXTS: len(c.adverts),
+            ServerState.SHARES: len(c.key_agreements),
+            ServerState.INPUTS: len(c.shares),
+            ServerState.UNMASKING: len(self._survivors),
+        }.get(self.state, 0)
 
     @property
     def survivors(self) -> tuple[int, ...]:
@@ -706,8 +791,12 @@ class SecAggServer:
                 return self._abort("unmask", "bad_share", f"client {owner}: seed not committed")
             seeds[(owner, kind)] = seed
         total = np.zeros(config.encoding.dimension, dtype=np.uint64)
+        for partial in self._c.sums:
+            total += partial
         for u in self._survivors:
-            total += self._c.inputs[u] - _self_mask(seeds[(u, ShareKind.SELF_MASK)], config)
+            if u in self._c.inputs:
+                total += self._c.inputs[u]
+            total -= _self_mask(seeds[(u, ShareKind.SELF_MASK)], config)
         survivors = set(self._survivors)
         for u in self._dropped:
             pair_seed = seeds[(u, ShareKind.PAIR_KEY)]
