@@ -10,10 +10,12 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.registry import Collector
 
@@ -166,37 +168,36 @@ def _coordinator(config: AggregatorConfig, inline_worker: bool, metrics_port: in
     return ExitCode.OK
 
 
+def _one(con: sqlite3.Connection, sql: str) -> tuple[Any, ...] | None:
+    """One row, or None if the table is not there yet (a coordinator that never ran)."""
+    try:
+        row = con.execute(sql).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return None if row is None else tuple(row)
+
+
 def status(config: AggregatorConfig) -> dict[str, object]:
     """Read the coordinator's database (read-only, safe while it runs)."""
-    import sqlite3  # noqa: PLC0415
-
     out: dict[str, object] = {"round": None, "model_version": None, "privacy": None}
     if not config.db_path.exists():
         return out
     con = sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True)
     try:
-        row = con.execute("SELECT MAX(round) FROM rounds").fetchone()
-        out["round"] = row[0]
-        row = con.execute("SELECT MAX(version) FROM models").fetchone()
-        out["model_version"] = row[0]
-        try:
-            last = con.execute(
-                "SELECT round, epsilon, delta FROM privacy_ledger ORDER BY round DESC LIMIT 1"
-            ).fetchone()
-            count = con.execute("SELECT COUNT(*) FROM privacy_ledger").fetchone()[0]
-        except sqlite3.OperationalError:  # no ledger yet: no noise configured
-            last, count = None, 0
-        budget = config.privacy.budget_epsilon or None
-        out["privacy"] = {
-            "secure_aggregation": config.training.secure_aggregation,
-            "noise_multiplier": config.training.noise_multiplier,
-            "epsilon": float(last[1]) if last else 0.0,
-            "delta": config.privacy.delta,
-            "budget_epsilon": budget,
-            "rounds_accounted": int(count),
-        }
+        out["round"] = (_one(con, "SELECT MAX(round) FROM rounds") or (None,))[0]
+        out["model_version"] = (_one(con, "SELECT MAX(version) FROM models") or (None,))[0]
+        last = _one(con, "SELECT epsilon FROM privacy_ledger ORDER BY round DESC LIMIT 1")
+        count = _one(con, "SELECT COUNT(*) FROM privacy_ledger")
     finally:
         con.close()
+    out["privacy"] = {
+        "secure_aggregation": config.training.secure_aggregation,
+        "noise_multiplier": config.training.noise_multiplier,
+        "epsilon": float(last[0]) if last else 0.0,
+        "delta": config.privacy.delta,
+        "budget_epsilon": config.privacy.budget_epsilon or None,
+        "rounds_accounted": int(count[0]) if count else 0,
+    }
     return out
 
 
