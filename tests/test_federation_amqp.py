@@ -13,6 +13,7 @@ import numpy as np
 import pika
 
 from aggregator.coordinator import initial_weights
+from aggregator.privacy import epsilon_after
 from demo.__main__ import PINNED_ENERGY_POLICY
 from demo.__main__ import main as demo_main
 from device_emulators.profiles import make_profiles
@@ -54,11 +55,59 @@ def test_full_rounds_through_both_brokers(tmp_path: Path, vhost: str) -> None:
     assert code == 0
     (summary_path,) = tmp_path.glob("demo-*/summary.json")
     summary = json.loads(summary_path.read_text())
+    # the demo's default: secure aggregation and DP, accounted by the coordinator's ledger
     assert [r["participants"] for r in summary["per_round"]] == [2, 2]
     assert all(r["accuracy"] > 0.5 for r in summary["per_round"])
+    privacy = [r["privacy"] for r in summary["per_round"]]
+    assert [p["secure_aggregation"] for p in privacy] == [True, True]
+    assert [p["dropouts_recovered"] for p in privacy] == [0, 0]
+    assert [p["delta"] for p in privacy] == [1e-5, 1e-5]
+    # every gateway asked each round: Gaussian events composed without sampling
+    assert [p["epsilon"] for p in privacy] == [epsilon_after(0.3, 1.0, n, 1e-5) for n in (1, 2)]
+    assert summary["privacy"] == {
+        "secure_aggregation": True,
+        "dropouts_recovered": 0,
+        "epsilon": privacy[-1]["epsilon"],
+        "delta": 1e-5,
+    }
     for status in summary["gateway_status"].values():
         assert status["federation"]["rounds_trained"] == 2
-        assert status["federation"]["updates_published"] == 2
+        assert status["federation"]["secure_rounds"] == 2
+        assert status["federation"]["updates_published"] == 0  # masked inputs, not updates
+
+
+def test_plain_rounds_without_dp_when_switched_off(tmp_path: Path, vhost: str) -> None:
+    code = demo_main(
+        [
+            "--rounds",
+            "1",
+            "--gateways",
+            "2",
+            "--wearables",
+            "4",
+            "--workers",
+            "1",
+            "--warmup-samples",
+            "120",
+            "--out",
+            str(tmp_path),
+            "--amqp-url",
+            vhost,
+            "--no-secure-aggregation",
+            "--no-dp",
+        ]
+    )
+    assert code == 0
+    (summary_path,) = tmp_path.glob("demo-*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["privacy"] == {
+        "secure_aggregation": False,
+        "dropouts_recovered": 0,
+        "epsilon": None,
+        "delta": None,
+    }
+    for status in summary["gateway_status"].values():
+        assert status["federation"]["updates_published"] == 1
 
 
 # --- the aggregator under failures -----------------------------------------------------------
