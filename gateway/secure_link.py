@@ -92,10 +92,16 @@ class SecureLink:
             self.on_sent(frame.kind)
 
     def run_round(
-        self, stop: threading.Event, *, after_round: int = -1, timeout: float = 120.0
+        self,
+        stop: threading.Event,
+        *,
+        after_round: int = -1,
+        timeout: float = 120.0,
+        on_ready: Callable[[], None] | None = None,
     ) -> SecureRoundResult:
         """Take part in the next round announced after `after_round` until it finishes,
-        aborts, or `timeout` (announcements of older rounds left in the queue are dropped)."""
+        aborts, or `timeout` (announcements of older rounds left in the queue are dropped);
+        `on_ready` is called once the queue is declared and consumed."""
         result = SecureRoundResult()
         self._after = after_round
         session: SecureUpdateSession | None = None
@@ -105,6 +111,8 @@ class SecureLink:
             channel.confirm_delivery()
             declare_gateway_secagg(channel, self.me.name)
             channel.basic_qos(prefetch_count=8)
+            if on_ready is not None:
+                on_ready()
             deadline = threading.Event()
             timer = threading.Timer(timeout, deadline.set)
             timer.start()

@@ -48,7 +48,12 @@ def main() -> int:
         on_sent=sent,
     )
 
-    result = link.run_round(threading.Event(), after_round=args.after_round, timeout=120.0)
+    result = link.run_round(
+        threading.Event(),
+        after_round=args.after_round,
+        timeout=240.0,
+        on_ready=(out / "ready").touch,
+    )
     if result.encoded is not None:
         np.save(out / "encoded.npy", result.encoded)
     (out / "result.json").write_text(

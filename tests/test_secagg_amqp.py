@@ -44,6 +44,8 @@ from wire.fl import RoundSettings
 from wire.reasons import Reason
 from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
 
+from .harness import wait_until
+
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = RoundSettings(clip_norm=1.0, secure_aggregation=True, precision_bits=16)
 #: chi-square critical value, 15 degrees of freedom, p = 0.001
@@ -130,6 +132,12 @@ class Bed:
                 g.name: self.spawn(g, round_, seed=1000 * round_ + i, die_after=die.get(g.name))
                 for i, g in enumerate(members)
             }
+            # process start-up on a loaded machine is not what the stage deadlines are about
+            wait_until(
+                lambda: all((o / "ready").exists() for o in outs.values()),
+                180,
+                "the gateways to be ready",
+            )
             secure = SecureRound(announcement, self.aggregator, self.registry)
             report = SecureRoundRunner(
                 ch, secure, deadlines or StageDeadlines(30.0, 20.0, 20.0, 5.0, 20.0)
