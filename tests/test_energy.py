@@ -94,8 +94,10 @@ def test_energy_estimate_and_thread_cpu() -> None:
     result: list[float] = []
 
     def busy() -> None:
+        # Spin until the thread's own CPU clock moved (bounded by a wall deadline), not for a
+        # fixed wall time: on a busy machine 0.2 s of wall time can be a few ms of CPU.
         c0, t0 = time.thread_time(), time.perf_counter()
-        while time.perf_counter() - t0 < 0.2:
+        while time.thread_time() - c0 < 0.1 and time.perf_counter() - t0 < 60:
             pass
         result.append(time.thread_time() - c0)
 
