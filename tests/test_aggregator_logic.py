@@ -3,6 +3,7 @@ wrong shape, NaN, oversized), worker partials, and exactly-once rounds that surv
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -278,4 +279,13 @@ def test_example_aggregator_config_shows_the_defaults() -> None:
         {"aggregator": {"id": "aggregator", "state_dir": "/var/lib/iomt-aggregator"}},
         example.parent.resolve(),
     )
-    assert parsed == minimal
+    # ...except that the example turns secure aggregation and DP on (the defaults keep them
+    # off, so that a configuration without them runs as before)
+    assert parsed.training == dataclasses.replace(
+        minimal.training,
+        clip_norm=2.0,
+        noise_multiplier=0.3,
+        secure_aggregation=True,
+        precision_bits=16,
+    )
+    assert dataclasses.replace(parsed, training=minimal.training) == minimal
