@@ -136,7 +136,7 @@ def test_argument_errors() -> None:
     with pytest.raises(TypeError):
         xof128(b"m", 1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="exactly 3 positional arguments"):
-        cxof128(b"m", 16)  # type: ignore[call-arg]
+        cxof128(b"m", 16)  # type: ignore[call-arg, arg-type]
     with pytest.raises(TypeError, match="exactly 1 positional argument"):
         hash256()  # type: ignore[call-arg]
 
