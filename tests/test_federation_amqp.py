@@ -63,7 +63,7 @@ def test_full_rounds_through_both_brokers(tmp_path: Path, vhost: str) -> None:
     assert [p["dropouts_recovered"] for p in privacy] == [0, 0]
     assert [p["delta"] for p in privacy] == [1e-5, 1e-5]
     # every gateway asked each round: Gaussian events composed without sampling
-    assert [p["epsilon"] for p in privacy] == [epsilon_after(0.3, 1.0, n, 1e-5) for n in (1, 2)]
+    assert [p["epsilon"] for p in privacy] == [epsilon_after(0.02, 1.0, n, 1e-5) for n in (1, 2)]
     assert summary["privacy"] == {
         "secure_aggregation": True,
         "dropouts_recovered": 0,
