@@ -146,7 +146,7 @@ class SecureRound:
         self.server = SecAggServer(announcement.round_config(), keys)
         self.report = SecureRoundReport(announcement)
 
-    def _reject(self, who: str, reason: Reason, detail: str) -> None:
+    def reject(self, who: str, reason: Reason, detail: str) -> None:
         self.report.rejections.append((who, reason, detail))
         _LOG.warning(
             "secagg_message_rejected round=%d gateway=%s reason=%s detail=%s",
@@ -171,12 +171,12 @@ class SecureRound:
         try:
             opened = self.codec.open(envelope, self.identity, self.gateways)
         except PqlinkError as exc:
-            self._reject("-", reason_for(exc), str(exc))
+            self.reject("-", reason_for(exc), str(exc))
             return
         who = opened.sender
         try:
             if opened.content_type is not ContentType.SECAGG:
-                self._reject(who, Reason.WRONG_TYPE, opened.content_type.name)
+                self.reject(who, Reason.WRONG_TYPE, opened.content_type.name)
                 return
             frame = SecAggFrame.decode(opened.payload)
             if frame.round != self.announcement.round or opened.round != frame.round:
@@ -196,30 +196,30 @@ class SecureRound:
                 raise UnexpectedSenderError(f"{frame.kind.name} does not travel to the server")
             handler(u, frame.body)
         except (SecAggError, SecAggStateError, DecodeError) as exc:
-            self._reject(who, secagg_reason(exc), str(exc))
+            self.reject(who, secagg_reason(exc), str(exc))
 
     def receive_partial(self, partial: MaskedPartial) -> list[str]:
         """A worker's masked partial sum; returns the gateways it counted."""
         for r in partial.rejections:
-            self._reject(r.gateway or "-", r.reason, r.detail)
+            self.reject(r.gateway or "-", r.reason, r.detail)
         if partial.total is None:
             return []
         who = ",".join(g for g, _ in partial.senders)
         enc = self.server.config.encoding
         if partial.round != self.announcement.round:
-            self._reject(who, Reason.WRONG_ROUND, f"masked partial of round {partial.round}")
+            self.reject(who, Reason.WRONG_ROUND, f"masked partial of round {partial.round}")
             return []
         if partial.modulus_bits != enc.modulus_bits:
-            self._reject(who, Reason.MALFORMED, f"partial mod 2^{partial.modulus_bits}")
+            self.reject(who, Reason.MALFORMED, f"partial mod 2^{partial.modulus_bits}")
             return []
         for name, u in partial.senders:
             if self.announcement.participants.get(name) != u:
-                self._reject(name, Reason.UNEXPECTED_SENDER, f"input claims id {u}")
+                self.reject(name, Reason.UNEXPECTED_SENDER, f"input claims id {u}")
                 return []
         try:
             self.server.receive_masked_sum([u for _, u in partial.senders], partial.total)
         except (SecAggError, SecAggStateError) as exc:
-            self._reject(who, secagg_reason(exc), str(exc))
+            self.reject(who, secagg_reason(exc), str(exc))
             return []
         return [g for g, _ in partial.senders]
 
@@ -326,7 +326,7 @@ class SecureRoundRunner:
                 try:
                     partial = MaskedPartial.decode(body)
                 except MaskedPartialError as exc:
-                    self.round._reject("-", Reason.MALFORMED, str(exc))
+                    self.round.reject("-", Reason.MALFORMED, str(exc))
                     continue
                 self.round.receive_partial(partial)
                 if s.heard >= s.awaited:

@@ -3,8 +3,7 @@ announcement against the gateway identities it was enrolled with, then answers e
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,8 +21,6 @@ from pqlink.secagg import (
     decode_bundle,
 )
 from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
-
-_LOG = logging.getLogger("gateway.secure_update")
 
 
 class SecureRoundRefusedError(GatewayError):
@@ -155,7 +152,3 @@ class SecureUpdateSession:
             except (SecAggError, SecAggStateError, DecodeError) as exc:
                 reason = getattr(exc, "reason", type(exc).__name__)
                 step.rejected.append(Rejected(frame.kind, str(reason), str(exc)))
-
-
-def describe(rejected: Sequence[Rejected]) -> list[str]:
-    return [f"{r.kind.name}:{r.reason}" for r in rejected]
