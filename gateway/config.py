@@ -67,7 +67,9 @@ class UplinkConfig:
 @dataclass(frozen=True)
 class LearningConfig:
     backend: str = "auto"  # auto | litert | numpy
-    model: str | None = None  # default: the packaged vitals_mlp.tflite
+    task: str = "vitals"  # vitals (synthetic vitals, alerts) | rhythm (RR beats, 3 rhythms)
+    model: str | None = None  # default: the task's packaged model
+    balanced_sampling: bool = False  # class-balanced batches (the rhythm task's NSR dominates)
     max_samples_per_device: int = 20_000
     min_windows: int = 4
     power_model: str = "raspberry-pi-4"  # raspberry-pi-4 | raspberry-pi-5
@@ -173,6 +175,7 @@ _RULES: dict[str, tuple[type, Any, Any, str]] = {
 _CHOICES = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.journal": ("auto", "yes", "no"),
+    "learning.task": ("vitals", "rhythm"),
 }
 
 

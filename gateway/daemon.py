@@ -24,7 +24,7 @@ from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Reason, 
 from gateway.logs import EventLog
 from gateway.metrics import GatewayCollector, MetricsServer
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
-from gateway.store import StoredSession, VitalsRow, VitalsStore
+from gateway.store import RRBeatRow, StoredSession, VitalsRow, VitalsStore
 from gateway.systemd import Notifier
 from pqlink import (
     HandshakeConfig,
@@ -48,6 +48,7 @@ _LOG_ONCE_INTERVAL = 60.0
 @dataclass
 class _Batch:
     rows: list[VitalsRow] = field(default_factory=list)
+    beats: list[RRBeatRow] = field(default_factory=list)
     acks: list[tuple[int, int, int]] = field(default_factory=list)  # (generation, mid, qos)
     dropped: list[bytes] = field(default_factory=list)
     after_commit: list[Callable[[], Any]] = field(default_factory=list)
@@ -122,6 +123,8 @@ class GatewayDaemon:
         self.counters: dict[str, int] = {
             "records_stored": 0,
             "records_duplicate": 0,
+            "rr_beats_stored": 0,
+            "rr_beats_duplicate": 0,
             "handshakes_ok": 0,
             "handshakes_failed": 0,
             "broker_connects": 0,
@@ -324,7 +327,9 @@ class GatewayDaemon:
             outcome = process(topic, bytes(message.payload), now, int(time.time() * 1000))
             ack = (generation, message.mid, message.qos)
             if isinstance(outcome, Accepted):
-                self._batch.rows.append(outcome.row)
+                if outcome.row is not None:
+                    self._batch.rows.append(outcome.row)
+                self._batch.beats.extend(outcome.beats)
                 self._batch.acks.append(ack)
             elif isinstance(outcome, HandshakeRequest):
                 task = asyncio.create_task(self._handshake(outcome, ack, now))
@@ -426,8 +431,13 @@ class GatewayDaemon:
                 )
             loop = asyncio.get_running_loop()
             try:
-                inserted = await loop.run_in_executor(
-                    self._store_pool, self.store.commit, batch.rows, states, batch.dropped
+                inserted, inserted_beats = await loop.run_in_executor(
+                    self._store_pool,
+                    self.store.commit_all,
+                    batch.rows,
+                    batch.beats,
+                    states,
+                    batch.dropped,
                 )
             except Exception as exc:
                 # Nothing is acknowledged: the broker redelivers after our restart.
@@ -436,6 +446,8 @@ class GatewayDaemon:
             self.counters["commits"] += 1
             self.counters["records_stored"] += inserted
             self.counters["records_duplicate"] += len(batch.rows) - inserted
+            self.counters["rr_beats_stored"] += inserted_beats
+            self.counters["rr_beats_duplicate"] += len(batch.beats) - inserted_beats
             self._ack(batch.acks)
             for callback in batch.after_commit:
                 callback()

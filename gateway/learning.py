@@ -18,7 +18,7 @@ from gateway.energy import (
     ScheduleDecision,
     estimate_energy,
 )
-from gateway.trainer import PARAMETER_COUNT, Trainer, TrainOptions, fit, flatten, unflatten
+from gateway.trainer import Trainer, TrainOptions, fit, flatten, unflatten
 from pqlink import (
     ContentType,
     DecodeError,
@@ -52,8 +52,9 @@ class TrainedUpdate:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def train_options(settings: dict[str, Any], seed: int) -> TrainOptions:
-    """The aggregator's per-round settings as local training options (validated)."""
+def train_options(settings: dict[str, Any], seed: int, *, balanced: bool = False) -> TrainOptions:
+    """The aggregator's per-round settings as local training options (validated); `balanced`
+    is the gateway's own choice (its task's class balance), not a round setting."""
     clip = float(settings.get("clip_norm", 0.0) or 0.0)
     return TrainOptions(
         epochs=int(settings.get("epochs", 1)),
@@ -63,6 +64,7 @@ def train_options(settings: dict[str, Any], seed: int) -> TrainOptions:
         clip_norm=clip if clip > 0 else None,
         noise_multiplier=float(settings.get("noise_multiplier", 0.0)) if clip > 0 else 0.0,
         seed=seed,
+        balanced=balanced,
     )
 
 
@@ -78,8 +80,10 @@ class FederatedLearner:
         power_model: PowerModel,
         *,
         unsealed: bool = False,
+        balanced: bool = False,
     ) -> None:
         self.unsealed = unsealed  # benchmark baseline only: no crypto on updates or globals
+        self.balanced = balanced
         self.identity = identity
         self.aggregator = aggregator
         self.senders = Registry()
@@ -107,14 +111,15 @@ class FederatedLearner:
             raise GlobalModelRejectedError(str(exc)) from None
         if model.round != signed_round:
             raise GlobalModelRejectedError("round in payload differs from the signed metadata")
-        if model.parameter_count != PARAMETER_COUNT:
+        expected = self.trainer.layout.parameter_count
+        if model.parameter_count != expected:
             raise GlobalModelRejectedError(
-                f"{model.parameter_count} parameters, expected {PARAMETER_COUNT}"
+                f"{model.parameter_count} parameters, expected {expected}"
             )
         vector = np.frombuffer(model.weights, dtype="<f4").astype(np.float32)
         if not np.all(np.isfinite(vector)):
             raise GlobalModelRejectedError("global model holds NaN or infinity")
-        return ReceivedGlobal(model, version, unflatten(vector), received_at)
+        return ReceivedGlobal(model, version, unflatten(vector, self.trainer.layout), received_at)
 
     def decide(
         self, readings: EnergyReadings, received: ReceivedGlobal, now: float
@@ -127,18 +132,19 @@ class FederatedLearner:
     def train_and_seal(
         self, received: ReceivedGlobal, x: F32, y: npt.NDArray[np.int32], seed: int
     ) -> TrainedUpdate:
-        options = train_options(received.model.settings, seed)
+        options = train_options(received.model.settings, seed, balanced=self.balanced)
         t0 = time.perf_counter()
         cpu0 = time.thread_time()
         result = fit(self.trainer, x, y, options, received.weights)
         cpu = time.thread_time() - cpu0
         train_seconds = time.perf_counter() - t0
-        delta = flatten(list(result.weights)) - flatten(received.weights)
+        layout = self.trainer.layout
+        delta = flatten(list(result.weights), layout) - flatten(received.weights, layout)
         energy = estimate_energy(cpu, train_seconds, self.power_model)
         metrics: dict[str, Any] = {
             "backend": result.backend,
             "windows": len(y),
-            "alert_windows": int(np.sum(y)),
+            "alert_windows": int(np.sum(y > 0)),
             "loss_before": result.loss_before,
             "loss_after": result.loss_after,
             "steps": result.steps,
@@ -152,7 +158,7 @@ class FederatedLearner:
             "global_received_at": received.received_at,
         }
         t1 = time.perf_counter()
-        payload = ModelUpdate(delta.astype("<f4").tobytes(), PARAMETER_COUNT, metrics)
+        payload = ModelUpdate(delta.astype("<f4").tobytes(), layout.parameter_count, metrics)
         # The seal time cannot be inside the sealed metrics; the envelope is timed around it.
         if self.unsealed:
             meta = {

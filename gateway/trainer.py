@@ -24,22 +24,62 @@ import numpy.typing as npt
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
 
-FEATURES: Final = 16
-CLASSES: Final = 2
-WEIGHT_SHAPES: Final[tuple[tuple[str, tuple[int, ...]], ...]] = (
-    ("w1", (16, 32)),
-    ("b1", (32,)),
-    ("w2", (32, 16)),
-    ("b2", (16,)),
-    ("w3", (16, 2)),
-    ("b3", (2,)),
-)
-WEIGHT_NAMES: Final = tuple(name for name, _ in WEIGHT_SHAPES)
-PARAMETER_COUNT: Final = sum(math.prod(shape) for _, shape in WEIGHT_SHAPES)
+
+@dataclass(frozen=True, slots=True)
+class MlpLayout:
+    """The shape of a features -> hidden -> hidden -> classes ReLU MLP: its six weight arrays
+    (w1, b1, w2, b2, w3, b3) and their order in a flat vector. Every task's model has it."""
+
+    features: int
+    hidden: tuple[int, int]
+    classes: int
+
+    def __post_init__(self) -> None:
+        if min(self.features, *self.hidden) < 1 or self.classes < 2:
+            raise ValueError(f"MLP layout {self} needs >= 1 unit per layer and >= 2 classes")
+
+    @property
+    def weight_shapes(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        h1, h2 = self.hidden
+        return (
+            ("w1", (self.features, h1)),
+            ("b1", (h1,)),
+            ("w2", (h1, h2)),
+            ("b2", (h2,)),
+            ("w3", (h2, self.classes)),
+            ("b3", (self.classes,)),
+        )
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(math.prod(shape) for _, shape in self.weight_shapes)
+
+    @classmethod
+    def of(cls, weights: Sequence[npt.ArrayLike]) -> MlpLayout:
+        """The layout that weight arrays in `WEIGHT_NAMES` order have (not yet checked)."""
+        if len(weights) != len(WEIGHT_NAMES):
+            raise ValueError(
+                f"expected {len(WEIGHT_NAMES)} weight arrays {WEIGHT_NAMES}, got {len(weights)}"
+            )
+        w1, w2, w3 = (np.shape(weights[i]) for i in (0, 2, 4))
+        if len(w1) != 2 or len(w2) != 2 or len(w3) != 2:
+            raise ValueError(f"weight matrices must be 2-D, got {w1}, {w2}, {w3}")
+        return cls(int(w1[0]), (int(w1[1]), int(w2[1])), int(w3[1]))
+
+
+WEIGHT_NAMES: Final = ("w1", "b1", "w2", "b2", "w3", "b3")
+VITALS_LAYOUT: Final = MlpLayout(16, (32, 16), 2)
+RHYTHM_LAYOUT: Final = MlpLayout(15, (32, 16), 3)
+# the synthetic-vitals model's layout under its historical names
+FEATURES: Final = VITALS_LAYOUT.features
+CLASSES: Final = VITALS_LAYOUT.classes
+WEIGHT_SHAPES: Final = VITALS_LAYOUT.weight_shapes
+PARAMETER_COUNT: Final = VITALS_LAYOUT.parameter_count
 REQUIRED_SIGNATURES: Final = ("train", "infer", "get_weights", "set_weights")
 
 ASSETS_DIR: Final = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL_PATH: Final = ASSETS_DIR / "vitals_mlp.tflite"
+RHYTHM_MODEL_PATH: Final = ASSETS_DIR / "rhythm_mlp.tflite"
 
 Prefer = Literal["auto", "litert", "numpy"]
 
@@ -66,13 +106,15 @@ class TrainingDivergedError(TrainerError):
 # The weight layout and input checks shared by every backend
 
 
-def _check_weights(weights: Sequence[npt.ArrayLike]) -> list[F32]:
-    if len(weights) != len(WEIGHT_SHAPES):
+def _check_weights(
+    weights: Sequence[npt.ArrayLike], layout: MlpLayout = VITALS_LAYOUT
+) -> list[F32]:
+    if len(weights) != len(WEIGHT_NAMES):
         raise ValueError(
-            f"expected {len(WEIGHT_SHAPES)} weight arrays {WEIGHT_NAMES}, got {len(weights)}"
+            f"expected {len(WEIGHT_NAMES)} weight arrays {WEIGHT_NAMES}, got {len(weights)}"
         )
     out: list[F32] = []
-    for (name, shape), value in zip(WEIGHT_SHAPES, weights, strict=True):
+    for (name, shape), value in zip(layout.weight_shapes, weights, strict=True):
         arr = np.asarray(value)
         if arr.shape != shape:
             raise ValueError(f"weight {name!r} must have shape {shape}, got {arr.shape}")
@@ -85,12 +127,11 @@ def _check_weights(weights: Sequence[npt.ArrayLike]) -> list[F32]:
     return out
 
 
-def _check_flat(vec: npt.ArrayLike) -> F32:
+def _check_flat(vec: npt.ArrayLike, layout: MlpLayout = VITALS_LAYOUT) -> F32:
     arr = np.asarray(vec)
-    if arr.ndim != 1 or arr.size != PARAMETER_COUNT:
-        raise ValueError(
-            f"flat weight vector must have shape ({PARAMETER_COUNT},), got {arr.shape}"
-        )
+    count = layout.parameter_count
+    if arr.ndim != 1 or arr.size != count:
+        raise ValueError(f"flat weight vector must have shape ({count},), got {arr.shape}")
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"flat weight vector must be floating point, got dtype {arr.dtype}")
     flat = np.array(arr, dtype=np.float32)  # always a private copy
@@ -99,27 +140,27 @@ def _check_flat(vec: npt.ArrayLike) -> F32:
     return flat
 
 
-def flatten(weights: Sequence[npt.ArrayLike]) -> F32:
-    """Concatenate weights in `WEIGHT_SHAPES` order into one float32 vector."""
-    return np.concatenate([w.reshape(-1) for w in _check_weights(weights)])
+def flatten(weights: Sequence[npt.ArrayLike], layout: MlpLayout = VITALS_LAYOUT) -> F32:
+    """Concatenate weights in the layout's order into one float32 vector."""
+    return np.concatenate([w.reshape(-1) for w in _check_weights(weights, layout)])
 
 
-def unflatten(vec: npt.ArrayLike) -> list[F32]:
-    """Split a flat vector back into the six weight arrays of `WEIGHT_SHAPES`."""
-    flat = _check_flat(vec)
+def unflatten(vec: npt.ArrayLike, layout: MlpLayout = VITALS_LAYOUT) -> list[F32]:
+    """Split a flat vector back into the layout's six weight arrays."""
+    flat = _check_flat(vec, layout)
     out: list[F32] = []
     start = 0
-    for _, shape in WEIGHT_SHAPES:
+    for _, shape in layout.weight_shapes:
         size = math.prod(shape)
         out.append(flat[start : start + size].reshape(shape))
         start += size
     return out
 
 
-def _check_features(x: npt.ArrayLike) -> F32:
+def _check_features(x: npt.ArrayLike, layout: MlpLayout = VITALS_LAYOUT) -> F32:
     arr = np.asarray(x)
-    if arr.ndim != 2 or arr.shape[1] != FEATURES:
-        raise ValueError(f"features must have shape (n, {FEATURES}), got {arr.shape}")
+    if arr.ndim != 2 or arr.shape[1] != layout.features:
+        raise ValueError(f"features must have shape (n, {layout.features}), got {arr.shape}")
     if arr.shape[0] == 0:
         # an empty batch gives nan in one runtime and an error in the other (TRAINING.md)
         raise ValueError("features are empty: at least one window is needed")
@@ -132,16 +173,18 @@ def _check_features(x: npt.ArrayLike) -> F32:
     return x32
 
 
-def _check_labelled(x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[F32, I32]:
-    x32 = _check_features(x)
+def _check_labelled(
+    x: npt.ArrayLike, y: npt.ArrayLike, layout: MlpLayout = VITALS_LAYOUT
+) -> tuple[F32, I32]:
+    x32 = _check_features(x, layout)
     arr = np.asarray(y)
     if arr.ndim != 1 or arr.shape[0] != x32.shape[0]:
         raise ValueError(f"labels must have shape ({x32.shape[0]},), got {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
         raise ValueError(f"labels must be integers, got dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() >= CLASSES):
+    if arr.size and (arr.min() < 0 or arr.max() >= layout.classes):
         # an out-of-range label is a zero one-hot row in the model: silently wrong, so refuse it
-        raise ValueError(f"labels must lie in [0, {CLASSES}), got {arr.min()}..{arr.max()}")
+        raise ValueError(f"labels must lie in [0, {layout.classes}), got {arr.min()}..{arr.max()}")
     return x32, np.ascontiguousarray(arr, dtype=np.int32)
 
 
@@ -166,31 +209,33 @@ def _log_softmax(logits: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.floati
 
 class Trainer(ABC):
     """One model instance that trains in place. Public methods validate and convert inputs
-    (float32 features of shape (n, 16), int32 labels in {0, 1}); backends do the arithmetic."""
+    (float32 features of shape (n, layout.features), int32 labels in [0, layout.classes));
+    backends do the arithmetic."""
 
     backend: str
+    layout: MlpLayout
 
     def get_weights(self) -> list[F32]:
-        """Copies of the current weights in `WEIGHT_SHAPES` order."""
+        """Copies of the current weights in the layout's order."""
         return self._read_weights()
 
     def set_weights(self, weights: Sequence[npt.ArrayLike]) -> None:
-        self._write_weights(_check_weights(weights))
+        self._write_weights(_check_weights(weights, self.layout))
 
     def get_flat(self) -> F32:
         """The weights as one float32 vector (the `flatten` layout)."""
         return np.concatenate([w.reshape(-1) for w in self._read_weights()])
 
     def set_flat(self, vec: npt.ArrayLike) -> None:
-        self._write_weights(unflatten(vec))
+        self._write_weights(unflatten(vec, self.layout))
 
     def train_step(self, x: npt.ArrayLike, y: npt.ArrayLike, lr: float) -> float:
         """One SGD step on a batch; returns the batch's mean loss *before* the update."""
-        x32, y32 = _check_labelled(x, y)
+        x32, y32 = _check_labelled(x, y, self.layout)
         return self._train_batch(x32, y32, _check_learning_rate(lr))
 
     def predict_logits(self, x: npt.ArrayLike) -> F32:
-        return self._logits(_check_features(x))
+        return self._logits(_check_features(x, self.layout))
 
     @abstractmethod
     def _read_weights(self) -> list[F32]: ...
@@ -210,9 +255,12 @@ class NumpyTrainer(Trainer):
     signature (hand-written backward pass, ReLU derivative 0 at 0), for machines without a
     runtime wheel."""
 
-    def __init__(self, initial_weights: Sequence[npt.ArrayLike]) -> None:
+    def __init__(
+        self, initial_weights: Sequence[npt.ArrayLike], layout: MlpLayout | None = None
+    ) -> None:
         self.backend = "numpy"
-        self._w = _check_weights(initial_weights)
+        self.layout = layout if layout is not None else MlpLayout.of(initial_weights)
+        self._w = _check_weights(initial_weights, self.layout)
 
     def _read_weights(self) -> list[F32]:
         return [w.copy() for w in self._w]
@@ -295,8 +343,12 @@ class LiteRtTrainer(Trainer):
             if name in signatures
         }
         got = self._runners["get_weights"]()
-        for name, shape in WEIGHT_SHAPES:
-            actual = tuple(np.shape(got.get(name)))
+        missing = [name for name in WEIGHT_NAMES if name not in got]
+        if missing:
+            raise ValueError(f"model {path} lacks the weights {missing}")
+        self.layout = MlpLayout.of([got[name] for name in WEIGHT_NAMES])
+        for name, shape in self.layout.weight_shapes:
+            actual = tuple(np.shape(got[name]))
             if actual != shape:
                 raise ValueError(
                     f"model {path} has weight {name!r} of shape {actual}, expected {shape}"
@@ -329,7 +381,7 @@ class LiteRtTrainer(Trainer):
         if runner is None:
             super().set_flat(vec)
             return
-        runner(flat=_check_flat(vec))
+        runner(flat=_check_flat(vec, self.layout))
 
     def _logits(self, x: F32) -> F32:
         return np.array(self._runners["infer"](x=x)["logits"], dtype=np.float32)
@@ -357,7 +409,8 @@ def load_initial_weights(model_path: str | Path) -> list[F32]:
         missing = [name for name in WEIGHT_NAMES if name not in npz.files]
         if missing:
             raise ValueError(f"{npz_path} lacks the weights {missing}")
-        return _check_weights([npz[name] for name in WEIGHT_NAMES])
+        weights = [npz[name] for name in WEIGHT_NAMES]
+        return _check_weights(weights, MlpLayout.of(weights))
 
 
 def make_trainer(model_path: str | Path, prefer: Prefer = "auto") -> Trainer:
@@ -400,7 +453,10 @@ class TrainOptions:
     L2 norm of the round's update (local - global); `noise_multiplier` > 0 then adds Gaussian
     noise of std `noise_multiplier * clip_norm` to each coordinate of the clipped update (the
     Gaussian mechanism applied once per round; the std is reported in `FitResult.noise_std`).
-    `seed` drives both the batch order and the noise, from independent streams.
+    `seed` drives both the batch order and the noise, from independent streams. `balanced`
+    draws each epoch's batches with probabilities inverse to the class frequencies (with
+    replacement, as many draws as windows): every class weighs the same in the gradient, for
+    tasks where one class dominates (normal sinus rhythm).
     """
 
     epochs: int = 1
@@ -410,6 +466,7 @@ class TrainOptions:
     clip_norm: float | None = None
     noise_multiplier: float = 0.0
     seed: int = 0
+    balanced: bool = False
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 1)
@@ -467,9 +524,21 @@ def _batch_indices(
         yield np.concatenate([order[full * batch_size :], pad])
 
 
+def _balanced_batch_indices(
+    y: I32, batch_size: int, rng: np.random.Generator
+) -> Iterator[npt.NDArray[np.intp]]:
+    """One epoch of fixed-size batches drawn with replacement, each class equally likely."""
+    counts = np.bincount(y)
+    weights = 1.0 / counts[y]
+    draws = max(batch_size, -(-len(y) // batch_size) * batch_size)
+    order = rng.choice(len(y), size=draws, replace=True, p=weights / weights.sum())
+    for i in range(0, draws, batch_size):
+        yield order[i : i + batch_size]
+
+
 def evaluate(trainer: Trainer, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of the trainer's current weights on (x, y)."""
-    x32, y32 = _check_labelled(x, y)
+    x32, y32 = _check_labelled(x, y, trainer.layout)
     logits = trainer.predict_logits(x32).astype(np.float64)
     logp = _log_softmax(logits)
     rows = np.arange(y32.shape[0])
@@ -494,7 +563,7 @@ def fit(
     overshoots w_g once η·mu > 1.
     """
     opts = options if options is not None else TrainOptions()
-    x32, y32 = _check_labelled(x, y)
+    x32, y32 = _check_labelled(x, y, trainer.layout)
     if global_weights is not None:
         trainer.set_weights(global_weights)
     anchor = trainer.get_flat()
@@ -506,7 +575,12 @@ def fit(
 
     steps = 0
     for _ in range(opts.epochs):
-        for idx in _batch_indices(x32.shape[0], opts.batch_size, batch_rng):
+        batches = (
+            _balanced_batch_indices(y32, opts.batch_size, batch_rng)
+            if opts.balanced
+            else _batch_indices(x32.shape[0], opts.batch_size, batch_rng)
+        )
+        for idx in batches:
             loss = trainer.train_step(x32[idx], y32[idx], float(lr))
             if not math.isfinite(loss):
                 raise TrainingDivergedError(f"loss became {loss} at step {steps}")
@@ -536,5 +610,5 @@ def fit(
         update_norm=update_norm,
         clipped=clipped,
         noise_std=noise_std,
-        weights=tuple(unflatten(final)),
+        weights=tuple(unflatten(final, trainer.layout)),
     )
