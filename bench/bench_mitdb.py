@@ -108,10 +108,17 @@ def wards(directory: Path, records: Sequence[str], gateways: int) -> list[list[s
     return [list(part) for part in np.array_split(np.array(ordered), gateways)]
 
 
-def folds(records: Sequence[str], k: int, seed: int) -> list[list[str]]:
-    """Patient-wise folds: each record is in exactly one test fold."""
-    order = np.random.default_rng(seed).permutation(len(records))
-    return [sorted(records[i] for i in part) for part in np.array_split(order, k)]
+def folds(directory: Path, records: Sequence[str], k: int) -> list[list[str]]:
+    """Patient-wise folds, each record in exactly one test fold, stratified: records ordered by
+    their share of AF windows, then of other arrhythmia, are dealt round-robin, so that the
+    few AF patients fall in different folds and every training part has some AF to learn."""
+    shares = {}
+    for r in records:
+        w = rhythm_windows(record_rows(directory, r))
+        counts = np.bincount(w.labels, minlength=3) / max(len(w), 1)
+        shares[r] = (-counts[RhythmClass.AF], -counts[RhythmClass.OTHER], r)
+    ordered = sorted(records, key=lambda r: shares[r])
+    return [sorted(ordered[i::k]) for i in range(k)]
 
 
 # --- scores -------------------------------------------------------------------------------------
@@ -479,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         splits = [
             ([r for r in train_records if r not in held], args.train, held)
-            for held in folds(train_records, args.folds, args.seed)
+            for held in folds(args.train, train_records, args.folds)
         ]
         protocol = f"patient-wise {args.folds}-fold cross-validation over --train"
     predictions, labels, split_facts = [], [], []
