@@ -105,7 +105,7 @@ def wards(directory: Path, records: Sequence[str], gateways: int) -> list[list[s
         w = rhythm_windows(record_rows(directory, r))
         share[r] = float(np.mean(w.labels != RhythmClass.NORMAL)) if len(w) else 0.0
     ordered = sorted(records, key=lambda r: (share[r], r))
-    return [list(part) for part in np.array_split(np.array(ordered), gateways)]
+    return [[str(r) for r in part] for part in np.array_split(np.array(ordered), gateways)]
 
 
 def folds(directory: Path, records: Sequence[str], k: int) -> list[list[str]]:
@@ -259,8 +259,13 @@ def run_split(
     try:
         for gw in gw_roots:
             procs.spawn(gw.name, "gateway.cli", "run", "--config", str(gw / "gateway.toml"))
+        daemons = list(procs.items)
         for gw in gw_roots:
-            _wait(lambda gw=gw: _status(gw).get("connected") is True, 60, f"{gw.name} mqtt")
+            _wait(
+                lambda gw=gw: _alive(daemons, root) and _status(gw).get("connected") is True,
+                60,
+                f"{gw.name} mqtt",
+            )
         replays = []
         for gw, records in zip(gw_roots, groups, strict=True):
             replays.append(
@@ -281,7 +286,9 @@ def run_split(
             sent = sum(json.loads((gw / "replay.json").read_text())["beats"].values())
             beats[gw.name] = sent
             _wait(
-                lambda gw=gw, sent=sent: _status(gw).get("rr_beats_stored", 0) >= sent,
+                lambda gw=gw, sent=sent: (
+                    _alive(daemons, root) and _status(gw).get("rr_beats_stored", 0) >= sent
+                ),
                 120,
                 f"{gw.name} to store {sent} beats",
             )
@@ -322,6 +329,13 @@ def run_split(
         "rounds_seconds": round(rounds_seconds, 1),
     }
     return weights, ward_windows, facts
+
+
+def _alive(daemons: list[Any], root: Path) -> bool:
+    """True, or an error naming the logs if a gateway daemon has exited."""
+    if any(p.poll() is not None for p in daemons):
+        raise RuntimeError(f"a gateway daemon exited; see {root / 'logs'}")
+    return True
 
 
 def _status(gw: Path) -> dict[str, Any]:

@@ -15,25 +15,17 @@ from typing import Final
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from gateway.rhythm import RhythmWindowError, shannon_entropy
+from gateway.rhythm import (
+    OUTLIER_SHARE,
+    RhythmWindowError,
+    shannon_entropy,
+    trimmed,
+    turning_points,
+)
 
 NRMSSD_THRESHOLD: Final = 0.1
 ENTROPY_THRESHOLD: Final = 0.7
 TPR_Z: Final = 1.96
-OUTLIER_SHARE: Final = 8 / 128
-
-
-def _trimmed(rr: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Each row without its k longest and k shortest intervals, the rest in time order."""
-    k = round(OUTLIER_SHARE * rr.shape[1])
-    if k == 0:
-        return rr
-    order = np.argsort(rr, axis=1, kind="stable")
-    keep = np.ones(rr.shape, bool)
-    rows = np.arange(rr.shape[0])[:, None]
-    keep[rows, order[:, :k]] = False
-    keep[rows, order[:, -k:]] = False
-    return rr[keep].reshape(rr.shape[0], rr.shape[1] - 2 * k)
 
 
 def dash_statistics(rr_ms: ArrayLike) -> NDArray[np.float64]:
@@ -46,13 +38,9 @@ def dash_statistics(rr_ms: ArrayLike) -> NDArray[np.float64]:
         raise RhythmWindowError(f"RR windows must have shape (windows, n >= 8), got {rr.shape}")
     if not (np.isfinite(rr).all() and (rr > 0).all()):
         raise RhythmWindowError("RR intervals must be finite and > 0")
-    kept = _trimmed(rr)
+    kept = trimmed(rr)
     nrmssd = np.sqrt((np.diff(kept, axis=1) ** 2).mean(axis=1)) / kept.mean(axis=1)
-    middle = kept[:, 1:-1]
-    turning = ((middle > kept[:, :-2]) & (middle > kept[:, 2:])) | (
-        (middle < kept[:, :-2]) & (middle < kept[:, 2:])
-    )
-    return np.stack([nrmssd, shannon_entropy(kept), turning.sum(axis=1).astype(float)], axis=1)
+    return np.stack([nrmssd, shannon_entropy(kept), turning_points(kept)], axis=1)
 
 
 def dash_af(rr_ms: ArrayLike) -> NDArray[np.bool_]:

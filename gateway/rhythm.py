@@ -42,6 +42,7 @@ EXCLUDED: Final = -1
 PREMATURE_RATIO: Final = 0.8
 PAUSE_RATIO: Final = 1.1
 ENTROPY_BINS: Final = 16
+OUTLIER_SHARE: Final = 8 / 128  # Dash et al. remove the 8 longest and 8 shortest of 128
 FEATURE_CLIP: Final = 10.0
 
 
@@ -88,6 +89,11 @@ _FEATURES: Final[tuple[tuple[str, float, float], ...]] = (
     ("premature_fraction", 0.0, 0.1),  # premature-then-pause beats / n
     ("min_rr_ratio", 0.8, 0.2),  # min / mean
     ("max_rr_ratio", 1.2, 0.3),  # max / mean
+    # the three irregularity measures again after removing the n/16 longest and n/16 shortest
+    # intervals (Dash et al. 2009): isolated ectopic beats and their pauses no longer count
+    ("trimmed_nrmssd", 0.0, 0.1),
+    ("trimmed_shannon_entropy", 0.5, 0.3),
+    ("trimmed_turning_point_ratio", 0.667, 0.1),
 )
 FEATURE_NAMES: Final = tuple(name for name, _, _ in _FEATURES)
 N_FEATURES: Final = len(_FEATURES)
@@ -116,16 +122,13 @@ def raw_features(rr_ms: ArrayLike) -> NDArray[np.float64]:
     rmssd = np.sqrt((diff**2).mean(axis=1))
     sdsd = diff.std(axis=1, ddof=1)
     pnn50 = (np.abs(diff) > 0.050).mean(axis=1)
-    middle = rr[:, 1:-1]
-    turning = ((middle > rr[:, :-2]) & (middle > rr[:, 2:])) | (
-        (middle < rr[:, :-2]) & (middle < rr[:, 2:])
-    )
-    tpr = turning.sum(axis=1) / (n - 2)
+    tpr = turning_points(rr) / (n - 2)
     sd1 = np.sqrt(0.5) * sdsd
     sd2 = np.sqrt(np.maximum(2 * sdnn**2 - 0.5 * sdsd**2, 0.0))
     ratio = np.where(sd2 > 0, sd1 / np.where(sd2 > 0, sd2, 1.0), 0.0)
     median = np.median(rr, axis=1, keepdims=True)
     premature = (rr[:, :-1] < PREMATURE_RATIO * median) & (rr[:, 1:] > PAUSE_RATIO * median)
+    kept = trimmed(rr)
     return np.stack(
         [
             mean,
@@ -143,9 +146,37 @@ def raw_features(rr_ms: ArrayLike) -> NDArray[np.float64]:
             premature.sum(axis=1) / n,
             rr.min(axis=1) / mean,
             rr.max(axis=1) / mean,
+            np.sqrt((np.diff(kept, axis=1) ** 2).mean(axis=1)) / kept.mean(axis=1),
+            shannon_entropy(kept),
+            turning_points(kept) / (kept.shape[1] - 2),
         ],
         axis=1,
     )
+
+
+def trimmed(rr: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Each row without its k longest and k shortest intervals (k = n/16 rounded), the rest
+    in time order."""
+    k = round(OUTLIER_SHARE * rr.shape[1])
+    if k == 0 or rr.shape[1] - 2 * k < 3:
+        return rr
+    order = np.argsort(rr, axis=1, kind="stable")
+    keep = np.ones(rr.shape, bool)
+    rows = np.arange(rr.shape[0])[:, None]
+    keep[rows, order[:, :k]] = False
+    keep[rows, order[:, -k:]] = False
+    out: NDArray[np.float64] = rr[keep].reshape(rr.shape[0], rr.shape[1] - 2 * k)
+    return out
+
+
+def turning_points(rr: NDArray[np.float64]) -> NDArray[np.float64]:
+    """How many inner intervals of each row are a strict local maximum or minimum."""
+    middle = rr[:, 1:-1]
+    turning = ((middle > rr[:, :-2]) & (middle > rr[:, 2:])) | (
+        (middle < rr[:, :-2]) & (middle < rr[:, 2:])
+    )
+    counts: NDArray[np.float64] = turning.sum(axis=1).astype(np.float64)
+    return counts
 
 
 def shannon_entropy(rr: NDArray[np.float64], bins: int = ENTROPY_BINS) -> NDArray[np.float64]:

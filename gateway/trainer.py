@@ -69,7 +69,7 @@ class MlpLayout:
 
 WEIGHT_NAMES: Final = ("w1", "b1", "w2", "b2", "w3", "b3")
 VITALS_LAYOUT: Final = MlpLayout(16, (32, 16), 2)
-RHYTHM_LAYOUT: Final = MlpLayout(15, (32, 16), 3)
+RHYTHM_LAYOUT: Final = MlpLayout(18, (32, 16), 3)
 # the synthetic-vitals model's layout under its historical names
 FEATURES: Final = VITALS_LAYOUT.features
 CLASSES: Final = VITALS_LAYOUT.classes

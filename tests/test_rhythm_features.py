@@ -51,6 +51,10 @@ def test_features_of_a_steady_acceleration() -> None:
         "premature_fraction": 0.0,
         "min_rr_ratio": 0.8 / 0.88,
         "max_rr_ratio": 0.96 / 0.88,
+        # five intervals: 5/16 rounds to no outlier removal, so the trimmed measures agree
+        "trimmed_nrmssd": 0.04 / 0.88,
+        "trimmed_shannon_entropy": math.log(5) / math.log(16),
+        "trimmed_turning_point_ratio": 0.0,
     }
     assert f == pytest.approx(expected, abs=1e-9)
 
@@ -68,6 +72,17 @@ def test_features_of_an_alternans() -> None:
     assert f["shannon_entropy"] == pytest.approx(0.25)  # two bins at 1/2: ln 2 / ln 16
     assert f["sd1"] == pytest.approx(math.sqrt(0.5 * 0.048))
     assert f["sd2"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_trimmed_measures_drop_the_outliers() -> None:
+    # 32 intervals: one longest and one shortest (32/16 = 2 -> k = 2) of each kind removed
+    rr = [1000] * 32
+    rr[5], rr[6], rr[20], rr[21] = 600, 1500, 650, 1400
+    f = _named(rr)
+    assert f["nrmssd"] > 0.1
+    assert f["trimmed_nrmssd"] == 0.0
+    assert f["trimmed_shannon_entropy"] == 0.0
+    assert f["trimmed_turning_point_ratio"] == 0.0
 
 
 def test_premature_beat_needs_the_compensatory_pause() -> None:

@@ -64,7 +64,7 @@ def _three_blobs(n: int, seed: int = 0) -> tuple[F32, I32]:
 
 def test_layout_matches_the_rhythm_features() -> None:
     assert RHYTHM_LAYOUT == MlpLayout(N_FEATURES, (32, 16), 3)
-    assert RHYTHM_LAYOUT.parameter_count == 15 * 32 + 32 + 32 * 16 + 16 + 16 * 3 + 3 == 1091
+    assert RHYTHM_LAYOUT.parameter_count == 18 * 32 + 32 + 32 * 16 + 16 + 16 * 3 + 3 == 1187
     assert VITALS_LAYOUT.parameter_count == 1106
     assert (TASKS["rhythm"].model_path, TASKS["vitals"].model_path) == (
         RHYTHM_MODEL_PATH,
@@ -123,13 +123,13 @@ def test_labels_and_shapes_are_checked_against_the_layout(twin: NumpyTrainer) ->
     twin.train_step(x, y, 0.05)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\), got 0\.\.3"):
         twin.train_step(x, np.array([0, 1, 2, 3, 0, 1, 2, 0]), 0.05)
-    with pytest.raises(ValueError, match=r"shape \(n, 15\)"):
+    with pytest.raises(ValueError, match=r"shape \(n, 18\)"):
         twin.train_step(np.zeros((8, 16), np.float32), y, 0.05)
     flat = flatten(twin.get_weights(), RHYTHM_LAYOUT)
-    assert flat.shape == (1091,)
+    assert flat.shape == (1187,)
     assert _max_diff(unflatten(flat, RHYTHM_LAYOUT), twin.get_weights()) == 0.0
-    with pytest.raises(ValueError, match=r"shape \(1091,\)"):
-        unflatten(np.zeros(1092, np.float32), RHYTHM_LAYOUT)
+    with pytest.raises(ValueError, match=r"shape \(1187,\)"):
+        unflatten(np.zeros(1188, np.float32), RHYTHM_LAYOUT)
     with pytest.raises(ValueError, match="expected 6 weight arrays"):
         MlpLayout.of(twin.get_weights()[:5])
 
