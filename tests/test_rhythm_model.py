@@ -16,12 +16,12 @@ from gateway.rhythm import N_FEATURES
 from gateway.tasks import TASKS
 from gateway.trainer import (
     DEFAULT_MODEL_PATH,
+    F32,
+    I32,
     RHYTHM_LAYOUT,
     RHYTHM_MODEL_PATH,
     VITALS_LAYOUT,
     WEIGHT_NAMES,
-    F32,
-    I32,
     LiteRtTrainer,
     MlpLayout,
     NumpyTrainer,
@@ -63,7 +63,7 @@ def _three_blobs(n: int, seed: int = 0) -> tuple[F32, I32]:
 
 
 def test_layout_matches_the_rhythm_features() -> None:
-    assert RHYTHM_LAYOUT == MlpLayout(N_FEATURES, (32, 16), 3)
+    assert MlpLayout(N_FEATURES, (32, 16), 3) == RHYTHM_LAYOUT
     assert RHYTHM_LAYOUT.parameter_count == 18 * 32 + 32 + 32 * 16 + 16 + 16 * 3 + 3 == 1187
     assert VITALS_LAYOUT.parameter_count == 1106
     assert (TASKS["rhythm"].model_path, TASKS["vitals"].model_path) == (
