@@ -83,6 +83,7 @@ class FederationClient:
             POWER_MODELS[lc.power_model],
             unsealed=config.bench.plaintext_envelopes,
             balanced=lc.balanced_sampling,
+            restricted=lc.restricted_softmax,
         )
         self._wake = asyncio.Event()
         self.uplink = Uplink(

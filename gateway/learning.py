@@ -52,9 +52,11 @@ class TrainedUpdate:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def train_options(settings: dict[str, Any], seed: int, *, balanced: bool = False) -> TrainOptions:
+def train_options(
+    settings: dict[str, Any], seed: int, *, balanced: bool = False, restricted: bool = False
+) -> TrainOptions:
     """The aggregator's per-round settings as local training options (validated); `balanced`
-    is the gateway's own choice (its task's class balance), not a round setting."""
+    and `restricted` are the gateway's own choices for its task, not round settings."""
     clip = float(settings.get("clip_norm", 0.0) or 0.0)
     return TrainOptions(
         epochs=int(settings.get("epochs", 1)),
@@ -65,6 +67,7 @@ def train_options(settings: dict[str, Any], seed: int, *, balanced: bool = False
         noise_multiplier=float(settings.get("noise_multiplier", 0.0)) if clip > 0 else 0.0,
         seed=seed,
         balanced=balanced,
+        restricted_softmax=restricted,
     )
 
 
@@ -81,9 +84,11 @@ class FederatedLearner:
         *,
         unsealed: bool = False,
         balanced: bool = False,
+        restricted: bool = False,
     ) -> None:
         self.unsealed = unsealed  # benchmark baseline only: no crypto on updates or globals
         self.balanced = balanced
+        self.restricted = restricted
         self.identity = identity
         self.aggregator = aggregator
         self.senders = Registry()
@@ -132,7 +137,9 @@ class FederatedLearner:
     def train_and_seal(
         self, received: ReceivedGlobal, x: F32, y: npt.NDArray[np.int32], seed: int
     ) -> TrainedUpdate:
-        options = train_options(received.model.settings, seed, balanced=self.balanced)
+        options = train_options(
+            received.model.settings, seed, balanced=self.balanced, restricted=self.restricted
+        )
         t0 = time.perf_counter()
         cpu0 = time.thread_time()
         result = fit(self.trainer, x, y, options, received.weights)

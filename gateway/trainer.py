@@ -84,6 +84,7 @@ RHYTHM_MODEL_PATH: Final = ASSETS_DIR / "rhythm_mlp.tflite"
 Prefer = Literal["auto", "litert", "numpy"]
 
 _PREDICT_CHUNK: Final = 256
+_MASKED_LOGIT: Final = np.float32(1e9)
 _RUNTIMES: Final = (
     ("ai_edge_litert.interpreter", "ai-edge-litert"),
     ("tflite_runtime.interpreter", "tflite-runtime"),
@@ -229,10 +230,26 @@ class Trainer(ABC):
     def set_flat(self, vec: npt.ArrayLike) -> None:
         self._write_weights(unflatten(vec, self.layout))
 
-    def train_step(self, x: npt.ArrayLike, y: npt.ArrayLike, lr: float) -> float:
-        """One SGD step on a batch; returns the batch's mean loss *before* the update."""
+    def train_step(
+        self,
+        x: npt.ArrayLike,
+        y: npt.ArrayLike,
+        lr: float,
+        present: Sequence[bool] | None = None,
+    ) -> float:
+        """One SGD step on a batch; returns the batch's mean loss *before* the update.
+
+        `present` (one flag per class) restricts the softmax to the classes flagged: the others'
+        logits are left out of it, so a batch never pushes down a class it cannot contain."""
         x32, y32 = _check_labelled(x, y, self.layout)
-        return self._train_batch(x32, y32, _check_learning_rate(lr))
+        mask = np.ones(self.layout.classes, np.float32)
+        if present is not None:
+            if len(present) != self.layout.classes:
+                raise ValueError(f"present needs {self.layout.classes} flags, got {len(present)}")
+            mask = np.array([1.0 if p else 0.0 for p in present], np.float32)
+            if not mask[y32].all():
+                raise ValueError("a label of the batch is not among the present classes")
+        return self._train_batch(x32, y32, _check_learning_rate(lr), mask)
 
     def predict_logits(self, x: npt.ArrayLike) -> F32:
         return self._logits(_check_features(x, self.layout))
@@ -244,7 +261,7 @@ class Trainer(ABC):
     def _write_weights(self, weights: list[F32]) -> None: ...
 
     @abstractmethod
-    def _train_batch(self, x: F32, y: I32, lr: np.float32) -> float: ...
+    def _train_batch(self, x: F32, y: I32, lr: np.float32, mask: F32) -> float: ...
 
     @abstractmethod
     def _logits(self, x: F32) -> F32: ...
@@ -279,7 +296,7 @@ class NumpyTrainer(Trainer):
             parts.append(h2 @ w3 + b3)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _train_batch(self, x: F32, y: I32, lr: np.float32) -> float:
+    def _train_batch(self, x: F32, y: I32, lr: np.float32, mask: F32) -> float:
         w1, b1, w2, b2, w3, b3 = self._w
         n = np.float32(x.shape[0])
         rows = np.arange(x.shape[0])
@@ -287,7 +304,8 @@ class NumpyTrainer(Trainer):
         h1 = np.maximum(z1, np.float32(0))
         z2 = h1 @ w2 + b2
         h2 = np.maximum(z2, np.float32(0))
-        logp = _log_softmax(h2 @ w3 + b3)
+        # absent classes get a logit of -1e9: out of the softmax, and so of the gradient
+        logp = _log_softmax(h2 @ w3 + b3 + (mask - np.float32(1)) * _MASKED_LOGIT)
         loss = -logp[rows, y].sum() / n
         dz3 = np.exp(logp)
         dz3[rows, y] -= np.float32(1)
@@ -342,6 +360,8 @@ class LiteRtTrainer(Trainer):
             for name in (*REQUIRED_SIGNATURES, "get_flat", "set_flat")
             if name in signatures
         }
+        # the rhythm model's train takes a class mask (restricted softmax); the vitals one not
+        self._masked_train = "mask" in signatures["train"]["inputs"]
         got = self._runners["get_weights"]()
         missing = [name for name in WEIGHT_NAMES if name not in got]
         if missing:
@@ -386,8 +406,14 @@ class LiteRtTrainer(Trainer):
     def _logits(self, x: F32) -> F32:
         return np.array(self._runners["infer"](x=x)["logits"], dtype=np.float32)
 
-    def _train_batch(self, x: F32, y: I32, lr: np.float32) -> float:
-        out = self._runners["train"](x=x, y=y, lr=np.asarray(lr, dtype=np.float32))
+    def _train_batch(self, x: F32, y: I32, lr: np.float32, mask: F32) -> float:
+        lr32 = np.asarray(lr, dtype=np.float32)
+        if self._masked_train:
+            out = self._runners["train"](x=x, y=y, lr=lr32, mask=mask)
+        elif mask.all():
+            out = self._runners["train"](x=x, y=y, lr=lr32)
+        else:
+            raise ValueError("this model's train signature cannot restrict the softmax")
         return float(out["loss"])
 
 
@@ -456,7 +482,11 @@ class TrainOptions:
     `seed` drives both the batch order and the noise, from independent streams. `balanced`
     draws each epoch's batches with probabilities inverse to the class frequencies (with
     replacement, as many draws as windows): every class weighs the same in the gradient, for
-    tasks where one class dominates (normal sinus rhythm).
+    tasks where one class dominates (normal sinus rhythm). `restricted_softmax` leaves the
+    classes absent from the local windows out of the softmax (FedRS with alpha = 0: Li and Zhan,
+    "FedRS: federated learning with restricted softmax for label distribution non-IID data",
+    KDD 2021): a ward without AF patients then does not teach the shared model that AF never
+    happens, which plain FedAvg on label-skewed wards does.
     """
 
     epochs: int = 1
@@ -467,6 +497,7 @@ class TrainOptions:
     noise_multiplier: float = 0.0
     seed: int = 0
     balanced: bool = False
+    restricted_softmax: bool = False
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 1)
@@ -573,6 +604,9 @@ def fit(
     lr = np.float32(opts.learning_rate)
     shrink = np.float32(lr * opts.prox_mu)
 
+    present = None
+    if opts.restricted_softmax:
+        present = [bool((y32 == c).any()) for c in range(trainer.layout.classes)]
     steps = 0
     for _ in range(opts.epochs):
         batches = (
@@ -581,7 +615,7 @@ def fit(
             else _batch_indices(x32.shape[0], opts.batch_size, batch_rng)
         )
         for idx in batches:
-            loss = trainer.train_step(x32[idx], y32[idx], float(lr))
+            loss = trainer.train_step(x32[idx], y32[idx], float(lr), present)
             if not math.isfinite(loss):
                 raise TrainingDivergedError(f"loss became {loss} at step {steps}")
             if opts.prox_mu > 0:

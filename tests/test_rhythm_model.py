@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from types import ModuleType
 
 import numpy as np
@@ -162,3 +163,54 @@ def test_balanced_training_finds_the_rare_class(twin: NumpyTrainer) -> None:
         recall[balanced] = float(np.mean(predicted[y == 1] == 1))
     assert recall[True] > 0.9
     assert recall[True] > recall[False]
+
+
+def test_restricted_softmax_leaves_absent_classes_alone(
+    lite: LiteRtTrainer, twin: NumpyTrainer
+) -> None:
+    x, y = _three_blobs(640, seed=6)
+    keep = y != 1
+    x, y = x[keep], y[keep]
+    before = twin.get_weights()
+    rng = np.random.default_rng(8)
+    present = [True, False, True]
+    for _ in range(20):
+        idx = rng.choice(len(y), 32, replace=False)
+        assert lite.train_step(x[idx], y[idx], 0.05, present) == pytest.approx(
+            twin.train_step(x[idx], y[idx], 0.05, present), abs=1e-5
+        )
+    after = twin.get_weights()
+    assert _max_diff(lite.get_weights(), after) < 1e-5
+    # no gradient reaches the absent class's output weights; the others moved
+    assert np.array_equal(after[4][:, 1], before[4][:, 1])
+    assert after[5][1] == before[5][1]
+    assert not np.array_equal(after[4][:, 0], before[4][:, 0])
+
+
+def test_restricted_fit_masks_the_classes_the_windows_lack(twin: NumpyTrainer) -> None:
+    x, y = _three_blobs(200, seed=7)
+    x, y = x[y != 2], y[y != 2]
+    before = twin.get_weights()
+    fit(twin, x, y, TrainOptions(epochs=2, restricted_softmax=True, seed=3))
+    assert np.array_equal(twin.get_weights()[4][:, 2], before[4][:, 2])
+    twin.set_weights(before)
+    fit(twin, x, y, TrainOptions(epochs=2, seed=3))
+    assert not np.array_equal(twin.get_weights()[4][:, 2], before[4][:, 2])
+
+
+def test_present_flags_are_checked(twin: NumpyTrainer) -> None:
+    x, y = _three_blobs(8, seed=1)
+    with pytest.raises(ValueError, match="present needs 3 flags, got 2"):
+        twin.train_step(x, y, 0.05, [True, True])
+    with pytest.raises(ValueError, match="not among the present classes"):
+        twin.train_step(x, np.array([0, 1, 2, 0, 1, 2, 0, 1]), 0.05, [True, False, True])
+
+
+def test_the_vitals_model_cannot_restrict_its_softmax() -> None:
+    _litert_module("ai_edge_litert.interpreter")
+    vitals = LiteRtTrainer(DEFAULT_MODEL_PATH)
+    x = np.zeros((4, 16), np.float32)
+    y = np.zeros(4, np.int32)
+    assert math.isfinite(vitals.train_step(x, y, 0.05, [True, True]))
+    with pytest.raises(ValueError, match="cannot restrict the softmax"):
+        vitals.train_step(x, y, 0.05, [True, False])

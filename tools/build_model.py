@@ -50,10 +50,10 @@ from gateway.trainer import (
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "gateway" / "assets" / "vitals_mlp.tflite"
 DEFAULT_SEED = 20_240_601
-# task: (layout, default output, default seed)
-TASKS: dict[str, tuple[MlpLayout, Path, int]] = {
-    "vitals": (VITALS_LAYOUT, DEFAULT_OUT, DEFAULT_SEED),
-    "rhythm": (RHYTHM_LAYOUT, RHYTHM_MODEL_PATH, 20_261_129),
+# task: (layout, default output, default seed, train takes a class mask)
+TASKS: dict[str, tuple[MlpLayout, Path, int, bool]] = {
+    "vitals": (VITALS_LAYOUT, DEFAULT_OUT, DEFAULT_SEED, False),
+    "rhythm": (RHYTHM_LAYOUT, RHYTHM_MODEL_PATH, 20_261_129, True),
 }
 SIGNATURES = ("train", "infer", "get_weights", "set_weights", "get_flat", "set_flat")
 INIT_SCHEME = "he-uniform for the ReLU layers, glorot-uniform for the logits, zero biases"
@@ -81,8 +81,9 @@ def _relu_mask(z: tf.Tensor) -> tf.Tensor:
     return tf.cast(z > 0.0, tf.float32)
 
 
-def mlp_module(layout: MlpLayout, name: str) -> Any:
-    """The tf.Module class of an MLP of `layout` (signatures need the shapes when defined)."""
+def mlp_module(layout: MlpLayout, name: str, *, masked: bool = False) -> Any:
+    """The tf.Module class of an MLP of `layout` (signatures need the shapes when defined);
+    `masked`: its train signature takes a class mask (restricted softmax) as input `mask`."""
 
     class MLP(tf.Module):
         """features → h1 (ReLU) → h2 (ReLU) → class logits, with its own SGD step."""
@@ -106,15 +107,13 @@ def mlp_module(layout: MlpLayout, name: str) -> Any:
             h2 = tf.maximum(z2, 0.0)
             return z1, h1, z2, h2, tf.matmul(h2, self.w3) + self.b3
 
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([None, layout.features], tf.float32, name="x"),
-                tf.TensorSpec([None], tf.int32, name="y"),
-                tf.TensorSpec([], tf.float32, name="lr"),
-            ]
-        )
-        def train(self, x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor) -> dict[str, tf.Tensor]:
+        def _step(
+            self, x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor, mask: tf.Tensor | None
+        ) -> dict[str, tf.Tensor]:
             z1, h1, z2, h2, logits = self._forward(x)
+            if mask is not None:
+                # restricted softmax: a class flagged 0 gets a -1e9 logit, out of the softmax
+                logits = logits + (mask - 1.0) * 1e9
             n = tf.cast(tf.shape(x)[0], tf.float32)
             onehot = tf.one_hot(y, layout.classes, dtype=tf.float32)
             logp = tf.nn.log_softmax(logits)
@@ -136,6 +135,30 @@ def mlp_module(layout: MlpLayout, name: str) -> Any:
             for var, grad in zip(self._params(), grads, strict=True):
                 var.assign_sub(lr * grad)
             return {"loss": loss}
+
+        train_inputs = (
+            tf.TensorSpec([None, layout.features], tf.float32, name="x"),
+            tf.TensorSpec([None], tf.int32, name="y"),
+            tf.TensorSpec([], tf.float32, name="lr"),
+        )
+        if masked:
+
+            @tf.function(
+                input_signature=[
+                    *train_inputs,
+                    tf.TensorSpec([layout.classes], tf.float32, name="mask"),
+                ]
+            )
+            def train(
+                self, x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor, mask: tf.Tensor
+            ) -> dict[str, tf.Tensor]:
+                return self._step(x, y, lr, mask)
+
+        else:
+
+            @tf.function(input_signature=list(train_inputs))
+            def train(self, x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor) -> dict[str, tf.Tensor]:
+                return self._step(x, y, lr, None)
 
         @tf.function(input_signature=[tf.TensorSpec([None, layout.features], tf.float32, name="x")])
         def infer(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -248,7 +271,10 @@ def check(model: bytes, init: dict[str, np.ndarray], layout: MlpLayout) -> list[
     y = np.digitize(x[:, 0] + x[:, 1], np.linspace(-1, 1, layout.classes + 1)[1:-1])
     y = y.astype(np.int32)
     train = interpreter.get_signature_runner("train")
-    losses = [float(train(x=x, y=y, lr=np.float32(0.1))["loss"]) for _ in range(60)]
+    extra = {}
+    if "mask" in sigs["train"]["inputs"]:
+        extra["mask"] = np.ones(layout.classes, np.float32)
+    losses = [float(train(x=x, y=y, lr=np.float32(0.1), **extra)["loss"]) for _ in range(60)]
     if not (np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]):
         problems.append(f"loss does not fall: {losses[0]:.4f} -> {losses[-1]:.4f}")
     return problems
@@ -319,13 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="the .tflite to write (default: the task's)")
     parser.add_argument("--seed", type=int, help="initial-weight seed (default: the task's)")
     args = parser.parse_args(argv)
-    layout, default_out, default_seed = TASKS[args.task]
+    layout, default_out, default_seed, masked = TASKS[args.task]
     seed = default_seed if args.seed is None else args.seed
     out: Path = args.out or default_out
     name = out.stem
 
     init = initial_weights(seed, layout)
-    model = convert(mlp_module(layout, name)(init))
+    model = convert(mlp_module(layout, name, masked=masked)(init))
     problems = check(model, init, layout)
     if problems:
         for problem in problems:
