@@ -76,6 +76,7 @@ class Settings:
     batch_size: int
     speed: float
     seed: int
+    restricted: bool = True
 
 
 def _quiet(fn: Any, *args: str) -> None:
@@ -220,7 +221,7 @@ def af_at_specificity(
     return best
 
 
-def _gateway_conf(root: Path, gid: str, mqtt_port: int, url: str) -> Path:
+def _gateway_conf(root: Path, gid: str, mqtt_port: int, url: str, *, restricted: bool) -> Path:
     conf = root / "gateway.toml"
     conf.write_text(
         f'[gateway]\nid = "{gid}"\nstate_dir = "state"\n[mqtt]\nport = {mqtt_port}\n'
@@ -228,7 +229,9 @@ def _gateway_conf(root: Path, gid: str, mqtt_port: int, url: str) -> Path:
         "[sessions]\ndevice_records_per_second = 1000.0\ndevice_burst = 4000\n"
         # the gateways share this machine's cores: each would take the others' training for
         # its own load and defer (the energy policy is tested in tests/test_energy.py)
-        '[learning]\ntask = "rhythm"\nbalanced_sampling = true\nmax_cpu_load = 1.0\n'
+        '[learning]\ntask = "rhythm"\nbalanced_sampling = true\n'
+        f"restricted_softmax = {str(restricted).lower()}\\n"
+        "max_cpu_load = 1.0\n"
         "max_samples_per_device = 1000000\nmin_windows = 1\n"
     )
     return conf
@@ -268,7 +271,7 @@ def run_split(
         gid = f"ward-{g + 1:02d}"
         gw = root / gid
         (gw / "state").mkdir(parents=True)
-        conf = _gateway_conf(gw, gid, mq.port, url)
+        conf = _gateway_conf(gw, gid, mq.port, url, restricted=s.restricted)
         _quiet(gateway_main, "keygen", "--config", str(conf))
         (gw / "state" / "aggregator.pub").write_bytes((agg / "state/identity.pub").read_bytes())
         _quiet(
@@ -520,12 +523,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test", type=Path, help="held-out WFDB directory (default: K-fold CV)")
     parser.add_argument("--gateways", type=int, default=3, help="wards, one gateway each")
     parser.add_argument("--folds", type=int, default=5, help="patient-wise folds without --test")
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=2, help="local epochs per round")
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--speed", type=float, default=400.0, help="replay speed-up")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--plain-fedavg",
+        action="store_true",
+        help="gateways train without the restricted softmax (shows what label skew does)",
+    )
     parser.add_argument(
         "--json", dest="json_path", help="output (default bench/results/mitdb.json)"
     )
@@ -539,6 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.batch_size,
         args.speed,
         args.seed,
+        restricted=not args.plain_fedavg,
     )
     t0 = time.monotonic()
     train_records = list_records(args.train)
