@@ -230,7 +230,7 @@ def _gateway_conf(root: Path, gid: str, mqtt_port: int, url: str, *, restricted:
         # the gateways share this machine's cores: each would take the others' training for
         # its own load and defer (the energy policy is tested in tests/test_energy.py)
         '[learning]\ntask = "rhythm"\nbalanced_sampling = true\n'
-        f"restricted_softmax = {str(restricted).lower()}\\n"
+        f"restricted_softmax = {str(restricted).lower()}\n"
         "max_cpu_load = 1.0\n"
         "max_samples_per_device = 1000000\nmin_windows = 1\n"
     )
