@@ -344,3 +344,22 @@ def test_replay_cli_refuses_a_bad_speed(tmp_path: Path, speed: str) -> None:
             ]
         )
     assert exc.value.code == 2
+
+
+def test_enroll_takes_devices_or_records_not_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from device_emulators.cli import main as emulate_main  # noqa: PLC0415
+
+    write_record(tmp_path, "900")
+    base = ["enroll", "--registry", str(tmp_path / "r.json"), "--keys-dir", str(tmp_path / "k")]
+    assert emulate_main(base) == 2
+    assert emulate_main([*base, "--devices", "1", "--wfdb", str(tmp_path)]) == 2
+    assert "exactly one of --devices and --wfdb" in capsys.readouterr().err
+    assert emulate_main([*base, "--wfdb", str(tmp_path), "--records", "900,901"]) == 2
+    assert "records ['901'] not found" in capsys.readouterr().err
+    assert (
+        emulate_main([*base, "--wfdb", str(tmp_path), "--records", "900", "--prefix", "patient"])
+        == 0
+    )
+    assert (tmp_path / "k" / "patient-900.key").is_file()
