@@ -36,9 +36,7 @@ import numpy.typing as npt
 
 from bench._timing import write
 from bench.bench_rounds import Procs, _rounds, _vhost, _wait
-from demo.rabbitmq import RabbitMQ
 from demo.report import _models
-from demo.services import Mosquitto
 from device_emulators.replay import list_records, read_beats
 from gateway.af_rule import dash_af
 from gateway.rhythm import (
@@ -52,15 +50,15 @@ from gateway.rhythm import (
 from gateway.store import BeatRow, VitalsStore
 from gateway.tasks import TASKS
 from gateway.trainer import (
-    RHYTHM_LAYOUT,
-    RHYTHM_MODEL_PATH,
     NumpyTrainer,
     TrainOptions,
     fit,
-    init_weights_path,
     load_initial_weights,
     unflatten,
 )
+from testbed.mosquitto import Mosquitto
+from testbed.rabbitmq import RabbitMQ
+from wire.model import RHYTHM_INITIAL_WEIGHTS, RHYTHM_LAYOUT, RHYTHM_MODEL_PATH
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
@@ -260,7 +258,7 @@ def run_split(
     agg_conf = agg / "aggregator.toml"
     agg_conf.write_text(
         f'[aggregator]\nid = "aggregator"\nstate_dir = "state"\n'
-        f'initial_weights = "{init_weights_path(RHYTHM_MODEL_PATH)}"\n[amqp]\nurl = "{url}"\n'
+        f'initial_weights = "{RHYTHM_INITIAL_WEIGHTS}"\n[amqp]\nurl = "{url}"\n'
         f"[rounds]\nquorum_fraction = 1.0\nround_timeout = 120.0\nmax_rounds = {s.rounds}\n"
         f"[training]\nepochs = {s.epochs}\nbatch_size = {s.batch_size}\n"
         f"learning_rate = {s.learning_rate}\n[metrics]\nport = 0\n"

@@ -9,8 +9,8 @@ import time
 import aiomqtt
 
 from pqlink import HandshakeInitiator, Identity, PublicIdentity, Session
-from pqlink.topics import TopicKind, TopicLayout
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.topics import TopicKind, TopicLayout
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 
 def sample(seq: int) -> VitalsSample:
@@ -54,7 +54,7 @@ async def establish(
                 device = message.topic.value.rsplit("/", 1)[1]
                 init = initiators.get(device)
                 if init is not None and device not in sessions:
-                    sessions[device] = init.receive(bytes(message.payload))  # type: ignore[arg-type]
+                    sessions[device] = init.receive(bytes(message.payload))
                     if len(sessions) == len(initiators):
                         return
 

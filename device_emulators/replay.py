@@ -22,11 +22,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from device_emulators.errors import EmulatorError
 from device_emulators.hub import MqttHub
 from device_emulators.wearable import Wearable
 from pqlink import Identity, PublicIdentity, RekeyPolicy
-from pqlink.rr import MAX_BEATS, MAX_RR_MS, MIN_RR_MS, BeatClass, Rhythm, RRBatch, RRBeat
-from pqlink.topics import TopicLayout
+from wire.rr import MAX_BEATS, MAX_RR_MS, MIN_RR_MS, BeatClass, Rhythm, RRBatch, RRBeat
+from wire.topics import TopicLayout
 
 BEAT_CLASSES: dict[str, BeatClass] = {
     **dict.fromkeys("NLRejB", BeatClass.NORMAL),
@@ -56,7 +57,7 @@ _NOISE = "~"
 _UNREADABLE = -1  # MIT-BIH noise subtype: both signals unreadable until the next noise note
 
 
-class ReplayError(ValueError):
+class ReplayError(EmulatorError, ValueError):
     """A record cannot be read or holds no measurable RR interval."""
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from gateway.store import BeatRow
-from pqlink.rr import BeatClass, Rhythm
+from wire.rr import BeatClass, Rhythm
 
 RR_WINDOW: Final = 64
 RR_STRIDE: Final = 32

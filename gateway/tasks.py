@@ -15,7 +15,7 @@ from gateway.features import build_windows
 from gateway.rhythm import N_FEATURES as RHYTHM_FEATURES
 from gateway.rhythm import build_rhythm_windows
 from gateway.store import VitalsStore
-from gateway.trainer import DEFAULT_MODEL_PATH, RHYTHM_MODEL_PATH
+from wire.model import DEFAULT_MODEL_PATH, RHYTHM_MODEL_PATH
 
 Windows = tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]
 

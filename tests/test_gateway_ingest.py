@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Reason, Rejected
+from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Rejected
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
 from pqlink import HandshakeInitiator, HandshakeResponder, Session
-from pqlink.topics import TopicKind, TopicLayout
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.reasons import Reason
+from wire.topics import TopicKind, TopicLayout
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 from .conftest import Parties
 
@@ -45,6 +46,7 @@ def test_honest_record_is_accepted(parties: Parties) -> None:
     client = _established(parties, proc)
     out = proc.handle(REC, client.seal(_record(1), REC.encode()), 1.0, 5)
     assert isinstance(out, Accepted)
+    assert out.row is not None
     assert out.row[:3] == (DEVICE, 1, 1000)
     assert proc.accepted == 1
 

@@ -19,14 +19,14 @@ import pytest
 import wfdb
 
 from bench.fleet import establish
-from demo.services import Mosquitto
 from device_emulators.replay import batches, beats_from_annotations, list_records, read_beats
 from gateway.rhythm import EXCLUDED, RhythmClass
 from gateway.store import VitalsStore
 from gateway.tasks import TASKS
 from pqlink import load_identity, load_public_identity
-from pqlink.rr import RR_HEADER_SIZE, RR_KIND, BeatClass, Rhythm
-from pqlink.topics import TopicKind, TopicLayout
+from testbed.mosquitto import Mosquitto
+from wire.rr import RR_HEADER_SIZE, RR_KIND, BeatClass, Rhythm
+from wire.topics import TopicKind, TopicLayout
 
 from .harness import (
     ROOT,
@@ -75,7 +75,7 @@ def write_record(directory: Path, name: str = "900") -> list[tuple[int, int, int
     rhythm("(N")
     beat(300, "N", Rhythm.NORMAL, BeatClass.NORMAL, first=True)
     for _ in range(128):
-        beat(800 + rng.integers(-25, 25), "N", Rhythm.NORMAL, BeatClass.NORMAL)
+        beat(float(800 + rng.integers(-25, 25)), "N", Rhythm.NORMAL, BeatClass.NORMAL)
     rhythm("(AFIB")
     # an artifact: not a beat
     samples.append(_sample(t + 100))
@@ -93,7 +93,7 @@ def write_record(directory: Path, name: str = "900") -> list[tuple[int, int, int
         elif stored_index == 308:
             beat(1250, "N", Rhythm.NORMAL, BeatClass.NORMAL)
         else:
-            beat(800 + rng.integers(-25, 25), "N", Rhythm.NORMAL, BeatClass.NORMAL)
+            beat(float(800 + rng.integers(-25, 25)), "N", Rhythm.NORMAL, BeatClass.NORMAL)
     wfdb.wrann(
         name,
         "atr",
@@ -132,7 +132,7 @@ def test_annotations_to_beats() -> None:
         (2100, "Q", "", 0),
     ]
     samples, symbols, notes, subtypes = (list(column) for column in zip(*rows, strict=True))
-    beats = beats_from_annotations(samples, symbols, notes, subtypes, fs=360.0)  # type: ignore[arg-type]
+    beats = beats_from_annotations(samples, symbols, notes, subtypes, fs=360.0)
     got = [(round(b.time_ms), b.rr_ms, b.rhythm, b.beat_class) for b in beats]
     assert got == [
         (1800, 800, Rhythm.NORMAL, BeatClass.NORMAL),

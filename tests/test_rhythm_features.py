@@ -22,7 +22,7 @@ from gateway.rhythm import (
     segment_starts,
     window_label,
 )
-from pqlink.rr import BeatClass, Rhythm
+from wire.rr import BeatClass, Rhythm
 
 N, AF, VT, PREX = Rhythm.NORMAL, Rhythm.AFIB, Rhythm.VT, Rhythm.PREEXCITATION
 NB, VB, SB = BeatClass.NORMAL, BeatClass.VENTRICULAR, BeatClass.SUPRAVENTRICULAR

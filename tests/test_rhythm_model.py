@@ -16,15 +16,9 @@ import pytest
 from gateway.rhythm import N_FEATURES
 from gateway.tasks import TASKS
 from gateway.trainer import (
-    DEFAULT_MODEL_PATH,
     F32,
     I32,
-    RHYTHM_LAYOUT,
-    RHYTHM_MODEL_PATH,
-    VITALS_LAYOUT,
-    WEIGHT_NAMES,
     LiteRtTrainer,
-    MlpLayout,
     NumpyTrainer,
     TrainOptions,
     _balanced_batch_indices,
@@ -33,6 +27,14 @@ from gateway.trainer import (
     init_weights_path,
     load_initial_weights,
     unflatten,
+)
+from wire.model import (
+    DEFAULT_MODEL_PATH,
+    RHYTHM_LAYOUT,
+    RHYTHM_MODEL_PATH,
+    VITALS_LAYOUT,
+    WEIGHT_NAMES,
+    MlpLayout,
 )
 
 from .test_trainer import _litert_module, _max_diff, _op_names

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pqlink import DecodeError
-from pqlink.rr import (
+from wire.rr import (
     MAX_BEATS,
     MAX_RR_MS,
     MIN_RR_MS,
@@ -22,7 +22,7 @@ from pqlink.rr import (
     RRBeat,
     decode_record,
 )
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 
 def _beats(rrs: list[int], rhythm: Rhythm = Rhythm.NORMAL) -> tuple[RRBeat, ...]:

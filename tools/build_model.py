@@ -1,5 +1,5 @@
 """Offline builder of the gateway's on-device-trainable model assets (needs full TensorFlow, which
-is never a runtime dependency): writes gateway/assets/<model>.{tflite,json} and <model>_init.npz.
+is never a runtime dependency): writes wire/assets/<model>.{tflite,json} and <model>_init.npz.
 
 Run from the repository root with a scratch TensorFlow venv:
 
@@ -38,17 +38,18 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema
 
-from gateway.trainer import (
+from gateway.trainer import init_weights_path
+from wire.model import (
+    DEFAULT_MODEL_PATH,
     RHYTHM_LAYOUT,
     RHYTHM_MODEL_PATH,
     VITALS_LAYOUT,
     WEIGHT_NAMES,
     MlpLayout,
-    init_weights_path,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "gateway" / "assets" / "vitals_mlp.tflite"
+DEFAULT_OUT = DEFAULT_MODEL_PATH
 DEFAULT_SEED = 20_240_601
 # task: (layout, default output, default seed, train takes a class mask)
 TASKS: dict[str, tuple[MlpLayout, Path, int, bool]] = {

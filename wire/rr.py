@@ -23,8 +23,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from pqlink._errors import DecodeError
-from pqlink.vitals import VITALS_VERSION, VitalsSample
+from pqlink import DecodeError
+from wire.vitals import VITALS_VERSION, VitalsSample
 
 RR_KIND = 2
 _LEAD = struct.Struct(">BB")
