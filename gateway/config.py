@@ -69,6 +69,7 @@ class LearningConfig:
     backend: str = "auto"  # auto | litert | numpy
     model: str | None = None  # default: the packaged vitals_mlp.tflite
     max_samples_per_device: int = 20_000
+    max_windows: int = 2_000  # windows trained per round, shared between devices
     min_windows: int = 4
     power_model: str = "raspberry-pi-4"  # raspberry-pi-4 | raspberry-pi-5
     min_battery_percent: float = 30.0
@@ -163,6 +164,7 @@ _RULES: dict[str, tuple[type, Any, Any, str]] = {
     "uplink.reconnect_max_delay": (float, 0.1, 3600, "seconds, 0.1-3600"),
     "learning.max_samples_per_device": (int, 30, 10**8, "an integer >= 30"),
     "learning.min_windows": (int, 1, 10**6, "an integer >= 1"),
+    "learning.max_windows": (int, 1, 10**6, "an integer 1-1000000"),
     "learning.min_battery_percent": (float, 0, 100, "percent, 0-100"),
     "learning.min_battery_percent_when_deadline_near": (float, 0, 100, "percent, 0-100"),
     "learning.max_cpu_load": (float, 0.01, 1.0, "a fraction 0.01-1"),

@@ -22,7 +22,6 @@ from gateway.energy import (
     EnergyPolicyConfig,
     read_energy,
 )
-from gateway.features import N_FEATURES, build_windows
 from gateway.learning import FederatedLearner, GlobalModelRejectedError, ReceivedGlobal
 from gateway.logs import EventLog
 from gateway.metrics import round_histogram
@@ -30,6 +29,7 @@ from gateway.spool import Spool
 from gateway.store import VitalsStore
 from gateway.trainer import DEFAULT_MODEL_PATH, make_trainer
 from gateway.uplink import Uplink
+from gateway.windows import WindowCache
 from pqlink import Identity, PqlinkError, load_public_identity
 
 T = TypeVar("T")
@@ -72,6 +72,11 @@ class FederationClient:
             policy,
             POWER_MODELS[lc.power_model],
             unsealed=config.bench.plaintext_envelopes,
+        )
+        self.windows = WindowCache(
+            store,
+            max_samples_per_device=lc.max_samples_per_device,
+            max_windows=lc.max_windows,
         )
         self._wake = asyncio.Event()
         self.uplink = Uplink(
@@ -188,25 +193,31 @@ class FederationClient:
                 return
         await self._train(round_, received)
 
-    def _windows(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]:
-        xs, ys = [np.zeros((0, N_FEATURES), np.float32)], [np.zeros(0, np.int32)]
-        limit = self.config.learning.max_samples_per_device
-        for device in self.store.devices():
-            x, y = build_windows(self.store.sample_rows(device, limit=limit))
-            xs.append(x)
-            ys.append(y)
-        return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int32)
+    def _windows(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], float]:
+        """The round's training windows (store thread): only rows stored since the last round
+        are read; returns the thread CPU seconds it took too."""
+        cpu0 = time.thread_time()
+        self.windows.refresh()
+        x, y = self.windows.training_set()
+        return x, y, time.thread_time() - cpu0
 
     async def _train(self, round_: int, received: ReceivedGlobal) -> None:
         t0 = time.monotonic()
-        x, y = await self._in(self.store_pool, self._windows)
+        x, y, window_cpu = await self._in(self.store_pool, self._windows)
+        window_seconds = time.monotonic() - t0
         if len(y) < self.config.learning.min_windows:
             self.counters["rounds_skipped"] += 1
             self.log.event("round_skipped", round=round_, reason="no_data", count=len(y))
             await self._finish(round_)
             return
         update = await self._in(
-            self._train_pool, self.learner.train_and_seal, received, x, y, round_
+            self._train_pool,
+            self.learner.train_and_seal,
+            received,
+            x,
+            y,
+            round_,
+            {"window_seconds": window_seconds, "window_cpu_seconds": window_cpu},
         )
 
         def spool_it() -> None:
@@ -226,6 +237,7 @@ class FederationClient:
             "round_trained",
             round=round_,
             windows=m["windows"],
+            window_ms=round(window_seconds * 1000, 1),
             loss_before=round(m["loss_before"], 4),
             loss_after=round(m["loss_after"], 4),
             train_ms=round(m["train_seconds"] * 1000, 1),
