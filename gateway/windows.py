@@ -21,14 +21,65 @@ class WindowBudgetError(ValueError):
     """A window cache was asked for a nonsensical bound (a budget or history below one)."""
 
 
+class _WindowBuffer:
+    """A device's newest windows, appended in place: a round costs what it adds, not what is
+    held (compaction copies at most `keep` rows once per `keep` appended)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        cap = min(64, 2 * keep)
+        self.x = np.zeros((cap, N_FEATURES), np.float32)
+        self.y = np.zeros(cap, np.int32)
+        self.start_ms = np.zeros(cap, np.int64)
+        self.lo = self.hi = 0
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def append(self, x: F32, y: I32, start_ms: I64) -> None:
+        n = len(y)
+        if n >= self.keep:
+            x, y, start_ms = x[-self.keep :], y[-self.keep :], start_ms[-self.keep :]
+            n = self.keep
+            self.lo = self.hi = 0
+        if self.hi + n > len(self.y):
+            live = min(len(self), self.keep - n)  # only what survives this append moves
+            if live + n > len(self.y):
+                self._grow(max(2 * len(self.y), live + n))
+            src = slice(self.hi - live, self.hi)
+            self.x[:live], self.y[:live] = self.x[src].copy(), self.y[src].copy()
+            self.start_ms[:live] = self.start_ms[src].copy()
+            self.lo, self.hi = 0, live
+        self.x[self.hi : self.hi + n] = x
+        self.y[self.hi : self.hi + n] = y
+        self.start_ms[self.hi : self.hi + n] = start_ms
+        self.hi += n
+        self.lo = max(self.lo, self.hi - self.keep)
+
+    def _grow(self, cap: int) -> None:
+        cap = min(cap, 2 * self.keep)
+        x = np.zeros((cap, N_FEATURES), np.float32)
+        y = np.zeros(cap, np.int32)
+        start_ms = np.zeros(cap, np.int64)
+        live = len(self)
+        x[:live], y[:live] = self.x[self.lo : self.hi], self.y[self.lo : self.hi]
+        start_ms[:live] = self.start_ms[self.lo : self.hi]
+        self.x, self.y, self.start_ms = x, y, start_ms
+        self.lo, self.hi = 0, live
+
+    def forget_before(self, oldest_ms: int) -> None:
+        self.lo += int(np.searchsorted(self.start_ms[self.lo : self.hi], oldest_ms, side="left"))
+
+    def newest(self, n: int) -> tuple[F32, I32]:
+        return self.x[self.hi - n : self.hi], self.y[self.hi - n : self.hi]
+
+
 @dataclass
 class _Device:
+    windows: _WindowBuffer
     last_seq: int | None = None
     # Rows after the last cut window: fewer than WINDOW, so the next window can start there.
     pending: list[SampleRow] = field(default_factory=list)
-    x: F32 = field(default_factory=lambda: np.zeros((0, N_FEATURES), np.float32))
-    y: I32 = field(default_factory=lambda: np.zeros(0, np.int32))
-    start_ms: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +126,9 @@ class WindowCache:
         oldest = now_ms - self.store.retention_ms
         read = added = 0
         for device_id in self.store.devices():
-            dev = self._devices.setdefault(device_id, _Device())
+            dev = self._devices.get(device_id)
+            if dev is None:
+                dev = self._devices[device_id] = _Device(_WindowBuffer(self.keep_per_device))
             if dev.last_seq is None:
                 # First sight: only the history a round may use at all.
                 rows = self.store.sample_rows(device_id, limit=self.max_samples_per_device)
@@ -91,8 +144,8 @@ class WindowCache:
             dev.last_seq = rows[-1][0]
             added += self._cut(dev, dev.pending + rows)
         for dev in self._devices.values():  # also devices whose rows are all gone
-            self._forget(dev, oldest)
-        held = sum(len(d.y) for d in self._devices.values())
+            dev.windows.forget_before(oldest)
+        held = sum(len(d.windows) for d in self._devices.values())
         return RefreshStats(read, added, held)
 
     def _cut(self, dev: _Device, rows: list[SampleRow]) -> int:
@@ -101,35 +154,26 @@ class WindowCache:
         dev.pending = rows[max(cut.used, len(rows) - (self.window - 1)) :]
         n = len(cut.labels)
         if n:
-            keep = self.keep_per_device
-            dev.x = np.concatenate((dev.x, cut.features))[-keep:]
-            dev.y = np.concatenate((dev.y, cut.labels))[-keep:]
-            dev.start_ms = np.concatenate((dev.start_ms, cut.start_ms))[-keep:]
+            dev.windows.append(cut.features, cut.labels, cut.start_ms)
         return n
-
-    @staticmethod
-    def _forget(dev: _Device, oldest_ms: int) -> None:
-        first = int(np.searchsorted(dev.start_ms, oldest_ms, side="left"))
-        if first:
-            dev.x, dev.y, dev.start_ms = dev.x[first:], dev.y[first:], dev.start_ms[first:]
 
     def held(self) -> dict[str, int]:
         """Windows held per device."""
-        return {name: len(d.y) for name, d in self._devices.items()}
+        return {name: len(d.windows) for name, d in self._devices.items()}
 
     def training_set(self) -> tuple[F32, I32]:
         """At most `max_windows` windows: each device's newest, in equal shares, a device with
         fewer than its share leaving the rest to the others."""
-        counts = {name: len(d.y) for name, d in self._devices.items() if len(d.y)}
+        counts = {name: len(d.windows) for name, d in self._devices.items() if len(d.windows)}
         shares = fair_shares(counts, self.max_windows)
         xs = [np.zeros((0, N_FEATURES), np.float32)]
         ys = [np.zeros(0, np.int32)]
         for name in sorted(shares):
             take = shares[name]
             if take:
-                dev = self._devices[name]
-                xs.append(dev.x[-take:])
-                ys.append(dev.y[-take:])
+                x, y = self._devices[name].windows.newest(take)
+                xs.append(x)
+                ys.append(y)
         return np.concatenate(xs), np.concatenate(ys)
 
 

@@ -9,11 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import ConfigError, parse_config
-from gateway.features import WINDOW, build_windows
+from gateway.features import N_FEATURES, WINDOW, build_windows
 from gateway.store import VitalsStore, vitals_row
-from gateway.windows import WindowBudgetError, WindowCache, fair_shares
+from gateway.windows import WindowBudgetError, WindowCache, _WindowBuffer, fair_shares
 from pqlink.vitals import Activity, EventLabel, VitalsSample
 
 T0 = 1_790_000_000_000
@@ -177,3 +179,33 @@ def test_max_windows_setting(value: int, ok: bool, tmp_path: Path) -> None:
     else:
         with pytest.raises(ConfigError, match=r"learning\.max_windows"):
             parse_config(sections, tmp_path)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keep=st.integers(1, 40),
+    batches=st.lists(st.integers(0, 90), max_size=30),
+    forget_at=st.integers(0, 3000),
+)
+def test_window_buffer_keeps_the_newest(keep: int, batches: list[int], forget_at: int) -> None:
+    """The in-place buffer holds exactly what concatenating everything and keeping the last
+    `keep` would, through growth, compaction and forgetting."""
+    buf = _WindowBuffer(keep)
+    everything = np.zeros(0, np.int64)
+    next_id = 0
+    for n in batches:
+        ids = np.arange(next_id, next_id + n, dtype=np.int64)
+        next_id += n
+        x = np.repeat(ids.astype(np.float32)[:, None], N_FEATURES, axis=1)
+        buf.append(x, ids.astype(np.int32), ids * 10)
+        everything = np.concatenate((everything, ids))
+        expect = everything[-keep:] if len(everything) else everything
+        assert len(buf) == len(expect)
+        x_new, y_new = buf.newest(len(buf))
+        np.testing.assert_array_equal(y_new, expect)
+        np.testing.assert_array_equal(x_new[:, 3], expect.astype(np.float32))
+    before = len(buf)
+    buf.forget_before(forget_at)
+    _, y_left = buf.newest(len(buf))
+    assert all(10 * int(i) >= forget_at for i in y_left)
+    assert before - len(buf) == sum(1 for i in everything[-keep:] if 10 * int(i) < forget_at)
