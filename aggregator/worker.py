@@ -27,6 +27,7 @@ from pqlink import Identity, Registry
 from pqlink.fl import (
     GATEWAY_QUEUE_ARGUMENTS,
     GLOBAL_EXCHANGE,
+    GLOBAL_KEYS_EXCHANGE,
     PARTIALS_QUEUE,
     UPDATES_QUEUE,
     gateway_queue,
@@ -180,12 +181,14 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
     """Durable exchange and queues; the same declarations (and arguments) as the gateways'."""
     # types-pika declares the enum members as plain str, hence the ignore.
     channel.exchange_declare(GLOBAL_EXCHANGE, exchange_type=ExchangeType.fanout, durable=True)  # type: ignore[arg-type]
+    channel.exchange_declare(GLOBAL_KEYS_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)  # type: ignore[arg-type]
     channel.queue_declare(UPDATES_QUEUE, durable=True)
     channel.queue_declare(PARTIALS_QUEUE, durable=True)
     for gw in gateway_ids:
         queue = gateway_queue(gw)
         channel.queue_declare(queue, durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS)
         channel.queue_bind(queue, GLOBAL_EXCHANGE)
+        channel.queue_bind(queue, GLOBAL_KEYS_EXCHANGE, routing_key=gw)
 
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)  # persistent

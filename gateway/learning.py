@@ -28,6 +28,7 @@ from pqlink import (
     open_envelope,
     seal_envelope,
 )
+from pqlink.broadcast import DELIVERY_TYPE, open_delivery
 from pqlink.fl import GlobalModel, ModelUpdate, decode_unsealed, encode_unsealed
 
 F32 = npt.NDArray[np.float32]
@@ -94,6 +95,15 @@ class FederatedLearner:
             if self.unsealed:
                 meta, payload = decode_unsealed(envelope)
                 signed_round, version = int(meta["round"]), int(meta["version"])
+            elif envelope[:1] == bytes((DELIVERY_TYPE,)):
+                broadcast = open_delivery(envelope, self.identity, self.senders)
+                if broadcast.metadata.content_type is not ContentType.GLOBAL_MODEL:
+                    raise GlobalModelRejectedError(
+                        f"content type {broadcast.metadata.content_type.name}"
+                    )
+                payload = broadcast.payload
+                signed_round = broadcast.metadata.round
+                version = broadcast.metadata.model_version
             else:
                 opened = open_envelope(envelope, self.identity, self.senders)
                 if opened.metadata.content_type is not ContentType.GLOBAL_MODEL:

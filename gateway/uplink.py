@@ -21,9 +21,11 @@ from aiormq.exceptions import AMQPError
 from gateway.logs import EventLog
 from gateway.spool import Spool
 from pqlink import peek_envelope
+from pqlink.broadcast import BODY_TYPE, ENTRY_TYPE, join_delivery, peek_broadcast, peek_entry
 from pqlink.fl import (
     GATEWAY_QUEUE_ARGUMENTS,
     GLOBAL_EXCHANGE,
+    GLOBAL_KEYS_EXCHANGE,
     UPDATES_QUEUE,
     decode_unsealed,
     gateway_queue,
@@ -114,15 +116,25 @@ class Uplink:
             gateway_queue(self.gateway_id), durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS
         )
         await queue.bind(exchange)
+        keys = await channel.declare_exchange(
+            GLOBAL_KEYS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        await queue.bind(keys, routing_key=self.gateway_id)
         async with queue.iterator() as messages:
             async for message in messages:
                 await self._received(message)
 
     async def _received(self, message: AbstractIncomingMessage) -> None:
         body = bytes(message.body)
+        part: tuple[bytes, str, int | None] | None = None
         try:
             if body.startswith(b"UNSEALED"):  # benchmark baseline framing
                 round_ = int(decode_unsealed(body)[0]["round"])
+            elif body[:1] == bytes((BODY_TYPE,)):  # the broadcast body, from the fanout
+                meta = peek_broadcast(body)
+                part = (meta.broadcast_id, "body", meta.round)
+            elif body[:1] == bytes((ENTRY_TYPE,)):  # this gateway's key entry, addressed to it
+                part = (peek_entry(body).broadcast_id, "entry", None)
             else:
                 round_ = peek_envelope(body).round
         except Exception as exc:
@@ -130,7 +142,16 @@ class Uplink:
             await message.ack()
             return
         # Durable before the ack: a crash after this still applies the model on restart.
-        await self._spool(self.spool.put_global, round_, body)
+        if part is None:
+            await self._spool(self.spool.put_global, round_, body)
+        else:
+            broadcast_id, kind, round_or_none = part
+            complete = await self._spool(
+                self.spool.put_global_part, broadcast_id, kind, body, round_or_none, join_delivery
+            )
+            if not complete:  # the other half is still on its way
+                await message.ack()
+                return
         await message.ack()
         await self.on_global()
 

@@ -103,6 +103,9 @@ UPDATES_QUEUE = "iomt.updates"
 PARTIALS_QUEUE = "iomt.partials"
 #: Fanout exchange of signed global models; each gateway has its own durable queue on it.
 GLOBAL_EXCHANGE = "iomt.global"
+#: Direct exchange of each gateway's key entry of a global-model broadcast (routing key: the
+#: gateway id), bound to the same gateway queue as the fanout.
+GLOBAL_KEYS_EXCHANGE = "iomt.global.keys"
 #: Only the newest global models matter to a gateway that was offline.
 GATEWAY_QUEUE_ARGUMENTS: dict[str, Any] = {"x-max-length": 4, "x-overflow": "drop-head"}
 
