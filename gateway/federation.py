@@ -150,8 +150,9 @@ class FederationClient:
 
     async def _finish(self, round_: int) -> None:
         def commit() -> None:
-            self.spool.set_state(_LAST_ROUND, round_)
-            self.spool.done_global(round_)
+            with self.spool.transaction():  # one sync to disk for both
+                self.spool.set_state(_LAST_ROUND, round_)
+                self.spool.done_global(round_)
 
         await self._in(self.store_pool, commit)
         self.counters["last_round"] = round_
@@ -221,9 +222,10 @@ class FederationClient:
         )
 
         def spool_it() -> None:
-            self.spool.put_update(round_, update.envelope, update.metrics["seal_seconds"])
-            self.spool.set_state(_LAST_ROUND, round_)
-            self.spool.done_global(round_)
+            with self.spool.transaction():  # one sync to disk, and never half of it
+                self.spool.put_update(round_, update.envelope, update.metrics["seal_seconds"])
+                self.spool.set_state(_LAST_ROUND, round_)
+                self.spool.done_global(round_)
 
         await self._in(self.store_pool, spool_it)
         self.counters["last_round"] = round_
