@@ -21,7 +21,7 @@ from aggregator.metrics import CoordinatorMetrics
 from aggregator.partials import Partial, PartialError
 from aggregator.rounds import ClosedRound, RoundCoordinator, RoundPolicy, quorum_for
 from aggregator.strategies import make_strategy
-from aggregator.worker import PERSISTENT, declare_topology
+from aggregator.worker import PERSISTENT, broker_parameters, declare_topology
 from pqlink import ContentType, Identity, Registry, Role, load_registry
 from pqlink.broadcast import SealedBroadcast, seal_broadcast
 from pqlink.fl import (
@@ -158,8 +158,7 @@ class CoordinatorService:
 
     def serve(self) -> None:
         """Run rounds until stopped (or max_rounds closed); reconnect on broker failures."""
-        params = pika.URLParameters(self.config.amqp.url)
-        params.heartbeat = self.config.amqp.heartbeat
+        params = broker_parameters(self.config.amqp.url, self.config.amqp.heartbeat)
         delay = 0.2
         while not self.stop.is_set() and not self.done():
             try:

@@ -31,7 +31,10 @@ from pqlink.fl import (
     GLOBAL_EXCHANGE,
     GLOBAL_KEYS_EXCHANGE,
     PARTIALS_QUEUE,
+    PARTIALS_QUEUE_ARGUMENTS,
     UPDATES_QUEUE,
+    UPDATES_QUEUE_ARGUMENTS,
+    broker_urls,
     gateway_queue,
 )
 
@@ -184,8 +187,8 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
     # types-pika declares the enum members as plain str, hence the ignore.
     channel.exchange_declare(GLOBAL_EXCHANGE, exchange_type=ExchangeType.fanout, durable=True)  # type: ignore[arg-type]
     channel.exchange_declare(GLOBAL_KEYS_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)  # type: ignore[arg-type]
-    channel.queue_declare(UPDATES_QUEUE, durable=True)
-    channel.queue_declare(PARTIALS_QUEUE, durable=True)
+    channel.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
+    channel.queue_declare(PARTIALS_QUEUE, durable=True, arguments=PARTIALS_QUEUE_ARGUMENTS)
     for gw in gateway_ids:
         queue = gateway_queue(gw)
         channel.queue_declare(queue, durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS)
@@ -194,6 +197,19 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
 
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)  # persistent
+
+
+def broker_parameters(setting: str, heartbeat: int) -> list[pika.URLParameters]:
+    """Connection parameters of every node listed: pika tries them in order."""
+    out = []
+    for url in broker_urls(setting):
+        params = pika.URLParameters(url)
+        params.heartbeat = heartbeat
+        params.connection_attempts = 1
+        out.append(params)
+    return out
+
+
 #: How long an idle worker blocks before it looks at its stop flag again.
 STOP_CHECK_SECONDS = 0.5
 
@@ -234,8 +250,7 @@ def run_worker(
     is checked on arrival; a batch is folded, published and acknowledged when it holds
     `batch_max` updates, or once the oldest has waited `batch_wait` seconds (with 0: as soon
     as the updates already received are checked, so batches form only under load)."""
-    params = pika.URLParameters(url)
-    params.heartbeat = heartbeat
+    params = broker_parameters(url, heartbeat)
     delay = 0.2
     while not stop.is_set():
         try:

@@ -33,7 +33,7 @@ from device_emulators.signals import VitalsGenerator
 from gateway.cli import main as gateway_main
 from gateway.store import VitalsStore, vitals_row
 from pqlink import ContentType, Identity, Role, load_identity, seal_envelope
-from pqlink.fl import UPDATES_QUEUE, ModelUpdate
+from pqlink.fl import UPDATES_QUEUE, UPDATES_QUEUE_ARGUMENTS, ModelUpdate
 
 ROOT = Path(__file__).resolve().parents[1]
 INIT = ROOT / "gateway" / "assets" / "vitals_mlp_init.npz"
@@ -339,7 +339,7 @@ def crypto_processing(
         procs.spawn("coordinator", "aggregator.cli", "coordinator", "--config", str(conf))
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
-        ch.queue_declare(UPDATES_QUEUE, durable=True)
+        ch.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
         _wait((conf.parent / "state" / "coordinator.sqlite3").exists, 60, "the coordinator")
         _wait(
             lambda: (

@@ -27,6 +27,8 @@ from pqlink.fl import (
     GLOBAL_EXCHANGE,
     GLOBAL_KEYS_EXCHANGE,
     UPDATES_QUEUE,
+    UPDATES_QUEUE_ARGUMENTS,
+    broker_urls,
     decode_unsealed,
     gateway_queue,
 )
@@ -67,9 +69,14 @@ class Uplink:
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = 0.2
+        urls = broker_urls(self.url)
+        attempt = 0
         while not stop.is_set():
+            # Each attempt tries the next node: a cluster that lost one still takes us.
+            url = urls[attempt % len(urls)]
+            attempt += 1
             try:
-                connection = await aio_pika.connect(self.url, timeout=10)
+                connection = await aio_pika.connect(url, timeout=10)
             except (TimeoutError, AMQPError, OSError) as exc:
                 self.log.event("uplink_unreachable", level=logging.WARNING, reason=str(exc))
                 with contextlib.suppress(TimeoutError):
@@ -156,7 +163,7 @@ class Uplink:
         await self.on_global()
 
     async def _publish_loop(self, channel: AbstractChannel) -> None:
-        await channel.declare_queue(UPDATES_QUEUE, durable=True)
+        await channel.declare_queue(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
         while True:
             pending = await self._spool(self.spool.pending_updates)
             assert isinstance(pending, list)

@@ -17,7 +17,7 @@ import pika
 from aggregator.cli import main as aggregator_main
 from aggregator.coordinator import initial_weights
 from pqlink import ContentType, Identity, load_identity, seal_envelope
-from pqlink.fl import UPDATES_QUEUE, ModelUpdate
+from pqlink.fl import UPDATES_QUEUE, UPDATES_QUEUE_ARGUMENTS, ModelUpdate, broker_urls
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,10 +112,11 @@ def sealed_update(
 
 
 def publish_updates(url: str, frames: list[bytes]) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+    """Publish with confirms to the first reachable node of `url` (comma-separated list)."""
+    conn = pika.BlockingConnection([pika.URLParameters(u) for u in broker_urls(url)])
     ch = conn.channel()
     ch.confirm_delivery()
-    ch.queue_declare(UPDATES_QUEUE, durable=True)
+    ch.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
     for f in frames:
         ch.basic_publish("", UPDATES_QUEUE, f, pika.BasicProperties(delivery_mode=2))
     conn.close()
