@@ -113,6 +113,10 @@ class GatewayDaemon:
         self._batch = _Batch()
         self._flush_lock = asyncio.Lock()
         self._flush_wanted = asyncio.Event()
+        # Set whenever the batch may hold something: an idle gateway's flusher sleeps on it
+        # instead of waking every batch_interval (set at start for the sessions dropped here).
+        self._work = asyncio.Event()
+        self._work.set()
         self._stop = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._generation = 0
@@ -222,6 +226,7 @@ class GatewayDaemon:
                 for entry in self.table.drop_device(device):
                     self._batch.dropped.append(entry.session.session_id)
                     ended += 1
+        self._work.set()
         self.log.event("registry_reloaded", count=len(registry), sessions_ended=ended)
         self.notifier.ready()
 
@@ -333,6 +338,7 @@ class GatewayDaemon:
             else:
                 self._batch.acks.append(ack)
                 self._log_rejection(outcome)
+            self._work.set()
             if len(self._batch) >= batch_max:
                 # Back-pressure: stop reading until this batch is on disk.
                 await self._flush()
@@ -378,6 +384,7 @@ class GatewayDaemon:
 
         self._batch.acks.append(ack)
         self._batch.after_commit.append(established)
+        self._work.set()
         self._flush_wanted.set()
 
     async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
@@ -405,9 +412,11 @@ class GatewayDaemon:
     async def _flusher(self) -> None:
         interval = self.config.store.batch_interval
         while True:
+            await self._work.wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_wanted.wait(), interval)
             self._flush_wanted.clear()
+            self._work.clear()  # before the flush takes the batch: later work sets it again
             await self._flush()
 
     async def _flush(self) -> None:
@@ -461,6 +470,7 @@ class GatewayDaemon:
         while True:
             now = time.monotonic()
             for entry in self.table.expire(now):
+                self._work.set()
                 self._batch.dropped.append(entry.session.session_id)
                 self.log.event(
                     "session_expired",
