@@ -249,7 +249,8 @@ def run_worker(
     """Consume until `stop` is set; reconnect with backoff on broker failures. Each update
     is checked on arrival; a batch is folded, published and acknowledged when it holds
     `batch_max` updates, or once the oldest has waited `batch_wait` seconds (with 0: as soon
-    as the updates already received are checked, so batches form only under load)."""
+    as no further update has arrived while the last was checked, so batches form only under
+    load)."""
     params = broker_parameters(url, heartbeat)
     delay = 0.2
     while not stop.is_set():
@@ -288,6 +289,8 @@ def run_worker(
                     if len(batch) >= batch_max:
                         _flush(channel, worker, batch)
                         batch = []
+                    if not inbox:  # what arrived while checking joins this batch
+                        connection.process_data_events(time_limit=0)
                 if batch and time.monotonic() - oldest >= batch_wait:
                     _flush(channel, worker, batch)
                     batch = []

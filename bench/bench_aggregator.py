@@ -30,7 +30,13 @@ from aggregator.coordinator import initial_weights
 from bench._timing import write
 from demo.rabbitmq import RabbitMQ
 from pqlink import ContentType, Identity, Role, load_identity, seal_envelope
-from pqlink.fl import UPDATES_QUEUE, UPDATES_QUEUE_ARGUMENTS, ModelUpdate
+from pqlink.fl import (
+    PARTIALS_QUEUE,
+    PARTIALS_QUEUE_ARGUMENTS,
+    UPDATES_QUEUE,
+    UPDATES_QUEUE_ARGUMENTS,
+    ModelUpdate,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -106,9 +112,17 @@ def one_run(
     try:
         coordinator = _spawn(root, conf, "coordinator")
         procs.append(coordinator)
-        _wait(lambda: _db(state, "SELECT round FROM rounds"), 600, "round 1 to open")
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
+        ch.queue_declare(PARTIALS_QUEUE, durable=True, arguments=PARTIALS_QUEUE_ARGUMENTS)
+
+        def coordinator_ready() -> bool:
+            # It consumes partials once its topology is declared and round 1 announced: its
+            # start-up (a queue per enrolled gateway) is not the aggregator's round time.
+            consumers = ch.queue_declare(PARTIALS_QUEUE, passive=True).method.consumer_count
+            return bool(consumers)
+
+        _wait(coordinator_ready, 900, "the coordinator to announce round 1")
         ch.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
         ch.tx_select()
         for frame in frames:
@@ -118,15 +132,18 @@ def one_run(
         coordinator_cpu0 = _cpu(coordinator.pid)
         for w in range(workers):
             procs.append(_spawn(root, conf, "worker", "--name", f"w{w}"))
+        report_path = state / "rounds.jsonl"
+        # The report line is written after the round is closed and the next one announced.
         _wait(
-            lambda: _db(state, "SELECT closed FROM rounds WHERE round = 1 AND closed IS NOT NULL"),
+            lambda: report_path.exists() and report_path.read_text().strip(),
             900,
             "round 1 to close",
         )
+        # includes sealing and publishing the next round's global model for every gateway
         coordinator_cpu = (
             _cpu(coordinator.pid) - coordinator_cpu0 if coordinator.poll() is None else None
         )
-        report = [json.loads(x) for x in (state / "rounds.jsonl").read_text().splitlines()]
+        report = [json.loads(x) for x in report_path.read_text().splitlines()]
         entry = report[0]
         metrics = list(entry["metrics"].values())
         first = min(m["worker_received_at"] - m["open_seconds"] for m in metrics)
