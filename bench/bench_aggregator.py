@@ -28,15 +28,16 @@ import pika
 from aggregator.cli import main as aggregator_main
 from aggregator.coordinator import initial_weights
 from bench._timing import write
-from demo.rabbitmq import RabbitMQ
 from pqlink import ContentType, Identity, Role, load_identity, seal_envelope
-from pqlink.fl import (
+from testbed import RabbitMQ
+from wire.amqp import (
     PARTIALS_QUEUE,
     PARTIALS_QUEUE_ARGUMENTS,
     UPDATES_QUEUE,
     UPDATES_QUEUE_ARGUMENTS,
-    ModelUpdate,
 )
+from wire.fl import ModelUpdate
+from wire.model import DEFAULT_INITIAL_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/)")
     args = ap.parse_args(argv)
-    weights = initial_weights(ROOT / "gateway" / "assets" / "vitals_mlp_init.npz")
+    weights = initial_weights(DEFAULT_INITIAL_WEIGHTS)
     rng = np.random.default_rng(7)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-aggregator-") as tmp_name:

@@ -20,10 +20,12 @@ import pika
 from aggregator.coordinator import initial_weights
 from aggregator.worker import PERSISTENT, declare_topology
 from bench._timing import write
-from demo.rabbitmq import RabbitMQ
 from pqlink import ContentType, Identity, Role, seal_envelope
 from pqlink.broadcast import seal_broadcast
-from pqlink.fl import GLOBAL_EXCHANGE, GLOBAL_KEYS_EXCHANGE, GlobalModel, gateway_queue
+from testbed import RabbitMQ
+from wire.amqp import GLOBAL_EXCHANGE, GLOBAL_KEYS_EXCHANGE, gateway_queue
+from wire.fl import GlobalModel
+from wire.model import DEFAULT_INITIAL_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fleets", type=int, nargs="+", default=[10, 100])
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/)")
     args = ap.parse_args(argv)
-    weights = initial_weights(ROOT / "gateway" / "assets" / "vitals_mlp_init.npz")
+    weights = initial_weights(DEFAULT_INITIAL_WEIGHTS)
     model = GlobalModel(
         weights.astype("<f4").tobytes(), int(weights.size), 1, 0, {"epochs": 1}
     ).encode()

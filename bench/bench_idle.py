@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench._timing import write
-from demo.rabbitmq import RabbitMQ
-from demo.services import Mosquitto
 from gateway.cli import main as gateway_main
 from pqlink import Identity, Role, save_public_identity
+from testbed import Mosquitto, RabbitMQ
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -33,7 +33,7 @@ from gateway.trainer import (
 from gateway.windows import WindowCache
 from pqlink import ContentType, Identity, Role
 from pqlink.broadcast import join_delivery, seal_broadcast
-from pqlink.fl import GlobalModel
+from wire.fl import GlobalModel
 
 DEVICES = 20
 BUDGET = 500

@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from demo.rabbitmq import RabbitMQ
-from demo.services import ServiceError, free_port
+from testbed import RabbitMQ, ServiceError, free_port
 
 
 class RabbitMQCluster:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aggregator.worker import broker_parameters
-from pqlink.fl import broker_urls
+from wire.amqp import broker_urls
 
 
 def test_one_or_several_nodes() -> None:

@@ -14,7 +14,8 @@ import pytest
 
 from aggregator.coordinator import initial_weights
 from pqlink import Identity, Role
-from pqlink.fl import PARTIALS_QUEUE, UPDATES_QUEUE, gateway_queue
+from wire.amqp import PARTIALS_QUEUE, UPDATES_QUEUE, gateway_queue
+from wire.model import DEFAULT_INITIAL_WEIGHTS
 
 from .fl_harness import Aggregator, publish_updates, sealed_update
 from .harness import wait_until
@@ -51,7 +52,7 @@ def test_node_lost_mid_round(tmp_path: Path, cluster: RabbitMQCluster) -> None:
     try:
         agg.spawn("coordinator")
         agg.spawn("worker", "--name", "slow")  # holds its deliveries unacknowledged up to 30 s
-        wait_until(lambda: agg.db("SELECT round FROM rounds"), 60, "round 1 to open")
+        wait_until(lambda: bool(agg.db("SELECT round FROM rounds")), 60, "round 1 to open")
         types = _queues(cluster, vhost, "type")
         for queue in (UPDATES_QUEUE, PARTIALS_QUEUE, gateway_queue("gw-1")):
             assert types[queue] == ["quorum"], (queue, types)
@@ -73,10 +74,10 @@ def test_node_lost_mid_round(tmp_path: Path, cluster: RabbitMQCluster) -> None:
         rows = agg.db("SELECT gateway, samples FROM contributions WHERE round = 1 ORDER BY gateway")
         assert rows == [("gw-1", 100), ("gw-2", 100), ("gw-3", 100)]  # each once, none lost
         weights = np.frombuffer(
-            agg.db("SELECT weights FROM models WHERE version = 1")[0][0],  # type: ignore[arg-type]
+            agg.db("SELECT weights FROM models WHERE version = 1")[0][0],
             np.float32,
         )
-        base = initial_weights(ROOT / "gateway/assets/vitals_mlp_init.npz")
+        base = initial_weights(DEFAULT_INITIAL_WEIGHTS)
         assert np.allclose(weights - base, 0.02, atol=1e-6)  # mean of .01, .02, .03: no double
         wait_until(
             lambda: _queues(cluster, vhost, "messages").get(UPDATES_QUEUE) == ["0"],

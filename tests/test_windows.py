@@ -16,7 +16,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.features import N_FEATURES, WINDOW, build_windows
 from gateway.store import VitalsStore, vitals_row
 from gateway.windows import WindowBudgetError, WindowCache, _WindowBuffer, fair_shares
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 T0 = 1_790_000_000_000
 
