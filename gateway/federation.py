@@ -25,6 +25,7 @@ from gateway.energy import (
 from gateway.learning import FederatedLearner, GlobalModelRejectedError, ReceivedGlobal
 from gateway.spool import Spool
 from gateway.store import VitalsStore
+from gateway.tasks import TASKS
 from gateway.trainer import make_trainer
 from gateway.uplink import Uplink
 from gateway.windows import WindowCache
@@ -32,7 +33,6 @@ from pqlink import Identity, PqlinkError, load_public_identity
 from servicekit.logs import EventLog
 from servicekit.metrics import round_histogram
 from wire.envelopes import envelope_codec
-from wire.model import DEFAULT_MODEL_PATH
 from wire.reasons import Event
 
 T = TypeVar("T")
@@ -56,7 +56,17 @@ class FederationClient:
         self.store_pool = store_pool
         self.log = log
         self.spool = Spool(config.spool_path)
-        trainer = make_trainer(lc.model or DEFAULT_MODEL_PATH, lc.backend)  # type: ignore[arg-type]
+        self.task = TASKS[lc.task]
+        trainer = make_trainer(lc.model or self.task.model_path, lc.backend)  # type: ignore[arg-type]
+        if (trainer.layout.features, trainer.layout.classes) != (
+            self.task.features,
+            self.task.classes,
+        ):
+            raise ValueError(
+                f"model {lc.model} has {trainer.layout.features} features and "
+                f"{trainer.layout.classes} classes; task {lc.task} needs "
+                f"{self.task.features} and {self.task.classes}"
+            )
         policy = EnergyPolicy(
             EnergyPolicyConfig(
                 min_battery_percent=lc.min_battery_percent,
@@ -76,11 +86,17 @@ class FederationClient:
             policy,
             POWER_MODELS[lc.power_model],
             codec=codec,
+            balanced=lc.balanced_sampling,
+            restricted=lc.restricted_softmax,
         )
-        self.windows = WindowCache(
-            store,
-            max_samples_per_device=lc.max_samples_per_device,
-            max_windows=lc.max_windows,
+        self.windows = (
+            WindowCache(
+                store,
+                max_samples_per_device=lc.max_samples_per_device,
+                max_windows=lc.max_windows,
+            )
+            if self.task.name == "vitals"
+            else None
         )
         self._wake = asyncio.Event()
         self.uplink = Uplink(
@@ -209,11 +225,15 @@ class FederationClient:
         await self._train(round_, received)
 
     def _windows(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], float]:
-        """The round's training windows (store thread): only rows stored since the last round
-        are read; returns the thread CPU seconds it took too."""
+        """The round's training windows (store thread) and the thread CPU seconds they took:
+        vitals windows come from the incremental cache (only rows stored since the last round
+        are read); another task rebuilds its windows."""
         cpu0 = time.thread_time()
-        self.windows.refresh()
-        x, y = self.windows.training_set()
+        if self.windows is not None:
+            self.windows.refresh()
+            x, y = self.windows.training_set()
+        else:
+            x, y = self.task.windows(self.store, self.config.learning.max_samples_per_device)
         return x, y, time.thread_time() - cpu0
 
     async def _train(self, round_: int, received: ReceivedGlobal) -> None:
