@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "keygen":
             return _keygen(config)
-        registry = load_registry(config.registry)
+        registry = load_registry(config.registry, missing_ok=args.command == "enroll")
         if args.command == "enroll":
             for f in args.public_files:
                 public = load_public_identity(f)

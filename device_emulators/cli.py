@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    registry = load_registry(args.registry)
+    registry = load_registry(args.registry, missing_ok=True)
     alg = SigAlg.from_label(args.sig)
     created = 0
     for i in range(args.first, args.first + args.devices):

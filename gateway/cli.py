@@ -81,7 +81,7 @@ def _keygen(config: GatewayConfig) -> int:
 
 
 def _enroll(config: GatewayConfig, files: Sequence[Path], replace: bool, reload: bool) -> int:
-    registry = load_registry(config.registry)
+    registry = load_registry(config.registry, missing_ok=True)
     for f in files:
         public = load_public_identity(f)
         if public.role is not Role.SENSOR:
