@@ -5,6 +5,7 @@ Ascon-AEAD128, ML-KEM / ML-DSA wrappers, handshake, record layer, envelopes, ide
 from pqlink._errors import (
     AuthenticationError,
     DecodeError,
+    ErrorReason,
     KeyFileError,
     LocalProtocolError,
     NegotiationError,
@@ -55,6 +56,7 @@ __all__ = [
     "ContentType",
     "DecodeError",
     "EnvelopeMetadata",
+    "ErrorReason",
     "HandshakeConfig",
     "HandshakeInitiator",
     "HandshakeResponder",

@@ -83,7 +83,9 @@ def seal_envelope(
 ) -> bytes:
     """Encrypt `payload` for every recipient and sign the whole envelope."""
     if not 1 <= len(recipients) <= MAX_RECIPIENTS:
-        raise LocalProtocolError(f"an envelope needs 1 to {MAX_RECIPIENTS} recipients")
+        raise LocalProtocolError(
+            f"an envelope needs 1 to {MAX_RECIPIENTS} recipients", reason=ErrorReason.BAD_COUNT
+        )
     _check_u(round, 64, "round")
     _check_u(model_version, 32, "model_version")
     _check_u(sample_count, 64, "sample_count")
@@ -107,10 +109,14 @@ def seal_envelope(
     seen: set[bytes] = set()
     for rcpt in recipients:
         if rcpt.kem_public is None:
-            raise LocalProtocolError(f"recipient {rcpt.name!r} has no KEM key")
+            raise LocalProtocolError(
+                f"recipient {rcpt.name!r} has no KEM key", reason=ErrorReason.BAD_KEY
+            )
         fp = bytes.fromhex(rcpt.fingerprint)
         if fp in seen:
-            raise LocalProtocolError(f"recipient {rcpt.name!r} is listed twice")
+            raise LocalProtocolError(
+                f"recipient {rcpt.name!r} is listed twice", reason=ErrorReason.DUPLICATE_RECIPIENT
+            )
         seen.add(fp)
         enc = rcpt.kem_public.encapsulate()
         kek = _wrap_key(enc.shared_secret, fp, envelope_id)
@@ -231,7 +237,9 @@ def open_envelope(
         )
     sender.verify_key.verify(parsed.signature, parsed.signed, _SIGN_CONTEXT)
     if recipient.kem_key is None:
-        raise LocalProtocolError(f"{recipient.name!r} has no KEM key to open envelopes with")
+        raise LocalProtocolError(
+            f"{recipient.name!r} has no KEM key to open envelopes with", reason=ErrorReason.BAD_KEY
+        )
     fp = bytes.fromhex(recipient.public.fingerprint)
     slot = parsed.slots.get(fp)
     if slot is None:

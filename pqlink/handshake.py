@@ -392,9 +392,11 @@ class InitReplayCache:
 
     def check_and_add(self, key: bytes, expires: float, now: float) -> None:
         seen = self._seen
+        # An entry lives through its expiry instant: an init whose timestamp is exactly at the
+        # skew limit is still accepted then, so its replay must still be found.
         while seen:
             oldest_key, oldest_exp = next(iter(seen.items()))
-            if oldest_exp > now:
+            if oldest_exp >= now:
                 break
             del seen[oldest_key]
         if key in seen:
