@@ -366,3 +366,35 @@ def test_bytes_like_frames(parties: Parties) -> None:
     result = _responder(parties).respond(memoryview(init.start(now=T0)), now=T0)
     session = init.receive(bytearray(result.response))
     assert session.session_id == result.session.session_id
+
+
+def test_config_bounds() -> None:
+    assert len(HandshakeConfig(suites=(HYBRID,) * 8).suites) == 8
+    with pytest.raises(ValueError, match="1 to 8 suites"):
+        HandshakeConfig(suites=(HYBRID,) * 9)
+    with pytest.raises(ValueError, match="1 to 8 suites"):
+        HandshakeConfig(suites=())
+    with pytest.raises(ValueError, match="max_clock_skew must be > 0, got 0"):
+        HandshakeConfig(max_clock_skew=0)
+    assert HandshakeConfig(max_clock_skew=0.001).max_clock_skew == 0.001
+    with pytest.raises(ValueError, match="non-empty subset"):
+        HandshakeConfig(versions=())
+    with pytest.raises(ValueError, match="non-empty subset"):
+        HandshakeConfig(versions=(1, 2))
+
+
+def test_sessions_take_the_injected_clocks_and_the_ephemeral_key_is_erased(
+    parties: Parties,
+) -> None:
+    init = HandshakeInitiator(parties.sensor, parties.gateway.public)
+    frame = init.start(now=T0)
+    assert parse_init(frame).timestamp_ms == int(T0 * 1000)
+    result = _responder(parties).respond(frame, now=T0, monotonic=42.0)
+    assert result.session.established_at == 42.0
+    assert init._ephemeral is not None
+    assert init.receive(result.response, now=43.0).established_at == 43.0
+    assert init._ephemeral is None
+    failed = HandshakeInitiator(parties.sensor, parties.gateway.public)
+    failed.start(now=T0)
+    _raises(DecodeError, ErrorReason.TRUNCATED, failed.receive, b"\x02")
+    assert failed._ephemeral is None

@@ -415,3 +415,26 @@ def test_session_id_must_be_8_bytes(parties: Parties) -> None:
         )
     assert err.value.reason is ErrorReason.BAD_STATE
     assert client.window.size == 1024
+
+
+def test_wire_and_state_constants(parties: Parties) -> None:
+    assert MAX_RECORD_PAYLOAD == 16384
+    assert (HEADER_SIZE, TAG_SIZE, MAX_RECORD_SIZE) == (18, 16, 16418)
+    _client, server = _pair(parties)
+    state = export_session(server)
+    assert state[0] == 1  # state format version
+    assert state[1:9] == server.session_id
+    direct = Session(
+        session_id=bytes(8),
+        role=SessionRole.RESPONDER,
+        peer=parties.sensor.public,
+        suite=1,
+        send_secret=bytes(32),
+        recv_secret=bytes(32),
+        rekey=RekeyPolicy(),
+        now=7.0,
+    )
+    assert direct.window.size == 1024
+    assert direct.confirmed is False
+    assert direct.established_at == 7.0
+    assert (direct.send_epoch, direct.recv_epoch, direct.records_sent) == (0, 0, 0)
