@@ -363,7 +363,19 @@ def test_counter_exhaustion_stops_before_the_last_value(parties: Parties) -> Non
         ({"max_seconds": 0.0}, None),
         ({"size": 12}, b"\x10\x00"),  # bit 12 set: beyond a 12-bit window
     ],
-    ids=repr,
+    ids=[
+        "version-2",
+        "version-0",
+        "window-0",
+        "window-65537",
+        "role-2",
+        "confirmed-2",
+        "epoch-start-after-counter",
+        "top-below-minus-1",
+        "max-records-0",
+        "max-seconds-0",
+        "mask-bit-beyond-size",
+    ],
 )
 def test_restore_refuses_each_bad_field(
     parties: Parties, changes: dict[str, object], mask: bytes | None
@@ -383,7 +395,14 @@ def test_restore_refuses_each_bad_field(
         ({"top": -1}, None),
         ({"size": 12}, b"\x08\x00"),
     ],
-    ids=repr,
+    ids=[
+        "window-1",
+        "window-65536",
+        "responder-confirmed",
+        "epoch-start-at-counter",
+        "top-minus-1",
+        "mask-top-bit-of-size",
+    ],
 )
 def test_restore_accepts_each_field_at_its_limit(
     parties: Parties, changes: dict[str, object], mask: bytes | None
