@@ -271,3 +271,16 @@ def test_metadata_round_trip_and_created_time(parties: Parties) -> None:
     assert meta.recipients == (bytes.fromhex(parties.aggregator.public.fingerprint),)
     assert len(meta.envelope_id) == 16
     assert peek_envelope(memoryview(frame)) == meta
+
+
+def test_metadata_defaults_are_zero(parties: Parties) -> None:
+    frame = seal_envelope(
+        parties.aggregator,
+        [parties.gateway.public],
+        b"x",
+        content_type=ContentType.ROUND_ANNOUNCEMENT,
+        round=5,
+    )
+    meta = peek_envelope(frame)
+    assert (meta.model_version, meta.sample_count) == (0, 0)
+    assert meta.content_type is ContentType.ROUND_ANNOUNCEMENT
