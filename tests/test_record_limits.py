@@ -139,6 +139,7 @@ def test_sessions_replay_at_the_window_edge(parties: Parties) -> None:
 
 def test_window_mask_stays_within_its_size_and_exports(parties: Parties) -> None:
     client, server = _pair(parties, window=16)
+    assert (client.window.size, server.window.size) == (16, 16)
     for _ in range(40):
         server.open(client.seal(b"x", TOPIC, now=0.0), TOPIC)
     state = export_session(server)
@@ -454,6 +455,7 @@ def test_wire_and_state_constants(parties: Parties) -> None:
         now=7.0,
     )
     assert direct.window.size == 1024
+    assert export_session(direct)[_STATE.size :] == bytes(128)  # nothing received yet
     assert direct.confirmed is False
     assert direct.established_at == 7.0
     assert (direct.send_epoch, direct.recv_epoch, direct.records_sent) == (0, 0, 0)
