@@ -116,6 +116,18 @@ def test_window_marks_the_newest_after_a_jump_beyond_its_size() -> None:
     w.check(1030)
 
 
+def test_window_takes_a_jump_across_the_whole_counter_space() -> None:
+    # The window must not shift its history by the jump: a shift of 2^64 would not fit memory.
+    w = ReplayWindow()
+    w.accept(0)
+    w.accept(1)
+    w.accept(LAST_COUNTER)
+    _raises(ReplayError, ErrorReason.DUPLICATE, w.check, LAST_COUNTER)
+    _raises(ReplayError, ErrorReason.OUTSIDE_WINDOW, w.check, 1)
+    w.check(LAST_COUNTER - 1)
+    assert w.highest == LAST_COUNTER
+
+
 def test_window_late_accept_sets_only_its_own_bit() -> None:
     w = ReplayWindow(8)
     w.accept(10)
