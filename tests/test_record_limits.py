@@ -5,6 +5,8 @@ moved by one shows up here rather than as some other failure further on."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pqlink import (
@@ -471,3 +473,18 @@ def test_wire_and_state_constants(parties: Parties) -> None:
     assert direct.confirmed is False
     assert direct.established_at == 7.0
     assert (direct.send_epoch, direct.recv_epoch, direct.records_sent) == (0, 0, 0)
+
+
+def test_restore_messages_and_defaults(parties: Parties) -> None:
+    _client, server = _pair(parties)
+    state = export_session(server)
+    with pytest.raises(DecodeError, match=r"^session state: bad replay window size$"):
+        restore_session(state[: _STATE.size], parties.sensor.public)
+    with pytest.raises(DecodeError, match=r"^session state: \d+ bytes is truncated$"):
+        restore_session(state[: _STATE.size - 1], parties.sensor.public)
+    with pytest.raises(DecodeError, match=r"^session state: max_records must be >= 1, got 0$"):
+        restore_session(_state(server, max_records=0), parties.sensor.public)
+    before = time.monotonic()
+    restored = restore_session(state, parties.sensor.public)
+    assert before <= restored.established_at <= time.monotonic()
+    assert restored.peer is parties.sensor.public
