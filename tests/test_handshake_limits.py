@@ -392,7 +392,10 @@ def test_sessions_take_the_injected_clocks_and_the_ephemeral_key_is_erased(
     result = _responder(parties).respond(frame, now=T0, monotonic=42.0)
     assert result.session.established_at == 42.0
     assert init._ephemeral is not None
-    assert init.receive(result.response, now=43.0).established_at == 43.0
+    session = init.receive(result.response, now=43.0)
+    assert session.established_at == 43.0
+    assert session.peer is parties.gateway.public
+    assert result.session.peer == parties.sensor.public
     assert init._ephemeral is None
     failed = HandshakeInitiator(parties.sensor, parties.gateway.public)
     failed.start(now=T0)
