@@ -19,6 +19,7 @@ from pqlink._errors import DecodeError, ErrorReason, LocalProtocolError
 from pqlink.identity import Identity, PublicIdentity, Registry
 from pqlink.kdf import expand_label, hkdf_extract
 from pqlink.keys import HYBRID_CIPHERTEXT_SIZE, SigAlg
+from pqlink.record import BytesLike
 
 ENVELOPE_TYPE = 0x04
 ENVELOPE_VERSION = 1
@@ -138,7 +139,7 @@ class _Parsed:
     signature: bytes
 
 
-def _parse(frame: bytes, max_size: int) -> _Parsed:
+def _parse(frame: BytesLike, max_size: int) -> _Parsed:
     if len(frame) > max_size:
         raise DecodeError(
             f"envelope of {len(frame)} bytes exceeds the {max_size}-byte limit",
@@ -214,13 +215,13 @@ def _parse(frame: bytes, max_size: int) -> _Parsed:
     return _Parsed(meta, slots, raw[:header_end], body, raw[:signed_end], signature)
 
 
-def peek_envelope(frame: bytes, max_size: int = DEFAULT_MAX_ENVELOPE_SIZE) -> EnvelopeMetadata:
+def peek_envelope(frame: BytesLike, max_size: int = DEFAULT_MAX_ENVELOPE_SIZE) -> EnvelopeMetadata:
     """Decode the metadata WITHOUT verifying anything: for routing and logging only."""
     return _parse(frame, max_size).metadata
 
 
 def open_envelope(
-    frame: bytes,
+    frame: BytesLike,
     recipient: Identity,
     senders: Registry,
     *,

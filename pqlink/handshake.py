@@ -34,7 +34,7 @@ from pqlink.keys import (
     HybridPublicKey,
     SigAlg,
 )
-from pqlink.record import RekeyPolicy, Session, SessionRole
+from pqlink.record import BytesLike, RekeyPolicy, Session, SessionRole
 
 INIT_TYPE = 0x01
 RESPONSE_TYPE = 0x02
@@ -129,7 +129,7 @@ def _encode_init_core(  # noqa: PLR0917 -- one positional per wire field, in wir
     return w.raw(random).raw(key_share).getvalue()
 
 
-def parse_init(frame: bytes) -> InitMessage:
+def parse_init(frame: BytesLike) -> InitMessage:
     """Decode a handshake init; raises DecodeError on any malformation."""
     if len(frame) > MAX_INIT_SIZE:
         raise DecodeError(
@@ -197,7 +197,7 @@ class ResponseMessage:
     before_finished: bytes  # core plus the signature field
 
 
-def parse_response(frame: bytes) -> ResponseMessage:
+def parse_response(frame: BytesLike) -> ResponseMessage:
     """Decode a handshake response; raises DecodeError on any malformation."""
     if len(frame) > MAX_RESPONSE_SIZE:
         raise DecodeError(
@@ -315,7 +315,7 @@ class HandshakeInitiator:
         self.state = InitiatorState.WAIT_RESPONSE
         return self._init_raw
 
-    def receive(self, frame: bytes, now: float | None = None) -> Session:
+    def receive(self, frame: BytesLike, now: float | None = None) -> Session:
         """Verify the response and return the established session; a failure is final."""
         if self.state is not InitiatorState.WAIT_RESPONSE:
             raise LocalProtocolError(
@@ -331,7 +331,7 @@ class HandshakeInitiator:
         self._ephemeral = None
         return session
 
-    def _receive(self, frame: bytes, now: float) -> Session:
+    def _receive(self, frame: BytesLike, now: float) -> Session:
         msg = parse_response(frame)
         if msg.version not in self.config.versions:
             raise NegotiationError(
@@ -435,7 +435,7 @@ class HandshakeResponder:
         self.replay_cache = replay_cache if replay_cache is not None else InitReplayCache()
 
     def respond(
-        self, frame: bytes, now: float | None = None, monotonic: float | None = None
+        self, frame: BytesLike, now: float | None = None, monotonic: float | None = None
     ) -> HandshakeResult:
         wall = time.time() if now is None else now
         mono = time.monotonic() if monotonic is None else monotonic

@@ -18,7 +18,10 @@ from pqlink._ascon import decrypt as ascon_decrypt
 
 XWING_LABEL = b"\\.//^\\"
 SIG_SIZES = {1: 2420, 2: 3309}
-SIG_PUBLIC = {1: mldsa.MLDSA44PublicKey, 2: mldsa.MLDSA65PublicKey}
+SIG_PUBLIC: dict[int, type[mldsa.MLDSA44PublicKey] | type[mldsa.MLDSA65PublicKey]] = {
+    1: mldsa.MLDSA44PublicKey,
+    2: mldsa.MLDSA65PublicKey,
+}
 ALG_CODES = {"ML-DSA-44": 1, "ML-DSA-65": 2}
 
 

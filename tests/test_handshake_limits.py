@@ -383,6 +383,10 @@ def test_config_bounds() -> None:
         HandshakeConfig(versions=(1, 2))
 
 
+def _holds_ephemeral(init: HandshakeInitiator) -> bool:
+    return init._ephemeral is not None
+
+
 def test_sessions_take_the_injected_clocks_and_the_ephemeral_key_is_erased(
     parties: Parties,
 ) -> None:
@@ -391,13 +395,13 @@ def test_sessions_take_the_injected_clocks_and_the_ephemeral_key_is_erased(
     assert parse_init(frame).timestamp_ms == int(T0 * 1000)
     result = _responder(parties).respond(frame, now=T0, monotonic=42.0)
     assert result.session.established_at == 42.0
-    assert init._ephemeral is not None
+    assert _holds_ephemeral(init)
     session = init.receive(result.response, now=43.0)
     assert session.established_at == 43.0
     assert session.peer is parties.gateway.public
     assert result.session.peer == parties.sensor.public
-    assert init._ephemeral is None
+    assert not _holds_ephemeral(init)
     failed = HandshakeInitiator(parties.sensor, parties.gateway.public)
     failed.start(now=T0)
     _raises(DecodeError, ErrorReason.TRUNCATED, failed.receive, b"\x02")
-    assert failed._ephemeral is None
+    assert not _holds_ephemeral(failed)

@@ -91,7 +91,7 @@ def test_files_of_another_owner_are_refused(tmp_path: Path, parties: Parties) ->
         os.chown(path, 4242, -1)
     for load, path in ((load_identity, key), (load_public_identity, pub), (load_registry, reg)):
         with pytest.raises(KeyFileError, match=r"owned by uid 4242, not by this user"):
-            load(path)  # type: ignore[operator]
+            load(path)
     # root's own files are fine for any user; here root is the current user as well.
     for path in (key, pub, reg):
         os.chown(path, 0, -1)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from pqlink import ContentType, Identity, RekeyPolicy, Role, SessionRole, SigAlg, seal_envelope
-from pqlink import handshake as hs_mod
 from pqlink.handshake import HandshakeInitiator, HandshakeResponder
 from pqlink.identity import Registry
 from pqlink.kdf import expand_label, hkdf_extract
@@ -90,7 +89,7 @@ def build() -> dict[str, Any]:
 
     # Handshake: fixed ephemeral key, randoms and clock.
     ephemeral = HybridPrivateKey(fixed("ephemeral ml-kem", 64), fixed("ephemeral x25519", 32))
-    restore_gen = _patched(hs_mod.HybridPrivateKey, "generate", classmethod(lambda cls: ephemeral))
+    restore_gen = _patched(HybridPrivateKey, "generate", classmethod(lambda cls: ephemeral))
     restore_rand = _patched(os, "urandom", _FixedRandom("handshake"))
     try:
         registry = Registry()
