@@ -391,11 +391,14 @@ def test_sessions_take_the_injected_clocks_and_the_ephemeral_key_is_erased(
     parties: Parties,
 ) -> None:
     init = HandshakeInitiator(parties.sensor, parties.gateway.public)
+    assert not _holds_ephemeral(init)
     frame = init.start(now=T0)
     assert parse_init(frame).timestamp_ms == int(T0 * 1000)
     result = _responder(parties).respond(frame, now=T0, monotonic=42.0)
     assert result.session.established_at == 42.0
     assert _holds_ephemeral(init)
+    # response: type, version, suite, "gw-01" with its length, then the responder's random
+    assert parse_response(result.response).random == result.response[10:26]
     session = init.receive(result.response, now=43.0)
     assert session.established_at == 43.0
     assert session.peer is parties.gateway.public
