@@ -25,6 +25,7 @@ from pqlink import (
     ReplayError,
     RevokedPeerError,
     Role,
+    SessionRole,
     SigAlg,
     Suite,
     UnknownPeerError,
@@ -403,6 +404,8 @@ def test_sessions_take_the_injected_clocks_and_the_ephemeral_key_is_erased(
     assert session.established_at == 43.0
     assert session.peer is parties.gateway.public
     assert result.session.peer == parties.sensor.public
+    assert result.session.role is SessionRole.RESPONDER
+    assert session.role is SessionRole.INITIATOR
     assert not _holds_ephemeral(init)
     failed = HandshakeInitiator(parties.sensor, parties.gateway.public)
     failed.start(now=T0)
