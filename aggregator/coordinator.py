@@ -1,4 +1,4 @@
-"""The coordinator process: announces each round with a signed, multi-recipient global model,
+"""The coordinator process: announces each round with a signed global-model broadcast,
 applies the workers' partial sums, closes rounds at quorum or deadline, and repeats."""
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ from aggregator.secure_rounds import (
     run_secure_round,
 )
 from aggregator.strategies import make_strategy
-from aggregator.worker import PERSISTENT, declare_topology
+from aggregator.worker import PERSISTENT, broker_parameters, declare_topology
 from pqlink import ContentType, Identity, Registry, Role, load_registry
+from pqlink.broadcast import SealedBroadcast, seal_broadcast
 from pqlink.secagg import AggregateResult
 from servicekit.backoff import Backoff
-from wire.amqp import GLOBAL_EXCHANGE, PARTIALS_QUEUE
+from wire.amqp import GLOBAL_EXCHANGE, GLOBAL_KEYS_EXCHANGE, PARTIALS_QUEUE
 from wire.envelopes import envelope_codec
 from wire.fl import GlobalModel, RoundSettings
 from wire.model import WEIGHT_NAMES
@@ -118,18 +119,33 @@ class CoordinatorService:
         self._update_gauges()
         _LOG.info("registry reloaded: %d gateways", len(self.registry.active(Role.GATEWAY)))
 
-    def global_envelope(self, *, final: bool = False) -> bytes:
-        """The signed global model; `final` tells gateways to apply it and stop training."""
+    def _global_model(self, *, final: bool) -> GlobalModel:
         r = self.rounds
-        model = GlobalModel(
+        return GlobalModel(
             weights=r.weights.astype("<f4").tobytes(),
             parameter_count=self.parameter_count,
             round=r.round,
             deadline_ms=int(r.deadline * 1000),
             settings=r.strategy.configure_round(r.round, final=final),
         )
+
+    def global_broadcast(self, *, final: bool = False) -> SealedBroadcast:
+        """The signed global model as one sealed body for every gateway plus each enrolled
+        gateway's key entry; `final` tells gateways to apply it and stop training."""
+        r = self.rounds
+        model = self._global_model(final=final)
         recipients = self.registry.active(Role.GATEWAY)
-        return self.codec.seal(
+        if self.config.bench.plaintext_envelopes:  # benchmark baseline: crypto off
+            frame = self.codec.seal(
+                self.identity,
+                recipients,
+                model.encode(),
+                content_type=ContentType.GLOBAL_MODEL,
+                round=r.round,
+                model_version=r.version,
+            )
+            return SealedBroadcast(frame, {})
+        return seal_broadcast(
             self.identity,
             recipients,
             model.encode(),
@@ -143,14 +159,21 @@ class CoordinatorService:
             _LOG.warning("no gateway enrolled: nothing to announce")
             return
         t0 = time.perf_counter()
-        envelope = self.global_envelope(final=final)
-        channel.basic_publish(GLOBAL_EXCHANGE, "", envelope, PERSISTENT)
+        sealed = self.global_broadcast(final=final)
+        # One transaction for the body and every entry: one round trip to the broker for the
+        # whole fan-out, where a confirm per message would cost one per gateway.
+        for gateway, entry in sealed.entries.items():
+            channel.basic_publish(GLOBAL_KEYS_EXCHANGE, gateway, entry, PERSISTENT)
+        channel.basic_publish(GLOBAL_EXCHANGE, "", sealed.body, PERSISTENT)
+        channel.tx_commit()
         self.last_published_at = time.time()
+        entry_bytes = sum(map(len, sealed.entries.values()))
         _LOG.info(
-            "round %d announced (model v%d, %d bytes, %.1f ms)",
+            "round %d announced (model v%d, %d bytes body, %d bytes of key entries, %.1f ms)",
             self.rounds.round,
             self.rounds.version,
-            len(envelope),
+            len(sealed.body),
+            entry_bytes,
             (time.perf_counter() - t0) * 1000,
         )
 
@@ -195,8 +218,7 @@ class CoordinatorService:
 
     def serve(self) -> None:
         """Run rounds until stopped (or max_rounds closed); reconnect on broker failures."""
-        params = pika.URLParameters(self.config.amqp.url)
-        params.heartbeat = self.config.amqp.heartbeat
+        params = broker_parameters(self.config.amqp.url, self.config.amqp.heartbeat)
         backoff = Backoff(0.2, 10.0)
         while not self.stop.is_set() and not self.done():
             try:
@@ -219,13 +241,15 @@ class CoordinatorService:
         channel.confirm_delivery()
         declare_topology(channel, [g.name for g in self.registry.active(Role.GATEWAY)])
         channel.basic_qos(prefetch_count=self.config.amqp.prefetch)
+        fanout = connection.channel()
+        fanout.tx_select()
         if self.secure:
-            self._serve_secure(connection, channel)
+            self._serve_secure(connection, channel, fanout)
             return
-        if not self._gate(channel):
+        if not self._gate(fanout):
             return
         # (Re-)announce the open round: gateways ignore rounds they already answered.
-        self._publish_global(channel)
+        self._publish_global(fanout)
         for method, _props, body in channel.consume(PARTIALS_QUEUE, inactivity_timeout=0.02):
             if method is not None and body is not None and method.delivery_tag is not None:
                 try:
@@ -267,15 +291,17 @@ class CoordinatorService:
                     closed.samples,
                     closed.version,
                 )
-                if self.done() or self._gate(channel):
-                    self._publish_global(channel, final=self.done())
+                if self.done() or self._gate(fanout):
+                    self._publish_global(fanout, final=self.done())
                 self._record(closed, seconds)
             if self.stop.is_set() or self.done():
                 break
         channel.cancel()
         connection.close()
 
-    def _serve_secure(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> None:
+    def _serve_secure(
+        self, connection: pika.BlockingConnection, channel: BlockingChannel, fanout: BlockingChannel
+    ) -> None:
         """Secure mode: each round announces the model, runs the SecAgg stages with bounded
         deadlines (adverts wait a round timeout: gateways train first) and applies the mean."""
         r, pc = self.rounds, self.config.privacy
@@ -285,9 +311,9 @@ class CoordinatorService:
                 self.reload()
             names = [g.name for g in self.registry.active(Role.GATEWAY)]
             declare_secagg_topology(channel, names)
-            if not self._gate(channel):
+            if not self._gate(fanout):
                 break
-            self._publish_global(channel)
+            self._publish_global(fanout)
             if len(names) < 2:
                 _LOG.warning("secure aggregation needs two gateways, %d enrolled", len(names))
                 self.stop.wait(self.config.rounds.round_timeout)
@@ -328,7 +354,7 @@ class CoordinatorService:
                 {**summary.to_json(), "stage_seconds": report.stage_seconds},
             )
             closed.privacy = summary.to_json()
-            self._closed(channel, closed, time.perf_counter() - t0)
+            self._closed(fanout, closed, time.perf_counter() - t0)
         channel.cancel()
         connection.close()
 

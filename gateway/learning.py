@@ -130,9 +130,16 @@ class FederatedLearner:
         self.trainer.set_weights(received.weights)
 
     def train_and_seal(
-        self, received: ReceivedGlobal, x: F32, y: npt.NDArray[np.int32], seed: int
+        self,
+        received: ReceivedGlobal,
+        x: F32,
+        y: npt.NDArray[np.int32],
+        seed: int,
+        extra_metrics: dict[str, float] | None = None,
     ) -> TrainedUpdate:
-        delta, metrics = self.train_delta(received, x, y, seed)
+        """Train on (x, y) from the received weights and seal the signed update; the metrics it
+        carries (sealed, for the aggregator's report) include `extra_metrics`."""
+        delta, metrics = self.train_delta(received, x, y, seed, extra_metrics)
         t1 = time.perf_counter()
         payload = ModelUpdate(
             delta.astype("<f4").tobytes(), self.trainer.layout.parameter_count, metrics
@@ -151,7 +158,12 @@ class FederatedLearner:
         return TrainedUpdate(received.model.round, envelope, metrics)
 
     def train_delta(
-        self, received: ReceivedGlobal, x: F32, y: npt.NDArray[np.int32], seed: int
+        self,
+        received: ReceivedGlobal,
+        x: F32,
+        y: npt.NDArray[np.int32],
+        seed: int,
+        extra_metrics: dict[str, float] | None = None,
     ) -> tuple[F32, dict[str, Any]]:
         """Train locally; the update (local minus global weights) and its metrics."""
         options = train_options(
@@ -180,5 +192,6 @@ class FederatedLearner:
             "energy_joules": energy.joules,
             "power_model": self.power_model.name,
             "global_received_at": received.received_at,
+            **(extra_metrics or {}),
         }
         return delta.astype(np.float32), metrics

@@ -9,7 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pqlink._codec import Reader, Writer
-from pqlink._errors import DecodeError, LocalProtocolError, RemoteProtocolError, ReplayError
+from pqlink._errors import (
+    DecodeError,
+    ErrorReason,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ReplayError,
+)
 from pqlink.ascon import hash256
 from pqlink.keys import HYBRID_CIPHERTEXT_SIZE, HYBRID_PUBLIC_KEY_SIZE
 from pqlink.shamir import SHARE_SIZE, InvalidShareError, Share
@@ -30,40 +36,40 @@ MAX_DIMENSION = 1 << 26
 class SecAggError(RemoteProtocolError):
     """A secure-aggregation message was refused; `reason` is the stable name for logs."""
 
-    reason = "rejected"
+    default_reason = ErrorReason.SECAGG_REJECTED
 
 
 class MalformedMessageError(SecAggError, DecodeError):
-    reason = "malformed"
+    default_reason = ErrorReason.MALFORMED
 
 
 class ForgedMessageError(SecAggError):
     """A signature, an AEAD tag or a commitment did not verify."""
 
-    reason = "forged"
+    default_reason = ErrorReason.FORGED
 
 
 class ReplayedMessageError(SecAggError, ReplayError):
     """A second message of one kind from one sender in one round."""
 
-    reason = "replayed"
+    default_reason = ErrorReason.REPLAYED
 
 
 class WrongRoundError(SecAggError):
-    reason = "wrong_round"
+    default_reason = ErrorReason.WRONG_ROUND
 
 
 class UnexpectedSenderError(SecAggError):
     """The sender or recipient is no participant, no neighbour, or not who the transport says."""
 
-    reason = "unexpected_sender"
+    default_reason = ErrorReason.UNEXPECTED_SENDER
 
 
 class UnmaskRefusedError(SecAggError):
     """An unmasking request an honest client must not answer (both kinds of share for one
     client, itself listed as dropped, too few survivors, or a second request)."""
 
-    reason = "unmask_refused"
+    default_reason = ErrorReason.UNMASK_REFUSED
 
 
 class SecAggStateError(LocalProtocolError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pqlink._errors import AuthenticationError, DecodeError, SignatureError
+from pqlink._errors import AuthenticationError, DecodeError, ErrorReason, SignatureError
 from pqlink._secagg_codec import (
     Advert,
     ForgedMessageError,
@@ -100,7 +100,7 @@ __all__ = [
 class InsufficientNeighboursError(SecAggError):
     """Fewer neighbours completed key agreement than the threshold: this client cannot share."""
 
-    reason = "too_few_neighbours"
+    default_reason = ErrorReason.TOO_FEW_NEIGHBOURS
 
 
 @dataclass(frozen=True, slots=True)
