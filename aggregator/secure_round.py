@@ -35,6 +35,7 @@ from wire.amqp import (
     SECAGG_EXCHANGE,
     SECAGG_UP_QUEUE,
     UPDATES_QUEUE,
+    UPDATES_QUEUE_ARGUMENTS,
     secagg_queue,
 )
 from wire.envelopes import EnvelopeCodec, SealedCodec
@@ -230,7 +231,7 @@ def declare_secagg_topology(channel: BlockingChannel, gateway_ids: Sequence[str]
     channel.exchange_declare(SECAGG_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)  # type: ignore[arg-type]
     channel.queue_declare(SECAGG_UP_QUEUE, durable=True)
     channel.queue_declare(MASKED_PARTIALS_QUEUE, durable=True)
-    channel.queue_declare(UPDATES_QUEUE, durable=True)
+    channel.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
     for gw in gateway_ids:
         queue = secagg_queue(gw)
         channel.queue_declare(queue, durable=True)

@@ -16,7 +16,14 @@ from pika.exchange_type import ExchangeType
 
 from gateway.secure_update import SecureRoundRefusedError, SecureUpdateSession
 from pqlink import ContentType, DecodeError, Identity, PqlinkError, PublicIdentity, Registry
-from wire.amqp import SECAGG_EXCHANGE, SECAGG_UP_QUEUE, UPDATES_QUEUE, secagg_queue
+from wire.amqp import (
+    SECAGG_EXCHANGE,
+    SECAGG_UP_QUEUE,
+    UPDATES_QUEUE,
+    UPDATES_QUEUE_ARGUMENTS,
+    broker_urls,
+    secagg_queue,
+)
 from wire.envelopes import EnvelopeCodec, SealedCodec
 from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
 
@@ -45,7 +52,7 @@ def declare_gateway_secagg(channel: BlockingChannel, gateway_id: str) -> None:
     channel.queue_declare(queue, durable=True)
     channel.queue_bind(queue, SECAGG_EXCHANGE, routing_key=gateway_id)
     channel.queue_declare(SECAGG_UP_QUEUE, durable=True)
-    channel.queue_declare(UPDATES_QUEUE, durable=True)
+    channel.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
 
 
 class SecureLink:
@@ -105,7 +112,8 @@ class SecureLink:
         result = SecureRoundResult()
         self._after = after_round
         session: SecureUpdateSession | None = None
-        connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        # every node of the setting, tried in turn (a cluster node lost moves us to the next)
+        connection = pika.BlockingConnection([pika.URLParameters(u) for u in broker_urls(self.url)])
         try:
             channel = connection.channel()
             channel.confirm_delivery()
