@@ -1,0 +1,258 @@
+"""Mutation testing of the security, policy and aggregation code (`make mutation`): mutmut runs
+the fast tests against each small change and this writes a per-module JSON report.
+
+mutmut 3 copies the packages into `<work>/mutants/`, rewrites every function of the mutated
+modules into a trampoline that picks the original or one mutant at run time, and puts
+`<work>/mutants` first on sys.path, so the tests import the copy even though the project is
+installed in editable mode (the editable finder comes after the path finder, and the copy
+carries the built Ascon extension). Before any mutant runs, mutmut checks that the tests
+really execute the trampolines by making every one of them raise: if the tests still pass it
+stops with "Unable to force test failures".
+
+The equivalent mutants (no test can kill them because behaviour does not change) are read from
+docs/mutation-equivalents.md, whose top says how a mutant is named there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+EQUIVALENTS = Path("docs/mutation-equivalents.md")
+DEFAULT_WORK = Path("build/mutation")
+
+# Packages copied whole, so that imports between their modules resolve inside the copy.
+PACKAGES = ("pqlink", "gateway", "aggregator")
+# Files the tests read relative to the project root (the example configurations).
+ALSO_COPY = ("configs",)
+
+# The mutated modules and the fast unit and property tests that cover each (no broker
+# integration tests). mutmut then runs, for each mutant, only those of these tests that call
+# the mutated function.
+TESTS: Mapping[str, tuple[str, ...]] = {
+    "pqlink/record.py": ("tests/test_record.py", "tests/test_properties.py"),
+    "pqlink/handshake.py": ("tests/test_handshake.py", "tests/test_properties.py"),
+    "pqlink/envelope.py": ("tests/test_envelope.py", "tests/test_properties.py"),
+    "gateway/ingest.py": ("tests/test_gateway_ingest.py", "tests/test_ingest_reasons.py"),
+    "gateway/sessions.py": ("tests/test_sessions.py", "tests/test_gateway_ingest.py"),
+    "gateway/energy.py": ("tests/test_energy.py", "tests/test_energy_edges.py"),
+    "aggregator/strategies.py": ("tests/test_strategies.py", "tests/test_aggregator_logic.py"),
+    "aggregator/validation.py": ("tests/test_validation.py", "tests/test_aggregator_logic.py"),
+}
+
+KILLED = "killed"
+SURVIVED = "survived"
+TIMEOUT = "timeout"
+NO_TESTS = "no tests"
+
+
+@dataclass(frozen=True, slots=True)
+class Mutant:
+    name: str  # mutmut's own name, valid for this run only
+    ident: str  # the stable identifier used in docs/mutation-equivalents.md
+    status: str
+
+
+@dataclass(slots=True)
+class ModuleReport:
+    path: str
+    tests: list[str]
+    mutants: list[Mutant] = field(default_factory=list)
+    equivalent: dict[str, str] = field(default_factory=dict)  # identifier -> reason
+
+    def counts(self) -> dict[str, Any]:
+        by_status: dict[str, int] = {}
+        equivalent = 0
+        for m in self.mutants:
+            if m.ident in self.equivalent and m.status != KILLED:
+                equivalent += 1
+                continue
+            by_status[m.status] = by_status.get(m.status, 0) + 1
+        total = len(self.mutants)
+        killed = by_status.pop(KILLED, 0)
+        scored = total - equivalent
+        return {
+            "mutants": total,
+            "killed": killed,
+            "survived": by_status.pop(SURVIVED, 0),
+            "timeout": by_status.pop(TIMEOUT, 0),
+            "no_tests": by_status.pop(NO_TESTS, 0),
+            "other": by_status,
+            "equivalent": equivalent,
+            "score": round(killed / scored, 4) if scored else None,
+        }
+
+    def survivors(self) -> list[Mutant]:
+        return [m for m in self.mutants if m.status != KILLED and m.ident not in self.equivalent]
+
+    def stale_equivalents(self) -> list[str]:
+        """Listed identifiers that match no surviving mutant: removed code, or a kill."""
+        alive = {m.ident for m in self.mutants if m.status != KILLED}
+        return sorted(set(self.equivalent) - alive)
+
+
+_ENTRY = re.compile(r"^- `(?P<ident>[^`]+)` — (?P<reason>.+)$")
+
+
+def read_equivalents(text: str) -> dict[str, dict[str, str]]:
+    """{module path: {identifier: reason}} from the markdown list (see its Format section)."""
+    result: dict[str, dict[str, str]] = {}
+    section: str | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            name = line[3:].strip()
+            section = name if name.endswith(".py") else None
+            if section is not None:
+                result.setdefault(section, {})
+            continue
+        match = _ENTRY.match(line)
+        if match and section is not None:
+            result[section][match["ident"]] = match["reason"].strip()
+    return result
+
+
+def identifier(function: str, diff: str) -> str:
+    """`function: original -> mutated` from a unified diff of one function."""
+    removed = [ln[1:].strip() for ln in diff.splitlines() if ln[:1] == "-" and ln[:3] != "---"]
+    added = [ln[1:].strip() for ln in diff.splitlines() if ln[:1] == "+" and ln[:3] != "+++"]
+    return f"{function}: {' / '.join(removed)} -> {' / '.join(added)}"
+
+
+def prepare(work: Path, tests: Iterable[str], *, keep: bool) -> None:
+    """A private copy of the packages and tests, with the mutmut settings of this run."""
+    if work.exists() and not keep:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis")
+    for name in (*PACKAGES, *ALSO_COPY, "tests"):
+        shutil.rmtree(work / name, ignore_errors=True)
+        shutil.copytree(ROOT / name, work / name, ignore=ignore)
+    settings = {
+        "source_paths": list(PACKAGES),
+        "only_mutate": list(TESTS),
+        "also_copy": list(ALSO_COPY),
+        "pytest_add_cli_args_test_selection": sorted(set(tests)),
+        # the same examples for every mutant, so a score does not depend on luck
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "--hypothesis-seed=0"],
+        "use_git_change_detection": False,
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    pyproject = (ROOT / "pyproject.toml").read_text() + "\n".join(lines) + "\n"
+    (work / "pyproject.toml").write_text(pyproject)
+
+
+def collect(work: Path, equivalents: Mapping[str, Mapping[str, str]]) -> list[ModuleReport]:
+    """Read mutmut's per-module results (run from inside `work`, where mutmut's state is)."""
+    os.chdir(work)
+    # imported here: mutmut reads its settings from the current directory on import
+    from mutmut.mutation.diff_apply import get_diff_for_mutant  # noqa: PLC0415
+    from mutmut.stats import status_by_exit_code  # noqa: PLC0415
+    from mutmut.utils.format_utils import orig_function_and_class_names_from_key  # noqa: PLC0415
+
+    reports = []
+    for path, tests in TESTS.items():
+        report = ModuleReport(path, list(tests), equivalent=dict(equivalents.get(path, {})))
+        meta = json.loads((work / "mutants" / f"{path}.meta").read_text())
+        for name, code in sorted(meta["exit_code_by_key"].items()):
+            function, cls = orig_function_and_class_names_from_key(name)
+            qualname = function if cls is None else f"{cls}.{function}"
+            ident = identifier(qualname, get_diff_for_mutant(name, path=path))
+            report.mutants.append(Mutant(name, ident, status_by_exit_code[code]))
+        reports.append(report)
+    return reports
+
+
+def write_report(
+    reports: list[ModuleReport], output: Path, *, seconds: float, jobs: int, missing: list[str]
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "tool": "mutmut",
+        "seconds": round(seconds, 1),
+        "jobs": jobs,
+        "missing_test_files": missing,
+        "modules": {},
+    }
+    for r in reports:
+        doc["modules"][r.path] = {
+            **r.counts(),
+            "tests": r.tests,
+            "survivors": [
+                {"id": m.ident, "status": m.status, "mutmut": m.name} for m in r.survivors()
+            ],
+            "stale_equivalents": r.stale_equivalents(),
+        }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return doc
+
+
+def print_summary(doc: Mapping[str, Any], output: Path, *, verbose: bool) -> None:
+    print(f"{'module':28} {'mutants':>7} {'killed':>6} {'surv':>5} {'t/o':>4} {'equiv':>5} score")
+    for path, m in doc["modules"].items():
+        score = "-" if m["score"] is None else f"{100 * m['score']:.1f}%"
+        survived = m["survived"] + m["no_tests"] + sum(m["other"].values())
+        print(
+            f"{path:28} {m['mutants']:7} {m['killed']:6} {survived:5} {m['timeout']:4} "
+            f"{m['equivalent']:5} {score}"
+        )
+    for path, m in doc["modules"].items():
+        if verbose and m["survivors"]:
+            print(f"\n## {path}: not killed")
+            for s in m["survivors"]:
+                print(f"- `{s['id']}` ({s['status']}, {s['mutmut']})")
+        for stale in m["stale_equivalents"]:
+            print(f"stale entry in {EQUIVALENTS} ({path}): {stale}")
+    for missing in doc["missing_test_files"]:
+        print(f"missing test file (not run): {missing}")
+    print(f"\n{doc['seconds']:.0f} s with {doc['jobs']} workers; report: {output}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory")
+    parser.add_argument("--output", type=Path, help="JSON report (default: WORK/report.json)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--keep", action="store_true", help="reuse results of the last run")
+    parser.add_argument("--quiet", action="store_true", help="do not list the survivors")
+    args = parser.parse_args(argv)
+    work = (ROOT / args.work).resolve()
+    output = (ROOT / (args.output or args.work / "report.json")).resolve()
+
+    wanted = sorted({t for tests in TESTS.values() for t in tests})
+    missing = [t for t in wanted if not (ROOT / t).is_file()]
+    prepare(work, [t for t in wanted if t not in missing], keep=args.keep)
+    log = work / "mutmut.log"
+    start = time.monotonic()
+    with log.open("w") as out:
+        run = subprocess.run(  # noqa: S603 (our own interpreter, fixed arguments)
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs)],
+            cwd=work,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    seconds = time.monotonic() - start
+    if run.returncode != 0:
+        print(log.read_text()[-4000:], file=sys.stderr)
+        print(f"mutmut failed with exit code {run.returncode}; full log: {log}", file=sys.stderr)
+        return 1
+    equivalents = read_equivalents((ROOT / EQUIVALENTS).read_text())
+    reports = collect(work, equivalents)
+    doc = write_report(reports, output, seconds=seconds, jobs=args.jobs, missing=missing)
+    print_summary(doc, output, verbose=not args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
