@@ -83,9 +83,11 @@ def readings_from(
 
 def read_energy(now: float | None = None) -> EnergyReadings:
     """Current readings from psutil; fields the platform cannot provide are None."""
+    # Host glue only, left out of mutation testing: what psutil returns cannot be pinned, so
+    # every value goes through readings_from, whose tests pin them.
+    load1, _, _ = psutil.getloadavg()  # pragma: no mutate block
     battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
     temperatures = psutil.sensors_temperatures() if hasattr(psutil, "sensors_temperatures") else {}
-    load1, _, _ = psutil.getloadavg()
     return readings_from(
         battery=battery,
         temperatures=temperatures,

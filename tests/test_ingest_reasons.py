@@ -146,6 +146,26 @@ def test_handshake_burst_then_refill() -> None:
     assert proc.rejected == {"rate_limited": 2}
 
 
+def test_each_device_has_its_own_handshake_budget() -> None:
+    proc = _processor(handshakes=1)
+    other = LAYOUT.topic(TopicKind.HANDSHAKE, "wearable-0002")
+    assert proc.handle(HS, b"\x01", 0.0, 0) == HandshakeRequest(DEVICE, b"\x01")
+    assert proc.handle(HS, b"\x01", 0.0, 0) == Rejected(DEVICE, Reason.RATE_LIMITED, "handshakes")
+    assert proc.handle(other, b"\x01", 0.0, 0) == HandshakeRequest("wearable-0002", b"\x01")
+
+
+def test_each_device_has_its_own_record_budget() -> None:
+    proc = _processor(records=1)
+    other = LAYOUT.topic(TopicKind.RECORD, "wearable-0002")
+    first = proc.handle(REC, b"garbage", 0.0, 0)
+    assert isinstance(first, Rejected)
+    assert first.reason is Reason.MALFORMED  # let through the limiter, then parsed
+    assert proc.handle(REC, b"garbage", 0.0, 0) == Rejected(DEVICE, Reason.RATE_LIMITED, "records")
+    other_out = proc.handle(other, b"garbage", 0.0, 0)
+    assert isinstance(other_out, Rejected)
+    assert (other_out.device_id, other_out.reason) == ("wearable-0002", Reason.MALFORMED)
+
+
 def test_an_oversized_handshake_costs_no_token() -> None:
     proc = _processor(handshakes=1)
     proc.handle(HS, bytes(MAX_INIT_SIZE + 1), 0.0, 0)
@@ -227,9 +247,7 @@ def test_authentic_but_unparseable_vitals(parties: Parties) -> None:
     proc = _processor()
     client = _connect(parties, proc)
     out = proc.handle(REC, client.session.seal(b"not vitals", REC.encode()), 1.0, 0)
-    assert isinstance(out, Rejected)
-    assert (out.device_id, out.reason) == (DEVICE, Reason.BAD_PAYLOAD)
-    assert out.detail
+    assert out == Rejected(DEVICE, Reason.BAD_PAYLOAD, _decode_error(b"not vitals"))
     assert proc.accepted == 0
 
 
@@ -256,15 +274,22 @@ def test_a_rejected_record_does_not_refresh_its_session(parties: Parties) -> Non
     assert (entry.last_seen, entry.dirty) == (0.0, False)
 
 
+def _decode_error(payload: bytes) -> str:
+    with pytest.raises(DecodeError) as info:
+        VitalsSample.decode(payload)
+    return str(info.value)
+
+
 def test_plaintext_baseline() -> None:
     proc = _processor(plaintext=True)
     out = proc.handle(REC, _sample(3).encode(), 0.0, 99)
     assert out == Accepted(DEVICE, vitals_row(DEVICE, _sample(3), 99))
     assert proc.accepted == 1
     bad = proc.handle(REC, b"not vitals", 0.0, 0)
-    assert isinstance(bad, Rejected)
-    assert (bad.device_id, bad.reason) == (DEVICE, Reason.BAD_PAYLOAD)
+    assert bad == Rejected(DEVICE, Reason.BAD_PAYLOAD, _decode_error(b"not vitals"))
     assert proc.accepted == 1
+    assert isinstance(proc.handle(REC, _sample(4).encode(), 0.0, 99), Accepted)
+    assert proc.accepted == 2
     assert proc.rejected == {"bad_payload": 1}
 
 

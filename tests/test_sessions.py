@@ -230,3 +230,14 @@ def test_key_bound_evicts_the_least_recently_used(touch_a: bool) -> None:
     assert limiter.allow("c", 0.0)  # a third key evicts one
     # an evicted key comes back with a full bucket; a kept one is still empty
     assert limiter.allow("a", 0.0) is not touch_a
+
+
+def test_capacity_eviction_of_the_devices_own_session(parties: Parties) -> None:
+    table = _table(max_sessions=2)
+    table.add(_entry(parties, 1, "a"), 0.0)
+    table.add(_entry(parties, 2, "b"), 0.0)
+    # the least recently used session is the new one's predecessor on the same device
+    assert _ids(table.add(_entry(parties, 3, "a"), 0.0)) == [1]
+    assert _ids(table.entries()) == [2, 3]
+    assert table.devices() == ["b", "a"]
+    assert _ids(table.drop_device("a")) == [3]

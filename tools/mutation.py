@@ -129,7 +129,7 @@ def identifier(function: str, diff: str) -> str:
     return f"{function}: {' / '.join(removed)} -> {' / '.join(added)}"
 
 
-def prepare(work: Path, tests: Iterable[str], *, keep: bool) -> None:
+def prepare(work: Path, modules: Iterable[str], tests: Iterable[str], *, keep: bool) -> None:
     """A private copy of the packages and tests, with the mutmut settings of this run."""
     if work.exists() and not keep:
         shutil.rmtree(work)
@@ -140,7 +140,7 @@ def prepare(work: Path, tests: Iterable[str], *, keep: bool) -> None:
         shutil.copytree(ROOT / name, work / name, ignore=ignore)
     settings = {
         "source_paths": list(PACKAGES),
-        "only_mutate": list(TESTS),
+        "only_mutate": list(modules),
         "also_copy": list(ALSO_COPY),
         "pytest_add_cli_args_test_selection": sorted(set(tests)),
         # the same examples for every mutant, so a score does not depend on luck
@@ -152,7 +152,9 @@ def prepare(work: Path, tests: Iterable[str], *, keep: bool) -> None:
     (work / "pyproject.toml").write_text(pyproject)
 
 
-def collect(work: Path, equivalents: Mapping[str, Mapping[str, str]]) -> list[ModuleReport]:
+def collect(
+    work: Path, modules: Iterable[str], equivalents: Mapping[str, Mapping[str, str]]
+) -> list[ModuleReport]:
     """Read mutmut's per-module results (run from inside `work`, where mutmut's state is)."""
     os.chdir(work)
     # imported here: mutmut reads its settings from the current directory on import
@@ -161,8 +163,8 @@ def collect(work: Path, equivalents: Mapping[str, Mapping[str, str]]) -> list[Mo
     from mutmut.utils.format_utils import orig_function_and_class_names_from_key  # noqa: PLC0415
 
     reports = []
-    for path, tests in TESTS.items():
-        report = ModuleReport(path, list(tests), equivalent=dict(equivalents.get(path, {})))
+    for path in modules:
+        report = ModuleReport(path, list(TESTS[path]), equivalent=dict(equivalents.get(path, {})))
         meta = json.loads((work / "mutants" / f"{path}.meta").read_text())
         for name, code in sorted(meta["exit_code_by_key"].items()):
             function, cls = orig_function_and_class_names_from_key(name)
@@ -225,13 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", action="store_true", help="reuse results of the last run")
     parser.add_argument("--quiet", action="store_true", help="do not list the survivors")
+    parser.add_argument(
+        "--module",
+        action="append",
+        choices=list(TESTS),
+        help="mutate only this module (repeatable; default: all of them)",
+    )
     args = parser.parse_args(argv)
+    modules: list[str] = args.module or list(TESTS)
     work = (ROOT / args.work).resolve()
     output = (ROOT / (args.output or args.work / "report.json")).resolve()
 
-    wanted = sorted({t for tests in TESTS.values() for t in tests})
+    wanted = sorted({t for m in modules for t in TESTS[m]})
     missing = [t for t in wanted if not (ROOT / t).is_file()]
-    prepare(work, [t for t in wanted if t not in missing], keep=args.keep)
+    prepare(work, modules, [t for t in wanted if t not in missing], keep=args.keep)
     log = work / "mutmut.log"
     start = time.monotonic()
     with log.open("w") as out:
@@ -248,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutmut failed with exit code {run.returncode}; full log: {log}", file=sys.stderr)
         return 1
     equivalents = read_equivalents((ROOT / EQUIVALENTS).read_text())
-    reports = collect(work, equivalents)
+    reports = collect(work, modules, equivalents)
     doc = write_report(reports, output, seconds=seconds, jobs=args.jobs, missing=missing)
     print_summary(doc, output, verbose=not args.quiet)
     return 0
