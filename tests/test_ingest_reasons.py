@@ -232,14 +232,17 @@ def test_record_open_failures_keep_their_reason(parties: Parties) -> None:
     client = _connect(parties, proc)
     good = _seal(client.session, 1)
     assert isinstance(proc.handle(REC, good, 1.0, 0), Accepted)
+    gateway_side = proc.sessions.entries()[0].session
     replay = proc.handle(REC, good, 1.0, 0)
-    assert isinstance(replay, Rejected)
-    assert (replay.device_id, replay.reason) == (DEVICE, Reason.REPLAY)
+    with pytest.raises(ReplayError) as replay_error:
+        gateway_side.open(good, REC.encode())
+    assert replay == Rejected(DEVICE, Reason.REPLAY, str(replay_error.value))
     tampered = bytearray(_seal(client.session, 2))
     tampered[-1] ^= 1
     out = proc.handle(REC, bytes(tampered), 1.0, 0)
-    assert isinstance(out, Rejected)
-    assert (out.device_id, out.reason) == (DEVICE, Reason.TAMPERED)
+    with pytest.raises(AuthenticationError) as auth_error:
+        gateway_side.open(bytes(tampered), REC.encode())
+    assert out == Rejected(DEVICE, Reason.TAMPERED, str(auth_error.value))
     assert proc.rejected == {"replay": 1, "tampered": 1}
 
 

@@ -241,3 +241,13 @@ def test_unsealed_frame_is_still_checked(parties: Parties) -> None:
     frame = _unsealed({"sender": "gw-05", "round": 4, "samples": 1001})
     err = _rejected(parties, frame, unsealed=True)
     assert _fields(err) == ("bad_sample_count", "1001", "gw-05", 4)
+
+
+def test_a_limit_above_the_envelope_default_is_honoured(parties: Parties) -> None:
+    # the aggregator's own limit, not pqlink's 32 MiB default, bounds what it opens
+    count = 8 * 1024 * 1024 + 1024
+    delta = np.zeros(count, np.float32)
+    frame = _seal(parties.gateway, parties.aggregator, _payload(delta))
+    assert len(frame) > 32 * 1024 * 1024
+    limits = _limits(parameter_count=count, max_envelope_bytes=len(frame))
+    assert _validate(parties, frame, limits).contribution.delta.size == count
