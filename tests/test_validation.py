@@ -12,7 +12,7 @@ from aggregator.validation import (
     ValidUpdate,
     validate_update,
 )
-from pqlink import ContentType, Identity, Registry, Role, peek_envelope, seal_envelope
+from pqlink import ContentType, DecodeError, Identity, Registry, Role, peek_envelope, seal_envelope
 from pqlink.fl import ModelUpdate, encode_unsealed
 
 from .conftest import Parties
@@ -159,7 +159,9 @@ def test_wrong_content_type(parties: Parties) -> None:
 
 def test_authentic_but_unparseable_payload(parties: Parties) -> None:
     err = _rejected(parties, _seal(parties.gateway, parties.aggregator, b"not an update"))
-    assert (err.reason, err.gateway, err.round) == ("malformed", "gw-01", 3)
+    with pytest.raises(DecodeError) as decoder:
+        ModelUpdate.decode(b"not an update")
+    assert _fields(err) == ("malformed", str(decoder.value), "gw-01", 3)
 
 
 def test_revoked_gateway(parties: Parties) -> None:

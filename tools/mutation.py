@@ -16,9 +16,12 @@ docs/mutation-equivalents.md, whose top says how a mutant is named there.
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -122,11 +125,36 @@ def read_equivalents(text: str) -> dict[str, dict[str, str]]:
     return result
 
 
-def identifier(function: str, diff: str) -> str:
-    """`function: original -> mutated` from a unified diff of one function."""
-    removed = [ln[1:].strip() for ln in diff.splitlines() if ln[:1] == "-" and ln[:3] != "---"]
-    added = [ln[1:].strip() for ln in diff.splitlines() if ln[:1] == "+" and ln[:3] != "+++"]
+def identifier(function: str, original: list[str], mutated: list[str]) -> str:
+    """`function: original -> mutated`, from the changed lines of one function."""
+    removed: list[str] = []
+    added: list[str] = []
+    for line in difflib.unified_diff(original, mutated, lineterm="", n=0):
+        if line.startswith(("---", "+++", "@@")):
+            continue
+        (removed if line[0] == "-" else added).append(line[1:].strip())
     return f"{function}: {' / '.join(removed)} -> {' / '.join(added)}"
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """(generated function name, qualified original name) of a mutmut mutant name:
+    `pkg.mod.x_func__mutmut_3` or `pkg.mod.xǁClassǁmethod__mutmut_3`."""
+    generated = name.rpartition(".")[2]
+    mangled = generated.rpartition("__mutmut_")[0]
+    if mangled.startswith("x\u01c1"):
+        cls, _, method = mangled[2:].partition("\u01c1")
+        return generated, f"{cls}.{method}"
+    return generated, mangled[2:]
+
+
+def _functions(source: str) -> dict[str, list[str]]:
+    """Source lines of every function in a mutated module, by (generated) name."""
+    lines = source.splitlines()
+    return {
+        node.name: lines[node.lineno - 1 : node.end_lineno]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
 
 
 def prepare(work: Path, modules: Iterable[str], tests: Iterable[str], *, keep: bool) -> None:
@@ -155,32 +183,39 @@ def prepare(work: Path, modules: Iterable[str], tests: Iterable[str], *, keep: b
 def collect(
     work: Path, modules: Iterable[str], equivalents: Mapping[str, Mapping[str, str]]
 ) -> list[ModuleReport]:
-    """Read mutmut's per-module results (run from inside `work`, where mutmut's state is)."""
-    os.chdir(work)
-    # imported here: mutmut reads its settings from the current directory on import
-    from mutmut.mutation.diff_apply import get_diff_for_mutant  # noqa: PLC0415
+    """Read mutmut's per-module results and name each mutant by what it changed."""
+    # mutmut's own table from exit code to status (killed, survived, timeout, ...)
     from mutmut.stats import status_by_exit_code  # noqa: PLC0415
-    from mutmut.utils.format_utils import orig_function_and_class_names_from_key  # noqa: PLC0415
 
     reports = []
     for path in modules:
         report = ModuleReport(path, list(TESTS[path]), equivalent=dict(equivalents.get(path, {})))
         meta = json.loads((work / "mutants" / f"{path}.meta").read_text())
+        functions = _functions((work / "mutants" / path).read_text())
         for name, code in sorted(meta["exit_code_by_key"].items()):
-            function, cls = orig_function_and_class_names_from_key(name)
-            qualname = function if cls is None else f"{cls}.{function}"
-            ident = identifier(qualname, get_diff_for_mutant(name, path=path))
+            generated, qualname = _split_name(name)
+            orig = generated.rpartition("__mutmut_")[0] + "__mutmut_orig"
+            # the two copies differ in their name on the def line: compare the bodies
+            ident = identifier(qualname, functions[orig][1:], functions[generated][1:])
             report.mutants.append(Mutant(name, ident, status_by_exit_code[code]))
         reports.append(report)
     return reports
 
 
 def write_report(
-    reports: list[ModuleReport], output: Path, *, seconds: float, jobs: int, missing: list[str]
+    reports: list[ModuleReport],
+    output: Path,
+    *,
+    seconds: float,
+    cpu_seconds: float,
+    jobs: int,
+    missing: list[str],
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "tool": "mutmut",
         "seconds": round(seconds, 1),
+        # wall time depends on what else runs on the machine; CPU time much less
+        "cpu_seconds": round(cpu_seconds, 1),
         "jobs": jobs,
         "missing_test_files": missing,
         "modules": {},
@@ -217,7 +252,31 @@ def print_summary(doc: Mapping[str, Any], output: Path, *, verbose: bool) -> Non
             print(f"stale entry in {EQUIVALENTS} ({path}): {stale}")
     for missing in doc["missing_test_files"]:
         print(f"missing test file (not run): {missing}")
-    print(f"\n{doc['seconds']:.0f} s with {doc['jobs']} workers; report: {output}")
+    print(
+        f"\n{doc['seconds']:.0f} s ({doc['cpu_seconds']:.0f} s of CPU) with {doc['jobs']} "
+        f"workers; report: {output}"
+    )
+
+
+def run_mutmut(work: Path, jobs: int) -> tuple[int, float, float]:
+    """(exit status, wall seconds, CPU seconds of mutmut and its workers)."""
+    log = work / "mutmut.log"
+    start = time.monotonic()
+    with log.open("w") as out:
+        run = subprocess.run(  # noqa: S603 (our own interpreter, fixed arguments)
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)],
+            cwd=work,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    seconds = time.monotonic() - start
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if run.returncode != 0:
+        print(log.read_text()[-4000:], file=sys.stderr)
+        print(f"mutmut failed with exit code {run.returncode}; full log: {log}", file=sys.stderr)
+        return 1, seconds, 0.0
+    return 0, seconds, cpu.ru_utime + cpu.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", action="store_true", help="reuse results of the last run")
     parser.add_argument("--quiet", action="store_true", help="do not list the survivors")
+    parser.add_argument(
+        "--report-only", action="store_true", help="report on the last run in WORK, run nothing"
+    )
     parser.add_argument(
         "--module",
         action="append",
@@ -240,25 +302,17 @@ def main(argv: list[str] | None = None) -> int:
 
     wanted = sorted({t for m in modules for t in TESTS[m]})
     missing = [t for t in wanted if not (ROOT / t).is_file()]
-    prepare(work, modules, [t for t in wanted if t not in missing], keep=args.keep)
-    log = work / "mutmut.log"
-    start = time.monotonic()
-    with log.open("w") as out:
-        run = subprocess.run(  # noqa: S603 (our own interpreter, fixed arguments)
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs)],
-            cwd=work,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    seconds = time.monotonic() - start
-    if run.returncode != 0:
-        print(log.read_text()[-4000:], file=sys.stderr)
-        print(f"mutmut failed with exit code {run.returncode}; full log: {log}", file=sys.stderr)
-        return 1
+    seconds = cpu_seconds = 0.0
+    if not args.report_only:
+        prepare(work, modules, [t for t in wanted if t not in missing], keep=args.keep)
+        status, seconds, cpu_seconds = run_mutmut(work, args.jobs)
+        if status != 0:
+            return status
     equivalents = read_equivalents((ROOT / EQUIVALENTS).read_text())
     reports = collect(work, modules, equivalents)
-    doc = write_report(reports, output, seconds=seconds, jobs=args.jobs, missing=missing)
+    doc = write_report(
+        reports, output, seconds=seconds, cpu_seconds=cpu_seconds, jobs=args.jobs, missing=missing
+    )
     print_summary(doc, output, verbose=not args.quiet)
     return 0
 
