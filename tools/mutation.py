@@ -74,11 +74,15 @@ class ModuleReport:
     mutants: list[Mutant] = field(default_factory=list)
     equivalent: dict[str, str] = field(default_factory=dict)  # identifier -> reason
 
+    def is_equivalent(self, m: Mutant) -> bool:
+        """Listed by its identifier, or by mutmut's name (with or without the module)."""
+        return not self.equivalent.keys().isdisjoint(_names(m))
+
     def counts(self) -> dict[str, Any]:
         by_status: dict[str, int] = {}
         equivalent = 0
         for m in self.mutants:
-            if m.ident in self.equivalent and m.status != KILLED:
+            if m.status != KILLED and self.is_equivalent(m):
                 equivalent += 1
                 continue
             by_status[m.status] = by_status.get(m.status, 0) + 1
@@ -97,19 +101,25 @@ class ModuleReport:
         }
 
     def survivors(self) -> list[Mutant]:
-        return [m for m in self.mutants if m.status != KILLED and m.ident not in self.equivalent]
+        return [m for m in self.mutants if m.status != KILLED and not self.is_equivalent(m)]
 
     def stale_equivalents(self) -> list[str]:
-        """Listed identifiers that match no surviving mutant: removed code, or a kill."""
-        alive = {m.ident for m in self.mutants if m.status != KILLED}
+        """Listed mutants that match no surviving mutant: removed code, or a kill."""
+        alive = {n for m in self.mutants if m.status != KILLED for n in _names(m)}
         return sorted(set(self.equivalent) - alive)
 
 
+def _names(m: Mutant) -> set[str]:
+    return {m.ident, m.name, m.name.rpartition(".")[2]}
+
+
+# A list item `- `identifier` — reason`, or a table row `| `identifier` | ... | reason |`.
 _ENTRY = re.compile(r"^- `(?P<ident>[^`]+)` — (?P<reason>.+)$")
+_ROW = re.compile(r"^\|\s*`(?P<ident>[^`]+)`\s*\|.*\|\s*(?P<reason>[^|]+?)\s*\|\s*$")
 
 
 def read_equivalents(text: str) -> dict[str, dict[str, str]]:
-    """{module path: {identifier: reason}} from the markdown list (see its Format section)."""
+    """{module path: {identifier: reason}} from the markdown file (see its Format section)."""
     result: dict[str, dict[str, str]] = {}
     section: str | None = None
     for line in text.splitlines():
@@ -119,7 +129,7 @@ def read_equivalents(text: str) -> dict[str, dict[str, str]]:
             if section is not None:
                 result.setdefault(section, {})
             continue
-        match = _ENTRY.match(line)
+        match = _ENTRY.match(line) or _ROW.match(line)
         if match and section is not None:
             result[section][match["ident"]] = match["reason"].strip()
     return result
