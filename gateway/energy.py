@@ -85,7 +85,8 @@ def read_energy(now: float | None = None) -> EnergyReadings:
     """Current readings from psutil; fields the platform cannot provide are None."""
     # Host glue only, left out of mutation testing: what psutil returns cannot be pinned, so
     # every value goes through readings_from, whose tests pin them.
-    load1, _, _ = psutil.getloadavg()  # pragma: no mutate block
+    # pragma: no mutate block
+    load1, _, _ = psutil.getloadavg()
     battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
     temperatures = psutil.sensors_temperatures() if hasattr(psutil, "sensors_temperatures") else {}
     return readings_from(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -17,6 +18,7 @@ from gateway.energy import (
     EnergyReadings,
     ScheduleDecision,
     estimate_energy,
+    read_energy,
     readings_from,
 )
 
@@ -335,3 +337,10 @@ def test_energy_estimate_fields() -> None:
     assert (e.joules, e.cpu_seconds, e.wall_seconds, e.model) == (2.8, 2.0, 3.0, "raspberry-pi-5")
     idle = estimate_energy(2.0, 3.0, RASPBERRY_PI_5, include_idle=True)
     assert idle.joules == pytest.approx(2.8 + 9.0)
+
+
+def test_read_energy_stamps_the_readings() -> None:
+    assert read_energy(now=5.0).taken_at == 5.0
+    before = time.time()
+    taken = read_energy().taken_at
+    assert before <= taken <= time.time()
