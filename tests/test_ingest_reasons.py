@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ingest import (
-    Accepted,
-    HandshakeRequest,
-    IngestProcessor,
-    Reason,
-    Rejected,
-    reason_for,
-)
+from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Rejected
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
 from gateway.store import vitals_row
 from pqlink import (
@@ -32,8 +25,9 @@ from pqlink import (
     UnknownPeerError,
 )
 from pqlink.handshake import MAX_INIT_SIZE
-from pqlink.topics import TopicKind, TopicLayout
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.reasons import Reason, reason_for
+from wire.topics import TopicKind, TopicLayout
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 from .conftest import Parties
 
@@ -62,24 +56,6 @@ MAX_RECORD = 512
 )
 def test_reason_for_each_error(exc: PqlinkError, reason: Reason) -> None:
     assert reason_for(exc) is reason
-
-
-def test_reason_names_are_stable() -> None:
-    assert {r.name: r.value for r in Reason} == {
-        "WRONG_TOPIC": "wrong_topic",
-        "OVERSIZED": "oversized",
-        "MALFORMED": "malformed",
-        "UNKNOWN_SESSION": "unknown_session",
-        "TAMPERED": "tampered",
-        "REPLAY": "replay",
-        "UNENROLLED": "unenrolled",
-        "REVOKED": "revoked",
-        "BAD_SIGNATURE": "bad_signature",
-        "NEGOTIATION": "negotiation",
-        "EXPIRED": "expired",
-        "RATE_LIMITED": "rate_limited",
-        "BAD_PAYLOAD": "bad_payload",
-    }
 
 
 def _processor(

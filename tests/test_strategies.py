@@ -72,9 +72,9 @@ def test_bound_norm_scales_large_updates_exactly(
 
 def test_fedavg_divides_the_weighted_sum() -> None:
     fed = FedAvg()
-    _exact(fed.combine(4.0, np.array([4.0, -8.0, 2.0], np.float32), ()), [1.0, -2.0, 0.5])
-    _exact(fed.combine(1.0, np.array([3.0, -1.0], np.float32), ()), [3.0, -1.0])
-    _exact(fed.combine(0.5, np.array([3.0, -1.0], np.float32), ()), [6.0, -2.0])
+    _exact(fed.aggregate(4.0, np.array([4.0, -8.0, 2.0], np.float32), ()), [1.0, -2.0, 0.5])
+    _exact(fed.aggregate(1.0, np.array([3.0, -1.0], np.float32), ()), [3.0, -1.0])
+    _exact(fed.aggregate(0.5, np.array([3.0, -1.0], np.float32), ()), [6.0, -2.0])
     assert fed.needs_individual_updates is False
     assert fed.name == "fedavg"
     assert fed.norm_bound is None
@@ -90,7 +90,7 @@ def test_fedavg_without_contributions_is_an_error(
     with pytest.raises(
         ValueError, match=_exactly("FedAvg needs at least one contribution")
     ) as info:
-        FedAvg().combine(total_weight, weighted_sum, ())
+        FedAvg().aggregate(total_weight, weighted_sum, ())
     assert type(info.value) is ValueError
 
 
@@ -98,29 +98,29 @@ def test_trimmed_mean_is_coordinate_wise() -> None:
     # each coordinate has its own outlier, in a different contribution
     updates = [_c(1.0, 100.0, 7.0), _c(2.0, 20.0, -50.0), _c(900.0, 30.0, 9.0)]
     # n=3, fraction 0.34: one value dropped at each end of every coordinate
-    _exact(TrimmedMean(0.34).combine(0, None, updates), [2.0, 30.0, 7.0])
+    _exact(TrimmedMean(0.34).aggregate(0, None, updates), [2.0, 30.0, 7.0])
 
 
 def test_trimmed_mean_keeps_the_middle_of_five() -> None:
     updates = [_c(5.0, 1.0), _c(1.0, 2.0), _c(4.0, 3.0), _c(2.0, 50.0), _c(3.0, -50.0)]
     # k = int(5 * 0.2) = 1: drop the extremes of each coordinate, average the middle three
-    _exact(TrimmedMean(0.2).combine(0, None, updates), [3.0, 2.0])
+    _exact(TrimmedMean(0.2).aggregate(0, None, updates), [3.0, 2.0])
     # k = int(5 * 0.4) = 2: only the coordinate-wise median stays
-    _exact(TrimmedMean(0.4).combine(0, None, updates), [3.0, 2.0])
+    _exact(TrimmedMean(0.4).aggregate(0, None, updates), [3.0, 2.0])
     # k = int(5 * 0.1) = 0: a plain mean
-    _exact(TrimmedMean(0.1).combine(0, None, updates), [3.0, 1.2])
+    _exact(TrimmedMean(0.1).aggregate(0, None, updates), [3.0, 1.2])
 
 
 def test_trimmed_mean_of_an_even_count() -> None:
     updates = [_c(1.0, -4.0), _c(10.0, 4.0), _c(2.0, 0.0), _c(3.0, 2.0)]
     # k = int(4 * 0.25) = 1: the middle two of each coordinate
-    _exact(TrimmedMean(0.25).combine(0, None, updates), [2.5, 1.0])
+    _exact(TrimmedMean(0.25).aggregate(0, None, updates), [2.5, 1.0])
     # k = int(4 * 0.49) = 1 as well
-    _exact(TrimmedMean(0.49).combine(0, None, updates), [2.5, 1.0])
+    _exact(TrimmedMean(0.49).aggregate(0, None, updates), [2.5, 1.0])
 
 
 def test_trimmed_mean_of_one_update_is_that_update() -> None:
-    _exact(TrimmedMean(0.4).combine(0, None, [_c(1.5, -2.0)]), [1.5, -2.0])
+    _exact(TrimmedMean(0.4).aggregate(0, None, [_c(1.5, -2.0)]), [1.5, -2.0])
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.25, 0.49])
@@ -148,18 +148,18 @@ def test_trim_fractions_rejected(fraction: float) -> None:
 )
 def test_robust_rules_need_a_contribution(strategy: TrimmedMean | Median, message: str) -> None:
     with pytest.raises(ValueError, match=_exactly(message)) as info:
-        strategy.combine(0, None, [])
+        strategy.aggregate(0, None, [])
     assert type(info.value) is ValueError
 
 
 def test_median_of_an_odd_count_is_coordinate_wise() -> None:
     updates = [_c(1.0, 30.0, -1.0), _c(50.0, 10.0, 5.0), _c(3.0, 20.0, 100.0)]
-    _exact(Median().combine(0, None, updates), [3.0, 20.0, 5.0])
+    _exact(Median().aggregate(0, None, updates), [3.0, 20.0, 5.0])
 
 
 def test_median_of_an_even_count_averages_the_middle_two() -> None:
     updates = [_c(1.0, 8.0), _c(4.0, -2.0), _c(2.0, 6.0), _c(100.0, 0.0)]
-    _exact(Median().combine(0, None, updates), [3.0, 3.0])
+    _exact(Median().aggregate(0, None, updates), [3.0, 3.0])
     median = Median()
     assert median.needs_individual_updates is True
     assert median.name == "median"

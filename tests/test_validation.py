@@ -3,6 +3,8 @@ at its bound, and every rejection with its exact reason, detail, gateway and rou
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,9 @@ from aggregator.validation import (
     validate_update,
 )
 from pqlink import ContentType, DecodeError, Identity, Registry, Role, peek_envelope, seal_envelope
-from pqlink.fl import ModelUpdate, encode_unsealed
+from wire.envelopes import UnsealedCodec
+from wire.fl import ModelUpdate
+from wire.reasons import Reason
 
 from .conftest import Parties
 
@@ -54,10 +58,13 @@ def _limits(**kw: object) -> ValidationLimits:
 
 
 def _validate(
-    parties: Parties, frame: bytes, limits: ValidationLimits | None = None, **kw: bool
+    parties: Parties,
+    frame: bytes,
+    limits: ValidationLimits | None = None,
+    codec: UnsealedCodec | None = None,
 ) -> ValidUpdate:
     return validate_update(
-        frame, parties.aggregator, parties.gateway_registry(), limits or _limits(), **kw
+        frame, parties.aggregator, parties.gateway_registry(), limits or _limits(), codec=codec
     )
 
 
@@ -66,7 +73,7 @@ def _rejected(
     frame: bytes,
     limits: ValidationLimits | None = None,
     registry: Registry | None = None,
-    **kw: bool,
+    codec: UnsealedCodec | None = None,
 ) -> UpdateRejectedError:
     with pytest.raises(UpdateRejectedError) as info:
         validate_update(
@@ -74,13 +81,13 @@ def _rejected(
             parties.aggregator,
             registry or parties.gateway_registry(),
             limits or _limits(),
-            **kw,
+            codec=codec,
         )
     assert type(info.value) is UpdateRejectedError
     return info.value
 
 
-def _fields(err: UpdateRejectedError) -> tuple[str, str, str | None, int | None]:
+def _fields(err: UpdateRejectedError) -> tuple[Reason, str, str | None, int | None]:
     assert str(err) == f"{err.reason}: {err.detail}"
     return (err.reason, err.detail, err.gateway, err.round)
 
@@ -183,7 +190,7 @@ def test_forged_signature(parties: Parties) -> None:
         "gw-01", Role.GATEWAY, parties.other_gateway.signing_key, parties.other_gateway.kem_key
     )
     err = _rejected(parties, _seal(impostor, parties.aggregator, _payload()))
-    assert (err.reason, err.gateway, err.round) == ("forged", None, None)
+    assert (err.reason, err.gateway, err.round) == (Reason.BAD_SIGNATURE, None, None)
 
 
 def test_signed_but_undecryptable_body_is_tampered(parties: Parties) -> None:
@@ -204,12 +211,14 @@ def test_truncated_envelope_is_malformed(parties: Parties) -> None:
 
 
 def _unsealed(meta: dict[str, object], payload: bytes | None = None) -> bytes:
-    return encode_unsealed(meta, _payload() if payload is None else payload)
+    blob = json.dumps(meta).encode()
+    body = _payload() if payload is None else payload
+    return b"UNSEALED" + len(blob).to_bytes(4, "big") + blob + body
 
 
 def test_unsealed_baseline_frame(parties: Parties) -> None:
-    frame = _unsealed({"sender": "gw-05", "round": 4, "samples": 12})
-    valid = _validate(parties, frame, unsealed=True)
+    frame = _unsealed({"sender": "gw-05", "type": 1, "round": 4, "version": 0, "samples": 12})
+    valid = _validate(parties, frame, codec=UnsealedCodec())
     assert (valid.contribution.gateway, valid.contribution.samples) == ("gw-05", 12)
     assert (valid.round, valid.envelope_id, valid.metrics) == (4, b"", {"loss": 0.25})
     assert valid.contribution.delta.tolist() == DELTA.tolist()
@@ -218,15 +227,15 @@ def test_unsealed_baseline_frame(parties: Parties) -> None:
 @pytest.mark.parametrize(
     ("meta", "detail"),
     [
-        ({"round": 4, "samples": 12}, "unsealed frame: 'sender'"),
-        ({"sender": "gw-05", "round": "four", "samples": 12}, None),
-        ({"sender": "gw-05", "round": 4, "samples": None}, None),
+        ({"type": 1, "round": 4, "version": 0, "samples": 12}, "unsealed frame: 'sender'"),
+        ({"sender": "gw-05", "type": 1, "round": "four", "version": 0, "samples": 12}, None),
+        ({"sender": "gw-05", "type": 1, "round": 4, "version": 0, "samples": None}, None),
     ],
 )
 def test_unsealed_frame_with_bad_metadata(
     parties: Parties, meta: dict[str, object], detail: str | None
 ) -> None:
-    err = _rejected(parties, _unsealed(meta), unsealed=True)
+    err = _rejected(parties, _unsealed(meta), codec=UnsealedCodec())
     assert (err.reason, err.gateway, err.round) == ("malformed", None, None)
     assert err.detail.startswith("unsealed frame: ")
     if detail is not None:
@@ -235,13 +244,13 @@ def test_unsealed_frame_with_bad_metadata(
 
 def test_sealed_frame_is_not_an_unsealed_one(parties: Parties) -> None:
     frame = _seal(parties.gateway, parties.aggregator, _payload())
-    err = _rejected(parties, frame, unsealed=True)
+    err = _rejected(parties, frame, codec=UnsealedCodec())
     assert (err.reason, err.detail) == ("malformed", "not an unsealed benchmark frame")
 
 
 def test_unsealed_frame_is_still_checked(parties: Parties) -> None:
-    frame = _unsealed({"sender": "gw-05", "round": 4, "samples": 1001})
-    err = _rejected(parties, frame, unsealed=True)
+    frame = _unsealed({"sender": "gw-05", "type": 1, "round": 4, "version": 0, "samples": 1001})
+    err = _rejected(parties, frame, codec=UnsealedCodec())
     assert _fields(err) == ("bad_sample_count", "1001", "gw-05", 4)
 
 

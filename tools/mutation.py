@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENTS = Path("docs/mutation-equivalents.md")
 DEFAULT_WORK = Path("build/mutation")
 
-# Packages copied whole, so that imports between their modules resolve inside the copy.
-PACKAGES = ("pqlink", "gateway", "aggregator")
+# Packages copied whole, so that imports between their modules resolve inside the copy (only
+# the modules in TESTS are mutated).
+PACKAGES = ("pqlink", "wire", "servicekit", "testbed", "gateway", "aggregator")
 # Files the tests read relative to the project root (the example configurations).
 ALSO_COPY = ("configs",)
 
