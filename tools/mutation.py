@@ -1,17 +1,16 @@
 """Mutation testing of the security, policy and aggregation code (`make mutation`): mutmut runs
-the fast tests against each small change and this writes a per-module JSON report.
+the fast tests against each small change and this writes a per-module JSON report."""
 
-mutmut 3 copies the packages into `<work>/mutants/`, rewrites every function of the mutated
-modules into a trampoline that picks the original or one mutant at run time, and puts
-`<work>/mutants` first on sys.path, so the tests import the copy even though the project is
-installed in editable mode (the editable finder comes after the path finder, and the copy
-carries the built Ascon extension). Before any mutant runs, mutmut checks that the tests
-really execute the trampolines by making every one of them raise: if the tests still pass it
-stops with "Unable to force test failures".
-
-The equivalent mutants (no test can kill them because behaviour does not change) are read from
-docs/mutation-equivalents.md, whose top says how a mutant is named there.
-"""
+# How the mutated code is the code the tests run: mutmut 3 copies the packages into
+# `<work>/mutants/`, rewrites every function of the mutated modules into a trampoline that
+# picks the original or one mutant at run time, and puts `<work>/mutants` first on sys.path,
+# so the tests import the copy even though the project is installed in editable mode (the
+# editable finder comes after the path finder, and the copy carries the built Ascon
+# extension). Before any mutant runs, mutmut makes every trampoline raise and stops with
+# "Unable to force test failures" if the tests still pass.
+#
+# Equivalent mutants (no test can kill them because behaviour does not change) are read from
+# docs/mutation-equivalents.md, whose top says how a mutant is named there.
 
 from __future__ import annotations
 
@@ -291,7 +290,7 @@ def run_mutmut(work: Path, jobs: int) -> tuple[int, float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory")
     parser.add_argument("--output", type=Path, help="JSON report (default: WORK/report.json)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
