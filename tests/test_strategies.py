@@ -4,6 +4,7 @@ even and odd counts, norm bounding at its edges, and every rejected setting with
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from aggregator.strategies import (
     bound_norm,
     make_strategy,
 )
+from wire.fl import RoundSettings
 
 
 def _exactly(message: str) -> str:
@@ -179,3 +181,24 @@ def test_make_strategy_names_the_known_rules() -> None:
     with pytest.raises(ValueError, match=_exactly(message)) as info:
         make_strategy("mean-ish")
     assert type(info.value) is ValueError
+
+
+SETTINGS = RoundSettings(epochs=3, batch_size=16, learning_rate=0.01, prox_mu=0.1)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [FedAvg(None, SETTINGS), TrimmedMean(0.1, None, SETTINGS), Median(None, SETTINGS)],
+)
+def test_each_rule_configures_rounds_with_its_training_settings(
+    strategy: FedAvg | TrimmedMean | Median,
+) -> None:
+    assert strategy.configure_round(3) == SETTINGS
+    assert strategy.configure_round(3, final=False).final is False
+    assert strategy.configure_round(4, final=True) == replace(SETTINGS, final=True)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "trimmed_mean", "median"])
+def test_make_strategy_passes_the_training_settings(name: str) -> None:
+    assert make_strategy(name, training=SETTINGS).configure_round(1) == SETTINGS
+    assert make_strategy(name).configure_round(1) == RoundSettings()

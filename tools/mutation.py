@@ -205,8 +205,14 @@ def collect(
         for name, code in sorted(meta["exit_code_by_key"].items()):
             generated, qualname = _split_name(name)
             orig = generated.rpartition("__mutmut_")[0] + "__mutmut_orig"
-            # the two copies differ in their name on the def line: compare the bodies
-            ident = identifier(qualname, functions[orig][1:], functions[generated][1:])
+            # the two copies differ in their name on the def line: give both the real one, so
+            # a changed default argument still shows
+            name_only = qualname.rpartition(".")[2]
+            original, mutated = (
+                [lines[0].replace(n, name_only, 1), *lines[1:]]
+                for n, lines in ((orig, functions[orig]), (generated, functions[generated]))
+            )
+            ident = identifier(qualname, original, mutated)
             report.mutants.append(Mutant(name, ident, status_by_exit_code[code]))
         reports.append(report)
     return reports
