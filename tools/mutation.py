@@ -44,9 +44,26 @@ ALSO_COPY = ("configs",)
 # integration tests). mutmut then runs, for each mutant, only those of these tests that call
 # the mutated function.
 TESTS: Mapping[str, tuple[str, ...]] = {
-    "pqlink/record.py": ("tests/test_record.py", "tests/test_properties.py"),
-    "pqlink/handshake.py": ("tests/test_handshake.py", "tests/test_properties.py"),
-    "pqlink/envelope.py": ("tests/test_envelope.py", "tests/test_properties.py"),
+    "pqlink/record.py": (
+        "tests/test_record.py",
+        "tests/test_record_limits.py",
+        "tests/test_vectors.py",
+        "tests/test_properties.py",
+    ),
+    "pqlink/handshake.py": (
+        "tests/test_handshake.py",
+        "tests/test_handshake_limits.py",
+        "tests/test_decode_messages.py",
+        "tests/test_vectors.py",
+        "tests/test_properties.py",
+    ),
+    "pqlink/envelope.py": (
+        "tests/test_envelope.py",
+        "tests/test_envelope_limits.py",
+        "tests/test_decode_messages.py",
+        "tests/test_vectors.py",
+        "tests/test_properties.py",
+    ),
     "gateway/ingest.py": ("tests/test_gateway_ingest.py", "tests/test_ingest_reasons.py"),
     "gateway/sessions.py": ("tests/test_sessions.py", "tests/test_gateway_ingest.py"),
     "gateway/energy.py": ("tests/test_energy.py", "tests/test_energy_edges.py"),
@@ -113,9 +130,9 @@ def _names(m: Mutant) -> set[str]:
     return {m.ident, m.name, m.name.rpartition(".")[2]}
 
 
-# A list item `- `identifier` — reason`, or a table row `| `identifier` | ... | reason |`.
+# A list item `- `identifier` — reason`, or a table row `| `identifier`, ... | ... | reason |`.
 _ENTRY = re.compile(r"^- `(?P<ident>[^`]+)` — (?P<reason>.+)$")
-_ROW = re.compile(r"^\|\s*`(?P<ident>[^`]+)`\s*\|.*\|\s*(?P<reason>[^|]+?)\s*\|\s*$")
+_ROW = re.compile(r"^\|\s*(?P<first>`[^|]+)\|.*\|\s*(?P<reason>[^|]+?)\s*\|\s*$")
 
 
 def read_equivalents(text: str) -> dict[str, dict[str, str]]:
@@ -129,9 +146,14 @@ def read_equivalents(text: str) -> dict[str, dict[str, str]]:
             if section is not None:
                 result.setdefault(section, {})
             continue
-        match = _ENTRY.match(line) or _ROW.match(line)
-        if match and section is not None:
+        if section is None:
+            continue
+        if match := _ENTRY.match(line):
             result[section][match["ident"]] = match["reason"].strip()
+        elif match := _ROW.match(line):
+            # a row may name several mutants with the same reason: `a`, `b`
+            for ident in re.findall(r"`([^`]+)`", match["first"]):
+                result[section][ident] = match["reason"].strip()
     return result
 
 
