@@ -26,6 +26,7 @@ from pqlink import (
 )
 from pqlink.handshake import MAX_INIT_SIZE
 from wire.reasons import Reason, reason_for
+from wire.rr import decode_record
 from wire.topics import TopicKind, TopicLayout
 from wire.vitals import Activity, EventLabel, VitalsSample
 
@@ -255,7 +256,7 @@ def test_a_rejected_record_does_not_refresh_its_session(parties: Parties) -> Non
 
 def _decode_error(payload: bytes) -> str:
     with pytest.raises(DecodeError) as info:
-        VitalsSample.decode(payload)
+        decode_record(payload)
     return str(info.value)
 
 
