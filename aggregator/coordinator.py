@@ -143,21 +143,23 @@ class CoordinatorService:
         params = pika.URLParameters(self.config.amqp.url)
         params.heartbeat = self.config.amqp.heartbeat
         delay = 0.2
-        while not self.stop.is_set() and not self.done():
-            try:
-                connection = pika.BlockingConnection(params)
-            except AMQPError as exc:
-                _LOG.warning("coordinator cannot connect: %r", exc)
-                self.stop.wait(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            delay = 0.2
-            try:
-                self._serve_connection(connection)
-            except AMQPError as exc:
-                _LOG.warning("coordinator lost the broker: %s", exc)
-                self.stop.wait(delay)
-        self.rounds.close()
+        try:
+            while not self.stop.is_set() and not self.done():
+                try:
+                    connection = pika.BlockingConnection(params)
+                except AMQPError as exc:
+                    _LOG.warning("coordinator cannot connect: %r", exc)
+                    self.stop.wait(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                delay = 0.2
+                try:
+                    self._serve_connection(connection)
+                except AMQPError as exc:
+                    _LOG.warning("coordinator lost the broker: %s", exc)
+                    self.stop.wait(delay)
+        finally:
+            self.rounds.close()
 
     def _serve_connection(self, connection: pika.BlockingConnection) -> None:
         channel = connection.channel()

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -76,11 +76,21 @@ class RoundCoordinator:
         self.strategy = strategy
         self.policy = policy
         db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.rejections: Counter[str] = Counter()
+        self.metrics_by_gateway: dict[str, dict[str, Any]] = {}
         self._db = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            self._load(initial_weights)
+        except BaseException:
+            # A file that is not a database (or is locked) must not leave the handle open.
+            self._db.close()
+            raise
+
+    def _load(self, initial_weights: Vector) -> None:
+        """Schema, then the newest model and the open round (the first ones if none)."""
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self.rejections: Counter[str] = Counter()
         row = self._db.execute(
             "SELECT version, round, weights FROM models ORDER BY version DESC LIMIT 1"
         ).fetchone()
@@ -92,7 +102,7 @@ class RoundCoordinator:
                 ("INSERT INTO models VALUES (0, 1, ?, ?)", (self.weights.tobytes(), now)),
                 (
                     "INSERT INTO rounds (round, opened, deadline) VALUES (1, ?, ?)",
-                    (now, now + policy.round_timeout),
+                    (now, now + self.policy.round_timeout),
                 ),
             )
         else:
@@ -102,7 +112,6 @@ class RoundCoordinator:
             "SELECT round, opened, deadline FROM rounds WHERE closed IS NULL "
             "ORDER BY round DESC LIMIT 1"
         ).fetchone()
-        self.metrics_by_gateway: dict[str, dict[str, Any]] = {}
 
     def _tx(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
         db = self._db
@@ -117,6 +126,12 @@ class RoundCoordinator:
 
     def close(self) -> None:
         self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- contributions -----------------------------------------------------------------------
 
