@@ -4,10 +4,13 @@ Errors name the key, the bad value and what was expected; unknown keys are error
 
 from __future__ import annotations
 
+import ssl
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from gateway.mqtt_tls import MqttTls, MqttTlsError, set_groups
 
 
 class ConfigError(Exception):
@@ -26,6 +29,22 @@ class MqttConfig:
     topic_prefix: str = "iomt"
     session_expiry: int = 7 * 24 * 3600  # seconds the broker keeps our queue while we are down
     reconnect_max_delay: float = 30.0
+    # TLS to the broker, off unless tls_ca is set (paths relative to the configuration file).
+    tls_ca: str | None = None  # the broker's CA certificate(s), PEM
+    tls_cert: str | None = None  # client certificate (PEM), with tls_key
+    tls_key: str | None = None
+    tls_groups: str | None = None  # e.g. "X25519MLKEM768" (needs OpenSSL >= 3.5)
+
+    @property
+    def tls(self) -> MqttTls | None:
+        if self.tls_ca is None:
+            return None
+        return MqttTls(
+            Path(self.tls_ca),
+            Path(self.tls_cert) if self.tls_cert else None,
+            Path(self.tls_key) if self.tls_key else None,
+            self.tls_groups,
+        )
 
 
 @dataclass(frozen=True)
@@ -214,6 +233,32 @@ def _section(cls: type, name: str, table: Any) -> Any:
     return cls(**values)
 
 
+def _mqtt_tls(mqtt: MqttConfig, base_dir: Path) -> MqttConfig:
+    """Resolve the TLS paths and check the TLS keys go together and the groups exist here."""
+    if mqtt.tls_ca is None:
+        for key in ("tls_cert", "tls_key", "tls_groups"):
+            if getattr(mqtt, key) is not None:
+                raise ConfigError(f"mqtt.{key} is set but mqtt.tls_ca is not: TLS needs the CA")
+        return mqtt
+    if (mqtt.tls_cert is None) != (mqtt.tls_key is None):
+        raise ConfigError("mqtt.tls_cert and mqtt.tls_key go together: set both or neither")
+    if mqtt.tls_groups is not None:
+        try:
+            set_groups(ssl.create_default_context(), mqtt.tls_groups)
+        except MqttTlsError as exc:
+            raise ConfigError(f"mqtt.tls_groups = {mqtt.tls_groups!r} is invalid: {exc}") from None
+
+    def resolve(value: str | None) -> str | None:
+        return None if value is None else str(base_dir / value)  # an absolute value stays
+
+    return replace(
+        mqtt,
+        tls_ca=resolve(mqtt.tls_ca),
+        tls_cert=resolve(mqtt.tls_cert),
+        tls_key=resolve(mqtt.tls_key),
+    )
+
+
 def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
     """Validate a parsed TOML document; relative paths are relative to `base_dir`."""
     allowed = {
@@ -261,7 +306,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
         state_dir=state_dir,
         identity=path("identity", None) if identity is not None else state_dir / "identity.key",
         registry=path("registry", None) if registry is not None else state_dir / "registry.json",
-        mqtt=_section(MqttConfig, "mqtt", doc.get("mqtt", {})),
+        mqtt=_mqtt_tls(_section(MqttConfig, "mqtt", doc.get("mqtt", {})), base_dir),
         sessions=_section(SessionsConfig, "sessions", doc.get("sessions", {})),
         store=_section(StoreConfig, "store", doc.get("store", {})),
         log=_section(LogConfig, "log", doc.get("log", {})),

@@ -19,10 +19,11 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Reason, Rejected, reason_for
 from gateway.logs import EventLog
 from gateway.metrics import GatewayCollector, MetricsServer
+from gateway.mqtt_tls import MqttTlsError, client_context
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
 from gateway.store import StoredSession, VitalsRow, VitalsStore
 from gateway.systemd import Notifier
@@ -95,6 +96,13 @@ class GatewayDaemon:
             handshake_limiter=RateLimiter(sc.device_handshakes_per_minute / 60.0, 3),
             plaintext=config.bench.plaintext_records,
         )
+        tls = config.mqtt.tls
+        try:
+            # Built once: a missing or unreadable CA is a configuration error at start,
+            # before the store is opened.
+            self._tls_context = client_context(tls) if tls is not None else None
+        except MqttTlsError as exc:
+            raise ConfigError(f"[mqtt] tls_ca/tls_cert/tls_key: {exc}") from None
         self.store = VitalsStore(
             config.db_path,
             retention_days=config.store.retention_days,
@@ -254,6 +262,7 @@ class GatewayDaemon:
             keepalive=mc.keepalive,
             properties=props,
             timeout=10,
+            tls_context=self._tls_context,
         )
         # aiomqtt has no public manual-ack API yet (empicano/aiomqtt#345); paho-mqtt >= 2.0 has
         # it. Acknowledge only after the records are committed to SQLite.
