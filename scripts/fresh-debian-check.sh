@@ -100,7 +100,8 @@ cleanup() {
     fi
     local i
     for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[i]}" 2>/dev/null || true; done
-    if ((keep)); then say "root kept in $root"; else rm -rf "$work"; fi
+    # --one-file-system: never into a bind mount (/dev) that failed to unmount.
+    if ((keep)); then say "root kept in $root"; else rm -rf --one-file-system "$work"; fi
     exit "$rc"
 }
 trap cleanup EXIT
