@@ -33,7 +33,7 @@ logs=$(dirname "$json")/$stamp.logs
 mkdir -p "$logs"
 
 missing=()
-for p in debootstrap podman; do
+for p in debootstrap podman runc; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
@@ -51,12 +51,19 @@ if [ -z "$base" ]; then
     # The base the official image would give: Debian with Python, venv and pip (`python` and
     # `pip` on PATH as there), made with debootstrap and imported once.
     base=localhost/iomt-debian-python:$suite
+    # Rebuilt when this script changes how it is made.
+    base=$base-$(sed -n '/^    base=localhost/,/^    base_seconds/p' "$0" | sha256sum | cut -c1-8)
     if ! podman image exists "$base"; then
         work=$(mktemp -d /var/tmp/iomt-image-base.XXXXXX)
         trap 'rm -rf "$work"' EXIT
         say "debootstrap $suite (python3, python3-venv, python3-pip) for $base"
         debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,python-is-python3,ca-certificates \
             "$suite" "$work/root" "$mirror" >"$logs/debootstrap.log" 2>&1
+        # The host's CA bundle: package downloads here go through it (as in fresh-debian-check).
+        mkdir -p "$work/root/usr/local/share/ca-certificates"
+        cp /etc/ssl/certs/ca-certificates.crt "$work/root/usr/local/share/ca-certificates/host-bundle.crt"
+        chroot "$work/root" update-ca-certificates >/dev/null 2>&1
+        printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$work/root/etc/pip.conf"
         rm -rf "$work/root/var/cache/apt/archives"/*.deb "$work/root/var/lib/apt/lists"/*
         tar -C "$work/root" -c . | podman import --change 'CMD ["/bin/bash"]' - "$base" >/dev/null
         rm -rf "$work"
@@ -65,11 +72,21 @@ if [ -z "$base" ]; then
     base_seconds=$(($(date +%s) - t0))
 fi
 
+# What this kind of machine needs (a VM with cgroup v1 controllers plus a cgroup2 mount, and
+# no CAP_SYS_RESOURCE): crun refuses "cgroups in hybrid mode not supported, drop all
+# controllers from cgroupv2", so runc; podman's default ulimits (nofile and nproc above the
+# host's) fail with "setrlimit `RLIMIT_NOFILE`: Operation not permitted", so the host's open
+# files limit and a process limit below the host's.
+export PODMAN_RUNTIME=${PODMAN_RUNTIME:-runc}
+limits="--ulimit nofile=$(ulimit -Hn):$(ulimit -Hn) --ulimit nproc=4096:4096"
+export IOMT_PODMAN_LIMITS=$limits
+
 image=localhost/iomt-aggregator:check
 t1=$(date +%s)
 say "podman build -f Containerfile (base $base)"
 # Host network for the build's apt and pip downloads: the same registries as the host.
-if ! podman build --network host --build-arg PYTHON_IMAGE="$base" -f Containerfile -t "$image" . \
+# shellcheck disable=SC2086 # $limits is a list of options
+if ! podman --runtime "$PODMAN_RUNTIME" build $limits --network host --build-arg PYTHON_IMAGE="$base" -f Containerfile -t "$image" . \
     >"$logs/build.log" 2>&1; then
     say "build FAILED; last lines of $logs/build.log:"
     tail -n 30 "$logs/build.log" >&2

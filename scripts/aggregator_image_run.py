@@ -30,7 +30,7 @@ UID = 10001  # the image's user
 
 def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 -- podman from PATH, our own arguments
-        ["podman", *args],  # noqa: S607
+        ["podman", "--runtime", os.environ.get("PODMAN_RUNTIME", "runc"), *args],  # noqa: S607
         capture_output=True,
         text=True,
         check=check,
@@ -42,6 +42,7 @@ def container(image: str, state: Path, name: str, *args: str, detach: bool = Fal
     """`iomt-aggregator ARGS` in the image as in K3s: read-only root, state in a volume."""
     tmpfs = "/tmp"  # noqa: S108 -- a tmpfs of the container's own
     opts = ["--network", "host", "--read-only", "--tmpfs", tmpfs, "-v", f"{state}:/state"]
+    opts += os.environ.get("IOMT_PODMAN_LIMITS", "").split()  # see aggregator-image-check.sh
     if detach:
         return podman("run", "-d", "--name", name, *opts, image, *args).stdout.strip()
     return podman("run", "--rm", "--name", name, *opts, image, *args).stdout
