@@ -9,9 +9,10 @@
 # arm64) when missing. Not part of `make test`: it takes 10-25 minutes on amd64, longer on arm64.
 #
 #   scripts/fresh-debian-check.sh [--arch amd64|arm64] [--suite trixie] [--mirror URL]
-#                                 [--pytest 'ARGS'] [--json PATH] [--cache DIR] [--keep]
+#                                 [--pytest 'ARGS'] [--run 'CMD'] [--json PATH] [--cache DIR] [--keep]
 #
 # --pytest 'ARGS'  after `make setup`, run only `python -m pytest ARGS` (e.g. one test file)
+# --run 'CMD'      run only CMD (e.g. 'make demo') in the clone as the new user
 # --cache DIR      keep the bootstrapped base root as DIR/<suite>-<arch>.tar and start from it
 #                  next time (the clone and everything `make` installs are always fresh)
 set -euo pipefail
@@ -21,6 +22,7 @@ arch=amd64
 suite=trixie
 mirror=""
 pytest_args=""
+run_cmd=""
 json=""
 cache=""
 keep=0
@@ -30,10 +32,11 @@ while (($#)); do
         --suite) suite=$2; shift 2 ;;
         --mirror) mirror=$2; shift 2 ;;
         --pytest) pytest_args=$2; shift 2 ;;
+        --run) run_cmd=$2; shift 2 ;;
         --json) json=$2; shift 2 ;;
         --cache) cache=$2; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "fresh-debian-check: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -44,7 +47,7 @@ case $arch in amd64 | arm64) ;; *) echo "fresh-debian-check: --arch amd64 or arm
 if [ -z "${IOMT_CHECK_IN_NS:-}" ]; then
     exec env IOMT_CHECK_IN_NS=1 unshare --mount --propagation private "$0" \
         --arch "$arch" --suite "$suite" ${mirror:+--mirror "$mirror"} \
-        ${pytest_args:+--pytest "$pytest_args"} ${json:+--json "$json"} \
+        ${pytest_args:+--pytest "$pytest_args"} ${run_cmd:+--run "$run_cmd"} ${json:+--json "$json"} \
         ${cache:+--cache "$cache"} $( ((keep)) && echo --keep)
 fi
 
@@ -210,7 +213,9 @@ as_user() {
     chroot "$root" /usr/bin/env -i TERM=dumb /bin/su - debian -c "cd ~/iomt-gateway && $1"
 }
 
-if [ -n "$pytest_args" ]; then
+if [ -n "$run_cmd" ]; then
+    step "${run_cmd// /-}" as_user "$run_cmd"
+elif [ -n "$pytest_args" ]; then
     step make-setup as_user "make setup"
     step pytest as_user ".venv/bin/python -m pytest $pytest_args"
 elif ((foreign)) || [ "$arch" = arm64 ]; then
