@@ -6,6 +6,7 @@ Run by scripts/aggregator-image-check.sh after the build; prints a JSON report o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -97,7 +98,8 @@ def main() -> int:
             '[log]\njournal = "no"\n[learning]\nmax_cpu_load = 1.0\n'
         )
         shutil.copy(state / "state" / "identity.pub", gw / "state" / "aggregator.pub")
-        assert gateway_main(["keygen", "--config", str(gw_conf)]) == 0
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON report only
+            assert gateway_main(["keygen", "--config", str(gw_conf)]) == 0
         shutil.copy(gw / "state" / "identity.pub", state / "gw-01.pub")
         os.chown(state / "gw-01.pub", UID, UID)
         print(
