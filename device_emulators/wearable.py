@@ -20,8 +20,9 @@ from pqlink import (
     RekeyPolicy,
     Session,
 )
-from pqlink.topics import TopicKind, TopicLayout
-from pqlink.vitals import VitalsSample
+from servicekit.backoff import Backoff
+from wire.topics import TopicKind, TopicLayout
+from wire.vitals import VitalsSample
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Wearable:
     async def handshake(self, hub: MqttHub) -> Session:
         """Run the handshake until it succeeds (new init after each timeout)."""
         queue = hub.response_queue(self.response_topic)
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while True:
             initiator = HandshakeInitiator(self.identity, self.gateway, self.config)
             t0 = time.perf_counter()
@@ -95,8 +96,8 @@ class Wearable:
                 self._session_started = time.monotonic()
                 return session
             self.stats.handshake_failures += 1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            # Not a wait for a condition: handshakes back off so a busy gateway can recover.
+            await asyncio.sleep(backoff.failed())
 
     async def run(self, hub: MqttHub, stop: asyncio.Event, records: int | None) -> None:
         interval = 1.0 / self.rate

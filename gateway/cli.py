@@ -15,21 +15,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.config import ConfigError, GatewayConfig, load_config
-from pqlink import (
-    Identity,
-    KeyFileError,
-    PqlinkError,
-    Role,
-    load_identity,
-    load_public_identity,
-    load_registry,
-    save_identity,
-    save_public_identity,
-    save_registry,
-)
+from gateway.config import GatewayConfig, load_config
+from pqlink import Role
+from servicekit.cli import ExitCode, enroll, keygen, revoke, run_main
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_KEYS, EXIT_NOT_RUNNING = 0, 1, 2, 3, 4
 _STALE_AFTER = 10.0
 
 
@@ -67,45 +56,23 @@ def _signal_daemon(config: GatewayConfig) -> str:
 
 
 def _keygen(config: GatewayConfig) -> int:
-    if config.identity.exists():
-        identity = load_identity(config.identity)
-        print(f"identity exists: {identity.name} {identity.public.fingerprint}")
-    else:
-        identity = Identity.generate(config.gateway_id, Role.GATEWAY)
-        save_identity(identity, config.identity)
-        print(f"created {config.identity}: {identity.name} {identity.public.fingerprint}")
-    pub = config.identity.with_suffix(".pub")
-    save_public_identity(identity.public, pub)
-    print(f"public identity: {pub}")
-    return EXIT_OK
+    keygen(config.identity, config.gateway_id, Role.GATEWAY)
+    print(f"public identity: {config.identity.with_suffix('.pub')}")
+    return ExitCode.OK
 
 
 def _enroll(config: GatewayConfig, files: Sequence[Path], replace: bool, reload: bool) -> int:
-    registry = load_registry(config.registry)
-    for f in files:
-        public = load_public_identity(f)
-        if public.role is not Role.SENSOR:
-            raise KeyFileError(f"{f}: {public.name!r} is a {public.role}, not a sensor")
-        try:
-            registry.enroll(public, replace=replace)
-        except ValueError as exc:
-            raise KeyFileError(str(exc)) from None
-        print(f"enrolled {public.name} {public.short_fingerprint}")
-    save_registry(registry, config.registry)
+    enroll(config.registry, files, Role.SENSOR, replace=replace)
     if reload:
         print(_signal_daemon(config))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _revoke(config: GatewayConfig, devices: Sequence[str], reload: bool) -> int:
-    registry = load_registry(config.registry)
-    for device in devices:
-        registry.revoke(device)
-        print(f"revoked {device}")
-    save_registry(registry, config.registry)
+    revoke(config.registry, devices)
     if reload:
         print(_signal_daemon(config))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _status(config: GatewayConfig, as_json: bool) -> int:
@@ -113,7 +80,7 @@ def _status(config: GatewayConfig, as_json: bool) -> int:
         doc = json.loads(config.status_path.read_text())
     except (OSError, ValueError):
         print(f"no status at {config.status_path}: the daemon is not running", file=sys.stderr)
-        return EXIT_NOT_RUNNING
+        return ExitCode.NOT_RUNNING
     age = time.time() - float(doc.get("updated_at", 0))
     doc["age_seconds"] = round(age, 1)
     if as_json:
@@ -121,13 +88,13 @@ def _status(config: GatewayConfig, as_json: bool) -> int:
     else:
         for key, value in doc.items():
             print(f"{key:>18}: {value}")
-    return EXIT_NOT_RUNNING if age > _STALE_AFTER else EXIT_OK
+    return ExitCode.NOT_RUNNING if age > _STALE_AFTER else ExitCode.OK
 
 
 def _run(config: GatewayConfig, journal: str | None) -> int:
     from gateway.daemon import GatewayDaemon  # noqa: PLC0415 -- heavy imports only for run
-    from gateway.logs import setup_logging  # noqa: PLC0415
-    from gateway.systemd import Notifier  # noqa: PLC0415
+    from servicekit.logs import setup_logging  # noqa: PLC0415
+    from servicekit.notify import Notifier  # noqa: PLC0415
 
     choice = journal or config.log.journal
     log = setup_logging(
@@ -140,7 +107,8 @@ def _run(config: GatewayConfig, journal: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         config = load_config(args.config)
         if args.command == "run":
             return _run(config, args.journal)
@@ -151,15 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "revoke":
             return _revoke(config, args.device_ids, args.reload)
         return _status(config, args.json)
-    except ConfigError as exc:
-        print(f"iomt-gateway: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (KeyFileError, PqlinkError) as exc:
-        print(f"iomt-gateway: {exc}", file=sys.stderr)
-        return EXIT_KEYS
-    except ValueError as exc:
-        print(f"iomt-gateway: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+
+    return run_main("iomt-gateway", body)
 
 
 if __name__ == "__main__":

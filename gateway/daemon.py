@@ -1,5 +1,5 @@
-"""The gateway daemon's main loop: MQTT ingest with manual acknowledgements, batched commits
-to SQLite, handshakes in a worker thread, housekeeping, status, SIGTERM drain and SIGHUP reload."""
+"""The gateway daemon: wires its parts (MQTT edge, ingest, handshake dispatch, commit pipeline,
+housekeeping, federated learning) and runs them as owned tasks; SIGTERM drains, SIGHUP reloads."""
 
 from __future__ import annotations
 
@@ -10,23 +10,19 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from gateway.config import ConfigError, GatewayConfig
-from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Reason, Rejected, reason_for
-from gateway.logs import EventLog
-from gateway.metrics import GatewayCollector, MetricsServer
-from gateway.mqtt_tls import MqttTlsError, client_context
+from gateway.counters import ConnectionCounters
+from gateway.edge import EdgeError, EdgeSettings, Message, MqttEdge
+from gateway.housekeeping import Housekeeping, StatusFile
+from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Rejected
+from gateway.metrics import GatewayCollector
+from gateway.pipeline import CommitPipeline
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
-from gateway.store import StoredSession, VitalsRow, VitalsStore
-from gateway.systemd import Notifier
+from gateway.store import VitalsStore
 from pqlink import (
     HandshakeConfig,
     HandshakeResponder,
@@ -37,8 +33,14 @@ from pqlink import (
     load_identity,
     load_registry,
 )
-from pqlink.record import export_session, restore_session
-from pqlink.topics import TopicKind, TopicLayout
+from pqlink.record import restore_session
+from servicekit.backoff import Backoff
+from servicekit.logs import EventLog
+from servicekit.metrics import MetricsServer
+from servicekit.mqtt_tls import MqttTlsError, client_context
+from servicekit.notify import Notifier
+from wire.reasons import Event, Reason, reason_for
+from wire.topics import TopicKind, TopicLayout
 
 if TYPE_CHECKING:
     from gateway.federation import FederationClient
@@ -46,19 +48,9 @@ if TYPE_CHECKING:
 _LOG_ONCE_INTERVAL = 60.0
 
 
-@dataclass
-class _Batch:
-    rows: list[VitalsRow] = field(default_factory=list)
-    acks: list[tuple[int, int, int]] = field(default_factory=list)  # (generation, mid, qos)
-    dropped: list[bytes] = field(default_factory=list)
-    after_commit: list[Callable[[], Any]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.acks) + len(self.after_commit)
-
-
 class GatewayDaemon:
-    """One gateway: owns the MQTT connection, the store thread and the crypto thread."""
+    """One gateway. Owns the store and crypto threads; per broker connection, one TaskGroup
+    owns the consumer and every handshake started on it."""
 
     def __init__(
         self,
@@ -100,15 +92,23 @@ class GatewayDaemon:
         try:
             # Built once: a missing or unreadable CA is a configuration error at start,
             # before the store is opened.
-            self._tls_context = client_context(tls) if tls is not None else None
+            tls_context = client_context(tls) if tls is not None else None
         except MqttTlsError as exc:
-            raise ConfigError(f"[mqtt] tls_ca/tls_cert/tls_key: {exc}") from None
+            raise ConfigError(f"[mqtt] tls_ca/tls_cert/tls_key: {exc}", key="mqtt.tls_ca") from None
         self.store = VitalsStore(
             config.db_path,
             retention_days=config.store.retention_days,
             max_rows=config.store.max_rows,
         )
         self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self._crypto_pool = ThreadPoolExecutor(1, thread_name_prefix="crypto")
+        self.pipeline = CommitPipeline(
+            self.store,
+            self._store_pool,
+            self.table,
+            log,
+            batch_interval=config.store.batch_interval,
+        )
         self.federation: FederationClient | None = None
         if config.uplink.amqp_url:
             # numpy and the trainer load only on gateways that take part in federated learning
@@ -117,24 +117,35 @@ class GatewayDaemon:
             self.federation = FederationClient(
                 config, self.identity, self.store, self._store_pool, log
             )
-        self._crypto_pool = ThreadPoolExecutor(1, thread_name_prefix="crypto")
-        self._batch = _Batch()
-        self._flush_lock = asyncio.Lock()
-        self._flush_wanted = asyncio.Event()
+        self.status_file = StatusFile(config.status_path, self.status)
+        self.housekeeping = Housekeeping(
+            self.table,
+            self.pipeline,
+            self.store,
+            self._store_pool,
+            notifier=notifier,
+            log=log,
+            status_file=self.status_file,
+            status_line=self.status_line,
+            federation=self.federation,
+        )
+        mc = config.mqtt
+        self.edge_settings = EdgeSettings(
+            host=mc.host,
+            port=mc.port,
+            client_id=config.client_id,
+            username=mc.username,
+            password=mc.password,
+            keepalive=mc.keepalive,
+            receive_maximum=mc.receive_maximum,
+            session_expiry=mc.session_expiry,
+            tls_context=tls_context,
+        )
+        self.counters = ConnectionCounters()
         self._stop = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
-        self._generation = 0
+        self._edge: MqttEdge | None = None
         self._ready_sent = False
         self._logged: dict[tuple[str, str], float] = {}
-        self._pending_handshakes: set[asyncio.Task[None]] = set()
-        self.counters: dict[str, int] = {
-            "records_stored": 0,
-            "records_duplicate": 0,
-            "handshakes_ok": 0,
-            "handshakes_failed": 0,
-            "broker_connects": 0,
-            "commits": 0,
-        }
         self.started_at = time.time()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -146,13 +157,13 @@ class GatewayDaemon:
                 peer = self.responder.registry.lookup(stored.device_id)
                 session = restore_session(stored.state, peer)
             except PqlinkError:
-                self._batch.dropped.append(stored.session_id)
+                self.pipeline.drop_session(stored.session_id)
                 dropped += 1
                 continue
             now = time.monotonic()
             self.table.add(SessionEntry(session, stored.device_id, now, now, dirty=False), now)
             restored += 1
-        self.log.event("sessions_restored", count=restored, dropped=dropped)
+        self.log.event(Event.SESSIONS_RESTORED, count=restored, dropped=dropped)
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
@@ -160,10 +171,10 @@ class GatewayDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        self.log.event("daemon_started", gateway=self.config.gateway_id, pid=os.getpid())
+        self.log.event(Event.DAEMON_STARTED, gateway=self.config.gateway_id, pid=os.getpid())
         if self.config.bench.plaintext_records:
             self.log.event(
-                "insecure_benchmark_mode",
+                Event.INSECURE_BENCHMARK_MODE,
                 level=logging.CRITICAL,
                 reason="bench.plaintext_records: records are NOT authenticated",
             )
@@ -173,27 +184,31 @@ class GatewayDaemon:
             try:
                 metrics = self._start_metrics()
             except OSError as bind_error:
-                self.log.event("daemon_failed", level=logging.CRITICAL, reason=str(bind_error))
+                self.log.event(Event.DAEMON_FAILED, level=logging.CRITICAL, reason=str(bind_error))
                 await self._drain()
                 return 1
         code = 0
         try:
             async with asyncio.TaskGroup() as tg:
-                flusher = tg.create_task(self._flusher())
-                housekeeping = tg.create_task(self._housekeeping())
+                committer = tg.create_task(self.pipeline.run())
+                chores = tg.create_task(self.housekeeping.run())
                 if self.federation is not None:
                     tg.create_task(self.federation.run(self._stop))
-                await self._mqtt_loop()
-                flusher.cancel()
-                housekeeping.cancel()
+                await self._connections()
+                committer.cancel()
+                chores.cancel()
         except* Exception as group:
             for exc in group.exceptions:
-                self.log.event("daemon_failed", level=logging.CRITICAL, reason=repr(exc))
+                self.log.event(Event.DAEMON_FAILED, level=logging.CRITICAL, reason=repr(exc))
             code = 1
         await self._drain()
         if metrics is not None:
             metrics.close()
-        self.log.event("daemon_stopped", records=self.counters["records_stored"], exit_code=code)
+        self.log.event(
+            Event.DAEMON_STOPPED,
+            records=self.pipeline.counters.records_stored,
+            exit_code=code,
+        )
         return code
 
     def _start_metrics(self) -> MetricsServer:
@@ -203,13 +218,13 @@ class GatewayDaemon:
             self.config.metrics.port,
             [GatewayCollector(self.status, hist)],
         )
-        self.log.event("metrics_listening", host=self.config.metrics.host, port=server.port)
+        self.log.event(Event.METRICS_LISTENING, host=self.config.metrics.host, port=server.port)
         return server
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
             self.notifier.stopping()
-            self.log.event("daemon_stopping")
+            self.log.event(Event.DAEMON_STOPPING)
         self._stop.set()
 
     def reload(self) -> None:
@@ -218,7 +233,7 @@ class GatewayDaemon:
         try:
             registry = load_registry(self.config.registry)
         except PqlinkError as exc:
-            self.log.event("registry_reload_failed", level=logging.ERROR, reason=str(exc))
+            self.log.event(Event.REGISTRY_RELOAD_FAILED, level=logging.ERROR, reason=str(exc))
             self.notifier.ready()
             return
         self.responder.registry = registry
@@ -228,126 +243,87 @@ class GatewayDaemon:
                 registry.lookup(device)
             except PqlinkError:
                 for entry in self.table.drop_device(device):
-                    self._batch.dropped.append(entry.session.session_id)
+                    self.pipeline.drop_session(entry.session.session_id)
                     ended += 1
-        self.log.event("registry_reloaded", count=len(registry), sessions_ended=ended)
+        self.log.event(Event.REGISTRY_RELOADED, count=len(registry), sessions_ended=ended)
         self.notifier.ready()
 
     async def _drain(self) -> None:
         """Commit whatever is left (unacknowledged: the broker redelivers it, and the store
         drops the duplicates) and close the store."""
         with contextlib.suppress(Exception):
-            await self._flush()
+            await self.pipeline.flush()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._store_pool, self.store.close)
         self._store_pool.shutdown()
         self._crypto_pool.shutdown()
-        self._write_status()
+        self.status_file.write()
 
-    # -- MQTT --------------------------------------------------------------------------------
+    # -- connections -------------------------------------------------------------------------
 
-    def _make_client(self) -> aiomqtt.Client:
-        mc = self.config.mqtt
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = mc.session_expiry
-        props.ReceiveMaximum = mc.receive_maximum
-        client = aiomqtt.Client(
-            mc.host,
-            mc.port,
-            username=mc.username,
-            password=mc.password,
-            identifier=self.config.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,  # resume our broker-side session: nothing queued is lost
-            keepalive=mc.keepalive,
-            properties=props,
-            timeout=10,
-            tls_context=self._tls_context,
+    async def _connections(self) -> None:
+        """One edge per connection, reconnecting with backoff until asked to stop."""
+        backoff = Backoff(0.2, self.config.mqtt.reconnect_max_delay)
+        subscriptions = (
+            self.layout.subscription(TopicKind.HANDSHAKE),
+            self.layout.subscription(TopicKind.RECORD),
         )
-        # aiomqtt has no public manual-ack API yet (empicano/aiomqtt#345); paho-mqtt >= 2.0 has
-        # it. Acknowledge only after the records are committed to SQLite.
-        client._client.manual_ack_set(True)
-        return client
-
-    async def _mqtt_loop(self) -> None:
-        delay = 0.2
         while not self._stop.is_set():
-            client = self._make_client()
             try:
-                async with client:
-                    self._generation += 1
-                    self._client = client
-                    await client.subscribe(
-                        [
-                            (self.layout.subscription(TopicKind.HANDSHAKE), 1),
-                            (self.layout.subscription(TopicKind.RECORD), 1),
-                        ]
-                    )
-                    self.counters["broker_connects"] += 1
+                async with MqttEdge(self.edge_settings, subscriptions) as edge:
+                    self._edge = edge
+                    self.counters.broker_connects += 1
                     self.log.event(
-                        "broker_connected", host=self.config.mqtt.host, port=self.config.mqtt.port
+                        Event.BROKER_CONNECTED,
+                        host=self.config.mqtt.host,
+                        port=self.config.mqtt.port,
                     )
                     if not self._ready_sent:
                         self._ready_sent = True
                         self.notifier.ready()
-                        self.log.event("daemon_ready")
-                    delay = 0.2
-                    if await self._serve(client):
-                        return
-            except aiomqtt.MqttError as exc:
-                self._client = None
-                self.log.event("broker_disconnected", level=logging.WARNING, reason=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                delay = min(delay * 2, self.config.mqtt.reconnect_max_delay)
+                        self.log.event(Event.DAEMON_READY)
+                    backoff.succeeded()
+                    await self._serve(edge)
+                    return
+            except EdgeError as exc:
+                self._edge = None
+                self.log.event(Event.BROKER_DISCONNECTED, level=logging.WARNING, reason=str(exc))
+                await backoff.wait(self._stop)
             finally:
-                self._client = None
+                self._edge = None
 
-    async def _serve(self, client: aiomqtt.Client) -> bool:
-        """Consume until the connection fails (raises) or a stop is requested (returns True
-        after committing and acknowledging everything received, while still connected)."""
-        consume = asyncio.create_task(self._consume(client))
-        stop = asyncio.create_task(self._stop.wait())
+    async def _serve(self, edge: MqttEdge) -> None:
+        """Consume until the connection fails (EdgeError) or a stop is requested; then commit
+        and acknowledge everything received, while still connected."""
         try:
-            done, _ = await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (consume, stop):
-                task.cancel()
-        if consume in done:
-            consume.result()  # raises MqttError
-            return False
-        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-            await consume
-        if self._pending_handshakes:
-            await asyncio.wait(self._pending_handshakes, timeout=5)
-        await self._flush()
-        return True
+            async with asyncio.TaskGroup() as tg:
+                consumer = tg.create_task(self._consume(edge, tg))
+                await self._stop.wait()
+                consumer.cancel()
+                # Leaving the group waits for the handshakes already started on this edge.
+        except* EdgeError as group:
+            raise group.exceptions[0] from None
+        await self.pipeline.flush()
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
-        generation = self._generation
+    async def _consume(self, edge: MqttEdge, tg: asyncio.TaskGroup) -> None:
         batch_max = self.config.store.batch_max
         process = self.processor.handle
-        async for message in client.messages:
-            topic = message.topic.value
+        async for message in edge.messages():
             now = time.monotonic()
-            outcome = process(topic, bytes(message.payload), now, int(time.time() * 1000))
-            ack = (generation, message.mid, message.qos)
+            outcome = process(message.topic, message.payload, now, int(time.time() * 1000))
             if isinstance(outcome, Accepted):
-                self._batch.rows.append(outcome.row)
-                self._batch.acks.append(ack)
+                self.pipeline.record(outcome.row, (edge, message))
             elif isinstance(outcome, HandshakeRequest):
-                task = asyncio.create_task(self._handshake(outcome, ack, now))
-                self._pending_handshakes.add(task)
-                task.add_done_callback(self._pending_handshakes.discard)
+                tg.create_task(self._handshake(edge, message, outcome, now))
             else:
-                self._batch.acks.append(ack)
+                self.pipeline.acknowledge((edge, message))
                 self._log_rejection(outcome)
-            if len(self._batch) >= batch_max:
+            if len(self.pipeline) >= batch_max:
                 # Back-pressure: stop reading until this batch is on disk.
-                await self._flush()
+                await self.pipeline.flush()
 
     async def _handshake(
-        self, request: HandshakeRequest, ack: tuple[int, int, int], now: float
+        self, edge: MqttEdge, message: Message, request: HandshakeRequest, now: float
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -355,45 +331,40 @@ class GatewayDaemon:
                 self._crypto_pool, self.responder.respond, request.frame
             )
         except PqlinkError as exc:
-            reason = reason_for(exc)
-            self.counters["handshakes_failed"] += 1
-            self.processor.rejected[reason.value] += 1
-            self._batch.acks.append(ack)
-            self._log_rejection(Rejected(request.device_id, reason, str(exc)), "session_rejected")
+            self._handshake_failed(
+                edge, message, Rejected(request.device_id, reason_for(exc), str(exc))
+            )
             return
         if result.initiator.name != request.device_id:
-            self.counters["handshakes_failed"] += 1
-            self.processor.rejected[Reason.WRONG_TOPIC.value] += 1
-            self._batch.acks.append(ack)
-            self._log_rejection(
+            self._handshake_failed(
+                edge,
+                message,
                 Rejected(request.device_id, Reason.WRONG_TOPIC, "init names another device"),
-                "session_rejected",
             )
             return
         entry = SessionEntry(result.session, request.device_id, now, now, dirty=True)
         for old in self.table.add(entry, now):
-            self._batch.dropped.append(old.session.session_id)
+            self.pipeline.drop_session(old.session.session_id)
         topic = self.layout.topic(TopicKind.RESPONSE, request.device_id)
         response = result.response
         sid = result.session.session_id.hex()[:8]
 
         def established() -> None:
             # Published only once the session is durable, so records never outrun it.
-            self.counters["handshakes_ok"] += 1
-            self.log.event("session_established", device_id=request.device_id, session_id=sid)
-            client = self._client
-            if client is not None:
-                asyncio.get_running_loop().create_task(self._publish(client, topic, response))
+            self.counters.handshakes_ok += 1
+            self.log.event(Event.SESSION_ESTABLISHED, device_id=request.device_id, session_id=sid)
+            edge.publish(topic, response)
 
-        self._batch.acks.append(ack)
-        self._batch.after_commit.append(established)
-        self._flush_wanted.set()
+        self.pipeline.acknowledge((edge, message))
+        self.pipeline.after_commit(established)
 
-    async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(topic, payload, qos=1)
+    def _handshake_failed(self, edge: MqttEdge, message: Message, rejected: Rejected) -> None:
+        self.counters.handshakes_failed += 1
+        self.counters.rejected[rejected.reason.value] += 1
+        self.pipeline.acknowledge((edge, message))
+        self._log_rejection(rejected, Event.SESSION_REJECTED)
 
-    def _log_rejection(self, rejected: Rejected, event: str = "record_rejected") -> None:
+    def _log_rejection(self, rejected: Rejected, event: Event = Event.RECORD_REJECTED) -> None:
         key = (rejected.device_id or "-", rejected.reason.value)
         now = time.monotonic()
         if now - self._logged.get(key, -_LOG_ONCE_INTERVAL) < _LOG_ONCE_INTERVAL:
@@ -409,114 +380,34 @@ class GatewayDaemon:
             detail=rejected.detail,
         )
 
-    # -- commits -----------------------------------------------------------------------------
-
-    async def _flusher(self) -> None:
-        interval = self.config.store.batch_interval
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_wanted.wait(), interval)
-            self._flush_wanted.clear()
-            await self._flush()
-
-    async def _flush(self) -> None:
-        async with self._flush_lock:
-            batch, self._batch = self._batch, _Batch()
-            dirty = [e for e in self.table.entries() if e.dirty]
-            if not batch.acks and not batch.after_commit and not batch.dropped and not dirty:
-                return
-            states = []
-            for entry in dirty:
-                entry.dirty = False
-                states.append(
-                    StoredSession(
-                        entry.session.session_id, entry.device_id, export_session(entry.session)
-                    )
-                )
-            loop = asyncio.get_running_loop()
-            try:
-                inserted = await loop.run_in_executor(
-                    self._store_pool, self.store.commit, batch.rows, states, batch.dropped
-                )
-            except Exception as exc:
-                # Nothing is acknowledged: the broker redelivers after our restart.
-                self.log.event("store_failed", level=logging.CRITICAL, reason=str(exc))
-                raise
-            self.counters["commits"] += 1
-            self.counters["records_stored"] += inserted
-            self.counters["records_duplicate"] += len(batch.rows) - inserted
-            self._ack(batch.acks)
-            for callback in batch.after_commit:
-                callback()
-
-    def _ack(self, acks: list[tuple[int, int, int]]) -> None:
-        client = self._client
-        if client is None:
-            return
-        paho = client._client
-        generation = self._generation
-        for gen, mid, qos in acks:
-            # Acks for a previous connection are void: the broker redelivers those messages.
-            if gen == generation and qos > 0:
-                paho.ack(mid, qos)
-
-    # -- housekeeping ------------------------------------------------------------------------
-
-    async def _housekeeping(self) -> None:
-        watchdog = self.notifier.watchdog_interval
-        period = min(1.0, watchdog) if watchdog else 1.0
-        last_retention = 0.0
-        loop = asyncio.get_running_loop()
-        while True:
-            now = time.monotonic()
-            for entry in self.table.expire(now):
-                self._batch.dropped.append(entry.session.session_id)
-                self.log.event(
-                    "session_expired",
-                    device_id=entry.device_id,
-                    session_id=entry.session.session_id.hex()[:8],
-                )
-            if now - last_retention > 3600:
-                last_retention = now
-                deleted = await loop.run_in_executor(self._store_pool, self.store.enforce_retention)
-                if deleted:
-                    self.log.event("retention_applied", count=deleted)
-            if self.federation is not None:
-                self.federation.counters["spool_depth"] = await loop.run_in_executor(
-                    self._store_pool, self.federation.spool.depth
-                )
-            self.notifier.watchdog()
-            self.notifier.status(self.status_line())
-            self._write_status()
-            await asyncio.sleep(period)
+    # -- status ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        rejected = self.processor.rejected + self.counters.rejected
+        commits = self.pipeline.counters
         return {
             "gateway": self.config.gateway_id,
             "pid": os.getpid(),
             "started_at": self.started_at,
             "updated_at": time.time(),
-            "connected": self._client is not None,
+            "connected": self._edge is not None,
             "sessions": len(self.table),
             "records_accepted": self.processor.accepted,
-            **self.counters,
-            "rejected": dict(sorted(self.processor.rejected.items())),
+            "records_stored": commits.records_stored,
+            "records_duplicate": commits.records_duplicate,
+            **self.counters.status(),
+            "commits": commits.commits,
+            "rejected": dict(sorted(rejected.items())),
             "federation": self.federation.status() if self.federation is not None else None,
         }
 
     def status_line(self) -> str:
-        rejected = sum(self.processor.rejected.values())
-        state = "connected" if self._client is not None else "connecting"
+        rejected = sum(self.processor.rejected.values()) + sum(self.counters.rejected.values())
+        state = "connected" if self._edge is not None else "connecting"
         return (
-            f"{state}; {len(self.table)} sessions; {self.counters['records_stored']} records "
-            f"stored; {rejected} rejected"
+            f"{state}; {len(self.table)} sessions; {self.pipeline.counters.records_stored} "
+            f"records stored; {rejected} rejected"
         )
-
-    def _write_status(self) -> None:
-        path = self.config.status_path
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status(), indent=2) + "\n")
-        os.replace(tmp, path)
 
 
 def read_status(config: GatewayConfig) -> Mapping[str, Any]:

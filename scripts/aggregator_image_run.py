@@ -19,12 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from demo.rabbitmq import RabbitMQ  # noqa: E402 -- after sys.path is set
-from demo.services import Mosquitto  # noqa: E402
 from device_emulators.profiles import make_profiles  # noqa: E402
 from device_emulators.signals import VitalsGenerator  # noqa: E402
 from gateway.cli import main as gateway_main  # noqa: E402
 from gateway.store import VitalsStore, vitals_row  # noqa: E402
+from testbed.mosquitto import Mosquitto  # noqa: E402
+from testbed.rabbitmq import RabbitMQ  # noqa: E402 -- after sys.path is set
 
 UID = 10001  # the image's user
 

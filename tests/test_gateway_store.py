@@ -13,7 +13,7 @@ from gateway.sessions import RateLimiter, SessionEntry, SessionTable
 from gateway.spool import Spool
 from gateway.store import StoredSession, VitalsStore, vitals_row
 from pqlink import HandshakeInitiator, HandshakeResponder, Session
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 from .conftest import Parties
 
@@ -68,7 +68,7 @@ def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     with VitalsStore(tmp_path / "v.db") as store:
         bad = [vitals_row("dev-1", _sample(0), 1), ("dev-1", 1, 2)]  # second row too short
         with pytest.raises(sqlite3.ProgrammingError):
-            store.commit(bad, [StoredSession(b"x" * 8, "dev-1", b"s")])  # type: ignore[list-item]
+            store.commit(bad, [StoredSession(b"x" * 8, "dev-1", b"s")])  # type: ignore[arg-type]
         assert store.count() == 0
         assert store.load_sessions() == []
 

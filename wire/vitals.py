@@ -8,7 +8,7 @@ import math
 import struct
 from dataclasses import dataclass
 
-from pqlink._errors import DecodeError
+from pqlink import DecodeError
 
 VITALS_VERSION = 1
 _FORMAT = struct.Struct(">BQQHHhHBB")

@@ -1,12 +1,5 @@
 """TLS for the MQTT clients (gateway daemon, wearable emulator): the broker's CA, an optional
-client certificate, and the key-exchange groups offered, e.g. the hybrid X25519MLKEM768.
-
-TLS is a second layer that ends at the broker; the end-to-end pqlink sessions are unchanged.
-Python's ssl module has no call to choose the TLS 1.3 groups before Python 3.15
-(`set_ecdh_curve` takes one classical curve by name, and ML-KEM groups have none), so the groups
-are set with OpenSSL's own SSL_CTX_set1_groups_list on the context, through ctypes and the
-libssl that Python's ssl module is linked with. OPENSSL_CONF would do it for the whole process,
-but only when set before the interpreter starts."""
+client certificate, and the key-exchange groups offered, e.g. the hybrid X25519MLKEM768."""
 
 from __future__ import annotations
 
@@ -15,13 +8,22 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from servicekit.config import ConfigError
+
+# TLS is a second layer that ends at the broker; the end-to-end pqlink sessions are unchanged.
+# Python's ssl module has no call to choose the TLS 1.3 groups before Python 3.15
+# (`set_ecdh_curve` takes one classical curve by name, and ML-KEM groups have none), so the
+# groups are set with OpenSSL's own SSL_CTX_set1_groups_list on the context, through ctypes and
+# the libssl that Python's ssl module is linked with. OPENSSL_CONF would do it for the whole
+# process, but only when set before the interpreter starts.
+
 # SSL_CTX_set1_groups_list(ctx, list) is a macro for SSL_CTX_ctrl(ctx, 92, 0, list).
 _SSL_CTRL_SET_GROUPS_LIST = 92
 # ML-KEM key exchange in TLS arrived in OpenSSL 3.5.
 _PQ_OPENSSL = (3, 5)
 
 
-class MqttTlsError(Exception):
+class MqttTlsError(ConfigError):
     """The TLS settings of an MQTT client cannot be used on this machine."""
 
 
