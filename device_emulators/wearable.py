@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from device_emulators.hub import MqttHub
 from device_emulators.signals import VitalsGenerator
@@ -22,7 +23,16 @@ from pqlink import (
 )
 from servicekit.backoff import Backoff
 from wire.topics import TopicKind, TopicLayout
-from wire.vitals import VitalsSample
+
+
+class Record(Protocol):
+    """Any record kind a wearable seals: a vitals sample, a batch of RR intervals."""
+
+    def encode(self) -> bytes: ...
+
+
+class RecordSource(Protocol):
+    def next_sample(self) -> Record: ...
 
 
 @dataclass
@@ -42,7 +52,7 @@ class Wearable:
         identity: Identity,
         gateway: PublicIdentity,
         layout: TopicLayout,
-        generator: VitalsGenerator,
+        generator: VitalsGenerator | RecordSource,
         *,
         rate: float,
         session_max_age: float = 3600.0,
@@ -66,7 +76,7 @@ class Wearable:
         self._session_started = 0.0
         self.stats = WearableStats()
         # Samples taken but not yet published survive disconnections (bounded: oldest dropped).
-        self._outbox: deque[VitalsSample] = deque(maxlen=outbox_limit)
+        self._outbox: deque[Record] = deque(maxlen=outbox_limit)
 
     async def handshake(self, hub: MqttHub) -> Session:
         """Run the handshake until it succeeds (new init after each timeout)."""
@@ -99,21 +109,25 @@ class Wearable:
             # Not a wait for a condition: handshakes back off so a busy gateway can recover.
             await asyncio.sleep(backoff.failed())
 
+    async def send_outbox(self, hub: MqttHub) -> None:
+        """Seal and publish what the outbox holds, after a handshake if the session is gone."""
+        session = self.session
+        if session is None or time.monotonic() - self._session_started > self.session_max_age:
+            session = await self.handshake(hub)
+        while self._outbox:
+            sample = self._outbox[0]
+            frame = session.seal(sample.encode(), self._record_topic_bytes)
+            await hub.publish(self.record_topic, frame)
+            self._outbox.popleft()
+            self.stats.records_sent += 1
+
     async def run(self, hub: MqttHub, stop: asyncio.Event, records: int | None) -> None:
         interval = 1.0 / self.rate
         next_at = time.monotonic()
         while not stop.is_set() and (records is None or self.stats.records_sent < records):
             if records is None or self.stats.records_sent + len(self._outbox) < records:
                 self._outbox.append(self.generator.next_sample())
-            session = self.session
-            if session is None or time.monotonic() - self._session_started > self.session_max_age:
-                session = await self.handshake(hub)
-            while self._outbox:
-                sample = self._outbox[0]
-                frame = session.seal(sample.encode(), self._record_topic_bytes)
-                await hub.publish(self.record_topic, frame)
-                self._outbox.popleft()
-                self.stats.records_sent += 1
+            await self.send_outbox(hub)
             next_at += interval
             delay = next_at - time.monotonic()
             if delay > 0:

@@ -96,7 +96,10 @@ class UplinkConfig:
 @dataclass(frozen=True)
 class LearningConfig:
     backend: str = "auto"  # auto | litert | numpy
-    model: str | None = None  # default: the packaged vitals_mlp.tflite
+    task: str = "vitals"  # vitals (synthetic vitals, alerts) | rhythm (RR beats, 3 rhythms)
+    model: str | None = None  # default: the task's packaged model
+    balanced_sampling: bool = False  # class-balanced batches (the rhythm task's NSR dominates)
+    restricted_softmax: bool = False  # leave classes absent from the local data out (FedRS)
     max_samples_per_device: int = 20_000
     min_windows: int = 4
     power_model: str = "raspberry-pi-4"  # raspberry-pi-4 | raspberry-pi-5
@@ -204,6 +207,7 @@ _RULES: Final = Rules(
         "log.journal": ("auto", "yes", "no"),
         "learning.backend": ("auto", "litert", "numpy"),
         "learning.power_model": POWER_MODEL_NAMES,
+        "learning.task": ("vitals", "rhythm"),
     },
 )
 

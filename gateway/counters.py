@@ -14,6 +14,8 @@ class CommitCounters:
 
     records_stored: int = 0
     records_duplicate: int = 0
+    rr_beats_stored: int = 0
+    rr_beats_duplicate: int = 0
     commits: int = 0
 
 

@@ -312,7 +312,7 @@ class GatewayDaemon:
             now = time.monotonic()
             outcome = process(message.topic, message.payload, now, int(time.time() * 1000))
             if isinstance(outcome, Accepted):
-                self.pipeline.record(outcome.row, (edge, message))
+                self.pipeline.record(outcome.row, outcome.beats, (edge, message))
             elif isinstance(outcome, HandshakeRequest):
                 tg.create_task(self._handshake(edge, message, outcome, now))
             else:
@@ -395,6 +395,8 @@ class GatewayDaemon:
             "records_accepted": self.processor.accepted,
             "records_stored": commits.records_stored,
             "records_duplicate": commits.records_duplicate,
+            "rr_beats_stored": commits.rr_beats_stored,
+            "rr_beats_duplicate": commits.rr_beats_duplicate,
             **self.counters.status(),
             "commits": commits.commits,
             "rejected": dict(sorted(rejected.items())),

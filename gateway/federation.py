@@ -22,17 +22,16 @@ from gateway.energy import (
     EnergyPolicyConfig,
     read_energy,
 )
-from gateway.features import N_FEATURES, build_windows
 from gateway.learning import FederatedLearner, GlobalModelRejectedError, ReceivedGlobal
 from gateway.spool import Spool
 from gateway.store import VitalsStore
+from gateway.tasks import TASKS
 from gateway.trainer import make_trainer
 from gateway.uplink import Uplink
 from pqlink import Identity, PqlinkError, load_public_identity
 from servicekit.logs import EventLog
 from servicekit.metrics import round_histogram
 from wire.envelopes import envelope_codec
-from wire.model import DEFAULT_MODEL_PATH
 from wire.reasons import Event
 
 T = TypeVar("T")
@@ -56,7 +55,17 @@ class FederationClient:
         self.store_pool = store_pool
         self.log = log
         self.spool = Spool(config.spool_path)
-        trainer = make_trainer(lc.model or DEFAULT_MODEL_PATH, lc.backend)  # type: ignore[arg-type]
+        self.task = TASKS[lc.task]
+        trainer = make_trainer(lc.model or self.task.model_path, lc.backend)  # type: ignore[arg-type]
+        if (trainer.layout.features, trainer.layout.classes) != (
+            self.task.features,
+            self.task.classes,
+        ):
+            raise ValueError(
+                f"model {lc.model} has {trainer.layout.features} features and "
+                f"{trainer.layout.classes} classes; task {lc.task} needs "
+                f"{self.task.features} and {self.task.classes}"
+            )
         policy = EnergyPolicy(
             EnergyPolicyConfig(
                 min_battery_percent=lc.min_battery_percent,
@@ -76,6 +85,8 @@ class FederationClient:
             policy,
             POWER_MODELS[lc.power_model],
             codec=codec,
+            balanced=lc.balanced_sampling,
+            restricted=lc.restricted_softmax,
         )
         self._wake = asyncio.Event()
         self.uplink = Uplink(
@@ -206,13 +217,7 @@ class FederationClient:
         await self._train(round_, received)
 
     def _windows(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]:
-        xs, ys = [np.zeros((0, N_FEATURES), np.float32)], [np.zeros(0, np.int32)]
-        limit = self.config.learning.max_samples_per_device
-        for device in self.store.devices():
-            x, y = build_windows(self.store.sample_rows(device, limit=limit))
-            xs.append(x)
-            ys.append(y)
-        return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int32)
+        return self.task.windows(self.store, self.config.learning.max_samples_per_device)
 
     async def _train(self, round_: int, received: ReceivedGlobal) -> None:
         t0 = time.monotonic()

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from gateway.sessions import RateLimiter, SessionTable
-from gateway.store import VitalsRow, vitals_row
+from gateway.store import RRBeatRow, VitalsRow, rr_beat_rows, vitals_row
 from pqlink import (
     DecodeError,
     PqlinkError,
@@ -15,14 +15,24 @@ from pqlink import (
 )
 from pqlink.handshake import MAX_INIT_SIZE
 from wire.reasons import Reason, reason_for
+from wire.rr import RRBatch, decode_record
 from wire.topics import TopicKind, TopicLayout
 from wire.vitals import VitalsSample
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
+    """An opened record: a vitals row, or the beats of an RR batch."""
+
     device_id: str
-    row: VitalsRow
+    row: VitalsRow | None = None
+    beats: tuple[RRBeatRow, ...] = ()
+
+
+def _accepted(device: str, record: VitalsSample | RRBatch, wall_ms: int) -> Accepted:
+    if isinstance(record, RRBatch):
+        return Accepted(device, beats=rr_beat_rows(device, record, wall_ms))
+    return Accepted(device, row=vitals_row(device, record, wall_ms))
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,19 +108,19 @@ class IngestProcessor:
         except PqlinkError as exc:
             return self._reject(device, reason_for(exc), str(exc))
         try:
-            sample = VitalsSample.decode(plaintext)
+            record = decode_record(plaintext)
         except DecodeError as exc:
             # Authentic but unparseable: a buggy or hostile firmware, not a network fault.
             return self._reject(device, Reason.BAD_PAYLOAD, str(exc))
         entry.last_seen = now
         entry.dirty = True
         self.accepted += 1
-        return Accepted(device, vitals_row(device, sample, wall_ms))
+        return _accepted(device, record, wall_ms)
 
     def _plaintext(self, device: str, payload: bytes, wall_ms: int) -> Outcome:
         try:
-            sample = VitalsSample.decode(payload)
+            record = decode_record(payload)
         except DecodeError as exc:
             return self._reject(device, Reason.BAD_PAYLOAD, str(exc))
         self.accepted += 1
-        return Accepted(device, vitals_row(device, sample, wall_ms))
+        return _accepted(device, record, wall_ms)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from gateway.counters import CommitCounters
 from gateway.edge import Message, MqttEdge
 from gateway.sessions import SessionTable
-from gateway.store import StoredSession, VitalsRow, VitalsStore
+from gateway.store import RRBeatRow, StoredSession, VitalsRow, VitalsStore
 from pqlink.record import export_session
 from servicekit.logs import EventLog
 from wire.reasons import Event
@@ -25,6 +25,7 @@ Ack = tuple[MqttEdge, Message]
 @dataclass
 class _Batch:
     rows: list[VitalsRow] = field(default_factory=list)
+    beats: list[RRBeatRow] = field(default_factory=list)
     acks: list[Ack] = field(default_factory=list)
     dropped: list[bytes] = field(default_factory=list)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
@@ -58,8 +59,11 @@ class CommitPipeline:
     def __len__(self) -> int:
         return len(self._batch)
 
-    def record(self, row: VitalsRow, ack: Ack) -> None:
-        self._batch.rows.append(row)
+    def record(self, row: VitalsRow | None, beats: tuple[RRBeatRow, ...], ack: Ack) -> None:
+        """An accepted record: a vitals row or the beats of an RR batch."""
+        if row is not None:
+            self._batch.rows.append(row)
+        self._batch.beats.extend(beats)
         self._batch.acks.append(ack)
 
     def acknowledge(self, ack: Ack) -> None:
@@ -98,8 +102,13 @@ class CommitPipeline:
                 )
             loop = asyncio.get_running_loop()
             try:
-                inserted = await loop.run_in_executor(
-                    self.store_pool, self.store.commit, batch.rows, states, batch.dropped
+                inserted, inserted_beats = await loop.run_in_executor(
+                    self.store_pool,
+                    self.store.commit_all,
+                    batch.rows,
+                    batch.beats,
+                    states,
+                    batch.dropped,
                 )
             except Exception as exc:
                 # Nothing is acknowledged: the broker redelivers after our restart.
@@ -108,6 +117,8 @@ class CommitPipeline:
             self.counters.commits += 1
             self.counters.records_stored += inserted
             self.counters.records_duplicate += len(batch.rows) - inserted
+            self.counters.rr_beats_stored += inserted_beats
+            self.counters.rr_beats_duplicate += len(batch.beats) - inserted_beats
             for edge, message in batch.acks:
                 edge.ack(message)
             for callback in batch.after_commit:

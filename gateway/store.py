@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from wire.rr import RRBatch
 from wire.vitals import Activity, EventLabel, VitalsSample
 
 SampleRow = tuple[int, int, float | None, float | None, float | None, float | None, int, int]
@@ -41,6 +42,16 @@ CREATE TABLE IF NOT EXISTS vitals (
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS vitals_ts ON vitals (ts_ms);
+CREATE TABLE IF NOT EXISTS rr_beats (
+    device_id   TEXT    NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    rr_ms       INTEGER NOT NULL,
+    record_seq  INTEGER NOT NULL,
+    rhythm      INTEGER NOT NULL,
+    beat_class  INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (device_id, ts_ms)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (
     session_id BLOB PRIMARY KEY,
     device_id  TEXT NOT NULL,
@@ -53,6 +64,38 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 VitalsRow = tuple[
     str, int, int, float | None, float | None, float | None, float | None, int, int, int
 ]
+
+
+RRBeatRow = tuple[str, int, int, int, int, int, int]
+"""A stored beat: (device_id, ts_ms, rr_ms, record_seq, rhythm, beat_class, received_ms)."""
+
+BeatRow = tuple[int, int, int, int]
+"""A beat as the rhythm windows read it: (ts_ms, rr_ms, rhythm, beat_class)."""
+
+_BEAT_ROWS = (
+    "SELECT ts_ms, rr_ms, rhythm, beat_class FROM rr_beats WHERE device_id = ? ORDER BY ts_ms"
+)
+_NEWEST_BEAT_ROWS = (
+    "SELECT * FROM (SELECT ts_ms, rr_ms, rhythm, beat_class FROM rr_beats WHERE device_id = ? "
+    "ORDER BY ts_ms DESC LIMIT ?) ORDER BY ts_ms"
+)
+
+
+def rr_beat_rows(device_id: str, batch: RRBatch, received_ms: int) -> tuple[RRBeatRow, ...]:
+    """One row per beat, keyed by the beat's absolute time: a redelivered batch (or one resent
+    after a reconnection) maps onto the same keys and is stored once."""
+    return tuple(
+        (
+            device_id,
+            batch.start_ms + b.offset_ms,
+            b.rr_ms,
+            batch.seq,
+            int(b.rhythm),
+            int(b.beat_class),
+            received_ms,
+        )
+        for b in batch.beats
+    )
 
 
 def vitals_row(device_id: str, sample: VitalsSample, received_ms: int) -> VitalsRow:
@@ -117,6 +160,17 @@ class VitalsStore:
     ) -> int:
         """Insert rows (a (device, seq) already stored is ignored) and session states in one
         transaction; return how many rows were new."""
+        return self.commit_all(rows, (), sessions, dropped_sessions)[0]
+
+    def commit_all(
+        self,
+        rows: Sequence[VitalsRow],
+        beats: Sequence[RRBeatRow],
+        sessions: Iterable[StoredSession] = (),
+        dropped_sessions: Iterable[bytes] = (),
+    ) -> tuple[int, int]:
+        """`commit` for both record kinds: vitals rows and RR beats (a (device, ts_ms) already
+        stored is ignored) in the same transaction; return (new rows, new beats)."""
         db = self._db
         now_ms = int(time.time() * 1000)
         db.execute("BEGIN IMMEDIATE")
@@ -124,6 +178,9 @@ class VitalsStore:
             before = db.total_changes
             db.executemany("INSERT OR IGNORE INTO vitals VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             inserted = db.total_changes - before
+            before = db.total_changes
+            db.executemany("INSERT OR IGNORE INTO rr_beats VALUES (?,?,?,?,?,?,?)", beats)
+            inserted_beats = db.total_changes - before
             db.executemany(
                 "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?)",
                 [(s.session_id, s.device_id, s.state, now_ms) for s in sessions],
@@ -135,7 +192,7 @@ class VitalsStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return inserted
+        return inserted, inserted_beats
 
     def load_sessions(self) -> list[StoredSession]:
         return [
@@ -151,6 +208,9 @@ class VitalsStore:
         db = self._db
         deleted = db.execute(
             "DELETE FROM vitals WHERE ts_ms < ?", (now_ms - self.retention_ms,)
+        ).rowcount
+        deleted += db.execute(
+            "DELETE FROM rr_beats WHERE ts_ms < ?", (now_ms - self.retention_ms,)
         ).rowcount
         excess = self.count() - self.max_rows
         if excess > 0:
@@ -169,6 +229,29 @@ class VitalsStore:
                 "SELECT count(*) FROM vitals WHERE device_id = ?", (device_id,)
             ).fetchone()
         return int(row[0])
+
+    def beat_count(self, device_id: str | None = None) -> int:
+        if device_id is None:
+            row = self._db.execute("SELECT count(*) FROM rr_beats").fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT count(*) FROM rr_beats WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def beat_devices(self) -> list[str]:
+        return [
+            r[0] for r in self._db.execute("SELECT DISTINCT device_id FROM rr_beats ORDER BY 1")
+        ]
+
+    def beat_rows(self, device_id: str, limit: int | None = None) -> list[BeatRow]:
+        """A device's RR beats (ts_ms, rr_ms, rhythm, beat_class) in time order, the newest
+        `limit` if given: what rhythm windows are built from."""
+        if limit is None:
+            return self._db.execute(_BEAT_ROWS, (device_id,)).fetchall()
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        return self._db.execute(_NEWEST_BEAT_ROWS, (device_id, limit)).fetchall()
 
     def devices(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT device_id FROM vitals ORDER BY 1")]
