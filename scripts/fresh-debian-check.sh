@@ -220,8 +220,14 @@ elif [ -n "$pytest_args" ]; then
     step pytest as_user ".venv/bin/python -m pytest $pytest_args"
 elif ((foreign)) || [ "$arch" = arm64 ]; then
     # Under emulation: the set-up (apt packages, .venv, the C extension compiled natively for
-    # aarch64), then the library's and the daemon's unit tests, without the broker tests.
-    step make-setup as_user "make setup"
+    # aarch64), then the library's and the daemon's unit tests, without the broker tests. sudo
+    # cannot work there (binfmt's qemu entry runs setuid programs without their privileges:
+    # "sudo: effective uid is not 0"), so the compiler and Python headers are installed as root
+    # first, and no broker packages, which these tests do not use.
+    step apt-packages chroot "$root" /usr/bin/env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends gcc libc6-dev python3-dev python3-venv
+    step venv-and-extension as_user "python3 -m venv .venv && \
+.venv/bin/python -m pip install -q -e '.[test,litert]'"
     step extension-arch as_user ".venv/bin/python -c 'import platform, pqlink._ascon as a; \
 print(platform.machine(), a.__file__); assert platform.machine() == \"aarch64\"' && file -L pqlink/_ascon*.so 2>/dev/null || true"
     step ascon-kat as_user ".venv/bin/python -m pytest -q -p no:cacheprovider tests/test_ascon.py"
