@@ -224,8 +224,9 @@ elif ((foreign)) || [ "$arch" = arm64 ]; then
     # cannot work there (binfmt's qemu entry runs setuid programs without their privileges:
     # "sudo: effective uid is not 0"), so the compiler and Python headers are installed as root
     # first, and no broker packages, which these tests do not use.
-    step apt-packages chroot "$root" /usr/bin/env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq --no-install-recommends gcc libc6-dev python3-dev python3-venv
+    step apt-packages chroot "$root" /bin/sh -c 'apt-get update -qq && \
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+gcc libc6-dev python3-dev python3-venv'
     step venv-and-extension as_user "python3 -m venv .venv && \
 .venv/bin/python -m pip install -q -e '.[test,litert]'"
     step extension-arch as_user ".venv/bin/python -c 'import platform, pqlink._ascon as a; \
