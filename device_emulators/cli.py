@@ -154,7 +154,7 @@ def _enroll(args: argparse.Namespace) -> int:
         names = [record_device(args.prefix, r) for r in _records(args.wfdb, args.records)]
     else:
         names = [device_name(args.prefix, i) for i in range(args.first, args.first + args.devices)]
-    registry = load_registry(args.registry)
+    registry = load_registry(args.registry, missing_ok=True)
     alg = SigAlg.from_label(args.sig)
     created = 0
     for name in names:

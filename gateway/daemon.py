@@ -29,7 +29,6 @@ from pqlink import (
     Identity,
     PqlinkError,
     RekeyPolicy,
-    Suite,
     load_identity,
     load_registry,
 )
@@ -74,7 +73,6 @@ class GatewayDaemon:
             self.identity,
             load_registry(config.registry),
             HandshakeConfig(
-                suites=(Suite.X25519MLKEM768_ASCON128_SHA256, Suite.MLKEM768_ASCON128_SHA256),
                 max_clock_skew=sc.max_clock_skew,
                 rekey=RekeyPolicy(sc.rekey_records, sc.rekey_seconds),
             ),

@@ -128,8 +128,15 @@ class FederatedLearner:
         self.trainer.set_weights(received.weights)
 
     def train_and_seal(
-        self, received: ReceivedGlobal, x: F32, y: npt.NDArray[np.int32], seed: int
+        self,
+        received: ReceivedGlobal,
+        x: F32,
+        y: npt.NDArray[np.int32],
+        seed: int,
+        extra_metrics: dict[str, float] | None = None,
     ) -> TrainedUpdate:
+        """Train on (x, y) from the received weights and seal the signed update; the metrics it
+        carries (sealed, for the aggregator's report) include `extra_metrics`."""
         options = train_options(
             received.model.settings, seed, balanced=self.balanced, restricted=self.restricted
         )
@@ -156,6 +163,7 @@ class FederatedLearner:
             "energy_joules": energy.joules,
             "power_model": self.power_model.name,
             "global_received_at": received.received_at,
+            **(extra_metrics or {}),
         }
         t1 = time.perf_counter()
         payload = ModelUpdate(delta.astype("<f4").tobytes(), layout.parameter_count, metrics)

@@ -55,6 +55,10 @@ class CommitPipeline:
         self._batch = _Batch()
         self._lock = asyncio.Lock()
         self._wanted = asyncio.Event()
+        # Set whenever the batch may hold something: an idle gateway's pipeline sleeps on it
+        # instead of waking every batch_interval (set at start: sessions may be dropped then).
+        self._work = asyncio.Event()
+        self._work.set()
 
     def __len__(self) -> int:
         return len(self._batch)
@@ -65,25 +69,32 @@ class CommitPipeline:
             self._batch.rows.append(row)
         self._batch.beats.extend(beats)
         self._batch.acks.append(ack)
+        self._work.set()
 
     def acknowledge(self, ack: Ack) -> None:
         """A message whose handling needs no commit (a rejection) is acked with the batch."""
         self._batch.acks.append(ack)
+        self._work.set()
 
     def drop_session(self, session_id: bytes) -> None:
         self._batch.dropped.append(session_id)
+        self._work.set()
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the current batch is durable, and commit soon."""
         self._batch.after_commit.append(callback)
+        self._work.set()
         self._wanted.set()
 
     async def run(self) -> None:
-        """Commit every `batch_interval`, or sooner when asked; runs until cancelled."""
+        """Commit `batch_interval` after the first change, or sooner when asked; runs until
+        cancelled. Idle, it sleeps until something arrives."""
         while True:
+            await self._work.wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wanted.wait(), self.batch_interval)
             self._wanted.clear()
+            self._work.clear()  # before the flush takes the batch: later changes set it again
             await self.flush()
 
     async def flush(self) -> None:

@@ -22,9 +22,25 @@ _ALL_ROWS = (
     "SELECT seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label "
     "FROM vitals WHERE device_id = ? ORDER BY seq"
 )
+_ROWS_AFTER = (
+    "SELECT seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label "
+    "FROM vitals WHERE device_id = ? AND seq > ? ORDER BY seq"
+)
 _NEWEST_ROWS = (
     "SELECT * FROM (SELECT seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label "
     "FROM vitals WHERE device_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+)
+_NEWEST_AFTER = (
+    "SELECT * FROM (SELECT seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label "
+    "FROM vitals WHERE device_id = ? AND seq > ? ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+)
+
+# A skip-scan over the primary key: one index probe per device instead of a pass over every
+# row, so listing devices costs the same however much history is stored.
+_DEVICES = (
+    "WITH RECURSIVE d(id) AS (SELECT min(device_id) FROM vitals UNION ALL "
+    "SELECT (SELECT min(device_id) FROM vitals WHERE device_id > d.id) FROM d "
+    "WHERE d.id IS NOT NULL) SELECT id FROM d WHERE id IS NOT NULL"
 )
 
 _SCHEMA = """
@@ -254,7 +270,7 @@ class VitalsStore:
         return self._db.execute(_NEWEST_BEAT_ROWS, (device_id, limit)).fetchall()
 
     def devices(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT DISTINCT device_id FROM vitals ORDER BY 1")]
+        return [r[0] for r in self._db.execute(_DEVICES)]
 
     def sample_rows(self, device_id: str, limit: int | None = None) -> list[SampleRow]:
         """A device's samples as plain rows in the store's column order (seq, ts_ms,
@@ -265,6 +281,20 @@ class VitalsStore:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         return self._db.execute(_NEWEST_ROWS, (device_id, limit)).fetchall()
+
+    def sample_rows_after(
+        self, device_id: str, after_seq: int, limit: int | None = None
+    ) -> list[SampleRow]:
+        """A device's rows with seq > `after_seq`, in seq order; only the newest `limit` of them
+        if given: what an incremental window builder reads instead of the whole history."""
+        if limit is None:
+            return self._db.execute(_ROWS_AFTER, (device_id, after_seq)).fetchall()
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        rows: list[SampleRow] = self._db.execute(
+            _NEWEST_AFTER, (device_id, after_seq, limit)
+        ).fetchall()
+        return rows
 
     def samples(self, device_id: str, limit: int | None = None) -> list[VitalsSample]:
         """A device's samples in time order (the newest `limit` if given)."""
