@@ -220,21 +220,23 @@ class CoordinatorService:
         """Run rounds until stopped (or max_rounds closed); reconnect on broker failures."""
         params = broker_parameters(self.config.amqp.url, self.config.amqp.heartbeat)
         backoff = Backoff(0.2, 10.0)
-        while not self.stop.is_set() and not self.done():
-            try:
-                connection = pika.BlockingConnection(params)
-            except AMQPError as exc:
-                _LOG.warning("coordinator cannot connect: %r", exc)
-                backoff.wait_blocking(self.stop)
-                continue
-            backoff.succeeded()
-            try:
-                self._serve_connection(connection)
-            except AMQPError as exc:
-                _LOG.warning("coordinator lost the broker: %s", exc)
-                self.stop.wait(backoff.delay)
-        self.rounds.close()
-        self.privacy.close()
+        try:
+            while not self.stop.is_set() and not self.done():
+                try:
+                    connection = pika.BlockingConnection(params)
+                except AMQPError as exc:
+                    _LOG.warning("coordinator cannot connect: %r", exc)
+                    backoff.wait_blocking(self.stop)
+                    continue
+                backoff.succeeded()
+                try:
+                    self._serve_connection(connection)
+                except AMQPError as exc:
+                    _LOG.warning("coordinator lost the broker: %s", exc)
+                    self.stop.wait(backoff.delay)
+        finally:
+            self.rounds.close()
+            self.privacy.close()
 
     def _serve_connection(self, connection: pika.BlockingConnection) -> None:
         channel = connection.channel()

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -90,20 +90,35 @@ class RoundCoordinator:
     ) -> None:
         self.strategy = strategy
         self.policy = policy
-        self.store = RoundStore(db_path)
         self.rejections: Counter[str] = Counter()
-        latest = self.store.latest_model()
-        if latest is None:
-            now = time.time()
-            latest = LatestModel(0, initial_weights.astype(np.float32))
-            self.store.initialise(latest.weights, now, now + policy.round_timeout)
-        self.version, self.weights = latest.version, latest.weights
-        current = self.store.open_round()
-        self.round, self.opened, self.deadline = current.round, current.opened, current.deadline
         self.metrics_by_gateway: dict[str, dict[str, Any]] = {}
+        self.store = RoundStore(db_path)
+        try:
+            latest = self.store.latest_model()
+            if latest is None:
+                now = time.time()
+                latest = LatestModel(0, initial_weights.astype(np.float32))
+                self.store.initialise(latest.weights, now, now + policy.round_timeout)
+            self.version, self.weights = latest.version, latest.weights
+            current = self.store.open_round()
+            self.round, self.opened, self.deadline = (
+                current.round,
+                current.opened,
+                current.deadline,
+            )
+        except BaseException:
+            # A store that cannot be read must not leave its handle open.
+            self.store.close()
+            raise
 
     def close(self) -> None:
         self.store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- contributions -----------------------------------------------------------------------
 

@@ -160,15 +160,18 @@ class FederationClient:
             self.store_pool, self.spool.get_state, _LAST_ROUND
         )
         self._wake.set()  # a global model may be waiting in the spool from before a restart
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.uplink.run(stop))
-            learner = tg.create_task(self._learn(stop))
-            await stop.wait()
-            self._secure_stop.set()
-            learner.cancel()
-        self._train_pool.shutdown()
-        self._secure_pool.shutdown()
-        await self._in(self.store_pool, self.spool.close)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.uplink.run(stop))
+                learner = tg.create_task(self._learn(stop))
+                await stop.wait()
+                self._secure_stop.set()
+                learner.cancel()
+        finally:
+            # Also when the uplink or the learner failed: the spool's handle is closed.
+            self._train_pool.shutdown()
+            self._secure_pool.shutdown()
+            await self._in(self.store_pool, self.spool.close)
 
     async def _learn(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -214,12 +214,11 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(
         json.dumps(agg.identity.public.to_json())
     )
     # Vitals already stored, and a signed global model waiting in the spool's inbox.
-    store = VitalsStore(setup.config.db_path)
     start_ms = int((time.time() - 3600) * 1000)  # recent: older rows fall to the retention limit
-    for n, profile in enumerate(make_profiles(4, 5)):
-        gen = VitalsGenerator(profile, seed=n, start_ms=start_ms, event_rate_per_hour=30)
-        store.commit([vitals_row(f"wearable-{n}", s, 0) for s in gen.samples(300)])
-    store.close()
+    with VitalsStore(setup.config.db_path) as store:
+        for n, profile in enumerate(make_profiles(4, 5)):
+            gen = VitalsGenerator(profile, seed=n, start_ms=start_ms, event_rate_per_hour=30)
+            store.commit([vitals_row(f"wearable-{n}", s, 0) for s in gen.samples(300)])
     weights = initial_weights(DEFAULT_INITIAL_WEIGHTS)
     model = GlobalModel(
         weights.astype("<f4").tobytes(),
@@ -235,9 +234,8 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(
         content_type=ContentType.GLOBAL_MODEL,
         round=1,
     )
-    spool = Spool(setup.config.spool_path)
-    spool.put_global(1, envelope)
-    spool.close()
+    with Spool(setup.config.spool_path) as spool:
+        spool.put_global(1, envelope)
 
     daemon = DaemonProcess(setup)
     try:
@@ -247,9 +245,8 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(
             "the gateway to train round 1",
         )
         daemon.kill()  # SIGKILL with the sealed update not yet confirmed by any broker
-        spool = Spool(setup.config.spool_path)
-        assert [u.round for u in spool.pending_updates()] == [1]
-        spool.close()
+        with Spool(setup.config.spool_path) as spool:
+            assert [u.round for u in spool.pending_updates()] == [1]
         text = setup.config_path.read_text().replace(dead_url, vhost)
         setup.config_path.write_text(text)
         assert load_config(setup.config_path).uplink.amqp_url == vhost
@@ -259,9 +256,8 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(
             60,
             "the spooled update to be published after the restart",
         )
-        spool = Spool(setup.config.spool_path)
-        assert spool.depth() == 0
-        spool.close()
+        with Spool(setup.config.spool_path) as spool:
+            assert spool.depth() == 0
         # The retrain did not happen twice: round 1 was already done before the kill.
         assert daemon.status()["federation"]["rounds_trained"] == 0
         conn = pika.BlockingConnection(pika.URLParameters(vhost))
