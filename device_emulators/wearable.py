@@ -1,12 +1,15 @@
 """One emulated wearable: enrolled identity, handshake over MQTT, sealed vitals records at its
-rate, automatic rekeying, and a fresh handshake when the gateway asks for one or times out."""
+rate, automatic rekeying, and every record kept until the gateway acknowledges it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
+import secrets
 import time
-from collections import deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from device_emulators.hub import MqttHub
@@ -20,21 +23,37 @@ from pqlink import (
     RekeyPolicy,
     Session,
 )
+from pqlink.delivery import DeliveryAck, verify_notice
 from pqlink.topics import TopicKind, TopicLayout
-from pqlink.vitals import VitalsSample
+from pqlink.vitals import MAX_EPOCH, VitalsSample
+
+_LOG = logging.getLogger("device_emulators.wearable")
+_SKEW_HINT_AFTER = 3  # failed handshakes before saying that the clock may be the cause
+_RESEND_PER_TICK = 500  # records (re)sent per tick at most: acks and notices keep flowing
 
 
 @dataclass
 class WearableStats:
-    records_sent: int = 0
+    records_sent: int = 0  # distinct samples published at least once
+    records_resent: int = 0
+    records_acked: int = 0
+    buffer_overflow: int = 0  # samples dropped unacknowledged because the buffer was full
+    notices: int = 0  # unknown-session notices that made us handshake again
     handshakes: int = 0
     handshake_failures: int = 0
     handshake_seconds: list[float] = field(default_factory=list)
     dropped: int = 0
+    gave_up: bool = False  # stopped after `give_up_after` unanswered handshakes in a row
 
 
 class Wearable:
-    """Sends `records` samples (or forever) at `rate` per second through a hub."""
+    """Samples `records` (or forever) at `rate` per second and delivers each one end to end.
+
+    Every sample carries this boot's random `epoch` and its sequence number; it stays in a
+    buffer of `buffer_seconds` of samples until a sealed acknowledgement from the gateway
+    covers it, and is re-sealed and sent again after a new session, a reconnection, or
+    `resend_after` seconds without an acknowledgement. A full buffer drops its oldest sample
+    (counted in `stats.buffer_overflow`, logged): the only way a sample is lost."""
 
     def __init__(
         self,
@@ -47,7 +66,11 @@ class Wearable:
         session_max_age: float = 3600.0,
         rekey: RekeyPolicy | None = None,
         handshake_timeout: float = 10.0,
-        outbox_limit: int = 10_000,
+        buffer_seconds: float = 86_400.0,
+        resend_after: float = 60.0,
+        max_clock_skew: float = 120.0,
+        epoch: int | None = None,
+        give_up_after: int | None = None,
     ) -> None:
         self.identity = identity
         self.gateway = gateway
@@ -57,20 +80,43 @@ class Wearable:
         self.session_max_age = session_max_age
         self.config = HandshakeConfig(rekey=rekey or RekeyPolicy())
         self.handshake_timeout = handshake_timeout
-        self.record_topic = layout.topic(TopicKind.RECORD, identity.name)
+        self.resend_after = resend_after
+        self.max_clock_skew = max_clock_skew
+        self.give_up_after = give_up_after
+        self.epoch = secrets.randbelow(MAX_EPOCH) + 1 if epoch is None else epoch
+        self.buffer_limit = max(1, round(buffer_seconds * rate))
+        name = identity.name
+        self.record_topic = layout.topic(TopicKind.RECORD, name)
         self._record_topic_bytes = self.record_topic.encode()
-        self.init_topic = layout.topic(TopicKind.HANDSHAKE, identity.name)
-        self.response_topic = layout.topic(TopicKind.RESPONSE, identity.name)
+        self.init_topic = layout.topic(TopicKind.HANDSHAKE, name)
+        self.response_topic = layout.topic(TopicKind.RESPONSE, name)
+        self.ack_topic = layout.topic(TopicKind.ACK, name)
+        self.notice_topic = layout.topic(TopicKind.NOTICE, name)
         self.session: Session | None = None
         self._session_started = 0.0
         self.stats = WearableStats()
-        # Samples taken but not yet published survive disconnections (bounded: oldest dropped).
-        self._outbox: deque[VitalsSample] = deque(maxlen=outbox_limit)
+        self.generated = 0
+        # seq -> sample, oldest first: everything not yet acknowledged by the gateway
+        self._unacked: OrderedDict[int, VitalsSample] = OrderedDict()
+        # seq -> when it was last published (absent: due now)
+        self._sent_at: dict[int, float] = {}
+        self._ever_sent: set[int] = set()
 
-    async def handshake(self, hub: MqttHub) -> Session:
-        """Run the handshake until it succeeds (new init after each timeout)."""
+    @property
+    def unacknowledged(self) -> int:
+        return len(self._unacked)
+
+    def subscribe(self, hub: MqttHub) -> None:
+        hub.response_queue(self.response_topic)
+        hub.response_queue(self.ack_topic, maxsize=4096)
+        hub.response_queue(self.notice_topic)
+
+    async def handshake(self, hub: MqttHub) -> Session | None:
+        """Run the handshake until it succeeds (new init after each timeout); None after
+        `give_up_after` failures in a row, if set."""
         queue = hub.response_queue(self.response_topic)
         delay = 0.5
+        failures = 0
         while True:
             initiator = HandshakeInitiator(self.identity, self.gateway, self.config)
             t0 = time.perf_counter()
@@ -93,26 +139,127 @@ class Wearable:
                 self.stats.handshake_seconds.append(time.perf_counter() - t0)
                 self.session = session
                 self._session_started = time.monotonic()
+                self._sent_at.clear()  # everything unacknowledged goes again, re-sealed
                 return session
             self.stats.handshake_failures += 1
+            failures += 1
+            if self.give_up_after is not None and failures >= self.give_up_after:
+                self.stats.gave_up = True
+                return None
+            if failures == _SKEW_HINT_AFTER:
+                # The gateway answers nothing to an init it refuses; the usual silent cause
+                # is a clock that is off by more than its max_clock_skew.
+                _LOG.warning(
+                    "%s: %d handshakes unanswered; is the gateway running, this device "
+                    "enrolled, and this clock (%s UTC) within %.0f s of the gateway's?",
+                    self.identity.name,
+                    failures,
+                    time.strftime("%H:%M:%S", time.gmtime()),
+                    self.max_clock_skew,
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    async def run(self, hub: MqttHub, stop: asyncio.Event, records: int | None) -> None:
+    def _keep(self, sample: VitalsSample) -> None:
+        if len(self._unacked) >= self.buffer_limit:
+            seq, _ = self._unacked.popitem(last=False)
+            self._sent_at.pop(seq, None)
+            self.stats.buffer_overflow += 1
+            if self.stats.buffer_overflow in {1, 10, 100, 1000} or not (
+                self.stats.buffer_overflow % 10_000
+            ):
+                _LOG.warning(
+                    "%s: buffer of %d samples full; %d unacknowledged samples dropped",
+                    self.identity.name,
+                    self.buffer_limit,
+                    self.stats.buffer_overflow,
+                )
+        self._unacked[sample.seq] = sample
+
+    def _take_acks(self, hub: MqttHub, session: Session) -> None:
+        queue = hub.response_queue(self.ack_topic, maxsize=4096)
+        while not queue.empty():
+            frame = queue.get_nowait()
+            try:
+                ack = DeliveryAck.decode(session.open(frame, self.ack_topic.encode()))
+            except PqlinkError:
+                continue  # sealed under an earlier session, or not from the gateway
+            if ack.epoch != self.epoch:
+                continue
+            for r in ack.ranges:
+                for seq in range(r.first, r.last + 1):
+                    if self._unacked.pop(seq, None) is not None:
+                        self._sent_at.pop(seq, None)
+                        self.stats.records_acked += 1
+
+    def _take_notices(self, hub: MqttHub, session: Session) -> bool:
+        """True if the gateway says, signed and fresh, that it no longer has our session."""
+        queue = hub.response_queue(self.notice_topic)
+        while not queue.empty():
+            frame = queue.get_nowait()
+            try:
+                verify_notice(
+                    frame,
+                    gateway=self.gateway,
+                    device_id=self.identity.name,
+                    session_id=session.session_id,
+                    now_ms=int(time.time() * 1000),
+                    max_skew_ms=int(self.max_clock_skew * 1000),
+                )
+            except PqlinkError:
+                continue  # forged, stale, or about an earlier session: ignore
+            self.stats.notices += 1
+            return True
+        return False
+
+    async def _send_due(self, hub: MqttHub, session: Session) -> None:
+        now = time.monotonic()
+        sent = 0
+        # Only this task changes the buffer, so iterating it across the awaits is safe.
+        for seq, sample in self._unacked.items():
+            last = self._sent_at.get(seq)
+            if last is not None and now - last < self.resend_after:
+                continue
+            if sent >= _RESEND_PER_TICK:
+                break
+            frame = session.seal(sample.encode(), self._record_topic_bytes)
+            await hub.publish(self.record_topic, frame)
+            self._sent_at[seq] = now
+            sent += 1
+            if seq in self._ever_sent:
+                self.stats.records_resent += 1
+            else:
+                self._ever_sent.add(seq)
+                self.stats.records_sent += 1
+
+    async def run(
+        self, hub: MqttHub, stop: asyncio.Event, records: int | None, *, wait_acks: bool = True
+    ) -> None:
+        """Sample and deliver until `records` samples are taken (and, with `wait_acks`, all
+        acknowledged), or until `stop`."""
         interval = 1.0 / self.rate
         next_at = time.monotonic()
-        while not stop.is_set() and (records is None or self.stats.records_sent < records):
-            if records is None or self.stats.records_sent + len(self._outbox) < records:
-                self._outbox.append(self.generator.next_sample())
+        generation = hub.generation
+        while not stop.is_set():
+            if records is None or self.generated < records:
+                sample = dataclasses.replace(self.generator.next_sample(), epoch=self.epoch)
+                self.generated += 1
+                self._keep(sample)
+            elif not self._unacked or (not wait_acks and len(self._ever_sent) >= self.generated):
+                return
             session = self.session
             if session is None or time.monotonic() - self._session_started > self.session_max_age:
                 session = await self.handshake(hub)
-            while self._outbox:
-                sample = self._outbox[0]
-                frame = session.seal(sample.encode(), self._record_topic_bytes)
-                await hub.publish(self.record_topic, frame)
-                self._outbox.popleft()
-                self.stats.records_sent += 1
+                if session is None:
+                    return
+            self._take_acks(hub, session)
+            if self._take_notices(hub, session):
+                self.session = None
+                continue  # handshake again at once, then resend everything unacknowledged
+            if hub.generation != generation:
+                generation = hub.generation
+                self._sent_at.clear()  # reconnected: the broker may not have had them all
+            await self._send_due(hub, session)
             next_at += interval
             delay = next_at - time.monotonic()
             if delay > 0:

@@ -1,5 +1,6 @@
 """The gateway daemon's main loop: MQTT ingest with manual acknowledgements, batched commits
-to SQLite, handshakes in a worker thread, housekeeping, status, SIGTERM drain and SIGHUP reload."""
+to SQLite then acknowledgements to wearables, handshakes in a worker thread, retention,
+housekeeping, status, SIGTERM drain and SIGHUP reload."""
 
 from __future__ import annotations
 
@@ -20,22 +21,41 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import GatewayConfig
-from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Reason, Rejected, reason_for
+from gateway.delivery import DeliveryLedger, HandshakeFloors, NoticeLimiter, OutboundMessage
+from gateway.ingest import (
+    Accepted,
+    Duplicate,
+    HandshakeRequest,
+    IngestProcessor,
+    Reason,
+    Rejected,
+    reason_for,
+)
 from gateway.logs import EventLog
 from gateway.metrics import GatewayCollector, MetricsServer
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
-from gateway.store import StoredSession, VitalsRow, VitalsStore
+from gateway.store import (
+    StoredSession,
+    StoreFullError,
+    StoreIOError,
+    StoreUnusableError,
+    VitalsRow,
+    VitalsStore,
+)
 from gateway.systemd import Notifier
 from pqlink import (
     HandshakeConfig,
     HandshakeResponder,
     Identity,
+    KeyFileError,
     PqlinkError,
     RekeyPolicy,
     Suite,
     load_identity,
     load_registry,
+    parse_init,
 )
+from pqlink.delivery import UnknownSessionNotice
 from pqlink.record import export_session, restore_session
 from pqlink.topics import TopicKind, TopicLayout
 
@@ -43,6 +63,14 @@ if TYPE_CHECKING:
     from gateway.federation import FederationClient
 
 _LOG_ONCE_INTERVAL = 60.0
+_LOG_RATE, _LOG_BURST = 5.0, 50  # rejection lines per second over all devices and reasons
+_STORE_RETRY_SECONDS = 1.0  # while the disk is full: how often a commit is tried again
+_RETENTION_INTERVAL = 60.0  # seconds between retention passes (the first runs at start)
+_WAL_TRUNCATE_AFTER = 10_000  # rows deleted in one pass after which the WAL is truncated
+_STATUS_PAGE = 4096
+
+EXIT_STORE_UNUSABLE = 5
+"""The store file is unusable: the unit's RestartPreventExitStatus= lists it (see cli)."""
 
 
 @dataclass
@@ -51,9 +79,21 @@ class _Batch:
     acks: list[tuple[int, int, int]] = field(default_factory=list)  # (generation, mid, qos)
     dropped: list[bytes] = field(default_factory=list)
     after_commit: list[Callable[[], Any]] = field(default_factory=list)
+    delivered: DeliveryLedger = field(default_factory=DeliveryLedger)
 
     def __len__(self) -> int:
         return len(self.acks) + len(self.after_commit)
+
+    def prepend(self, older: _Batch) -> None:
+        """Put a batch whose commit failed back in front of this one, in order."""
+        self.rows[:0] = older.rows
+        self.acks[:0] = older.acks
+        self.dropped[:0] = older.dropped
+        self.after_commit[:0] = older.after_commit
+        for sid, by_epoch in older.delivered._by_session.items():
+            for epoch, seqs in by_epoch.items():
+                for seq in seqs:
+                    self.delivered.add(sid, epoch, seq)
 
 
 class GatewayDaemon:
@@ -71,9 +111,14 @@ class GatewayDaemon:
         self.notifier = notifier
         self.identity = identity or load_identity(config.identity)
         if self.identity.name != config.gateway_id:
-            raise ValueError(
+            raise KeyFileError(
                 f"identity {config.identity} is for {self.identity.name!r}, "
                 f"but gateway.id is {config.gateway_id!r}"
+            )
+        if not config.registry.is_file():
+            raise KeyFileError(
+                f"registry {config.registry} does not exist: enroll the wearables first "
+                "(iomt-gateway enroll, or iomt-emulate enroll)"
             )
         sc = config.sessions
         self.layout = TopicLayout(config.mqtt.topic_prefix, config.gateway_id)
@@ -91,7 +136,7 @@ class GatewayDaemon:
             self.layout,
             self.table,
             max_record_bytes=sc.max_record_bytes,
-            record_limiter=RateLimiter(sc.device_records_per_second, sc.device_burst),
+            failure_limiter=RateLimiter(sc.device_records_per_second, sc.device_burst),
             handshake_limiter=RateLimiter(sc.device_handshakes_per_minute / 60.0, 3),
             plaintext=config.bench.plaintext_records,
         )
@@ -118,7 +163,16 @@ class GatewayDaemon:
         self._generation = 0
         self._ready_sent = False
         self._logged: dict[tuple[str, str], float] = {}
+        self._log_budget = RateLimiter(_LOG_RATE, _LOG_BURST, max_keys=1)
         self._pending_handshakes: set[asyncio.Task[None]] = set()
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self.floors = HandshakeFloors()
+        self.notices = NoticeLimiter()
+        # Cleared while the disk is full: ingest stops reading (nothing more is acknowledged)
+        # until a commit succeeds again.
+        self._store_ok = asyncio.Event()
+        self._store_ok.set()
+        self.store_state = "ok"
         self.counters: dict[str, int] = {
             "records_stored": 0,
             "records_duplicate": 0,
@@ -126,12 +180,18 @@ class GatewayDaemon:
             "handshakes_failed": 0,
             "broker_connects": 0,
             "commits": 0,
+            "commit_failures": 0,
+            "acks_sent": 0,
+            "notices_sent": 0,
+            "rejections_unlogged": 0,
+            "retention_deleted": 0,
         }
         self.started_at = time.time()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _restore_sessions(self) -> None:
+        self.floors = HandshakeFloors(self.store.handshake_floors())
         restored = dropped = 0
         for stored in self.store.load_sessions():
             try:
@@ -173,15 +233,33 @@ class GatewayDaemon:
             async with asyncio.TaskGroup() as tg:
                 flusher = tg.create_task(self._flusher())
                 housekeeping = tg.create_task(self._housekeeping())
+                retention = tg.create_task(self._retention())
                 if self.federation is not None:
                     tg.create_task(self.federation.run(self._stop))
                 await self._mqtt_loop()
                 flusher.cancel()
                 housekeeping.cancel()
+                retention.cancel()
+        except* StoreUnusableError as group:
+            unusable = group.exceptions[0]
+            assert isinstance(unusable, StoreUnusableError)
+            self.log.event(
+                "daemon_failed",
+                level=logging.CRITICAL,
+                reason="store_unusable",
+                file=str(unusable.path),
+                error=unusable.reason,
+                exit_code=EXIT_STORE_UNUSABLE,
+            )
+            code = EXIT_STORE_UNUSABLE
         except* Exception as group:
             for exc in group.exceptions:
-                self.log.event("daemon_failed", level=logging.CRITICAL, reason=repr(exc))
+                self.log.event(
+                    "daemon_failed", level=logging.CRITICAL, reason=repr(exc), exit_code=1
+                )
             code = 1
+        for task in list(self._side_tasks):
+            task.cancel()
         await self._drain()
         if metrics is not None:
             metrics.close()
@@ -255,6 +333,9 @@ class GatewayDaemon:
             properties=props,
             timeout=10,
         )
+        # Acknowledgements and notices are published concurrently with ingest: without this,
+        # aiomqtt writes plain-text "pending publish calls" warnings into the event stream.
+        client.pending_calls_threshold = 1_000_000
         # aiomqtt has no public manual-ack API yet (empicano/aiomqtt#345); paho-mqtt >= 2.0 has
         # it. Acknowledge only after the records are committed to SQLite.
         client._client.manual_ack_set(True)
@@ -323,19 +404,32 @@ class GatewayDaemon:
             now = time.monotonic()
             outcome = process(topic, bytes(message.payload), now, int(time.time() * 1000))
             ack = (generation, message.mid, message.qos)
+            batch = self._batch
             if isinstance(outcome, Accepted):
-                self._batch.rows.append(outcome.row)
-                self._batch.acks.append(ack)
+                batch.rows.append(outcome.row)
+                batch.acks.append(ack)
+                if outcome.session_id:
+                    batch.delivered.add(outcome.session_id, outcome.row[1], outcome.row[2])
             elif isinstance(outcome, HandshakeRequest):
                 task = asyncio.create_task(self._handshake(outcome, ack, now))
                 self._pending_handshakes.add(task)
                 task.add_done_callback(self._pending_handshakes.discard)
+            elif isinstance(outcome, Duplicate):
+                batch.acks.append(ack)
+                self.counters["records_duplicate"] += 1
             else:
-                self._batch.acks.append(ack)
-                self._log_rejection(outcome)
+                batch.acks.append(ack)
+                if not outcome.quiet:
+                    self._log_rejection(outcome)
+                    if outcome.reason is Reason.UNKNOWN_SESSION and outcome.device_id:
+                        self._answer_unknown_session(outcome.device_id, outcome.session_id, now)
             if len(self._batch) >= batch_max:
                 # Back-pressure: stop reading until this batch is on disk.
                 await self._flush()
+            if not self._store_ok.is_set():
+                # The disk is full: read nothing more (it stays queued at the broker and in
+                # the wearables) until a commit succeeds again.
+                await self._store_ok.wait()
 
     async def _handshake(
         self, request: HandshakeRequest, ack: tuple[int, int, int], now: float
@@ -358,6 +452,17 @@ class GatewayDaemon:
             self._batch.acks.append(ack)
             self._log_rejection(
                 Rejected(request.device_id, Reason.WRONG_TOPIC, "init names another device"),
+                "session_rejected",
+            )
+            return
+        if not self.floors.admit(request.device_id, parse_init(request.frame).timestamp_ms):
+            # Older than an init this device already used, maybe before our restart (the
+            # in-memory replay cache is empty then): a replay must not evict a live session.
+            self.counters["handshakes_failed"] += 1
+            self.processor.rejected[Reason.REPLAY.value] += 1
+            self._batch.acks.append(ack)
+            self._log_rejection(
+                Rejected(request.device_id, Reason.REPLAY, "init is not newer than the last"),
                 "session_rejected",
             )
             return
@@ -384,10 +489,46 @@ class GatewayDaemon:
         with contextlib.suppress(aiomqtt.MqttError):
             await client.publish(topic, payload, qos=1)
 
+    async def _publish_all(self, client: aiomqtt.Client, messages: list[OutboundMessage]) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            for topic, payload in messages:
+                await client.publish(topic, payload, qos=1)
+                self.counters["acks_sent"] += 1
+
+    def _spawn(self, coro: Any) -> None:
+        """A fire-and-forget publication owned by the daemon (cancelled at shutdown)."""
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    def _answer_unknown_session(self, device_id: str, session_id: bytes, now: float) -> None:
+        """Tell the wearable, signed, that we hold no such session, so it handshakes again at
+        once instead of sealing records we must refuse; bounded per session id and overall."""
+        if len(session_id) != 8 or not self.notices.allow(session_id, now):
+            return
+        notice = UnknownSessionNotice(
+            self.config.gateway_id, device_id, session_id, int(time.time() * 1000)
+        )
+        topic = self.layout.topic(TopicKind.NOTICE, device_id)
+
+        async def send() -> None:
+            loop = asyncio.get_running_loop()
+            frame = await loop.run_in_executor(self._crypto_pool, notice.sign, self.identity)
+            client = self._client
+            if client is not None:
+                self.counters["notices_sent"] += 1
+                await self._publish(client, topic, frame)
+
+        self._spawn(send())
+
     def _log_rejection(self, rejected: Rejected, event: str = "record_rejected") -> None:
         key = (rejected.device_id or "-", rejected.reason.value)
         now = time.monotonic()
         if now - self._logged.get(key, -_LOG_ONCE_INTERVAL) < _LOG_ONCE_INTERVAL:
+            return
+        # Per key, then overall: rotating device ids in topics must not fill the journal.
+        if not self._log_budget.allow("*", now):
+            self.counters["rejections_unlogged"] += 1
             return
         if len(self._logged) > 10_000:
             self._logged.clear()
@@ -405,17 +546,28 @@ class GatewayDaemon:
     async def _flusher(self) -> None:
         interval = self.config.store.batch_interval
         while True:
+            wait = interval if self._store_ok.is_set() else _STORE_RETRY_SECONDS
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_wanted.wait(), interval)
+                await asyncio.wait_for(self._flush_wanted.wait(), wait)
             self._flush_wanted.clear()
             await self._flush()
 
     async def _flush(self) -> None:
         async with self._flush_lock:
             batch, self._batch = self._batch, _Batch()
+            floors = self.floors.take_dirty()
             dirty = [e for e in self.table.entries() if e.dirty]
-            if not batch.acks and not batch.after_commit and not batch.dropped and not dirty:
+            if (
+                not batch.acks
+                and not batch.after_commit
+                and not batch.dropped
+                and not dirty
+                and not floors
+            ):
                 return
+            # Sealed before the session states are exported: see DeliveryLedger.seal.
+            outbound = batch.delivered.seal(self.table, self.layout)
+            dirty = [e for e in self.table.entries() if e.dirty]
             states = []
             for entry in dirty:
                 entry.dirty = False
@@ -427,18 +579,54 @@ class GatewayDaemon:
             loop = asyncio.get_running_loop()
             try:
                 inserted = await loop.run_in_executor(
-                    self._store_pool, self.store.commit, batch.rows, states, batch.dropped
+                    self._store_pool,
+                    self.store.commit,
+                    batch.rows,
+                    states,
+                    batch.dropped,
+                    floors,
                 )
-            except Exception as exc:
-                # Nothing is acknowledged: the broker redelivers after our restart.
-                self.log.event("store_failed", level=logging.CRITICAL, reason=str(exc))
+            except (StoreFullError, StoreIOError) as exc:
+                # Nothing is acknowledged, to the broker or to the wearables: both keep the
+                # records. Keep the batch and try again until the medium takes it.
+                self._batch.prepend(batch)
+                self.floors.restore(floors)
+                for entry in dirty:
+                    entry.dirty = True
+                self._store_blocked(exc)
+                return
+            except StoreUnusableError as exc:
+                self.log.event(
+                    "store_failed", level=logging.CRITICAL, file=str(exc.path), error=exc.reason
+                )
                 raise
+            if not self._store_ok.is_set():
+                self.store_state = "ok"
+                self._store_ok.set()
+                self.log.event("store_resumed", records=len(batch.rows))
             self.counters["commits"] += 1
             self.counters["records_stored"] += inserted
             self.counters["records_duplicate"] += len(batch.rows) - inserted
             self._ack(batch.acks)
+            client = self._client
+            if outbound and client is not None:
+                self._spawn(self._publish_all(client, outbound))
             for callback in batch.after_commit:
                 callback()
+
+    def _store_blocked(self, exc: StoreFullError | StoreIOError) -> None:
+        self.counters["commit_failures"] += 1
+        if self._store_ok.is_set():
+            self._store_ok.clear()
+            full = isinstance(exc, StoreFullError)
+            self.store_state = "full" if full else "io_error"
+            self.log.event(
+                "store_full" if full else "store_io_failed",
+                level=logging.CRITICAL,
+                file=str(exc.path),
+                error=exc.reason,
+                action=f"acknowledgements stopped; retrying every {_STORE_RETRY_SECONDS:g} s",
+            )
 
     def _ack(self, acks: list[tuple[int, int, int]]) -> None:
         client = self._client
@@ -456,7 +644,6 @@ class GatewayDaemon:
     async def _housekeeping(self) -> None:
         watchdog = self.notifier.watchdog_interval
         period = min(1.0, watchdog) if watchdog else 1.0
-        last_retention = 0.0
         loop = asyncio.get_running_loop()
         while True:
             now = time.monotonic()
@@ -467,11 +654,6 @@ class GatewayDaemon:
                     device_id=entry.device_id,
                     session_id=entry.session.session_id.hex()[:8],
                 )
-            if now - last_retention > 3600:
-                last_retention = now
-                deleted = await loop.run_in_executor(self._store_pool, self.store.enforce_retention)
-                if deleted:
-                    self.log.event("retention_applied", count=deleted)
             if self.federation is not None:
                 self.federation.counters["spool_depth"] = await loop.run_in_executor(
                     self._store_pool, self.federation.spool.depth
@@ -481,6 +663,28 @@ class GatewayDaemon:
             self._write_status()
             await asyncio.sleep(period)
 
+    async def _retention(self) -> None:
+        """Keep the age limit and max_rows continuously, in bounded steps on the store thread
+        (commits interleave; the watchdog loop never waits for a pass). The first pass runs
+        at start."""
+        loop = asyncio.get_running_loop()
+        while True:
+            deleted = 0
+            try:
+                while self._store_ok.is_set():
+                    step = await loop.run_in_executor(self._store_pool, self.store.retention_step)
+                    deleted += step.deleted
+                    if step.done:
+                        break
+                if deleted >= _WAL_TRUNCATE_AFTER:
+                    await loop.run_in_executor(self._store_pool, self.store.checkpoint)
+            except (StoreFullError, StoreIOError) as exc:
+                self.log.event("retention_failed", level=logging.WARNING, error=exc.reason)
+            if deleted:
+                self.counters["retention_deleted"] += deleted
+                self.log.event("retention_applied", count=deleted)
+            await asyncio.sleep(_RETENTION_INTERVAL)
+
     def status(self) -> dict[str, Any]:
         return {
             "gateway": self.config.gateway_id,
@@ -488,9 +692,12 @@ class GatewayDaemon:
             "started_at": self.started_at,
             "updated_at": time.time(),
             "connected": self._client is not None,
+            "store": self.store_state,
             "sessions": len(self.table),
             "records_accepted": self.processor.accepted,
             **self.counters,
+            "records_over_failure_budget": self.processor.over_budget,
+            "notices_suppressed": self.notices.suppressed,
             "rejected": dict(sorted(self.processor.rejected.items())),
             "federation": self.federation.status() if self.federation is not None else None,
         }
@@ -498,16 +705,32 @@ class GatewayDaemon:
     def status_line(self) -> str:
         rejected = sum(self.processor.rejected.values())
         state = "connected" if self._client is not None else "connecting"
+        if self.store_state != "ok":
+            state += f", store {self.store_state}: not acknowledging"
         return (
             f"{state}; {len(self.table)} sessions; {self.counters['records_stored']} records "
             f"stored; {rejected} rejected"
         )
 
     def _write_status(self) -> None:
+        """Replace the status file atomically; on a full disk, overwrite it in place (it is
+        padded to whole pages, so that needs no new blocks) so `status` keeps working."""
         path = self.config.status_path
+        data = (json.dumps(self.status(), indent=2) + "\n").encode()
+        data += b" " * (-len(data) % _STATUS_PAGE)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status(), indent=2) + "\n")
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    if os.fstat(fd).st_size >= len(data):
+                        os.pwrite(fd, data.ljust(os.fstat(fd).st_size), 0)
+                finally:
+                    os.close(fd)
 
 
 def read_status(config: GatewayConfig) -> Mapping[str, Any]:

@@ -4,7 +4,9 @@ Ascon-AEAD128, ML-KEM / ML-DSA wrappers, handshake, record layer, envelopes, ide
 
 from pqlink._errors import (
     AuthenticationError,
+    ClockSkewError,
     DecodeError,
+    DuplicateError,
     KeyFileError,
     LocalProtocolError,
     NegotiationError,
@@ -52,8 +54,10 @@ from pqlink.record import RekeyPolicy, ReplayWindow, Session, SessionRole, peek_
 
 __all__ = [
     "AuthenticationError",
+    "ClockSkewError",
     "ContentType",
     "DecodeError",
+    "DuplicateError",
     "EnvelopeMetadata",
     "HandshakeConfig",
     "HandshakeInitiator",

@@ -34,6 +34,14 @@ class ReplayError(RemoteProtocolError):
     """A record or message was seen before or is too old for the replay window."""
 
 
+class DuplicateError(ReplayError):
+    """A record with this counter was already received in this session (a redelivery)."""
+
+
+class ClockSkewError(ReplayError):
+    """A timestamp is further from our clock than the allowed skew (stale or from the future)."""
+
+
 class NegotiationError(RemoteProtocolError):
     """No common version or suite, or a negotiated value the initiator never offered."""
 

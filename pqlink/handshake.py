@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pqlink._codec import Reader, Writer
 from pqlink._errors import (
     AuthenticationError,
+    ClockSkewError,
     DecodeError,
     LocalProtocolError,
     NegotiationError,
@@ -416,7 +417,9 @@ class HandshakeResponder:
         skew = self.config.max_clock_skew
         age = wall - msg.timestamp_ms / 1000
         if abs(age) > skew:
-            raise ReplayError(f"handshake init timestamp is {age:+.0f} s off (limit {skew:.0f} s)")
+            raise ClockSkewError(
+                f"handshake init timestamp is {age:+.0f} s off (limit {skew:.0f} s)"
+            )
         self.replay_cache.check_and_add(
             msg.initiator.encode() + b"\0" + msg.random, wall + 2 * skew, wall
         )

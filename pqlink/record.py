@@ -17,6 +17,7 @@ from pqlink._ascon import encrypt as _ascon_encrypt
 from pqlink._errors import (
     AuthenticationError,
     DecodeError,
+    DuplicateError,
     LocalProtocolError,
     ReplayError,
     SessionExpiredError,
@@ -92,7 +93,7 @@ class ReplayWindow:
         if behind >= self.size:
             raise ReplayError(f"record counter {counter} is outside the replay window")
         if (self._mask >> behind) & 1:
-            raise ReplayError(f"record counter {counter} was already received")
+            raise DuplicateError(f"record counter {counter} was already received")
 
     def accept(self, counter: int) -> None:
         """Record `counter` as received (call only after the record authenticated)."""
