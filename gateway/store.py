@@ -76,6 +76,17 @@ INSERT INTO vitals SELECT device_id, 0, seq, ts_ms, heart_rate, spo2, skin_temp,
 DROP TABLE vitals_v1;
 """
 
+# Built from this module's constants only (no input reaches it).
+_MIGRATE_V1_SCRIPT = "".join(
+    (
+        "BEGIN IMMEDIATE;",
+        _MIGRATE_V1.format(table=_VITALS_TABLE),
+        _OTHER_TABLES,
+        f"INSERT OR REPLACE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');",  # noqa: S608
+        "COMMIT;",
+    )
+)
+
 VitalsRow = tuple[
     str, int, int, int, float | None, float | None, float | None, float | None, int, int, int
 ]
@@ -199,10 +210,8 @@ class VitalsStore:
         db.execute("PRAGMA busy_timeout=5000")
         columns = {row[1] for row in db.execute("PRAGMA table_info(vitals)")}
         if columns and "epoch" not in columns:
-            db.execute("BEGIN IMMEDIATE")
-            db.executescript(_MIGRATE_V1.format(table=_VITALS_TABLE) + _OTHER_TABLES)
-            self._set_schema()
-            db.execute("COMMIT")
+            # One transaction: an interrupted migration leaves the old schema, intact.
+            db.executescript(_MIGRATE_V1_SCRIPT)
         else:
             db.executescript(_VITALS_TABLE + _OTHER_TABLES)
             self._set_schema()
