@@ -229,7 +229,7 @@ def test_replayed_inits_after_restart_and_a_garbage_flood_lose_nothing(
             )
             await asyncio.sleep(0.5)  # subscribed before the wearables start
             nonlocal emulator
-            emulator = EmulatorProcess(gateway, mosquitto.port, 2, 600, 10.0)
+            emulator = EmulatorProcess(gateway, mosquitto.port, 2, 300, 10.0, "--resend-after", "5")
             deadline = time.monotonic() + 60
             while daemon.status().get("handshakes_ok", 0) < 2:
                 assert time.monotonic() < deadline, "no sessions"
@@ -276,7 +276,7 @@ def test_replayed_inits_after_restart_and_a_garbage_flood_lose_nothing(
         daemon.stop_quietly()
         if emulator:
             emulator.stop_quietly()
-    _assert_exactly_once(gateway, 2, 600)
+    _assert_exactly_once(gateway, 2, 300)
     log = daemon.log_path.read_text()
     assert len(re.findall(r"event=record_rejected", log)) <= 60  # bounded, not 5,000
     _no_traceback(daemon)
