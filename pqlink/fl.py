@@ -37,8 +37,8 @@ def _decode(magic: bytes, data: bytes, what: str) -> tuple[bytes, int, dict[str,
         raise DecodeError(f"{what}: length {len(data)} does not match its header")
     try:
         meta = json.loads(data[end:])
-    except ValueError as exc:
-        raise DecodeError(f"{what}: metadata is not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError(f"{what}: metadata is not JSON ({type(exc).__name__})") from None
     if not isinstance(meta, dict):
         raise DecodeError(f"{what}: metadata is not an object")
     return data[_HEAD.size : end], count, meta
@@ -131,7 +131,7 @@ def decode_unsealed(frame: bytes) -> tuple[dict[str, Any], bytes]:
     start = len(_UNSEALED) + 4
     try:
         meta = json.loads(frame[start : start + n])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise DecodeError(f"unsealed frame: {exc}") from None
     if not isinstance(meta, dict):
         raise DecodeError("unsealed frame: metadata is not an object")
