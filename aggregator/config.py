@@ -30,6 +30,7 @@ class RoundsConfig:
     min_participants: int = 1
     round_timeout: float = 30.0
     max_rounds: int = 0  # 0: run until stopped
+    keep_rounds: int = 1000  # closed rounds kept in the database and rounds.jsonl; 0: all
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "rounds.min_participants": (1, 100_000),
     "rounds.round_timeout": (0.1, 86400),
     "rounds.max_rounds": (0, 10**9),
+    "rounds.keep_rounds": (0, 10**9),
     "training.epochs": (1, 1000),
     "training.batch_size": (1, 4096),
     "training.learning_rate": (1e-6, 10),

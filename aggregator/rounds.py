@@ -71,10 +71,17 @@ class RoundCoordinator:
     """One coordinator per deployment (the K3s Deployment uses the Recreate strategy)."""
 
     def __init__(
-        self, db_path: Path, strategy: Strategy, policy: RoundPolicy, initial_weights: Vector
+        self,
+        db_path: Path,
+        strategy: Strategy,
+        policy: RoundPolicy,
+        initial_weights: Vector,
+        *,
+        keep_rounds: int = 0,
     ) -> None:
         self.strategy = strategy
         self.policy = policy
+        self.keep_rounds = keep_rounds  # closed rounds (and models) kept; 0 keeps all
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(db_path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -256,6 +263,15 @@ class RoundCoordinator:
                     (self.version, closed + 1, self.weights.tobytes(), now),
                 )
             )
+        if self.keep_rounds:
+            # Bounded history: the database would otherwise grow by every round's deltas.
+            oldest = closed - self.keep_rounds
+            statements += [
+                ("DELETE FROM rounds WHERE round <= ?", (oldest,)),
+                ("DELETE FROM contributions WHERE round <= ?", (oldest,)),
+                ("DELETE FROM rejections WHERE round <= ?", (oldest,)),
+                ("DELETE FROM models WHERE version <= ?", (self.version - self.keep_rounds,)),
+            ]
         self._tx(*statements)
         self.round, self.opened, self.deadline = closed + 1, now, now + self.policy.round_timeout
         self.metrics_by_gateway = {}
