@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PACKAGES := pqlink gateway device_emulators aggregator demo
 
-.PHONY: demo test lint typecheck pytest bench setup clean
+.PHONY: demo test lint typecheck pytest bench chaos setup clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -28,3 +28,7 @@ bench: setup
 
 clean:
 	rm -rf build *.egg-info pqlink/*.so .mypy_cache .ruff_cache .pytest_cache
+
+# Fault injection through real brokers and daemons (minutes): not part of `make test`.
+chaos: setup
+	$(PY) -m bench.chaos

@@ -90,9 +90,15 @@ class Uplink:
                     )
                     for task in pending:
                         task.cancel()
-                    for task in done:
-                        if task is not stopper and not task.cancelled() and task.exception():
-                            raise task.exception()  # type: ignore[misc]
+                    # Wait for the cancelled tasks: an exception they end with is retrieved
+                    # here, not reported at exit as "Task exception was never retrieved".
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    failures = [
+                        t.exception() for t in done if t is not stopper and not t.cancelled()
+                    ]
+                    for failure in failures:
+                        if failure is not None:
+                            raise failure
             except (AMQPError, OSError, aio_pika.exceptions.AMQPException, RuntimeError) as exc:
                 self.log.event("uplink_disconnected", level=logging.WARNING, reason=str(exc))
             finally:
