@@ -116,6 +116,7 @@ def test_gateway_refuses_to_start_on_a_taken_metrics_port(
         taken.listen()
         port = taken.getsockname()[1]
         setup = make_gateway(tmp_path / "gw", mosquitto.port, extra=f"[metrics]\nport = {port}\n")
+        enroll(setup, 1)
         daemon = DaemonProcess(setup)
         try:
             code = daemon.proc.wait(30)
