@@ -277,7 +277,7 @@ def run_fault(name: str, seconds: float, devices: int, rate: float, work: Path) 
             stack.enter_context(_small_disk(gw_root / "state", "24m"))
         gw = Gateway(gw_root, broker.port, devices)
         gw.start()
-        warmup, after = 10.0, 20.0
+        warmup, after = 10.0, 30.0
         records = int(rate * (warmup + seconds + after))
         emulator = Emulator(gw, records, rate)
         _wait(lambda: len(gw.keys_stored()) > 0, 60, "the first records")
@@ -286,7 +286,7 @@ def run_fault(name: str, seconds: float, devices: int, rate: float, work: Path) 
         notes = FAULTS[name](gw, broker, seconds)
         t_end = time.monotonic()
         # every sample taken before the fault ended, stored (one second of start-up slack)
-        taken = int(rate * (t_end - t_start + warmup)) - int(rate)
+        taken = min(records, int(rate * (t_end - t_start)) - int(rate))
 
         def caught_up() -> bool:
             keys = {(d, s) for d, _, s, _ in gw.keys_stored()}

@@ -90,10 +90,7 @@ class _Batch:
         self.acks[:0] = older.acks
         self.dropped[:0] = older.dropped
         self.after_commit[:0] = older.after_commit
-        for sid, by_epoch in older.delivered._by_session.items():
-            for epoch, seqs in by_epoch.items():
-                for seq in seqs:
-                    self.delivered.add(sid, epoch, seq)
+        self.delivered.merge(older.delivered)
 
 
 class GatewayDaemon:
@@ -191,7 +188,7 @@ class GatewayDaemon:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _restore_sessions(self) -> None:
-        self.floors = HandshakeFloors(self.store.handshake_floors())
+        self.floors.load(self.store.handshake_floors())
         restored = dropped = 0
         for stored in self.store.load_sessions():
             try:

@@ -27,6 +27,13 @@ class DeliveryLedger:
     def __len__(self) -> int:
         return len(self._by_session)
 
+    def merge(self, other: DeliveryLedger) -> None:
+        """Take over what `other` holds (a batch put back after a failed commit)."""
+        for sid, by_epoch in other._by_session.items():
+            mine = self._by_session.setdefault(sid, defaultdict(list))
+            for epoch, seqs in by_epoch.items():
+                mine[epoch].extend(seqs)
+
     def seal(self, table: SessionTable, layout: TopicLayout) -> list[OutboundMessage]:
         """Seal one acknowledgement per session and epoch (more if there are many gaps).
 
@@ -86,6 +93,11 @@ class HandshakeFloors:
     def __init__(self, floors: dict[str, int] | None = None) -> None:
         self._floors = dict(floors or {})
         self._dirty: dict[str, int] = {}
+
+    def load(self, floors: dict[str, int]) -> None:
+        """Take the floors committed before a restart (raising, never lowering, any)."""
+        for device, ts in floors.items():
+            self._floors[device] = max(ts, self._floors.get(device, ts))
 
     def admit(self, device_id: str, timestamp_ms: int) -> bool:
         """True, and raise the floor, if this init is newer than any accepted before."""
