@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from device_emulators.hub import MqttHub
@@ -98,9 +98,13 @@ class Wearable:
         self.generated = 0
         # seq -> sample, oldest first: everything not yet acknowledged by the gateway
         self._unacked: OrderedDict[int, VitalsSample] = OrderedDict()
-        # seq -> when it was last published (absent: due now)
-        self._sent_at: dict[int, float] = {}
+        # Samples to publish now (new ones, or all after a new session or reconnection), and
+        # (when due, seq) of those sent, to send again if still unacknowledged by then.
+        # Entries of samples acknowledged meanwhile are skipped when they come up.
+        self._fresh: deque[int] = deque()
+        self._timers: deque[tuple[float, int]] = deque()
         self._ever_sent: set[int] = set()
+        self._last_ack_at = time.monotonic()
 
     @property
     def unacknowledged(self) -> int:
@@ -139,7 +143,7 @@ class Wearable:
                 self.stats.handshake_seconds.append(time.perf_counter() - t0)
                 self.session = session
                 self._session_started = time.monotonic()
-                self._sent_at.clear()  # everything unacknowledged goes again, re-sealed
+                self._resend_all()  # everything unacknowledged goes again, re-sealed
                 return session
             self.stats.handshake_failures += 1
             failures += 1
@@ -160,10 +164,13 @@ class Wearable:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
+    def _resend_all(self) -> None:
+        self._fresh = deque(self._unacked)
+        self._timers.clear()
+
     def _keep(self, sample: VitalsSample) -> None:
         if len(self._unacked) >= self.buffer_limit:
-            seq, _ = self._unacked.popitem(last=False)
-            self._sent_at.pop(seq, None)
+            self._unacked.popitem(last=False)
             self.stats.buffer_overflow += 1
             if self.stats.buffer_overflow in {1, 10, 100, 1000} or not (
                 self.stats.buffer_overflow % 10_000
@@ -175,6 +182,7 @@ class Wearable:
                     self.stats.buffer_overflow,
                 )
         self._unacked[sample.seq] = sample
+        self._fresh.append(sample.seq)
 
     def _take_acks(self, hub: MqttHub, session: Session) -> None:
         queue = hub.response_queue(self.ack_topic, maxsize=4096)
@@ -186,10 +194,10 @@ class Wearable:
                 continue  # sealed under an earlier session, or not from the gateway
             if ack.epoch != self.epoch:
                 continue
+            self._last_ack_at = time.monotonic()
             for r in ack.ranges:
                 for seq in range(r.first, r.last + 1):
                     if self._unacked.pop(seq, None) is not None:
-                        self._sent_at.pop(seq, None)
                         self.stats.records_acked += 1
 
     def _take_notices(self, hub: MqttHub, session: Session) -> bool:
@@ -213,24 +221,34 @@ class Wearable:
         return False
 
     async def _send_due(self, hub: MqttHub, session: Session) -> None:
+        """Publish what is due, oldest first. A sample comes due again `resend_after` seconds
+        after it was sent, but only while the gateway is acknowledging: while it is away, the
+        broker holds what was sent, and resending it would only pile copies on its queue."""
         now = time.monotonic()
-        sent = 0
-        # Only this task changes the buffer, so iterating it across the awaits is safe.
-        for seq, sample in self._unacked.items():
-            last = self._sent_at.get(seq)
-            if last is not None and now - last < self.resend_after:
-                continue
-            if sent >= _RESEND_PER_TICK:
-                break
-            frame = session.seal(sample.encode(), self._record_topic_bytes)
-            await hub.publish(self.record_topic, frame)
-            self._sent_at[seq] = now
-            sent += 1
-            if seq in self._ever_sent:
-                self.stats.records_resent += 1
-            else:
-                self._ever_sent.add(seq)
-                self.stats.records_sent += 1
+        budget = _RESEND_PER_TICK
+        while self._fresh and budget:
+            seq = self._fresh.popleft()
+            if seq in self._unacked:
+                await self._send(hub, session, seq, now)
+                budget -= 1
+        if now - self._last_ack_at >= self.resend_after:
+            return
+        timers = self._timers
+        while timers and timers[0][0] <= now and budget:
+            _, seq = timers.popleft()
+            if seq in self._unacked:
+                await self._send(hub, session, seq, now)
+                budget -= 1
+
+    async def _send(self, hub: MqttHub, session: Session, seq: int, now: float) -> None:
+        frame = session.seal(self._unacked[seq].encode(), self._record_topic_bytes)
+        await hub.publish(self.record_topic, frame)
+        self._timers.append((now + self.resend_after, seq))
+        if seq in self._ever_sent:
+            self.stats.records_resent += 1
+        else:
+            self._ever_sent.add(seq)
+            self.stats.records_sent += 1
 
     async def run(
         self, hub: MqttHub, stop: asyncio.Event, records: int | None, *, wait_acks: bool = True
@@ -258,7 +276,7 @@ class Wearable:
                 continue  # handshake again at once, then resend everything unacknowledged
             if hub.generation != generation:
                 generation = hub.generation
-                self._sent_at.clear()  # reconnected: the broker may not have had them all
+                self._resend_all()  # reconnected: the broker may not have had them all
             await self._send_due(hub, session)
             next_at += interval
             delay = next_at - time.monotonic()
