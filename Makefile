@@ -1,7 +1,7 @@
 # The two entry points: `make demo` runs the system end to end, `make test` checks everything.
 VENV := .venv
 PY := $(VENV)/bin/python
-PACKAGES := pqlink gateway device_emulators aggregator demo
+PACKAGES := pqlink wire servicekit testbed gateway device_emulators aggregator demo
 
 .PHONY: demo test lint typecheck pytest bench chaos setup clean
 
@@ -16,7 +16,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check $(PACKAGES) tests bench tools
 
 typecheck: setup
-	$(VENV)/bin/mypy $(PACKAGES)
+	$(VENV)/bin/mypy $(PACKAGES) tests
 
 pytest: setup
 	$(PY) -m pytest -q

@@ -16,23 +16,13 @@ from pathlib import Path
 
 from prometheus_client.registry import Collector
 
-from aggregator.config import AggregatorConfig, ConfigError, load_config
+from aggregator.config import AggregatorConfig, load_config
 from aggregator.metrics import WorkerMetrics
-from gateway.metrics import MetricsServer
-from pqlink import (
-    Identity,
-    KeyFileError,
-    PqlinkError,
-    Role,
-    load_identity,
-    load_public_identity,
-    load_registry,
-    save_identity,
-    save_public_identity,
-    save_registry,
-)
+from pqlink import Role, load_identity, load_registry
+from servicekit.cli import ExitCode, enroll, keygen, revoke, run_main
+from servicekit.metrics import MetricsServer
+from wire.envelopes import envelope_codec
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_KEYS = 0, 1, 2, 3
 _METRICS_HELP = "override metrics.port (Prometheus /metrics; 0: none)"
 
 
@@ -122,7 +112,7 @@ def _worker(
         limits,
         individual=strategy.needs_individual_updates,
         norm_bound=config.strategy.norm_bound or None,
-        unsealed=config.bench.plaintext_envelopes,
+        codec=envelope_codec(config.bench.plaintext_envelopes),
         metrics=metrics,
     )
     run_worker(
@@ -161,26 +151,15 @@ def _coordinator(config: AggregatorConfig, inline_worker: bool, metrics_port: in
             thread.join(timeout=10)
         if server is not None:
             server.close()
-    return EXIT_OK
-
-
-def _keygen(config: AggregatorConfig) -> int:
-    if config.identity.exists():
-        identity = load_identity(config.identity)
-        print(f"identity exists: {identity.name} {identity.public.fingerprint}")
-    else:
-        identity = Identity.generate(config.aggregator_id, Role.AGGREGATOR)
-        save_identity(identity, config.identity)
-        print(f"created {config.identity}: {identity.name} {identity.public.fingerprint}")
-    save_public_identity(identity.public, config.identity.with_suffix(".pub"))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("pika").setLevel(logging.WARNING)  # its INFO is per-connection chatter
-    try:
+
+    def body() -> int:
         config = load_config(args.config)
         if args.command == "coordinator":
             return _coordinator(config, args.inline_worker, args.metrics_port)
@@ -196,35 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 if server is not None:
                     server.close()
-            return EXIT_OK
+            return ExitCode.OK
         if args.command == "keygen":
-            return _keygen(config)
-        registry = load_registry(config.registry)
-        if args.command == "enroll":
-            for f in args.public_files:
-                public = load_public_identity(f)
-                if public.role is not Role.GATEWAY:
-                    raise KeyFileError(f"{f}: {public.name!r} is a {public.role}, not a gateway")
-                registry.enroll(public, replace=args.replace)
-                print(f"enrolled {public.name} {public.short_fingerprint}")
+            keygen(config.identity, config.aggregator_id, Role.AGGREGATOR)
+        elif args.command == "enroll":
+            enroll(config.registry, args.public_files, Role.GATEWAY, replace=args.replace)
         else:
-            for gw in args.gateway_ids:
-                registry.revoke(gw)
-                print(f"revoked {gw}")
-        save_registry(registry, config.registry)
-        return EXIT_OK
-    except ConfigError as exc:
-        print(f"iomt-aggregator: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (KeyFileError, PqlinkError) as exc:
-        print(f"iomt-aggregator: {exc}", file=sys.stderr)
-        return EXIT_KEYS
-    except ValueError as exc:
-        print(f"iomt-aggregator: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"iomt-aggregator: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+            revoke(config.registry, args.gateway_ids)
+        return ExitCode.OK
+
+    return run_main("iomt-aggregator", body, os_errors_fail=True)
 
 
 if __name__ == "__main__":

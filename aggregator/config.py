@@ -3,18 +3,23 @@ object built from TOML at start; errors name the key, the value and what was exp
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-DEFAULT_INITIAL_WEIGHTS = (
-    Path(__file__).resolve().parents[1] / "gateway" / "assets" / "vitals_mlp_init.npz"
+from servicekit.config import (
+    ConfigError,
+    Range,
+    Rules,
+    check_known,
+    parse_section,
+    read_toml,
+    resolve_path,
 )
+from wire.fl import SETTING_RANGES
+from wire.model import DEFAULT_INITIAL_WEIGHTS
 
-
-class ConfigError(Exception):
-    """The configuration file is missing, unreadable or invalid."""
+__all__ = ["AggregatorConfig", "ConfigError", "load_config", "parse_config"]
 
 
 @dataclass(frozen=True)
@@ -98,62 +103,27 @@ class AggregatorConfig:
         return self.state_dir / "coordinator.sqlite3"
 
 
-_RANGES: dict[str, tuple[float, float]] = {
-    "amqp.prefetch": (1, 65535),
-    "amqp.heartbeat": (0, 3600),
-    "rounds.quorum_fraction": (0.0, 1.0),
-    "rounds.min_participants": (1, 100_000),
-    "rounds.round_timeout": (0.1, 86400),
-    "rounds.max_rounds": (0, 10**9),
-    "rounds.keep_rounds": (0, 10**9),
-    "training.epochs": (1, 1000),
-    "training.batch_size": (1, 4096),
-    "training.learning_rate": (1e-6, 10),
-    "training.prox_mu": (0, 100),
-    "training.clip_norm": (0, 1e6),
-    "training.noise_multiplier": (0, 100),
-    "strategy.norm_bound": (0, 1e6),
-    "strategy.trim_fraction": (0, 0.49),
-    "validation.max_update_norm": (1e-6, 1e9),
-    "validation.max_envelope_bytes": (1024, 1 << 30),
-    "worker.batch_max": (1, 10_000),
-    "worker.batch_wait": (0, 60),
-    "metrics.port": (0, 65535),
-}
-_CHOICES = {"strategy.name": ("fedavg", "trimmed_mean", "median")}
-
-
-def _check(key: str, value: Any, default: Any) -> Any:
-    if key in _CHOICES:
-        if value not in _CHOICES[key]:
-            raise ConfigError(f"{key} = {value!r} is invalid: expected one of {_CHOICES[key]}")
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} = {value!r} is invalid: expected true or false")
-        return value
-    if isinstance(default, str):
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key} = {value!r} is invalid: expected a non-empty string")
-        return value
-    lo, hi = _RANGES[key]
-    want_int = isinstance(default, int)
-    ok = isinstance(value, int) if want_int else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or not lo <= value <= hi:
-        kind = "an integer" if want_int else "a number"
-        raise ConfigError(f"{key} = {value!r} is invalid: expected {kind} in [{lo:g}, {hi:g}]")
-    return type(default)(value)
-
-
-def _section(cls: type, name: str, table: Any) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    known = {f.name: f for f in fields(cls)}
-    for key in table:
-        if key not in known:
-            raise ConfigError(f"unknown key {name}.{key} (known: {', '.join(sorted(known))})")
-    defaults = cls()
-    return cls(**{k: _check(f"{name}.{k}", v, getattr(defaults, k)) for k, v in table.items()})
+_RULES: Final = Rules(
+    ranges={
+        "amqp.prefetch": Range(1, 65535),
+        "amqp.heartbeat": Range(0, 3600),
+        "rounds.quorum_fraction": Range(0.0, 1.0),
+        "rounds.min_participants": Range(1, 100_000),
+        "rounds.round_timeout": Range(0.1, 86400),
+        "rounds.max_rounds": Range(0, 10**9),
+        "rounds.keep_rounds": Range(0, 10**9),
+        "strategy.norm_bound": Range(0, 1e6),
+        "strategy.trim_fraction": Range(0, 0.49),
+        "validation.max_update_norm": Range(1e-6, 1e9),
+        "validation.max_envelope_bytes": Range(1024, 1 << 30),
+        "worker.batch_max": Range(1, 10_000),
+        "worker.batch_wait": Range(0, 60),
+        "metrics.port": Range(0, 65535),
+        # What gateways accept in a round's settings is what the config may ask for.
+        **{f"training.{k}": Range(lo, hi) for k, (lo, hi) in SETTING_RANGES.items()},
+    },
+    choices={"strategy.name": ("fedavg", "trimmed_mean", "median")},
+)
 
 
 def parse_config(doc: dict[str, Any], base_dir: Path) -> AggregatorConfig:
@@ -168,29 +138,22 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> AggregatorConfig:
         "metrics",
         "bench",
     }
-    for name in doc:
-        if name not in sections:
-            raise ConfigError(f"unknown section [{name}] (known: {', '.join(sorted(sections))})")
+    check_known("", doc, sections)
     agg = doc.get("aggregator")
     if not isinstance(agg, dict):
         raise ConfigError("missing section [aggregator] (it needs at least id and state_dir)")
-    for key in agg:
-        if key not in {"id", "state_dir", "identity", "registry", "initial_weights"}:
-            raise ConfigError(f"unknown key aggregator.{key}")
+    check_known("aggregator", agg, ("id", "state_dir", "identity", "registry", "initial_weights"))
     ident = agg.get("id")
     if not isinstance(ident, str) or not ident:
-        raise ConfigError(f"aggregator.id = {ident!r} is invalid: expected a non-empty string")
+        raise ConfigError.invalid("aggregator.id", ident, "a non-empty string")
 
     def path(key: str, default: Path | None) -> Path:
         value = agg.get(key)
         if value is None:
             if default is None:
-                raise ConfigError(f"aggregator.{key} is required")
+                raise ConfigError(f"aggregator.{key} is required", key=f"aggregator.{key}")
             return default
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"aggregator.{key} = {value!r} is invalid: expected a path")
-        p = Path(value)
-        return p if p.is_absolute() else base_dir / p
+        return resolve_path(value, f"aggregator.{key}", base_dir)
 
     state_dir = path("state_dir", None)
     return AggregatorConfig(
@@ -199,23 +162,17 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> AggregatorConfig:
         identity=path("identity", state_dir / "identity.key"),
         registry=path("registry", state_dir / "gateways.json"),
         initial_weights=path("initial_weights", DEFAULT_INITIAL_WEIGHTS),
-        amqp=_section(AmqpConfig, "amqp", doc.get("amqp", {})),
-        rounds=_section(RoundsConfig, "rounds", doc.get("rounds", {})),
-        training=_section(TrainingConfig, "training", doc.get("training", {})),
-        strategy=_section(StrategyConfig, "strategy", doc.get("strategy", {})),
-        validation=_section(ValidationConfig, "validation", doc.get("validation", {})),
-        worker=_section(WorkerConfig, "worker", doc.get("worker", {})),
-        metrics=_section(MetricsConfig, "metrics", doc.get("metrics", {})),
-        bench=_section(BenchConfig, "bench", doc.get("bench", {})),
+        amqp=parse_section(AmqpConfig, "amqp", doc.get("amqp", {}), _RULES),
+        rounds=parse_section(RoundsConfig, "rounds", doc.get("rounds", {}), _RULES),
+        training=parse_section(TrainingConfig, "training", doc.get("training", {}), _RULES),
+        strategy=parse_section(StrategyConfig, "strategy", doc.get("strategy", {}), _RULES),
+        validation=parse_section(ValidationConfig, "validation", doc.get("validation", {}), _RULES),
+        worker=parse_section(WorkerConfig, "worker", doc.get("worker", {}), _RULES),
+        metrics=parse_section(MetricsConfig, "metrics", doc.get("metrics", {}), _RULES),
+        bench=parse_section(BenchConfig, "bench", doc.get("bench", {}), _RULES),
     )
 
 
 def load_config(path: str | Path) -> AggregatorConfig:
-    p = Path(path)
-    try:
-        doc = tomllib.loads(p.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration {p}: {exc.strerror}") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{p} is not valid TOML: {exc}") from None
-    return parse_config(doc, p.parent.resolve())
+    doc, base_dir = read_toml(path)
+    return parse_config(doc, base_dir)

@@ -23,25 +23,24 @@ from aggregator.partials import Partial, PartialError
 from aggregator.rounds import ClosedRound, RoundCoordinator, RoundPolicy, quorum_for
 from aggregator.strategies import make_strategy
 from aggregator.worker import PERSISTENT, declare_topology
-from pqlink import ContentType, Identity, Registry, Role, load_registry, seal_envelope
-from pqlink.fl import GLOBAL_EXCHANGE, PARTIALS_QUEUE, GlobalModel, encode_unsealed
+from pqlink import ContentType, Identity, Registry, Role, load_registry
+from servicekit.backoff import Backoff
+from wire.amqp import GLOBAL_EXCHANGE, PARTIALS_QUEUE
+from wire.envelopes import envelope_codec
+from wire.fl import GlobalModel, RoundSettings
+from wire.model import WEIGHT_NAMES
 
 _LOG = logging.getLogger("aggregator.coordinator")
 
 
 def initial_weights(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """The flat float32 vector of the initial model (the npz of the gateway's asset)."""
+    """The flat float32 vector of the initial model, in the layout wire.model defines."""
     with np.load(path) as npz:
-        parts = [
-            np.asarray(npz[k], dtype=np.float32).ravel()
-            for k in sorted(npz.files, key=_layer_order)
-        ]
+        missing = [name for name in WEIGHT_NAMES if name not in npz.files]
+        if missing:
+            raise ValueError(f"{path} lacks the weights {missing}")
+        parts = [np.asarray(npz[name], dtype=np.float32).ravel() for name in WEIGHT_NAMES]
     return np.concatenate(parts).astype(np.float32)
-
-
-def _layer_order(name: str) -> tuple[int, int]:
-    # w1, b1, w2, b2, ...: layer number first, weights before biases
-    return int(name[1:]) if name[1:].isdigit() else 0, 0 if name.startswith("w") else 1
 
 
 class CoordinatorService:
@@ -53,10 +52,12 @@ class CoordinatorService:
         self.stop = stop
         self.registry: Registry = load_registry(config.registry)
         self.reload_requested = threading.Event()
+        self.codec = envelope_codec(config.bench.plaintext_envelopes)
         strategy = make_strategy(
             config.strategy.name,
             norm_bound=config.strategy.norm_bound or None,
             trim_fraction=config.strategy.trim_fraction,
+            training=RoundSettings(**asdict(config.training)),
         )
         weights = initial_weights(config.initial_weights)
         self.parameter_count = int(weights.size)
@@ -104,13 +105,10 @@ class CoordinatorService:
             parameter_count=self.parameter_count,
             round=r.round,
             deadline_ms=int(r.deadline * 1000),
-            settings={**asdict(self.config.training), "final": final},
+            settings=r.strategy.configure_round(r.round, final=final),
         )
-        if self.config.bench.plaintext_envelopes:  # benchmark baseline: crypto off
-            meta = {"round": r.round, "version": r.version}
-            return encode_unsealed(meta, model.encode())
         recipients = self.registry.active(Role.GATEWAY)
-        return seal_envelope(
+        return self.codec.seal(
             self.identity,
             recipients,
             model.encode(),
@@ -161,21 +159,20 @@ class CoordinatorService:
         """Run rounds until stopped (or max_rounds closed); reconnect on broker failures."""
         params = pika.URLParameters(self.config.amqp.url)
         params.heartbeat = self.config.amqp.heartbeat
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while not self.stop.is_set() and not self.done():
             try:
                 connection = pika.BlockingConnection(params)
             except AMQPError as exc:
                 _LOG.warning("coordinator cannot connect: %r", exc)
-                self.stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+                backoff.wait_blocking(self.stop)
                 continue
-            delay = 0.2
+            backoff.succeeded()
             try:
                 self._serve_connection(connection)
             except AMQPError as exc:
                 _LOG.warning("coordinator lost the broker: %s", exc)
-                self.stop.wait(delay)
+                self.stop.wait(backoff.delay)
         self.rounds.close()
 
     def _serve_connection(self, connection: pika.BlockingConnection) -> None:

@@ -1,12 +1,12 @@
 """Prometheus metrics of the coordinator and the crypto workers (served by
-`gateway.metrics.MetricsServer`, one endpoint per process)."""
+`servicekit.metrics.MetricsServer`, one endpoint per process)."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
-from gateway.metrics import ROUND_BUCKETS
+from servicekit.metrics import ROUND_BUCKETS
 
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 

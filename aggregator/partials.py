@@ -11,18 +11,20 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.errors import AggregatorError
 from aggregator.strategies import Contribution, Vector
+from wire.reasons import Reason
 
 _LEN = struct.Struct(">I")
 
 
-class PartialError(Exception):
+class PartialError(AggregatorError):
     """A partial message is malformed."""
 
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    reason: str
+    reason: Reason
     gateway: str | None
     round: int | None
     detail: str = ""
@@ -83,7 +85,7 @@ class Partial:
                 for g, v in zip(individual_names, vectors, strict=True)
             )
             rejections = tuple(
-                Rejection(str(r[0]), r[1], r[2], str(r[3])) for r in header["rejections"]
+                Rejection(Reason(str(r[0])), r[1], r[2], str(r[3])) for r in header["rejections"]
             )
             return cls(
                 str(header["worker"]),

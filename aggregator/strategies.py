@@ -1,14 +1,17 @@
-"""Aggregation rules as small interchangeable objects (the Flower "strategy" idea): the
-coordinator is given one and never branches on which it is."""
+"""Aggregation rules as small interchangeable objects in Flower's shape: a strategy configures
+each round (the settings gateways train with) and aggregates it; the coordinator never
+branches on which one it holds."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from wire.fl import RoundSettings
 
 Vector = npt.NDArray[np.float32]
 
@@ -23,19 +26,36 @@ class Contribution:
 
 
 class Strategy(Protocol):
+    """Everything the coordinator and the workers read of a strategy."""
+
     @property
     def name(self) -> str: ...
+
+    @property
+    def norm_bound(self) -> float | None:
+        """L2 bound each update is scaled down to before aggregation (None: no bound)."""
+        ...
 
     @property
     def needs_individual_updates(self) -> bool:
         """True if workers must forward each update rather than partial sums."""
         ...
 
-    def combine(
+    def configure_round(self, round_: int, *, final: bool = False) -> RoundSettings:
+        """The settings gateways train round `round_` with (sent with the global model)."""
+        ...
+
+    def aggregate(
         self, total_weight: float, weighted_sum: Vector | None, individual: Sequence[Contribution]
     ) -> Vector:
         """The aggregated delta of a round."""
         ...
+
+
+def _configure(training: RoundSettings, final: bool) -> RoundSettings:
+    # Every rule here trains every round the same way; a rule that varies settings per round
+    # (a learning-rate schedule, say) overrides this in its own configure_round.
+    return replace(training, final=final)
 
 
 def bound_norm(delta: Vector, bound: float | None) -> Vector:
@@ -53,13 +73,17 @@ class FedAvg:
     """Sample-weighted mean (McMahan et al. 2017); with partial sums, workers pre-add."""
 
     norm_bound: float | None = None
+    training: RoundSettings = field(default_factory=RoundSettings)
     name: str = "fedavg"
 
     @property
     def needs_individual_updates(self) -> bool:
         return False
 
-    def combine(
+    def configure_round(self, round_: int, *, final: bool = False) -> RoundSettings:
+        return _configure(self.training, final)
+
+    def aggregate(
         self, total_weight: float, weighted_sum: Vector | None, individual: Sequence[Contribution]
     ) -> Vector:
         if weighted_sum is None or total_weight <= 0:
@@ -74,6 +98,7 @@ class TrimmedMean:
 
     fraction: float = 0.1
     norm_bound: float | None = None
+    training: RoundSettings = field(default_factory=RoundSettings)
     name: str = "trimmed_mean"
 
     def __post_init__(self) -> None:
@@ -84,7 +109,10 @@ class TrimmedMean:
     def needs_individual_updates(self) -> bool:
         return True
 
-    def combine(
+    def configure_round(self, round_: int, *, final: bool = False) -> RoundSettings:
+        return _configure(self.training, final)
+
+    def aggregate(
         self, total_weight: float, weighted_sum: Vector | None, individual: Sequence[Contribution]
     ) -> Vector:
         if not individual:
@@ -100,13 +128,17 @@ class Median:
     """Coordinate-wise median: tolerates up to half the updates being arbitrary."""
 
     norm_bound: float | None = None
+    training: RoundSettings = field(default_factory=RoundSettings)
     name: str = "median"
 
     @property
     def needs_individual_updates(self) -> bool:
         return True
 
-    def combine(
+    def configure_round(self, round_: int, *, final: bool = False) -> RoundSettings:
+        return _configure(self.training, final)
+
+    def aggregate(
         self, total_weight: float, weighted_sum: Vector | None, individual: Sequence[Contribution]
     ) -> Vector:
         if not individual:
@@ -117,12 +149,17 @@ class Median:
 
 
 def make_strategy(
-    name: str, *, norm_bound: float | None = None, trim_fraction: float = 0.1
+    name: str,
+    *,
+    norm_bound: float | None = None,
+    trim_fraction: float = 0.1,
+    training: RoundSettings | None = None,
 ) -> Strategy:
+    settings = training or RoundSettings()
     if name == "fedavg":
-        return FedAvg(norm_bound)
+        return FedAvg(norm_bound, settings)
     if name == "trimmed_mean":
-        return TrimmedMean(trim_fraction, norm_bound)
+        return TrimmedMean(trim_fraction, norm_bound, settings)
     if name == "median":
-        return Median(norm_bound)
+        return Median(norm_bound, settings)
     raise ValueError(f"unknown strategy {name!r}: expected fedavg, trimmed_mean or median")

@@ -24,13 +24,16 @@ from aggregator.partials import Partial, Rejection, make_partial
 from aggregator.strategies import Contribution, bound_norm
 from aggregator.validation import UpdateRejectedError, ValidationLimits, validate_update
 from pqlink import Identity, Registry
-from pqlink.fl import (
+from servicekit.backoff import Backoff
+from wire.amqp import (
     GATEWAY_QUEUE_ARGUMENTS,
     GLOBAL_EXCHANGE,
     PARTIALS_QUEUE,
     UPDATES_QUEUE,
     gateway_queue,
 )
+from wire.envelopes import EnvelopeCodec, SealedCodec
+from wire.reasons import Reason
 
 _LOG = logging.getLogger("aggregator.worker")
 
@@ -76,10 +79,10 @@ class CryptoWorker:
         *,
         individual: bool,
         norm_bound: float | None,
-        unsealed: bool = False,
+        codec: EnvelopeCodec | None = None,
         metrics: WorkerMetrics | None = None,
     ) -> None:
-        self.unsealed = unsealed  # benchmark baseline only
+        self.codec = codec or SealedCodec()
         self.metrics = metrics
         self.name = name
         self.identity = identity
@@ -95,7 +98,7 @@ class CryptoWorker:
         t0 = time.perf_counter()
         try:
             valid = validate_update(
-                d.body, self.identity, self.gateways, self.limits, unsealed=self.unsealed
+                d.body, self.identity, self.gateways, self.limits, codec=self.codec
             )
         except UpdateRejectedError as exc:
             if self.metrics is not None:
@@ -139,7 +142,7 @@ class CryptoWorker:
                 continue
             same_round = fresh.setdefault(rnd, {})
             if c.gateway in same_round:
-                rejections.append(Rejection("duplicate", c.gateway, rnd, "twice in one batch"))
+                rejections.append(Rejection(Reason.DUPLICATE, c.gateway, rnd, "twice in one batch"))
                 continue
             same_round[c.gateway] = c
             metrics[c.gateway] = m
@@ -208,16 +211,15 @@ def run_worker(
     tick = max(0.005, min(batch_wait, 0.2))  # how often `stop` is checked while idle
     params = pika.URLParameters(url)
     params.heartbeat = heartbeat
-    delay = 0.2
+    backoff = Backoff(0.2, 10.0)
     while not stop.is_set():
         try:
             connection = pika.BlockingConnection(params)
         except AMQPError as exc:
             _LOG.warning("worker %s cannot connect: %r", worker.name, exc)
-            stop.wait(delay)
-            delay = min(delay * 2, 10.0)
+            backoff.wait_blocking(stop)
             continue
-        delay = 0.2
+        backoff.succeeded()
         try:
             channel = connection.channel()
             channel.confirm_delivery()
@@ -246,4 +248,4 @@ def run_worker(
             connection.close()
         except AMQPError as exc:
             _LOG.warning("worker %s lost the broker: %s", worker.name, exc)
-            stop.wait(delay)
+            stop.wait(backoff.delay)

@@ -20,11 +20,11 @@ import psutil
 
 from bench._timing import write
 from bench.fleet import establish, publish_all, sample
-from demo.services import Mosquitto
 from gateway.cli import main as gateway_main
 from gateway.config import load_config
 from pqlink import Identity, Registry, Role, SigAlg, load_public_identity, save_registry
-from pqlink.topics import TopicKind, TopicLayout
+from testbed import Mosquitto
+from wire.topics import TopicKind, TopicLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,17 +26,18 @@ import pika
 from aggregator.cli import main as aggregator_main
 from aggregator.coordinator import initial_weights
 from bench._timing import write
-from demo.rabbitmq import RabbitMQ
-from demo.services import Mosquitto
 from device_emulators.profiles import make_profiles
 from device_emulators.signals import VitalsGenerator
 from gateway.cli import main as gateway_main
 from gateway.store import VitalsStore, vitals_row
 from pqlink import ContentType, Identity, Role, load_identity, seal_envelope
-from pqlink.fl import UPDATES_QUEUE, ModelUpdate
+from testbed import Mosquitto, RabbitMQ
+from wire.amqp import UPDATES_QUEUE
+from wire.fl import ModelUpdate
+from wire.model import DEFAULT_INITIAL_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
-INIT = ROOT / "gateway" / "assets" / "vitals_mlp_init.npz"
+INIT = DEFAULT_INITIAL_WEIGHTS
 WARMUP_ROUNDS = 2
 
 

@@ -16,7 +16,6 @@ import psutil
 
 from bench._timing import per_call_seconds, write
 from gateway.trainer import (
-    DEFAULT_MODEL_PATH,
     LiteRtTrainer,
     NumpyTrainer,
     RuntimeUnavailableError,
@@ -25,6 +24,7 @@ from gateway.trainer import (
     fit,
     load_initial_weights,
 )
+from wire.model import DEFAULT_MODEL_PATH
 
 WINDOWS = 2000
 BATCH = 32

@@ -9,8 +9,8 @@ import time
 import aiomqtt
 
 from pqlink import HandshakeInitiator, Identity, PublicIdentity, Session
-from pqlink.topics import TopicKind, TopicLayout
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.topics import TopicKind, TopicLayout
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 
 def sample(seq: int) -> VitalsSample:

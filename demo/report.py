@@ -17,7 +17,6 @@ from device_emulators.signals import VitalsGenerator
 from gateway.features import N_FEATURES, build_windows
 from gateway.store import VitalsStore
 from gateway.trainer import (
-    DEFAULT_MODEL_PATH,
     NumpyTrainer,
     TrainOptions,
     evaluate,
@@ -25,6 +24,7 @@ from gateway.trainer import (
     load_initial_weights,
     unflatten,
 )
+from wire.model import DEFAULT_MODEL_PATH
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]

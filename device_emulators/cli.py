@@ -21,8 +21,6 @@ from device_emulators.signals import VitalsGenerator
 from device_emulators.wearable import Wearable
 from pqlink import (
     Identity,
-    KeyFileError,
-    PqlinkError,
     RekeyPolicy,
     Role,
     SigAlg,
@@ -33,9 +31,8 @@ from pqlink import (
     save_public_identity,
     save_registry,
 )
-from pqlink.topics import TopicLayout
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_KEYS = 0, 1, 2, 3
+from servicekit.cli import ExitCode, run_main
+from wire.topics import TopicLayout
 
 
 def device_name(prefix: str, index: int) -> str:
@@ -141,7 +138,7 @@ def _enroll(args: argparse.Namespace) -> int:
         registry.enroll(identity.public, replace=True)
     save_registry(registry, args.registry)
     print(f"enrolled {args.devices} wearables ({created} new keys) in {args.registry}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -203,7 +200,7 @@ async def _run(args: argparse.Namespace) -> int:
         )
         stop.set()
         await asyncio.gather(*hub_tasks, return_exceptions=True)
-        return EXIT_FAILURE
+        return ExitCode.FAILURE
     t0 = time.perf_counter()
     wait_acks = not args.no_wait_acks
     tasks = [
@@ -237,7 +234,7 @@ async def _run(args: argparse.Namespace) -> int:
         args.summary.write_text(json.dumps(summary, indent=2) + "\n")
     if not args.quiet:
         print(json.dumps(summary))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 async def _progress(wearables: list[Wearable], t0: float, quiet: bool) -> None:
@@ -255,16 +252,13 @@ async def _progress(wearables: list[Wearable], t0: float, quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.command == "enroll":
             return _enroll(args)
         return asyncio.run(_run(args))
-    except (KeyFileError, PqlinkError) as exc:
-        print(f"iomt-emulate: {exc}", file=sys.stderr)
-        return EXIT_KEYS
-    except ValueError as exc:
-        print(f"iomt-emulate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+
+    return run_main("iomt-emulate", body)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ would hold it), with reconnection, QoS 1 publishing and per-device response queu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import aiomqtt
+
+from servicekit.backoff import Backoff
 
 _LOG = logging.getLogger("device_emulators.hub")
 
@@ -38,7 +39,7 @@ class MqttHub:
         return self._generation
 
     async def run(self, stop: asyncio.Event) -> None:
-        delay = 0.1
+        backoff = Backoff(0.1, 5.0)
         while not stop.is_set():
             client = aiomqtt.Client(
                 self.host,
@@ -57,26 +58,21 @@ class MqttHub:
                         self._client = client
                         self._generation += 1
                         self._changed.notify_all()
-                    delay = 0.1
-                    reader = asyncio.create_task(self._read(client))
-                    waiter = asyncio.create_task(stop.wait())
-                    done, _ = await asyncio.wait(
-                        {reader, waiter}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for task in (reader, waiter):
-                        task.cancel()
-                    if reader in done:
-                        reader.result()
-            except aiomqtt.MqttError as exc:
-                _LOG.debug("hub %s disconnected: %s", self.client_id, exc)
+                    backoff.succeeded()
+                    # The reader belongs to this connection: a broken link ends it (and the
+                    # group), a stop request cancels it.
+                    async with asyncio.TaskGroup() as tg:
+                        reader = tg.create_task(self._read(client))
+                        await stop.wait()
+                        reader.cancel()
+            except* aiomqtt.MqttError as group:
+                _LOG.debug("hub %s disconnected: %s", self.client_id, group.exceptions[0])
             finally:
                 self._client = None
             if stop.is_set():
                 break
             self.reconnects += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.wait(stop)
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from pqlink.vitals import Activity, EventLabel
+from device_emulators.errors import EmulatorError
+from wire.vitals import Activity, EventLabel
 
 HOURS_PER_DAY = 24
 ACTIVITY_ORDER: tuple[Activity, ...] = tuple(Activity)  # columns of an activity-pattern row
@@ -25,7 +26,7 @@ COHORTS: tuple[str, ...] = (HEALTHY_ADULT, ATHLETE, ELDERLY_COPD, CARDIAC, POST_
 ActivityRow = tuple[float, float, float, float]  # probabilities of REST, WALK, RUN, SLEEP
 
 
-class ProfileError(ValueError):
+class ProfileError(EmulatorError, ValueError):
     """A patient profile or cohort mix is invalid (the caller's values are at fault)."""
 
 

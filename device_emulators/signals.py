@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Final
 
 from device_emulators.profiles import ACTIVITY_ORDER, EVENT_KINDS, PatientProfile
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 _MS_PER_HOUR: Final = 3_600_000
 _MS_PER_DAY: Final = 24 * _MS_PER_HOUR

@@ -24,8 +24,8 @@ from pqlink import (
     Session,
 )
 from pqlink.delivery import DeliveryAck, verify_notice
-from pqlink.topics import TopicKind, TopicLayout
-from pqlink.vitals import MAX_EPOCH, VitalsSample
+from wire.topics import TopicKind, TopicLayout
+from wire.vitals import MAX_EPOCH, VitalsSample
 
 _LOG = logging.getLogger("device_emulators.wearable")
 _SKEW_HINT_AFTER = 3  # failed handshakes before saying that the clock may be the cause

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -18,34 +19,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import GatewayConfig, load_config
 from gateway.store import StoreError, StoreUnusableError, recover_store
-from pqlink import (
-    Identity,
-    KeyFileError,
-    PqlinkError,
-    Role,
-    load_identity,
-    load_public_identity,
-    load_registry,
-    save_identity,
-    save_public_identity,
-    save_registry,
-)
+from pqlink import KeyFileError, PqlinkError, Role
+from servicekit.cli import ExitCode, enroll, keygen, revoke, run_main
+from servicekit.config import ConfigError
+from wire.reasons import Event
 
 if TYPE_CHECKING:
-    from gateway.logs import EventLog
+    from servicekit.logs import EventLog
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_KEYS, EXIT_NOT_RUNNING, EXIT_STORE = 0, 1, 2, 3, 4, 5
 EXIT_CODES = {
-    EXIT_OK: "success",
-    EXIT_FAILURE: "runtime failure",
-    EXIT_USAGE: "bad usage or configuration",
-    EXIT_KEYS: "key or registry problem",
-    EXIT_NOT_RUNNING: "(status) the daemon is not running or its status is stale",
-    EXIT_STORE: "the store file is unusable: `iomt-gateway store recover`",
+    ExitCode.OK: "success",
+    ExitCode.FAILURE: "runtime failure",
+    ExitCode.USAGE: "bad usage or configuration",
+    ExitCode.KEYS: "key or registry problem",
+    ExitCode.NOT_RUNNING: "(status) the daemon is not running or its status is stale",
+    ExitCode.STORE: "the store file is unusable: `iomt-gateway store recover`",
 }
 """What each exit code means; the README's table is checked against this."""
+
 _STALE_AFTER = 10.0
 
 
@@ -89,45 +82,23 @@ def _signal_daemon(config: GatewayConfig) -> str:
 
 
 def _keygen(config: GatewayConfig) -> int:
-    if config.identity.exists():
-        identity = load_identity(config.identity)
-        print(f"identity exists: {identity.name} {identity.public.fingerprint}")
-    else:
-        identity = Identity.generate(config.gateway_id, Role.GATEWAY)
-        save_identity(identity, config.identity)
-        print(f"created {config.identity}: {identity.name} {identity.public.fingerprint}")
-    pub = config.identity.with_suffix(".pub")
-    save_public_identity(identity.public, pub)
-    print(f"public identity: {pub}")
-    return EXIT_OK
+    keygen(config.identity, config.gateway_id, Role.GATEWAY)
+    print(f"public identity: {config.identity.with_suffix('.pub')}")
+    return ExitCode.OK
 
 
 def _enroll(config: GatewayConfig, files: Sequence[Path], replace: bool, reload: bool) -> int:
-    registry = load_registry(config.registry)
-    for f in files:
-        public = load_public_identity(f)
-        if public.role is not Role.SENSOR:
-            raise KeyFileError(f"{f}: {public.name!r} is a {public.role}, not a sensor")
-        try:
-            registry.enroll(public, replace=replace)
-        except ValueError as exc:
-            raise KeyFileError(str(exc)) from None
-        print(f"enrolled {public.name} {public.short_fingerprint}")
-    save_registry(registry, config.registry)
+    enroll(config.registry, files, Role.SENSOR, replace=replace)
     if reload:
         print(_signal_daemon(config))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _revoke(config: GatewayConfig, devices: Sequence[str], reload: bool) -> int:
-    registry = load_registry(config.registry)
-    for device in devices:
-        registry.revoke(device)
-        print(f"revoked {device}")
-    save_registry(registry, config.registry)
+    revoke(config.registry, devices)
     if reload:
         print(_signal_daemon(config))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _status(config: GatewayConfig, as_json: bool) -> int:
@@ -135,7 +106,7 @@ def _status(config: GatewayConfig, as_json: bool) -> int:
         doc = json.loads(config.status_path.read_text())
     except (OSError, ValueError):
         print(f"no status at {config.status_path}: the daemon is not running", file=sys.stderr)
-        return EXIT_NOT_RUNNING
+        return ExitCode.NOT_RUNNING
     age = time.time() - float(doc.get("updated_at", 0))
     doc["age_seconds"] = round(age, 1)
     if as_json:
@@ -143,7 +114,7 @@ def _status(config: GatewayConfig, as_json: bool) -> int:
     else:
         for key, value in doc.items():
             print(f"{key:>18}: {value}")
-    return EXIT_NOT_RUNNING if age > _STALE_AFTER else EXIT_OK
+    return ExitCode.NOT_RUNNING if age > _STALE_AFTER else ExitCode.OK
 
 
 def _daemon_pid(config: GatewayConfig) -> int | None:
@@ -160,19 +131,19 @@ def _store_recover(config: GatewayConfig) -> int:
     pid = _daemon_pid(config)
     if pid is not None and pid != os.getpid():
         print(f"iomt-gateway: the daemon runs as pid {pid}: stop it first", file=sys.stderr)
-        return EXIT_FAILURE
-    if not config.db_path.exists() and not config.db_path.is_symlink():
-        recover_store(config.db_path)
-        print(f"no store at {config.db_path}: created a fresh one")
-        return EXIT_OK
-    aside = recover_store(config.db_path)
+        return ExitCode.FAILURE
+    try:
+        aside = recover_store(config.db_path)
+    except StoreError as exc:
+        print(f"iomt-gateway: {exc}", file=sys.stderr)
+        return ExitCode.STORE
     print(f"moved {config.db_path} to {aside}; created a fresh store")
     print("wearables resend what this gateway never acknowledged once they handshake again")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _run(config: GatewayConfig, journal: str | None) -> int:
-    from gateway.logs import setup_logging  # noqa: PLC0415 -- heavy imports only for run
+    from servicekit.logs import setup_logging  # noqa: PLC0415 -- heavy imports only for run
 
     choice = journal or config.log.journal
     log = setup_logging(
@@ -181,24 +152,25 @@ def _run(config: GatewayConfig, journal: str | None) -> int:
     try:
         return _serve(config, log)
     except ConfigError as exc:
-        code, fields = EXIT_USAGE, {"reason": "configuration", "error": str(exc)}
+        code, fields = ExitCode.USAGE, {"reason": "configuration", "error": str(exc)}
     except StoreUnusableError as exc:
-        code = EXIT_STORE
+        code = ExitCode.STORE
         fields = {"reason": "store_unusable", "file": str(exc.path), "error": exc.reason}
     except (KeyFileError, PqlinkError) as exc:
-        code, fields = EXIT_KEYS, {"reason": "keys", "error": str(exc)}
+        code, fields = ExitCode.KEYS, {"reason": "keys", "error": str(exc)}
     except StoreError as exc:
-        code = EXIT_FAILURE
+        code = ExitCode.FAILURE
         fields = {"reason": "store", "file": str(exc.path), "error": exc.reason}
     except OSError as exc:
-        code, fields = EXIT_FAILURE, {"reason": "os", "error": f"{type(exc).__name__}: {exc}"}
-    log.event("daemon_failed", level=50, exit_code=code, **fields)
+        code = ExitCode.FAILURE
+        fields = {"reason": "os", "error": f"{type(exc).__name__}: {exc}"}
+    log.event(Event.DAEMON_FAILED, level=logging.CRITICAL, exit_code=int(code), **fields)
     return code
 
 
 def _serve(config: GatewayConfig, log: EventLog) -> int:
     from gateway.daemon import GatewayDaemon  # noqa: PLC0415 -- heavy imports only for run
-    from gateway.systemd import Notifier  # noqa: PLC0415
+    from servicekit.notify import Notifier  # noqa: PLC0415
 
     try:
         config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -211,13 +183,17 @@ def _serve(config: GatewayConfig, log: EventLog) -> int:
 def _config_failed(command: str, exc: ConfigError) -> int:
     """A `run` whose configuration cannot be read still ends in one structured event."""
     if command == "run":
-        from gateway.logs import setup_logging  # noqa: PLC0415
+        from servicekit.logs import setup_logging  # noqa: PLC0415
 
         setup_logging().event(
-            "daemon_failed", level=50, exit_code=EXIT_USAGE, reason="configuration", error=str(exc)
+            Event.DAEMON_FAILED,
+            level=logging.CRITICAL,
+            exit_code=int(ExitCode.USAGE),
+            reason="configuration",
+            error=str(exc),
         )
     print(f"iomt-gateway: configuration error: {exc}", file=sys.stderr)
-    return EXIT_USAGE
+    return ExitCode.USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return _config_failed(args.command, exc)
-    try:
+
+    def body() -> int:
         if args.command == "run":
             return _run(config, args.journal)
         if args.command == "store":
@@ -238,18 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "revoke":
             return _revoke(config, args.device_ids, args.reload)
         return _status(config, args.json)
-    except ConfigError as exc:
-        print(f"iomt-gateway: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (KeyFileError, PqlinkError) as exc:
-        print(f"iomt-gateway: {exc}", file=sys.stderr)
-        return EXIT_KEYS
-    except StoreError as exc:
-        print(f"iomt-gateway: {exc}", file=sys.stderr)
-        return EXIT_STORE
-    except ValueError as exc:
-        print(f"iomt-gateway: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+
+    return run_main("iomt-gateway", body)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,25 @@ Errors name the key, the bad value and what was expected; unknown keys are error
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from pqlink import check_identifier
+from servicekit.config import (
+    ConfigError,
+    Range,
+    Rules,
+    check_known,
+    parse_section,
+    read_toml,
+    resolve_path,
+)
 
-class ConfigError(Exception):
-    """The configuration file is missing, unreadable or invalid."""
+__all__ = ["ConfigError", "GatewayConfig", "load_config", "parse_config"]
+
+#: Names of the power models gateway.energy knows (kept here so config loading stays light).
+POWER_MODEL_NAMES: Final = ("raspberry-pi-4", "raspberry-pi-5")
 
 
 @dataclass(frozen=True)
@@ -138,80 +149,45 @@ class GatewayConfig:
 
 # --- validation -----------------------------------------------------------------------------
 
-_RULES: dict[str, tuple[type, Any, Any, str]] = {
-    # key: (type, minimum, maximum, description)
-    "mqtt.port": (int, 1, 65535, "a TCP port 1-65535"),
-    "mqtt.keepalive": (int, 5, 3600, "seconds, 5-3600"),
-    "mqtt.receive_maximum": (int, 1, 65535, "an integer 1-65535"),
-    "mqtt.session_expiry": (int, 0, 2**32 - 1, "seconds, >= 0"),
-    "mqtt.reconnect_max_delay": (float, 0.1, 3600, "seconds, 0.1-3600"),
-    "sessions.max_sessions": (int, 1, 1_000_000, "an integer 1-1000000"),
-    "sessions.unconfirmed_timeout": (float, 1, 86400, "seconds, 1-86400"),
-    "sessions.idle_timeout": (float, 1, 7 * 86400, "seconds, 1-604800"),
-    "sessions.max_clock_skew": (float, 1, 3600, "seconds, 1-3600"),
-    "sessions.rekey_records": (int, 1, 2**32, "an integer >= 1"),
-    "sessions.rekey_seconds": (float, 1, 7 * 86400, "seconds, 1-604800"),
-    "sessions.device_records_per_second": (float, 0.01, 1e6, "a rate > 0"),
-    "sessions.device_burst": (int, 1, 1_000_000, "an integer >= 1"),
-    "sessions.device_handshakes_per_minute": (float, 0.01, 1e4, "a rate > 0"),
-    "sessions.max_record_bytes": (int, 64, 16 * 1024 + 34, "bytes, 64-16418"),
-    "store.batch_max": (int, 1, 100_000, "an integer 1-100000"),
-    "store.batch_interval": (float, 0.001, 10, "seconds, 0.001-10"),
-    "store.retention_days": (float, 0.001, 36500, "days > 0"),
-    "store.max_rows": (int, 1000, 10**10, "an integer >= 1000"),
-    "metrics.port": (int, 0, 65535, "a TCP port 1-65535, or 0 for no endpoint"),
-    "uplink.reconnect_max_delay": (float, 0.1, 3600, "seconds, 0.1-3600"),
-    "learning.max_samples_per_device": (int, 30, 10**8, "an integer >= 30"),
-    "learning.min_windows": (int, 1, 10**6, "an integer >= 1"),
-    "learning.min_battery_percent": (float, 0, 100, "percent, 0-100"),
-    "learning.min_battery_percent_when_deadline_near": (float, 0, 100, "percent, 0-100"),
-    "learning.max_cpu_load": (float, 0.01, 1.0, "a fraction 0.01-1"),
-    "learning.max_temperature_c": (float, 20, 120, "degrees C, 20-120"),
-    "learning.min_free_memory_mb": (float, 0, 1e6, "megabytes >= 0"),
-    "learning.defer_check_interval": (float, 0.01, 3600, "seconds, 0.01-3600"),
-}
-_CHOICES = {
-    "log.level": ("debug", "info", "warning", "error"),
-    "log.journal": ("auto", "yes", "no"),
-}
-
-
-def _coerce(key: str, value: Any, default: Any, annotation: str) -> Any:
-    if key in _RULES:
-        typ, lo, hi, desc = _RULES[key]
-        ok_type = isinstance(value, int | float) if typ is float else isinstance(value, int)
-        if isinstance(value, bool) or not ok_type or not lo <= value <= hi:
-            raise ConfigError(f"{key} = {value!r} is invalid: expected {desc}")
-        return typ(value)
-    if key in _CHOICES:
-        if value not in _CHOICES[key]:
-            raise ConfigError(f"{key} = {value!r} is invalid: expected one of {_CHOICES[key]}")
-        return value
-    if annotation == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} = {value!r} is invalid: expected true or false")
-        return value
-    if "str" in annotation:
-        if value is None and "None" in annotation:
-            return None
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key} = {value!r} is invalid: expected a non-empty string")
-        return value
-    raise ConfigError(f"{key} = {value!r}: no rule to check this key")  # pragma: no cover
-
-
-def _section(cls: type, name: str, table: Any) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{name}] must be a table, got {table!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown key {name}.{unknown[0]} (known: {', '.join(sorted(known))})")
-    values = {}
-    for key, value in table.items():
-        f = known[key]
-        values[key] = _coerce(f"{name}.{key}", value, f.default, str(f.type))
-    return cls(**values)
+_RULES: Final = Rules(
+    ranges={
+        "mqtt.port": Range(1, 65535, "a TCP port 1-65535"),
+        "mqtt.keepalive": Range(5, 3600, "seconds, 5-3600"),
+        "mqtt.receive_maximum": Range(1, 65535, "an integer 1-65535"),
+        "mqtt.session_expiry": Range(0, 2**32 - 1, "seconds, >= 0"),
+        "mqtt.reconnect_max_delay": Range(0.1, 3600, "seconds, 0.1-3600"),
+        "sessions.max_sessions": Range(1, 1_000_000, "an integer 1-1000000"),
+        "sessions.unconfirmed_timeout": Range(1, 86400, "seconds, 1-86400"),
+        "sessions.idle_timeout": Range(1, 7 * 86400, "seconds, 1-604800"),
+        "sessions.max_clock_skew": Range(1, 3600, "seconds, 1-3600"),
+        "sessions.rekey_records": Range(1, 2**32, "an integer >= 1"),
+        "sessions.rekey_seconds": Range(1, 7 * 86400, "seconds, 1-604800"),
+        "sessions.device_records_per_second": Range(0.01, 1e6, "a rate > 0"),
+        "sessions.device_burst": Range(1, 1_000_000, "an integer >= 1"),
+        "sessions.device_handshakes_per_minute": Range(0.01, 1e4, "a rate > 0"),
+        "sessions.max_record_bytes": Range(64, 16 * 1024 + 34, "bytes, 64-16418"),
+        "store.batch_max": Range(1, 100_000, "an integer 1-100000"),
+        "store.batch_interval": Range(0.001, 10, "seconds, 0.001-10"),
+        "store.retention_days": Range(0.001, 36500, "days > 0"),
+        "store.max_rows": Range(1000, 10**10, "an integer >= 1000"),
+        "metrics.port": Range(0, 65535, "a TCP port 1-65535, or 0 for no endpoint"),
+        "uplink.reconnect_max_delay": Range(0.1, 3600, "seconds, 0.1-3600"),
+        "learning.max_samples_per_device": Range(30, 10**8, "an integer >= 30"),
+        "learning.min_windows": Range(1, 10**6, "an integer >= 1"),
+        "learning.min_battery_percent": Range(0, 100, "percent, 0-100"),
+        "learning.min_battery_percent_when_deadline_near": Range(0, 100, "percent, 0-100"),
+        "learning.max_cpu_load": Range(0.01, 1.0, "a fraction 0.01-1"),
+        "learning.max_temperature_c": Range(20, 120, "degrees C, 20-120"),
+        "learning.min_free_memory_mb": Range(0, 1e6, "megabytes >= 0"),
+        "learning.defer_check_interval": Range(0.01, 3600, "seconds, 0.01-3600"),
+    },
+    choices={
+        "log.level": ("debug", "info", "warning", "error"),
+        "log.journal": ("auto", "yes", "no"),
+        "learning.backend": ("auto", "litert", "numpy"),
+        "learning.power_model": POWER_MODEL_NAMES,
+    },
+)
 
 
 def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
@@ -227,31 +203,22 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
         "metrics",
         "bench",
     }
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown section [{unknown[0]}] (known: {', '.join(sorted(allowed))})")
+    check_known("", doc, allowed)
     gw = doc.get("gateway")
     if not isinstance(gw, dict):
         raise ConfigError("missing section [gateway] (it needs at least id and state_dir)")
-    unknown = sorted(set(gw) - {"id", "state_dir", "identity", "registry"})
-    if unknown:
-        raise ConfigError(f"unknown key gateway.{unknown[0]}")
+    check_known("gateway", gw, ("id", "state_dir", "identity", "registry"))
     gateway_id = gw.get("id")
     if not isinstance(gateway_id, str) or not gateway_id:
-        raise ConfigError(f"gateway.id = {gateway_id!r} is invalid: expected a non-empty string")
-    from pqlink._codec import check_identifier  # noqa: PLC0415 -- keeps config import light
+        raise ConfigError.invalid("gateway.id", gateway_id, "a non-empty string")
 
     try:
         check_identifier(gateway_id)
     except ValueError as exc:
-        raise ConfigError(f"gateway.id: {exc}") from None
+        raise ConfigError(f"gateway.id: {exc}", key="gateway.id") from None
 
     def path(key: str, default: str | None) -> Path:
-        value = gw.get(key, default)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"gateway.{key} = {value!r} is invalid: expected a path")
-        p = Path(value)
-        return p if p.is_absolute() else base_dir / p
+        return resolve_path(gw.get(key, default), f"gateway.{key}", base_dir)
 
     state_dir = path("state_dir", None)
     identity = gw.get("identity")
@@ -261,25 +228,17 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
         state_dir=state_dir,
         identity=path("identity", None) if identity is not None else state_dir / "identity.key",
         registry=path("registry", None) if registry is not None else state_dir / "registry.json",
-        mqtt=_section(MqttConfig, "mqtt", doc.get("mqtt", {})),
-        sessions=_section(SessionsConfig, "sessions", doc.get("sessions", {})),
-        store=_section(StoreConfig, "store", doc.get("store", {})),
-        log=_section(LogConfig, "log", doc.get("log", {})),
-        uplink=_section(UplinkConfig, "uplink", doc.get("uplink", {})),
-        learning=_section(LearningConfig, "learning", doc.get("learning", {})),
-        metrics=_section(MetricsConfig, "metrics", doc.get("metrics", {})),
-        bench=_section(BenchConfig, "bench", doc.get("bench", {})),
+        mqtt=parse_section(MqttConfig, "mqtt", doc.get("mqtt", {}), _RULES),
+        sessions=parse_section(SessionsConfig, "sessions", doc.get("sessions", {}), _RULES),
+        store=parse_section(StoreConfig, "store", doc.get("store", {}), _RULES),
+        log=parse_section(LogConfig, "log", doc.get("log", {}), _RULES),
+        uplink=parse_section(UplinkConfig, "uplink", doc.get("uplink", {}), _RULES),
+        learning=parse_section(LearningConfig, "learning", doc.get("learning", {}), _RULES),
+        metrics=parse_section(MetricsConfig, "metrics", doc.get("metrics", {}), _RULES),
+        bench=parse_section(BenchConfig, "bench", doc.get("bench", {}), _RULES),
     )
 
 
 def load_config(path: str | Path) -> GatewayConfig:
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration {p}: {exc.strerror}") from None
-    try:
-        doc = tomllib.loads(raw.decode())
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{p} is not valid TOML: {exc}") from None
-    return parse_config(doc, p.parent.resolve())
+    doc, base_dir = read_toml(path)
+    return parse_config(doc, base_dir)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from gateway.sessions import RateLimiter, SessionTable
 from pqlink import PqlinkError
 from pqlink.delivery import acks_for
-from pqlink.topics import TopicKind, TopicLayout
+from wire.topics import TopicKind, TopicLayout
 
 OutboundMessage = tuple[str, bytes]
 """(topic, payload) for the gateway to publish at QoS 1 once its batch is committed."""

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from gateway.errors import GatewayError
 from gateway.store import SampleRow
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 WINDOW = 30  # samples per window
 MAX_GAP_INTERVALS = 3  # a window never spans a gap longer than this many sampling intervals
@@ -49,7 +50,7 @@ _EVENT_KINDS = np.array([e.value for e in EventLabel if e is not EventLabel.NONE
 _EVENT_KINDS.setflags(write=False)  # a module constant: shared, so never writable
 
 
-class FeatureError(ValueError):
+class FeatureError(GatewayError, ValueError):
     """The caller asked for features of nothing, or with a nonsensical window or stride."""
 
 

@@ -24,13 +24,16 @@ from gateway.energy import (
 )
 from gateway.features import N_FEATURES, build_windows
 from gateway.learning import FederatedLearner, GlobalModelRejectedError, ReceivedGlobal
-from gateway.logs import EventLog
-from gateway.metrics import round_histogram
 from gateway.spool import Spool
 from gateway.store import VitalsStore
-from gateway.trainer import DEFAULT_MODEL_PATH, make_trainer
+from gateway.trainer import make_trainer
 from gateway.uplink import Uplink
 from pqlink import Identity, PqlinkError, load_public_identity
+from servicekit.logs import EventLog
+from servicekit.metrics import round_histogram
+from wire.envelopes import envelope_codec
+from wire.model import DEFAULT_MODEL_PATH
+from wire.reasons import Event
 
 T = TypeVar("T")
 _LAST_ROUND = "last_round"
@@ -65,13 +68,14 @@ class FederationClient:
                 defer_check_interval_s=lc.defer_check_interval,
             )
         )
+        codec = envelope_codec(config.bench.plaintext_envelopes)
         self.learner = FederatedLearner(
             identity,
             load_public_identity(config.aggregator_public_path),
             trainer,
             policy,
             POWER_MODELS[lc.power_model],
-            unsealed=config.bench.plaintext_envelopes,
+            codec=codec,
         )
         self._wake = asyncio.Event()
         self.uplink = Uplink(
@@ -82,6 +86,7 @@ class FederationClient:
             log,
             self._wake_learner,
             max_delay=config.uplink.reconnect_max_delay,
+            codec=codec,
         )
         self._train_pool = ThreadPoolExecutor(1, thread_name_prefix="trainer")
         self.counters: dict[str, Any] = {
@@ -116,6 +121,10 @@ class FederationClient:
             "uplink_connected": self.uplink.connected,
             "updates_published": self.uplink.published,
         }
+
+    async def refresh_spool_depth(self) -> None:
+        """Sealed updates not yet confirmed by RabbitMQ (read in the store thread)."""
+        self.counters["spool_depth"] = await self._in(self.store_pool, self.spool.depth)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.counters["last_round"] = await self._in(
@@ -156,15 +165,17 @@ class FederationClient:
             received = await self._in(self._train_pool, self.learner.open_global, envelope)
         except (PqlinkError, GlobalModelRejectedError) as exc:
             self.counters["globals_rejected"] += 1
-            self.log.event("global_rejected", level=logging.WARNING, round=round_, reason=str(exc))
+            self.log.event(
+                Event.GLOBAL_REJECTED, level=logging.WARNING, round=round_, reason=str(exc)
+            )
             await self._in(self.store_pool, self.spool.done_global, round_)
             return
         await self._in(self._train_pool, self.learner.apply, received)
         self.counters["model_version"] = received.version
         self.counters["last_global_round"] = round_
         self.counters["last_global_received_at"] = received.received_at
-        self.log.event("global_applied", round=round_, version=received.version)
-        if received.model.settings.get("final"):
+        self.log.event(Event.GLOBAL_APPLIED, round=round_, version=received.version)
+        if received.model.settings.final:
             await self._finish(round_)
             return
         while True:
@@ -174,13 +185,16 @@ class FederationClient:
             if decision.decision is Decision.SKIP:
                 self.counters["rounds_skipped"] += 1
                 self.log.event(
-                    "round_skipped", round=round_, reason=decision.reason, detail=decision.detail
+                    Event.ROUND_SKIPPED,
+                    round=round_,
+                    reason=decision.reason,
+                    detail=decision.detail,
                 )
                 await self._finish(round_)
                 return
             self.counters["rounds_deferred"] += 1
             self.log.event(
-                "round_deferred", round=round_, reason=decision.reason, detail=decision.detail
+                Event.ROUND_DEFERRED, round=round_, reason=decision.reason, detail=decision.detail
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.learning.defer_check_interval)
@@ -202,7 +216,7 @@ class FederationClient:
         x, y = await self._in(self.store_pool, self._windows)
         if len(y) < self.config.learning.min_windows:
             self.counters["rounds_skipped"] += 1
-            self.log.event("round_skipped", round=round_, reason="no_data", count=len(y))
+            self.log.event(Event.ROUND_SKIPPED, round=round_, reason="no_data", count=len(y))
             await self._finish(round_)
             return
         update = await self._in(
@@ -223,7 +237,7 @@ class FederationClient:
         self.uplink.wake()
         m = update.metrics
         self.log.event(
-            "round_trained",
+            Event.ROUND_TRAINED,
             round=round_,
             windows=m["windows"],
             loss_before=round(m["loss_before"], 4),

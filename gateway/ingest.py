@@ -3,64 +3,21 @@ through their sessions, classify every failure by a stable reason, bound what fa
 
 from __future__ import annotations
 
-import enum
 from collections import Counter
 from dataclasses import dataclass
 
 from gateway.sessions import RateLimiter, SessionTable
 from gateway.store import VitalsRow, vitals_row
 from pqlink import (
-    AuthenticationError,
-    ClockSkewError,
     DecodeError,
     DuplicateError,
-    NegotiationError,
     PqlinkError,
-    ReplayError,
-    RevokedPeerError,
-    SessionExpiredError,
-    SignatureError,
-    UnknownPeerError,
     peek_session_id,
 )
 from pqlink.handshake import MAX_INIT_SIZE
-from pqlink.topics import INBOUND, TopicKind, TopicLayout
-from pqlink.vitals import VitalsSample
-
-
-class Reason(enum.StrEnum):
-    """Stable names of rejection reasons: counters, log fields and docs use these."""
-
-    WRONG_TOPIC = "wrong_topic"
-    OVERSIZED = "oversized"
-    MALFORMED = "malformed"
-    UNKNOWN_SESSION = "unknown_session"
-    TAMPERED = "tampered"
-    REPLAY = "replay"
-    UNENROLLED = "unenrolled"
-    REVOKED = "revoked"
-    BAD_SIGNATURE = "bad_signature"
-    NEGOTIATION = "negotiation"
-    EXPIRED = "expired"
-    RATE_LIMITED = "rate_limited"
-    BAD_PAYLOAD = "bad_payload"
-
-
-def reason_for(exc: PqlinkError) -> Reason:
-    """Map a pqlink error to its rejection reason (most specific class first)."""
-    for cls, reason in (
-        (RevokedPeerError, Reason.REVOKED),
-        (UnknownPeerError, Reason.UNENROLLED),
-        (SignatureError, Reason.BAD_SIGNATURE),
-        (AuthenticationError, Reason.TAMPERED),
-        (ClockSkewError, Reason.EXPIRED),
-        (ReplayError, Reason.REPLAY),
-        (NegotiationError, Reason.NEGOTIATION),
-        (SessionExpiredError, Reason.EXPIRED),
-    ):
-        if isinstance(exc, cls):
-            return reason
-    return Reason.MALFORMED
+from wire.reasons import Reason, reason_for
+from wire.topics import INBOUND, TopicKind, TopicLayout
+from wire.vitals import VitalsSample
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,22 +18,23 @@ from gateway.energy import (
     ScheduleDecision,
     estimate_energy,
 )
-from gateway.trainer import PARAMETER_COUNT, Trainer, TrainOptions, fit, flatten, unflatten
+from gateway.errors import GatewayError
+from gateway.trainer import Trainer, TrainOptions, fit, flatten, unflatten
 from pqlink import (
     ContentType,
     DecodeError,
     Identity,
     PublicIdentity,
     Registry,
-    open_envelope,
-    seal_envelope,
 )
-from pqlink.fl import GlobalModel, ModelUpdate, decode_unsealed, encode_unsealed
+from wire.envelopes import EnvelopeCodec, SealedCodec
+from wire.fl import GlobalModel, ModelUpdate, RoundSettings
+from wire.model import PARAMETER_COUNT
 
 F32 = npt.NDArray[np.float32]
 
 
-class GlobalModelRejectedError(Exception):
+class GlobalModelRejectedError(GatewayError):
     """A global model failed a check (signature, recipient, content, shape)."""
 
 
@@ -52,16 +53,16 @@ class TrainedUpdate:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def train_options(settings: dict[str, Any], seed: int) -> TrainOptions:
-    """The aggregator's per-round settings as local training options (validated)."""
-    clip = float(settings.get("clip_norm", 0.0) or 0.0)
+def train_options(settings: RoundSettings, seed: int) -> TrainOptions:
+    """The aggregator's per-round settings as local training options."""
+    clipping = settings.clip_norm > 0
     return TrainOptions(
-        epochs=int(settings.get("epochs", 1)),
-        batch_size=int(settings.get("batch_size", 32)),
-        learning_rate=float(settings.get("learning_rate", 0.05)),
-        prox_mu=float(settings.get("prox_mu", 0.0)),
-        clip_norm=clip if clip > 0 else None,
-        noise_multiplier=float(settings.get("noise_multiplier", 0.0)) if clip > 0 else 0.0,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        prox_mu=settings.prox_mu,
+        clip_norm=settings.clip_norm if clipping else None,
+        noise_multiplier=settings.noise_multiplier if clipping else 0.0,
         seed=seed,
     )
 
@@ -77,9 +78,9 @@ class FederatedLearner:
         policy: EnergyPolicy,
         power_model: PowerModel,
         *,
-        unsealed: bool = False,
+        codec: EnvelopeCodec | None = None,
     ) -> None:
-        self.unsealed = unsealed  # benchmark baseline only: no crypto on updates or globals
+        self.codec = codec or SealedCodec()
         self.identity = identity
         self.aggregator = aggregator
         self.senders = Registry()
@@ -91,18 +92,11 @@ class FederatedLearner:
     def open_global(self, envelope: bytes) -> ReceivedGlobal:
         received_at = time.time()
         try:
-            if self.unsealed:
-                meta, payload = decode_unsealed(envelope)
-                signed_round, version = int(meta["round"]), int(meta["version"])
-            else:
-                opened = open_envelope(envelope, self.identity, self.senders)
-                if opened.metadata.content_type is not ContentType.GLOBAL_MODEL:
-                    raise GlobalModelRejectedError(
-                        f"content type {opened.metadata.content_type.name}"
-                    )
-                payload = opened.payload
-                signed_round, version = opened.metadata.round, opened.metadata.model_version
-            model = GlobalModel.decode(payload)
+            opened = self.codec.open(envelope, self.identity, self.senders)
+            if opened.content_type is not ContentType.GLOBAL_MODEL:
+                raise GlobalModelRejectedError(f"content type {opened.content_type.name}")
+            signed_round, version = opened.round, opened.model_version
+            model = GlobalModel.decode(opened.payload)
         except (DecodeError, ValueError, KeyError) as exc:
             raise GlobalModelRejectedError(str(exc)) from None
         if model.round != signed_round:
@@ -154,23 +148,14 @@ class FederatedLearner:
         t1 = time.perf_counter()
         payload = ModelUpdate(delta.astype("<f4").tobytes(), PARAMETER_COUNT, metrics)
         # The seal time cannot be inside the sealed metrics; the envelope is timed around it.
-        if self.unsealed:
-            meta = {
-                "sender": self.identity.name,
-                "round": received.model.round,
-                "version": received.version,
-                "samples": len(y),
-            }
-            envelope = encode_unsealed(meta, payload.encode())
-        else:
-            envelope = seal_envelope(
-                self.identity,
-                [self.aggregator],
-                payload.encode(),
-                content_type=ContentType.MODEL_UPDATE,
-                round=received.model.round,
-                model_version=received.version,
-                sample_count=len(y),
-            )
+        envelope = self.codec.seal(
+            self.identity,
+            [self.aggregator],
+            payload.encode(),
+            content_type=ContentType.MODEL_UPDATE,
+            round=received.model.round,
+            model_version=received.version,
+            sample_count=len(y),
+        )
         metrics["seal_seconds"] = time.perf_counter() - t1
         return TrainedUpdate(received.model.round, envelope, metrics)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 SampleRow = tuple[int, int, float | None, float | None, float | None, float | None, int, int]
 """A stored sample: (seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label)."""

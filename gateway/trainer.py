@@ -21,25 +21,19 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from gateway.errors import GatewayError
+from wire.model import (
+    CLASSES,
+    FEATURES,
+    PARAMETER_COUNT,
+    WEIGHT_NAMES,
+    WEIGHT_SHAPES,
+)
+
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
 
-FEATURES: Final = 16
-CLASSES: Final = 2
-WEIGHT_SHAPES: Final[tuple[tuple[str, tuple[int, ...]], ...]] = (
-    ("w1", (16, 32)),
-    ("b1", (32,)),
-    ("w2", (32, 16)),
-    ("b2", (16,)),
-    ("w3", (16, 2)),
-    ("b3", (2,)),
-)
-WEIGHT_NAMES: Final = tuple(name for name, _ in WEIGHT_SHAPES)
-PARAMETER_COUNT: Final = sum(math.prod(shape) for _, shape in WEIGHT_SHAPES)
 REQUIRED_SIGNATURES: Final = ("train", "infer", "get_weights", "set_weights")
-
-ASSETS_DIR: Final = Path(__file__).resolve().parent / "assets"
-DEFAULT_MODEL_PATH: Final = ASSETS_DIR / "vitals_mlp.tflite"
 
 Prefer = Literal["auto", "litert", "numpy"]
 
@@ -50,7 +44,7 @@ _RUNTIMES: Final = (
 )
 
 
-class TrainerError(Exception):
+class TrainerError(GatewayError):
     """Base class of the trainer's own failures (bad input is a plain ValueError)."""
 
 

@@ -18,16 +18,12 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 
-from gateway.logs import EventLog
 from gateway.spool import Spool
-from pqlink import peek_envelope
-from pqlink.fl import (
-    GATEWAY_QUEUE_ARGUMENTS,
-    GLOBAL_EXCHANGE,
-    UPDATES_QUEUE,
-    decode_unsealed,
-    gateway_queue,
-)
+from servicekit.backoff import Backoff
+from servicekit.logs import EventLog
+from wire.amqp import GATEWAY_QUEUE_ARGUMENTS, GLOBAL_EXCHANGE, UPDATES_QUEUE, gateway_queue
+from wire.envelopes import EnvelopeCodec, SealedCodec
+from wire.reasons import Event
 
 
 class Uplink:
@@ -43,7 +39,9 @@ class Uplink:
         on_global: Callable[[], Awaitable[None]],
         *,
         max_delay: float = 30.0,
+        codec: EnvelopeCodec | None = None,
     ) -> None:
+        self.codec = codec or SealedCodec()
         self.url = url
         self.gateway_id = gateway_id
         self.spool = spool
@@ -64,49 +62,44 @@ class Uplink:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def run(self, stop: asyncio.Event) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, self.max_delay)
         while not stop.is_set():
             try:
                 connection = await aio_pika.connect(self.url, timeout=10)
             except (TimeoutError, AMQPError, OSError) as exc:
-                self.log.event("uplink_unreachable", level=logging.WARNING, reason=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, self.max_delay)
+                self.log.event(Event.UPLINK_UNREACHABLE, level=logging.WARNING, reason=str(exc))
+                await backoff.wait(stop)
                 continue
-            delay = 0.2
+            backoff.succeeded()
             try:
                 async with connection:
                     channel = await connection.channel(publisher_confirms=True)
                     await channel.set_qos(prefetch_count=4)
                     self.connected = True
-                    self.log.event("uplink_connected")
-                    consumer = asyncio.create_task(self._consume(channel))
-                    publisher = asyncio.create_task(self._publish_loop(channel))
-                    stopper = asyncio.create_task(stop.wait())
-                    closed = asyncio.create_task(self._closed(connection))
-                    done, pending = await asyncio.wait(
-                        {consumer, publisher, stopper, closed}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for task in pending:
-                        task.cancel()
-                    # Wait for the cancelled tasks: an exception they end with is retrieved
-                    # here, not reported at exit as "Task exception was never retrieved".
-                    await asyncio.gather(*pending, return_exceptions=True)
-                    failures = [
-                        t.exception() for t in done if t is not stopper and not t.cancelled()
-                    ]
-                    for failure in failures:
-                        if failure is not None:
-                            raise failure
-            except (AMQPError, OSError, aio_pika.exceptions.AMQPException, RuntimeError) as exc:
-                self.log.event("uplink_disconnected", level=logging.WARNING, reason=str(exc))
+                    self.log.event(Event.UPLINK_CONNECTED)
+                    # One group per connection: a failing part (or the connection closing)
+                    # cancels the others; a stop request cancels all three.
+                    async with asyncio.TaskGroup() as tg:
+                        parts = (
+                            tg.create_task(self._consume(channel)),
+                            tg.create_task(self._publish_loop(channel)),
+                            tg.create_task(self._closed(connection)),
+                        )
+                        await stop.wait()
+                        for part in parts:
+                            part.cancel()
+            except* (AMQPError, OSError, aio_pika.exceptions.AMQPException, RuntimeError) as group:
+                self.log.event(
+                    Event.UPLINK_DISCONNECTED,
+                    level=logging.WARNING,
+                    reason=str(group.exceptions[0]),
+                )
             finally:
                 self.connected = False
             if not stop.is_set():
                 self.reconnects += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    await asyncio.wait_for(stop.wait(), backoff.delay)
 
     async def _closed(self, connection: aio_pika.abc.AbstractConnection) -> None:
         await connection.closed()
@@ -127,12 +120,11 @@ class Uplink:
     async def _received(self, message: AbstractIncomingMessage) -> None:
         body = bytes(message.body)
         try:
-            if body.startswith(b"UNSEALED"):  # benchmark baseline framing
-                round_ = int(decode_unsealed(body)[0]["round"])
-            else:
-                round_ = peek_envelope(body).round
+            round_ = self.codec.peek_round(body)
         except Exception as exc:
-            self.log.event("global_rejected", level=logging.WARNING, reason=f"undecodable: {exc}")
+            self.log.event(
+                Event.GLOBAL_REJECTED, level=logging.WARNING, reason=f"undecodable: {exc}"
+            )
             await message.ack()
             return
         # Durable before the ack: a crash after this still applies the model on restart.
@@ -163,7 +155,7 @@ class Uplink:
                 )
                 await self._spool(self.spool.confirmed, item.id)
                 self.published += 1
-                self.log.event("update_confirmed", round=item.round, bytes=len(item.envelope))
+                self.log.event(Event.UPDATE_CONFIRMED, round=item.round, bytes=len(item.envelope))
             self._wake.clear()
             if not pending:
                 await self._wake.wait()

@@ -2,6 +2,7 @@
 
 Ascon-AEAD128, ML-KEM / ML-DSA wrappers, handshake, record layer, envelopes, identities."""
 
+from pqlink._codec import ID_PATTERN, MAX_ID_LEN, check_identifier
 from pqlink._errors import (
     AuthenticationError,
     ClockSkewError,
@@ -53,6 +54,8 @@ from pqlink.keys import SigAlg
 from pqlink.record import RekeyPolicy, ReplayWindow, Session, SessionRole, peek_session_id
 
 __all__ = [
+    "ID_PATTERN",
+    "MAX_ID_LEN",
     "AuthenticationError",
     "ClockSkewError",
     "ContentType",
@@ -86,6 +89,7 @@ __all__ = [
     "SignatureError",
     "Suite",
     "UnknownPeerError",
+    "check_identifier",
     "load_identity",
     "load_public_identity",
     "load_registry",

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from demo.rabbitmq import RabbitMQ
-from demo.services import Mosquitto
 from pqlink import Identity, Registry, Role, SigAlg
+from testbed import Mosquitto, RabbitMQ
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pika
@@ -17,7 +18,9 @@ import pika
 from aggregator.cli import main as aggregator_main
 from aggregator.coordinator import initial_weights
 from pqlink import ContentType, Identity, load_identity, seal_envelope
-from pqlink.fl import UPDATES_QUEUE, ModelUpdate
+from wire.amqp import UPDATES_QUEUE
+from wire.fl import ModelUpdate
+from wire.model import DEFAULT_INITIAL_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +53,7 @@ class Aggregator:
             pubs.append(str(pub))
         assert aggregator_main(["enroll", "--config", str(self.config), *pubs]) == 0
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.parameters = int(initial_weights(ROOT / "gateway/assets/vitals_mlp_init.npz").size)
+        self.parameters = int(initial_weights(DEFAULT_INITIAL_WEIGHTS).size)
 
     def spawn(self, *args: str) -> subprocess.Popen[bytes]:
         env = dict(
@@ -68,7 +71,7 @@ class Aggregator:
         self.procs.append(proc)
         return proc
 
-    def db(self, sql: str, *args: object) -> list[tuple[object, ...]]:
+    def db(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         path = self.root / "state" / "coordinator.sqlite3"
         if not path.exists():
             return []

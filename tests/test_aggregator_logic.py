@@ -11,11 +11,12 @@ import pytest
 
 from aggregator.config import load_config, parse_config
 from aggregator.partials import Partial, PartialError, Rejection, make_partial
-from aggregator.rounds import RoundCoordinator, RoundPolicy, quorum_for
+from aggregator.rounds import CloseReason, RoundCoordinator, RoundPolicy, quorum_for
 from aggregator.strategies import (
     Contribution,
     FedAvg,
     Median,
+    Strategy,
     TrimmedMean,
     bound_norm,
     make_strategy,
@@ -23,7 +24,7 @@ from aggregator.strategies import (
 from aggregator.validation import UpdateRejectedError, ValidationLimits, validate_update
 from aggregator.worker import CryptoWorker, Delivery
 from pqlink import ContentType, Identity, Registry, Role, seal_envelope
-from pqlink.fl import ModelUpdate
+from wire.fl import ModelUpdate
 
 from .conftest import Parties
 
@@ -58,10 +59,10 @@ def test_strategies_combine() -> None:
     a = Contribution("a", 1, np.ones(3, np.float32))
     b = Contribution("b", 3, np.full(3, 5.0, np.float32))
     c = Contribution("c", 1, np.full(3, 1000.0, np.float32))
-    fed = FedAvg().combine(4.0, np.float32(1) * a.delta + np.float32(3) * b.delta, ())
+    fed = FedAvg().aggregate(4.0, np.float32(1) * a.delta + np.float32(3) * b.delta, ())
     assert np.allclose(fed, 4.0)  # (1*1 + 3*5) / 4
-    assert np.allclose(Median().combine(0, None, [a, b, c]), 5.0)
-    assert np.allclose(TrimmedMean(0.34).combine(0, None, [a, b, c]), 5.0)  # drops 1 and 1000
+    assert np.allclose(Median().aggregate(0, None, [a, b, c]), 5.0)
+    assert np.allclose(TrimmedMean(0.34).aggregate(0, None, [a, b, c]), 5.0)  # drops 1 and 1000
     assert np.allclose(np.linalg.norm(bound_norm(np.full(4, 10.0, np.float32), 2.0)), 2.0)
     with pytest.raises(ValueError, match="unknown strategy"):
         make_strategy("mean-ish")
@@ -85,14 +86,14 @@ def test_valid_update_passes(parties: Parties) -> None:
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
-        ("forged", "forged"),
+        ("forged", "bad_signature"),
         ("unenrolled", "unenrolled"),
         ("wrong_shape", "wrong_shape"),
         ("nan", "non_finite"),
         ("inf", "non_finite"),
         ("huge_norm", "norm_exceeded"),
         ("oversized", "oversized"),
-        ("tampered", "forged"),  # the signature covers every byte: checked before decrypting
+        ("tampered", "bad_signature"),  # the signature covers every byte: checked before decrypting
         ("truncated", "malformed"),
         ("wrong_type", "wrong_type"),
         ("zero_samples", "bad_sample_count"),
@@ -176,18 +177,20 @@ def test_worker_checks_on_arrival_and_folds_later(parties: Parties) -> None:
     assert not isinstance(checked[0].outcome, Rejection)
     assert checked[0].outcome[1].gateway == "gw-01"
     assert isinstance(checked[1].outcome, Rejection)
-    assert checked[1].outcome.reason == "forged"
+    assert checked[1].outcome.reason == "bad_signature"
     partials = worker.fold(checked)
     assert len(partials) == 1
     assert partials[0].contributors == (("gw-01", 10),)
-    assert sorted(r.reason for r in partials[0].rejections) == ["duplicate", "forged"]
+    assert sorted(r.reason for r in partials[0].rejections) == ["bad_signature", "duplicate"]
 
 
-def _coordinator(tmp_path: Path, strategy: object = None, quorum: int = 2) -> RoundCoordinator:
+def _coordinator(
+    tmp_path: Path, strategy: Strategy | None = None, quorum: int = 2
+) -> RoundCoordinator:
     return RoundCoordinator(
         tmp_path / "c.db",
         strategy or FedAvg(),
-        RoundPolicy(quorum, 30.0),  # type: ignore[arg-type]
+        RoundPolicy(quorum, 30.0),
         np.zeros(N, np.float32),
     )
 
@@ -206,8 +209,8 @@ def test_round_counts_each_gateway_once_and_closes_at_quorum(tmp_path: Path) -> 
     assert dup.duplicates == ("gw-01",)
     assert coord.should_close() is None
     coord.accept(_partial(1, ("gw-02", 30, 3.0)))
-    assert coord.should_close() == "quorum"
-    closed = coord.close_round("quorum")
+    assert coord.should_close() == CloseReason.QUORUM
+    closed = coord.close_round(CloseReason.QUORUM)
     assert closed.participants == ["gw-01", "gw-02"]
     assert np.allclose(coord.weights, (10 * 1 + 30 * 3) / 40)
     assert (coord.round, coord.version) == (2, 1)
@@ -225,7 +228,7 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
     assert again.counted() == {"gw-01": 10}
     again.accept(_partial(1, ("gw-01", 10, 1.0)))  # redelivery after the restart
     again.accept(_partial(1, ("gw-02", 10, 3.0)))
-    again.close_round("quorum")
+    again.close_round(CloseReason.QUORUM)
     assert np.allclose(again.weights, 2.0)
     again.close()
     third = _coordinator(tmp_path)
@@ -241,8 +244,8 @@ def test_deadline_with_too_few_keeps_the_model(tmp_path: Path) -> None:
         np.zeros(N, np.float32),
     )
     coord.accept(_partial(1, ("gw-01", 10, 1.0)))
-    assert coord.should_close(now=coord.deadline + 1) == "deadline"
-    closed = coord.close_round("deadline")
+    assert coord.should_close(now=coord.deadline + 1) == CloseReason.DEADLINE
+    closed = coord.close_round(CloseReason.DEADLINE)
     assert closed.version == 0
     assert np.allclose(coord.weights, 0.0)
     assert coord.round == 2
@@ -252,7 +255,7 @@ def test_robust_rule_ignores_an_outlier(tmp_path: Path) -> None:
     coord = _coordinator(tmp_path, Median(), quorum=3)
     coord.accept(_partial(1, ("gw-01", 10, 1.0), ("gw-02", 10, 1.2), individual=True))
     coord.accept(_partial(1, ("gw-03", 10, 1e3), individual=True))
-    coord.close_round("quorum")
+    coord.close_round(CloseReason.QUORUM)
     assert np.allclose(coord.weights, 1.2)
 
 
@@ -290,7 +293,7 @@ def test_round_history_is_bounded_by_keep_rounds(tmp_path: Path) -> None:
     )
     for r in range(1, 41):
         coord.accept(_partial(r, ("gw-01", 10, 0.01)))
-        coord.close_round("quorum")
+        coord.close_round(CloseReason.QUORUM)
     db = sqlite3.connect(tmp_path / "c.db")
     closed = [row[0] for row in db.execute("SELECT round FROM rounds WHERE closed IS NOT NULL")]
     models = [row[0] for row in db.execute("SELECT version FROM models ORDER BY 1")]

@@ -26,8 +26,8 @@ from pqlink.delivery import (
     to_ranges,
     verify_notice,
 )
-from pqlink.topics import TopicKind, TopicLayout
-from pqlink.vitals import MAX_EPOCH, VITALS_V1_SIZE, Activity, EventLabel, VitalsSample
+from wire.topics import TopicKind, TopicLayout
+from wire.vitals import MAX_EPOCH, VITALS_V1_SIZE, Activity, EventLabel, VitalsSample
 
 from .conftest import Parties
 

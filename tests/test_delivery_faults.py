@@ -17,11 +17,11 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from demo.services import Mosquitto
 from device_emulators.cli import device_name
-from gateway.cli import EXIT_KEYS, EXIT_STORE, EXIT_USAGE
 from gateway.cli import main as gateway_main
-from pqlink.topics import TopicKind, TopicLayout
+from servicekit.cli import ExitCode
+from testbed.mosquitto import Mosquitto
+from wire.topics import TopicKind, TopicLayout
 
 from .harness import (
     DaemonProcess,
@@ -88,7 +88,7 @@ def test_unusable_store_exits_5_and_recovery_works(gateway: GatewaySetup) -> Non
     db = gateway.config.db_path
     db.write_bytes(b"not a database, a torn write" * 100)
     code, daemon = _run_to_exit(gateway)
-    assert code == EXIT_STORE == 5
+    assert code == ExitCode.STORE
     (failed,) = _events(daemon, "daemon_failed")
     assert str(db) in failed
     assert "SQLITE_NOTADB" in failed
@@ -109,7 +109,7 @@ def test_unusable_store_exits_5_and_recovery_works(gateway: GatewaySetup) -> Non
         extra.unlink()
     db.mkdir()
     code, daemon = _run_to_exit(gateway)
-    assert code == EXIT_STORE
+    assert code == ExitCode.STORE
     (failed,) = _events(daemon, "daemon_failed")
     assert "is a directory" in failed
 
@@ -118,7 +118,7 @@ def test_every_failing_start_is_one_event_and_its_code(tmp_path: Path) -> None:
     # no registry yet: a key or registry problem, said clearly
     setup = make_gateway(tmp_path / "a", 1)
     code, daemon = _run_to_exit(setup)
-    assert code == EXIT_KEYS == 3
+    assert code == ExitCode.KEYS
     (failed,) = _events(daemon, "daemon_failed")
     assert "registry" in failed
     assert "does not exist" in failed
@@ -127,7 +127,7 @@ def test_every_failing_start_is_one_event_and_its_code(tmp_path: Path) -> None:
     text = setup.config_path.read_text().replace('id = "gw-01"', 'id = "gw-02"')
     setup.config_path.write_text(text)
     code, daemon = _run_to_exit(setup)
-    assert code == EXIT_KEYS
+    assert code == ExitCode.KEYS
     assert "gw-02" in _events(daemon, "daemon_failed")[0]
     # state_dir is a file
     other = make_gateway(tmp_path / "b", 1)
@@ -136,7 +136,7 @@ def test_every_failing_start_is_one_event_and_its_code(tmp_path: Path) -> None:
     text = other.config_path.read_text().replace('state_dir = "state"', f'state_dir = "{blocker}"')
     other.config_path.write_text(text)
     code, daemon = _run_to_exit(other)
-    assert code == EXIT_USAGE == 2
+    assert code == ExitCode.USAGE
     (failed,) = _events(daemon, "daemon_failed")
     assert "state_dir" in failed
     for d in (daemon,):
@@ -203,7 +203,7 @@ async def _capture(port: int, topics: list[str], stop: asyncio.Event) -> list[tu
 
 async def _collect(client: aiomqtt.Client, seen: list[tuple[str, bytes]]) -> None:
     async for message in client.messages:
-        seen.append((message.topic.value, bytes(message.payload)))  # type: ignore[arg-type]
+        seen.append((message.topic.value, bytes(message.payload)))
 
 
 async def _publish(port: int, messages: list[tuple[str, bytes]]) -> None:
@@ -255,7 +255,7 @@ def test_replayed_inits_after_restart_and_a_garbage_flood_lose_nothing(
             async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="flood") as client:
                 await client.subscribe(rec, qos=1)
                 async for message in client.messages:
-                    forged = bytearray(message.payload)  # type: ignore[arg-type]
+                    forged = bytearray(message.payload)
                     break
                 for i in range(5000):
                     forged[10:18] = (1 << 40 | i).to_bytes(8, "big")

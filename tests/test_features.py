@@ -18,14 +18,14 @@ from gateway.features import (
     N_FEATURES,
     WINDOW,
     FeatureError,
-    SampleRow,
     build_windows,
     window_event,
     window_events,
     window_features,
     window_starts,
 )
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from gateway.store import SampleRow
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 START_MS = 1_700_006_400_000
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}

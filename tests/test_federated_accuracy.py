@@ -14,7 +14,6 @@ from device_emulators.profiles import COHORTS, dominant_mix, make_profiles
 from device_emulators.signals import VitalsGenerator
 from gateway.features import build_windows
 from gateway.trainer import (
-    DEFAULT_MODEL_PATH,
     NumpyTrainer,
     TrainOptions,
     evaluate,
@@ -23,6 +22,7 @@ from gateway.trainer import (
     load_initial_weights,
     unflatten,
 )
+from wire.model import DEFAULT_MODEL_PATH
 
 ROUNDS = 8
 EPOCHS = 2
@@ -69,7 +69,8 @@ def test_federated_reaches_90_percent_of_central(
             contributions.append(Contribution(f"gw-{n}", len(y), delta.astype(np.float32)))
         weighted = sum(np.float32(c.samples) * c.delta for c in contributions)
         total = float(sum(c.samples for c in contributions))
-        global_w = global_w + strategy.combine(total, weighted, contributions)  # type: ignore[arg-type]
+        step = strategy.aggregate(total, weighted, contributions)  # type: ignore[arg-type]
+        global_w = np.add(global_w, step, dtype=np.float32)
     federated = NumpyTrainer(unflatten(global_w))
     fed_acc = evaluate(federated, x_test, y_test)[1]
     majority = max(np.mean(y_test), 1 - np.mean(y_test))

@@ -13,16 +13,18 @@ import numpy as np
 import pika
 
 from aggregator.coordinator import initial_weights
+from demo.__main__ import PINNED_ENERGY_POLICY
 from demo.__main__ import main as demo_main
-from demo.rabbitmq import RabbitMQ
-from demo.services import Mosquitto
 from device_emulators.profiles import make_profiles
 from device_emulators.signals import VitalsGenerator
 from gateway.config import load_config
 from gateway.spool import Spool
 from gateway.store import VitalsStore, vitals_row
 from pqlink import ContentType, Identity, Role, load_identity, seal_envelope
-from pqlink.fl import UPDATES_QUEUE, GlobalModel
+from testbed import Mosquitto, RabbitMQ
+from wire.amqp import UPDATES_QUEUE
+from wire.fl import GlobalModel, RoundSettings
+from wire.model import DEFAULT_INITIAL_WEIGHTS
 
 from .fl_harness import Aggregator, publish_updates, sealed_update
 from .harness import DaemonProcess, make_gateway, wait_until
@@ -82,7 +84,7 @@ def test_worker_killed_and_broker_restarted_mid_round(
         agg.spawn("coordinator")
         slow = agg.spawn("worker", "--name", "slow")  # holds its deliveries up to 30 s
         wait_until(
-            lambda: agg.db("SELECT round FROM rounds"), 30, "the coordinator to open round 1"
+            lambda: bool(agg.db("SELECT round FROM rounds")), 30, "the coordinator to open round 1"
         )
         deltas = {
             gw.name: np.full(agg.parameters, 0.01 * (i + 1), np.float32)
@@ -102,8 +104,8 @@ def test_worker_killed_and_broker_restarted_mid_round(
         assert rows == [("gw-1", 100), ("gw-2", 100), ("gw-3", 100)]  # each counted once
         weights = np.frombuffer(
             agg.db("SELECT weights FROM models WHERE version = 1")[0][0], np.float32
-        )  # type: ignore[arg-type]
-        base = initial_weights(ROOT / "gateway/assets/vitals_mlp_init.npz")
+        )
+        base = initial_weights(DEFAULT_INITIAL_WEIGHTS)
         assert np.allclose(
             weights - base, 0.02, atol=1e-6
         )  # the mean of .01, .02, .03: no double count
@@ -113,7 +115,7 @@ def test_worker_killed_and_broker_restarted_mid_round(
         stranger = Identity.generate("gw-1", Role.GATEWAY)  # claims gw-1 with another key
         bad = {
             "stale": frames[0],
-            "forged": sealed_update(stranger, agg.identity, 2, deltas["gw-1"]),
+            "bad_signature": sealed_update(stranger, agg.identity, 2, deltas["gw-1"]),
             "wrong_shape": sealed_update(
                 gateways[0], agg.identity, 2, np.zeros(agg.parameters + 1, np.float32)
             ),
@@ -152,6 +154,8 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(
         extra=(
             f'[uplink]\namqp_url = "{dead_url}"\naggregator_public = "aggregator.pub"\n'
             "reconnect_max_delay = 0.5\n"
+            # The energy policy reads the host; pinned so a busy machine cannot defer round 1.
+            f"[learning]\n{PINNED_ENERGY_POLICY}"
         ),
     )
     gateway_id = setup.config.gateway_id
@@ -167,9 +171,13 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(
         gen = VitalsGenerator(profile, seed=n, start_ms=start_ms, event_rate_per_hour=30)
         store.commit([vitals_row(f"wearable-{n}", s, 0) for s in gen.samples(300)])
     store.close()
-    weights = initial_weights(ROOT / "gateway/assets/vitals_mlp_init.npz")
+    weights = initial_weights(DEFAULT_INITIAL_WEIGHTS)
     model = GlobalModel(
-        weights.astype("<f4").tobytes(), int(weights.size), 1, 2_000_000_000_000, {"epochs": 1}
+        weights.astype("<f4").tobytes(),
+        int(weights.size),
+        1,
+        2_000_000_000_000,
+        RoundSettings(epochs=1),
     )
     envelope = seal_envelope(
         agg.identity,

@@ -10,13 +10,13 @@ from gateway.ingest import (
     Duplicate,
     HandshakeRequest,
     IngestProcessor,
-    Reason,
     Rejected,
 )
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
 from pqlink import HandshakeInitiator, HandshakeResponder, Session
-from pqlink.topics import TopicKind, TopicLayout
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.reasons import Reason
+from wire.topics import TopicKind, TopicLayout
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 from .conftest import Parties
 

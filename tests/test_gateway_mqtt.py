@@ -8,18 +8,19 @@ import signal
 import socket
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
-from demo.services import Mosquitto
 from device_emulators.cli import device_name
 from device_emulators.profiles import make_profiles
 from device_emulators.signals import VitalsGenerator
 from gateway.cli import main as gateway_main
 from pqlink import HandshakeInitiator, Identity, Role, SigAlg, load_identity, load_public_identity
-from pqlink.topics import TopicKind, TopicLayout
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from testbed import Mosquitto
+from wire.topics import TopicKind, TopicLayout
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 from .harness import (
     DaemonProcess,
@@ -36,7 +37,7 @@ from .harness import (
 def _check_exactly_once(setup: GatewaySetup, devices: int, records: int, seed: int) -> None:
     """Every record of every device stored once, with the values the emulator generated."""
     rows = stored_rows(setup)
-    by_device: dict[str, list[tuple[object, ...]]] = defaultdict(list)
+    by_device: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     for row in rows:
         by_device[str(row[0])].append(row)
     assert len(by_device) == devices
@@ -45,7 +46,7 @@ def _check_exactly_once(setup: GatewaySetup, devices: int, records: int, seed: i
         name = device_name("wearable", n + 1)
         got = by_device[name]
         assert [r[1] for r in got] == list(range(records)), f"{name}: missing or extra records"
-        start_ms = int(got[0][2])  # type: ignore[call-overload]
+        start_ms = int(got[0][2])
         gen = VitalsGenerator(
             profile,
             seed=seed * 100_003 + n,
@@ -61,7 +62,7 @@ def _check_exactly_once(setup: GatewaySetup, devices: int, records: int, seed: i
                 row[3],
                 row[4],
                 row[5],
-                row[6],  # type: ignore[arg-type]
+                row[6],
                 Activity(row[7]),
                 EventLabel(row[8]),
             )
@@ -147,7 +148,7 @@ async def _attack(setup: GatewaySetup, port: int, layout: TopicLayout) -> dict[s
         await client.subscribe(rec, qos=1)
         captured = None
         async for message in client.messages:
-            captured = bytes(message.payload)  # type: ignore[arg-type]
+            captured = bytes(message.payload)
             break
         assert captured is not None
         # Tamper with the counter: a record from the future, so the replay window lets it

@@ -25,7 +25,7 @@ from gateway.store import (
     vitals_row,
 )
 from pqlink import HandshakeInitiator, HandshakeResponder, Session
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 from .conftest import Parties
 
@@ -83,7 +83,7 @@ def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     store = VitalsStore(tmp_path / "v.db")
     bad = [vitals_row("dev-1", _sample(0), 1), ("dev-1", 1, 2)]  # second row too short
     with pytest.raises(sqlite3.ProgrammingError):
-        store.commit(bad, [StoredSession(b"x" * 8, "dev-1", b"s")])  # type: ignore[list-item]
+        store.commit(bad, [StoredSession(b"x" * 8, "dev-1", b"s")])  # type: ignore[arg-type]
     assert store.count() == 0
     assert store.load_sessions() == []
 
@@ -217,7 +217,7 @@ def test_retention_runs_in_bounded_steps_and_truncates_the_wal(tmp_path: Path) -
     old = [vitals_row("a", _sample(i, now - 3 * day), 1) for i in range(12_000)]
     new = [vitals_row("b", _sample(i, now - day // 2), 1) for i in range(4_000)]
     store.commit(old + new)
-    steps = []
+    steps: list[RetentionStep] = []
     while not steps or not steps[-1].done:
         steps.append(store.retention_step(now, limit=5_000))
     # 12,000 too old, then 1,000 over max_rows: never more than 5,000 rows in one step

@@ -25,9 +25,10 @@ import pytest
 import yaml
 
 from aggregator.cli import main as aggregator_main
-from aggregator.config import DEFAULT_INITIAL_WEIGHTS, AggregatorConfig, load_config
+from aggregator.config import AggregatorConfig, load_config
 from pqlink import Identity, KeyFileError, Role, load_identity, load_registry
 from pqlink.identity import save_public_identity
+from wire.model import DEFAULT_INITIAL_WEIGHTS
 
 from .harness import tool
 
@@ -732,8 +733,8 @@ def test_containerfile() -> None:
     assert needed | {project["project"]["readme"]} <= copied
     context = (ROOT / ".dockerignore").read_text().splitlines()
     assert {ln[1:].rstrip("/") for ln in context if ln.startswith("!")} >= copied
-    # The initial model ships in the wheel: package-data of gateway.assets.
-    assert "*.npz" in project["tool"]["setuptools"]["package-data"]["gateway.assets"]
+    # The initial model ships in the wheel: package-data of wire.assets.
+    assert "*.npz" in project["tool"]["setuptools"]["package-data"]["wire.assets"]
     assert DEFAULT_INITIAL_WEIGHTS.is_file()
 
 

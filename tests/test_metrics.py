@@ -13,9 +13,9 @@ import aiomqtt
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from demo.services import Mosquitto, free_port
 from device_emulators.cli import device_name
 from pqlink import Identity, Role
+from testbed import Mosquitto, free_port
 
 from .fl_harness import Aggregator, publish_updates, sealed_update
 from .harness import DaemonProcess, EmulatorProcess, enroll, make_gateway, stored_count, wait_until

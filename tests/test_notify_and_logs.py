@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.logs import JournalLog, StderrLog, setup_logging
-from gateway.systemd import Notifier
+from servicekit.logs import JournalLog, StderrLog, setup_logging
+from servicekit.notify import Notifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,8 @@ def test_notify_from_another_process(tmp_path: Path) -> None:
     path = str(tmp_path / "notify")
     sock = _listen(path)
     code = (
-        "import os; from gateway.systemd import Notifier; Notifier.from_environ(os.environ).ready()"
+        "import os; from servicekit.notify import Notifier; "
+        "Notifier.from_environ(os.environ).ready()"
     )
     env = dict(os.environ, NOTIFY_SOCKET=path, PYTHONPATH=str(ROOT))
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=30)
@@ -95,7 +96,7 @@ def test_stderr_log_is_logfmt() -> None:
     assert "event=record_rejected device_id=wearable-0003 reason=replay" in line
     assert 'detail="counter 5 seen" count=2' in line
     with pytest.raises(TypeError, match="bytes"):
-        log.event("leak", key=b"\x00secret")
+        log.event("leak", key=b"\x00secret")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="log level"):
         setup_logging(journal=False, level="loud")
 

@@ -25,8 +25,8 @@ from pqlink import (
     seal_envelope,
 )
 from pqlink.delivery import DeliveryAck
-from pqlink.fl import GlobalModel, ModelUpdate
-from pqlink.vitals import VitalsSample
+from wire.fl import GlobalModel, ModelUpdate
+from wire.vitals import VitalsSample
 
 from .conftest import Parties
 

@@ -31,7 +31,7 @@ from device_emulators.signals import (
     TEMP_RANGE,
     VitalsGenerator,
 )
-from pqlink.vitals import Activity, EventLabel, VitalsSample
+from wire.vitals import Activity, EventLabel, VitalsSample
 
 START_MS = 1_700_006_400_000  # 2023-11-15 00:00:00 UTC: day boundaries fall on midnight
 HOUR_MS = 3_600_000
@@ -417,13 +417,14 @@ def test_cohorts_have_their_own_typical_events() -> None:
 
 
 def test_five_hundred_devices_two_hundred_samples_each_is_fast() -> None:
-    t0 = time.perf_counter()
+    # CPU time of this process, not wall time: other work on the machine must not fail it.
+    t0 = time.process_time()
     gens = [
         VitalsGenerator(p, seed=n, start_ms=START_MS, event_rate_per_hour=2.0)
         for n, p in enumerate(make_profiles(500, 1))
     ]
     total = sum(len(g.samples(200)) for g in gens)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     assert total == 100_000
     # About 0.4 s on one CI core; the bound only catches an order-of-magnitude regression.
     assert elapsed < 3.0, f"{elapsed:.2f} s"

@@ -18,13 +18,9 @@ import numpy.typing as npt
 import pytest
 
 from gateway.trainer import (
-    DEFAULT_MODEL_PATH,
     F32,
     I32,
-    PARAMETER_COUNT,
     REQUIRED_SIGNATURES,
-    WEIGHT_NAMES,
-    WEIGHT_SHAPES,
     LiteRtTrainer,
     NumpyTrainer,
     RuntimeUnavailableError,
@@ -40,6 +36,7 @@ from gateway.trainer import (
     make_trainer,
     unflatten,
 )
+from wire.model import DEFAULT_MODEL_PATH, PARAMETER_COUNT, WEIGHT_NAMES, WEIGHT_SHAPES
 
 MODEL = DEFAULT_MODEL_PATH
 METADATA = MODEL.with_suffix(".json")

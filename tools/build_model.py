@@ -1,5 +1,5 @@
 """Offline builder of the gateway's on-device-trainable model asset (needs full TensorFlow, which
-is never a runtime dependency): writes gateway/assets/vitals_mlp.{tflite,json} and _init.npz.
+is never a runtime dependency): writes wire/assets/vitals_mlp.{tflite,json} and _init.npz.
 
 Run from the repository root with a scratch TensorFlow venv:
 
@@ -37,17 +37,18 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema
 
-from gateway.trainer import (
+from gateway.trainer import init_weights_path
+from wire.model import (
     CLASSES,
+    DEFAULT_MODEL_PATH,
     FEATURES,
     PARAMETER_COUNT,
     WEIGHT_NAMES,
     WEIGHT_SHAPES,
-    init_weights_path,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "gateway" / "assets" / "vitals_mlp.tflite"
+DEFAULT_OUT = DEFAULT_MODEL_PATH
 DEFAULT_SEED = 20_240_601
 SIGNATURES = ("train", "infer", "get_weights", "set_weights", "get_flat", "set_flat")
 INIT_SCHEME = "he-uniform for the ReLU layers, glorot-uniform for the logits, zero biases"

@@ -1,53 +1,15 @@
-"""Private instances of the real brokers on free loopback ports, for the demo, tests and
-benchmarks: each gets its own config and data directory, and is stopped by its owner."""
+"""A private mosquitto on a free loopback port, for the demo, tests and benchmarks: its own
+config and persistence directory, stopped by its owner."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 
-
-class ServiceError(Exception):
-    """A broker could not be found, started or stopped."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll a TCP connect until it succeeds; fail early if the process died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise ServiceError(f"process exited with code {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise ServiceError(
-                    f"nothing listens on 127.0.0.1:{port} after {timeout} s"
-                ) from None
-        time.sleep(0.01)  # a poll interval, not a readiness guess: the loop has a deadline
-
-
-def require_binary(path: str, package: str) -> str:
-    found = shutil.which(path) or (path if os.path.exists(path) else None)
-    if not found:
-        raise ServiceError(
-            f"{path} not found: install the Debian package '{package}' "
-            f"(apt-get install {package}; `make test` does this for you)"
-        )
-    return found
+from testbed.process import free_port, require_binary, wait_for_port
 
 
 class Mosquitto:

@@ -8,7 +8,7 @@ import math
 import struct
 from dataclasses import dataclass
 
-from pqlink._errors import DecodeError
+from pqlink import DecodeError
 
 VITALS_VERSION = 2
 _FORMAT_V1 = struct.Struct(">BQQHHhHBB")  # before boot epochs: decoded with epoch 0

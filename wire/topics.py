@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pqlink._codec import ID_PATTERN
+from pqlink import ID_PATTERN
 
 
 class TopicKind(enum.StrEnum):

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from demo.services import ServiceError, free_port, require_binary
+from testbed.process import ServiceError, free_port, require_binary
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
