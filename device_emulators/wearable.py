@@ -102,9 +102,11 @@ class Wearable:
         # (when due, seq) of those sent, to send again if still unacknowledged by then.
         # Entries of samples acknowledged meanwhile are skipped when they come up.
         self._fresh: deque[int] = deque()
-        self._timers: deque[tuple[float, int]] = deque()
+        self._timers: deque[tuple[float, int, int]] = deque()  # (due, seq, send number)
         self._ever_sent: set[int] = set()
-        self._last_ack_at = time.monotonic()
+        self._sends = 0  # publications so far: the gateway acknowledges them in order
+        self._send_no: dict[int, int] = {}  # seq -> number of its latest publication
+        self._acked_send = -1  # the latest publication the gateway has acknowledged
 
     @property
     def unacknowledged(self) -> int:
@@ -170,7 +172,8 @@ class Wearable:
 
     def _keep(self, sample: VitalsSample) -> None:
         if len(self._unacked) >= self.buffer_limit:
-            self._unacked.popitem(last=False)
+            dropped, _ = self._unacked.popitem(last=False)
+            self._send_no.pop(dropped, None)
             self.stats.buffer_overflow += 1
             if self.stats.buffer_overflow in {1, 10, 100, 1000} or not (
                 self.stats.buffer_overflow % 10_000
@@ -194,11 +197,11 @@ class Wearable:
                 continue  # sealed under an earlier session, or not from the gateway
             if ack.epoch != self.epoch:
                 continue
-            self._last_ack_at = time.monotonic()
             for r in ack.ranges:
                 for seq in range(r.first, r.last + 1):
                     if self._unacked.pop(seq, None) is not None:
                         self.stats.records_acked += 1
+                        self._acked_send = max(self._acked_send, self._send_no.pop(seq, -1))
 
     def _take_notices(self, hub: MqttHub, session: Session) -> bool:
         """True if the gateway says, signed and fresh, that it no longer has our session."""
@@ -221,9 +224,11 @@ class Wearable:
         return False
 
     async def _send_due(self, hub: MqttHub, session: Session) -> None:
-        """Publish what is due, oldest first. A sample comes due again `resend_after` seconds
-        after it was sent, but only while the gateway is acknowledging: while it is away, the
-        broker holds what was sent, and resending it would only pile copies on its queue."""
+        """Publish what is due, oldest first. A sample is sent again `resend_after` seconds
+        after it was sent only if the gateway has meanwhile acknowledged something published
+        after it (records reach it in order, so that one was lost): while the gateway is away
+        or working through a backlog, the broker holds what was sent, and resending it would
+        only pile copies on its queue."""
         now = time.monotonic()
         budget = _RESEND_PER_TICK
         while self._fresh and budget:
@@ -231,19 +236,24 @@ class Wearable:
             if seq in self._unacked:
                 await self._send(hub, session, seq, now)
                 budget -= 1
-        if now - self._last_ack_at >= self.resend_after:
-            return
         timers = self._timers
         while timers and timers[0][0] <= now and budget:
-            _, seq = timers.popleft()
-            if seq in self._unacked:
-                await self._send(hub, session, seq, now)
-                budget -= 1
+            _, seq, number = timers[0]
+            if self._send_no.get(seq) != number:
+                timers.popleft()  # acknowledged, dropped or sent again since
+                continue
+            if number > self._acked_send:
+                break  # nothing published after it is acknowledged yet: wait
+            timers.popleft()
+            await self._send(hub, session, seq, now)
+            budget -= 1
 
     async def _send(self, hub: MqttHub, session: Session, seq: int, now: float) -> None:
         frame = session.seal(self._unacked[seq].encode(), self._record_topic_bytes)
         await hub.publish(self.record_topic, frame)
-        self._timers.append((now + self.resend_after, seq))
+        self._send_no[seq] = number = self._sends
+        self._sends += 1
+        self._timers.append((now + self.resend_after, seq, number))
         if seq in self._ever_sent:
             self.stats.records_resent += 1
         else:
