@@ -81,7 +81,7 @@ def test_fifty_wearables_two_hundred_records_exactly_once(
     daemon = DaemonProcess(gateway)
     try:
         daemon.wait_connected()
-        summary = EmulatorProcess(gateway, mosquitto.port, 50, 200, 40.0).wait(120)
+        summary = EmulatorProcess(gateway, mosquitto.port, 50, 200, 40.0).wait(300)
         assert summary["records_sent"] == 10_000
         wait_until(lambda: stored_count(gateway) >= 10_000, 60, "10,000 stored records")
         assert daemon.terminate() == 0
@@ -108,7 +108,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         # Records keep arriving at the broker, queued for the daemon's persistent session.
         daemon = DaemonProcess(gateway)
         daemon.wait_connected()
-        emulator.wait(120)
+        emulator.wait(300)
         wait_until(lambda: stored_count(gateway) >= 4000, 60, "all 4,000 records")
         assert daemon.terminate() == 0
     finally:
@@ -127,7 +127,7 @@ def test_broker_restart_mid_stream(gateway: GatewaySetup, mosquitto: Mosquitto) 
         emulator = EmulatorProcess(gateway, mosquitto.port, 5, 300, 40.0)
         wait_until(lambda: stored_count(gateway) >= 300, 60, "300 records before the restart")
         mosquitto.restart()
-        summary = emulator.wait(120)
+        summary = emulator.wait(300)
         assert summary["hub_reconnects"] >= 1
         wait_until(lambda: stored_count(gateway) >= 1500, 60, "all 1,500 records")
         assert daemon.status()["broker_connects"] >= 2

@@ -76,7 +76,7 @@ def test_gateway_metrics_over_http(tmp_path: Path, mosquitto: Mosquitto) -> None
     try:
         daemon.wait_connected()
         emulator = EmulatorProcess(setup, mosquitto.port, 3, 40, 50.0)
-        emulator.wait(60)
+        emulator.wait(180)
         wait_until(lambda: stored_count(setup) == 120, 30, "all 120 records stored")
         asyncio.run(_garbage(mosquitto.port, f"iomt/gw-01/rec/{device_name('wearable', 1)}", 3))
         wait_until(
