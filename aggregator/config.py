@@ -66,7 +66,7 @@ class ValidationConfig:
 @dataclass(frozen=True)
 class WorkerConfig:
     batch_max: int = 64
-    batch_wait: float = 0.01
+    batch_wait: float = 0.0  # 0: fold what has arrived at once, batching only under load
 
 
 @dataclass(frozen=True)

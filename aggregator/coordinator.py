@@ -1,4 +1,4 @@
-"""The coordinator process: announces each round with a signed, multi-recipient global model,
+"""The coordinator process: announces each round with a signed global-model broadcast,
 applies the workers' partial sums, closes rounds at quorum or deadline, and repeats."""
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from aggregator.metrics import CoordinatorMetrics
 from aggregator.partials import Partial, PartialError
 from aggregator.rounds import ClosedRound, RoundCoordinator, RoundPolicy, quorum_for
 from aggregator.strategies import make_strategy
-from aggregator.worker import PERSISTENT, declare_topology
+from aggregator.worker import PERSISTENT, broker_parameters, declare_topology
 from pqlink import ContentType, Identity, Registry, Role, load_registry
+from pqlink.broadcast import SealedBroadcast, seal_broadcast
 from servicekit.backoff import Backoff
-from wire.amqp import GLOBAL_EXCHANGE, PARTIALS_QUEUE
+from wire.amqp import GLOBAL_EXCHANGE, GLOBAL_KEYS_EXCHANGE, PARTIALS_QUEUE
 from wire.envelopes import envelope_codec
 from wire.fl import GlobalModel, RoundSettings
 from wire.model import WEIGHT_NAMES
@@ -97,18 +98,33 @@ class CoordinatorService:
         self._update_gauges()
         _LOG.info("registry reloaded: %d gateways", len(self.registry.active(Role.GATEWAY)))
 
-    def global_envelope(self, *, final: bool = False) -> bytes:
-        """The signed global model; `final` tells gateways to apply it and stop training."""
+    def _global_model(self, *, final: bool) -> GlobalModel:
         r = self.rounds
-        model = GlobalModel(
+        return GlobalModel(
             weights=r.weights.astype("<f4").tobytes(),
             parameter_count=self.parameter_count,
             round=r.round,
             deadline_ms=int(r.deadline * 1000),
             settings=r.strategy.configure_round(r.round, final=final),
         )
+
+    def global_broadcast(self, *, final: bool = False) -> SealedBroadcast:
+        """The signed global model as one sealed body for every gateway plus each enrolled
+        gateway's key entry; `final` tells gateways to apply it and stop training."""
+        r = self.rounds
+        model = self._global_model(final=final)
         recipients = self.registry.active(Role.GATEWAY)
-        return self.codec.seal(
+        if self.config.bench.plaintext_envelopes:  # benchmark baseline: crypto off
+            frame = self.codec.seal(
+                self.identity,
+                recipients,
+                model.encode(),
+                content_type=ContentType.GLOBAL_MODEL,
+                round=r.round,
+                model_version=r.version,
+            )
+            return SealedBroadcast(frame, {})
+        return seal_broadcast(
             self.identity,
             recipients,
             model.encode(),
@@ -122,14 +138,21 @@ class CoordinatorService:
             _LOG.warning("no gateway enrolled: nothing to announce")
             return
         t0 = time.perf_counter()
-        envelope = self.global_envelope(final=final)
-        channel.basic_publish(GLOBAL_EXCHANGE, "", envelope, PERSISTENT)
+        sealed = self.global_broadcast(final=final)
+        # One transaction for the body and every entry: one round trip to the broker for the
+        # whole fan-out, where a confirm per message would cost one per gateway.
+        for gateway, entry in sealed.entries.items():
+            channel.basic_publish(GLOBAL_KEYS_EXCHANGE, gateway, entry, PERSISTENT)
+        channel.basic_publish(GLOBAL_EXCHANGE, "", sealed.body, PERSISTENT)
+        channel.tx_commit()
         self.last_published_at = time.time()
+        entry_bytes = sum(map(len, sealed.entries.values()))
         _LOG.info(
-            "round %d announced (model v%d, %d bytes, %.1f ms)",
+            "round %d announced (model v%d, %d bytes body, %d bytes of key entries, %.1f ms)",
             self.rounds.round,
             self.rounds.version,
-            len(envelope),
+            len(sealed.body),
+            entry_bytes,
             (time.perf_counter() - t0) * 1000,
         )
 
@@ -157,8 +180,7 @@ class CoordinatorService:
 
     def serve(self) -> None:
         """Run rounds until stopped (or max_rounds closed); reconnect on broker failures."""
-        params = pika.URLParameters(self.config.amqp.url)
-        params.heartbeat = self.config.amqp.heartbeat
+        params = broker_parameters(self.config.amqp.url, self.config.amqp.heartbeat)
         backoff = Backoff(0.2, 10.0)
         while not self.stop.is_set() and not self.done():
             try:
@@ -180,8 +202,10 @@ class CoordinatorService:
         channel.confirm_delivery()
         declare_topology(channel, [g.name for g in self.registry.active(Role.GATEWAY)])
         channel.basic_qos(prefetch_count=self.config.amqp.prefetch)
+        fanout = connection.channel()
+        fanout.tx_select()
         # (Re-)announce the open round: gateways ignore rounds they already answered.
-        self._publish_global(channel)
+        self._publish_global(fanout)
         for method, _props, body in channel.consume(PARTIALS_QUEUE, inactivity_timeout=0.02):
             if method is not None and body is not None and method.delivery_tag is not None:
                 try:
@@ -221,7 +245,7 @@ class CoordinatorService:
                     closed.samples,
                     closed.version,
                 )
-                self._publish_global(channel, final=self.done())
+                self._publish_global(fanout, final=self.done())
                 self._record(closed, seconds)
             if self.stop.is_set() or self.done():
                 break

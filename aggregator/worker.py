@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 from pika.exchange_type import ExchangeType
+from pika.spec import Basic
 
 from aggregator.metrics import WorkerMetrics
 from aggregator.partials import Partial, Rejection, make_partial
@@ -28,8 +30,12 @@ from servicekit.backoff import Backoff
 from wire.amqp import (
     GATEWAY_QUEUE_ARGUMENTS,
     GLOBAL_EXCHANGE,
+    GLOBAL_KEYS_EXCHANGE,
     PARTIALS_QUEUE,
+    PARTIALS_QUEUE_ARGUMENTS,
     UPDATES_QUEUE,
+    UPDATES_QUEUE_ARGUMENTS,
+    broker_urls,
     gateway_queue,
 )
 from wire.envelopes import EnvelopeCodec, SealedCodec
@@ -183,15 +189,54 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
     """Durable exchange and queues; the same declarations (and arguments) as the gateways'."""
     # types-pika declares the enum members as plain str, hence the ignore.
     channel.exchange_declare(GLOBAL_EXCHANGE, exchange_type=ExchangeType.fanout, durable=True)  # type: ignore[arg-type]
-    channel.queue_declare(UPDATES_QUEUE, durable=True)
-    channel.queue_declare(PARTIALS_QUEUE, durable=True)
+    channel.exchange_declare(GLOBAL_KEYS_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)  # type: ignore[arg-type]
+    channel.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
+    channel.queue_declare(PARTIALS_QUEUE, durable=True, arguments=PARTIALS_QUEUE_ARGUMENTS)
     for gw in gateway_ids:
         queue = gateway_queue(gw)
         channel.queue_declare(queue, durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS)
         channel.queue_bind(queue, GLOBAL_EXCHANGE)
+        channel.queue_bind(queue, GLOBAL_KEYS_EXCHANGE, routing_key=gw)
 
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)  # persistent
+
+
+def broker_parameters(setting: str, heartbeat: int) -> list[pika.URLParameters]:
+    """Connection parameters of every node listed: pika tries them in order."""
+    out = []
+    for url in broker_urls(setting):
+        params = pika.URLParameters(url)
+        params.heartbeat = heartbeat
+        params.connection_attempts = 1
+        out.append(params)
+    return out
+
+
+#: How long an idle worker blocks before it looks at its stop flag again.
+STOP_CHECK_SECONDS = 0.5
+
+
+_Received = tuple[Basic.Deliver, pika.BasicProperties, bytes]
+
+
+def _collector(box: deque[_Received]) -> Callable[..., None]:
+    def on_message(
+        _ch: BlockingChannel, method: Basic.Deliver, props: pika.BasicProperties, body: bytes
+    ) -> None:
+        box.append((method, props, body))
+
+    return on_message
+
+
+def _flush(
+    channel: BlockingChannel, worker: CryptoWorker, batch: list[tuple[int, Checked]]
+) -> None:
+    for partial in worker.fold([c for _, c in batch]):
+        # With confirms on, this returns once the broker has the partial on disk, and raises
+        # if it refused it: only then are the updates acknowledged.
+        channel.basic_publish("", PARTIALS_QUEUE, partial.encode(), PERSISTENT)
+    channel.basic_ack(batch[-1][0], multiple=True)
 
 
 def run_worker(
@@ -206,11 +251,10 @@ def run_worker(
 ) -> None:
     """Consume until `stop` is set; reconnect with backoff on broker failures. Each update
     is checked on arrival; a batch is folded, published and acknowledged when it holds
-    `batch_max` updates, or when no update came for a moment and the oldest has waited
-    `batch_wait` seconds."""
-    tick = max(0.005, min(batch_wait, 0.2))  # how often `stop` is checked while idle
-    params = pika.URLParameters(url)
-    params.heartbeat = heartbeat
+    `batch_max` updates, or once the oldest has waited `batch_wait` seconds (with 0: as soon
+    as no further update has arrived while the last was checked, so batches form only under
+    load)."""
+    params = broker_parameters(url, heartbeat)
     backoff = Backoff(0.2, 10.0)
     while not stop.is_set():
         try:
@@ -225,25 +269,33 @@ def run_worker(
             channel.confirm_delivery()
             declare_topology(channel)
             channel.basic_qos(prefetch_count=prefetch)
+            inbox: deque[_Received] = deque()
+            channel.basic_consume(UPDATES_QUEUE, _collector(inbox), auto_ack=False)
             batch: list[tuple[int, Checked]] = []
             oldest = 0.0
-            for method, props, body in channel.consume(UPDATES_QUEUE, inactivity_timeout=tick):
-                if method is not None and body is not None and method.delivery_tag is not None:
-                    headers = dict(props.headers) if props is not None and props.headers else None
-                    delivery = Delivery(body, bool(method.redelivered), headers)
+            while not stop.is_set():
+                # Block until a delivery or the batch's deadline: no wake-ups while idle other
+                # than the rare one that notices `stop`.
+                wait = STOP_CHECK_SECONDS
+                if batch:
+                    wait = max(0.0, oldest + batch_wait - time.monotonic())
+                # types-pika says int; pika takes any non-negative number of seconds.
+                connection.process_data_events(time_limit=wait)  # type: ignore[arg-type]
+                while inbox:
+                    method, props, body = inbox.popleft()
+                    headers = dict(props.headers) if props.headers else None
                     if not batch:
                         oldest = time.monotonic()
-                    batch.append((method.delivery_tag, worker.check(delivery)))
-                idle_and_due = method is None and time.monotonic() - oldest >= batch_wait
-                if batch and (idle_and_due or len(batch) >= batch_max):
-                    for partial in worker.fold([c for _, c in batch]):
-                        # With confirms on, this returns once the broker has the partial on
-                        # disk, and raises if it refused it: only then are the updates acked.
-                        channel.basic_publish("", PARTIALS_QUEUE, partial.encode(), PERSISTENT)
-                    channel.basic_ack(batch[-1][0], multiple=True)
+                    delivery = Delivery(body, bool(method.redelivered), headers)
+                    batch.append((int(method.delivery_tag or 0), worker.check(delivery)))
+                    if len(batch) >= batch_max:
+                        _flush(channel, worker, batch)
+                        batch = []
+                    if not inbox:  # what arrived while checking joins this batch
+                        connection.process_data_events(time_limit=0)
+                if batch and time.monotonic() - oldest >= batch_wait:
+                    _flush(channel, worker, batch)
                     batch = []
-                if stop.is_set():
-                    break
             channel.cancel()
             connection.close()
         except AMQPError as exc:

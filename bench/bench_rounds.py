@@ -32,7 +32,7 @@ from gateway.cli import main as gateway_main
 from gateway.store import VitalsStore, vitals_row
 from pqlink import ContentType, Identity, Role, load_identity, seal_envelope
 from testbed import Mosquitto, RabbitMQ
-from wire.amqp import UPDATES_QUEUE
+from wire.amqp import UPDATES_QUEUE, UPDATES_QUEUE_ARGUMENTS
 from wire.fl import ModelUpdate
 from wire.model import DEFAULT_INITIAL_WEIGHTS
 
@@ -340,7 +340,7 @@ def crypto_processing(
         procs.spawn("coordinator", "aggregator.cli", "coordinator", "--config", str(conf))
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
-        ch.queue_declare(UPDATES_QUEUE, durable=True)
+        ch.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
         _wait((conf.parent / "state" / "coordinator.sqlite3").exists, 60, "the coordinator")
         _wait(
             lambda: (

@@ -54,7 +54,7 @@ async def establish(
                 device = message.topic.value.rsplit("/", 1)[1]
                 init = initiators.get(device)
                 if init is not None and device not in sessions:
-                    sessions[device] = init.receive(bytes(message.payload))  # type: ignore[arg-type]
+                    sessions[device] = init.receive(bytes(message.payload))
                     if len(sessions) == len(initiators):
                         return
 

@@ -326,7 +326,6 @@ def run(args: argparse.Namespace) -> int:
     rows = evaluate_rounds(
         state=agg_conf.parent / "state",
         report=report,
-        final_status=final_status,
         x_test=x_test,
         y_test=y_test,
         stores=[g.state / "vitals.sqlite3" for g in gateways],

@@ -37,12 +37,14 @@ class RoundRow:
     windows: int
     accuracy: float
     loss: float
+    redistribution_ms: float
+    window_ms: float
     training_ms: float
     sealing_ms: float
     transport_ms: float
     opening_ms: float
     aggregation_ms: float
-    redistribution_ms: float
+    other_ms: float
     round_ms: float
     update_bytes: int
     energy_j: float
@@ -106,15 +108,51 @@ def _central_accuracy(stores: list[Path], x_test: F32, y_test: I32, epochs: int)
     return evaluate(trainer, x_test, y_test)[1]
 
 
-def _ms(values: list[float]) -> float:
-    return 1000.0 * max(values) if values else 0.0
+_STAGES = (
+    "redistribution_ms",
+    "window_ms",
+    "training_ms",
+    "sealing_ms",
+    "transport_ms",
+    "opening_ms",
+    "aggregation_ms",
+)
+
+
+def _critical_split(entry: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """The round's time along its critical path: the update that reached a worker last, from
+    the round's opening to its close. `other_ms` is what no stage times (the gateway's queue
+    and spool, the partial sum's trip, the coordinator's bookkeeping), so the split sums to
+    `round_ms` exactly."""
+    round_ms = 1000.0 * (entry.get("closed_at", 0.0) - entry.get("opened_at", 0.0))
+    split = dict.fromkeys(_STAGES, 0.0)
+    timed = [m for m in metrics if "worker_received_at" in m]
+    if timed:
+        last = max(timed, key=lambda m: float(m["worker_received_at"]))
+        opened_at = float(entry.get("opened_at", 0.0))
+        arrived = float(last["worker_received_at"]) - float(last.get("open_seconds", 0.0))
+        split |= {
+            "redistribution_ms": max(
+                0.0, 1000.0 * (float(last.get("global_received_at", opened_at)) - opened_at)
+            ),
+            "window_ms": 1000.0 * float(last.get("window_seconds", 0.0)),
+            "training_ms": 1000.0 * float(last.get("train_seconds", 0.0)),
+            "sealing_ms": 1000.0 * float(last.get("uplink_seal_seconds", 0.0)),
+            "transport_ms": max(
+                0.0, 1000.0 * (arrived - float(last.get("uplink_published_at", arrived)))
+            ),
+            "opening_ms": 1000.0 * float(last.get("open_seconds", 0.0)),
+        }
+    split["aggregation_ms"] = 1000.0 * float(entry.get("aggregation_seconds", 0.0))
+    split["other_ms"] = round_ms - sum(split[k] for k in _STAGES)
+    split["round_ms"] = round_ms
+    return split
 
 
 def evaluate_rounds(
     *,
     state: Path,
     report: Path,
-    final_status: dict[str, Any],
     x_test: F32,
     y_test: I32,
     stores: list[Path],
@@ -124,22 +162,13 @@ def evaluate_rounds(
     models = _models(state)
     trainer = NumpyTrainer(load_initial_weights(DEFAULT_MODEL_PATH))
     rows = []
-    for n, e in enumerate(entries):
+    for e in entries:
         metrics: dict[str, dict[str, Any]] = e["metrics"]
         weights = models.get(e["round"] + 1)
         if weights is not None:
             trainer.set_weights(unflatten(weights))
         loss, acc = evaluate(trainer, x_test, y_test)
-        # Redistribution: from this round's global published to the last gateway holding it.
-        if n + 1 < len(entries):
-            received = [
-                m.get("global_received_at", 0.0) for m in entries[n + 1]["metrics"].values()
-            ]
-        else:
-            received = [
-                (s.get("federation") or {}).get("last_global_received_at") or 0.0
-                for s in final_status.values()
-            ]
+        split = _critical_split(e, list(metrics.values()))
         m = list(metrics.values())
         rows.append(
             RoundRow(
@@ -148,21 +177,7 @@ def evaluate_rounds(
                 windows=e["samples"],
                 accuracy=acc,
                 loss=loss,
-                training_ms=_ms([x.get("train_seconds", 0.0) for x in m]),
-                sealing_ms=_ms([x.get("uplink_seal_seconds", 0.0) for x in m]),
-                transport_ms=_ms(
-                    [
-                        x["worker_received_at"] - x["uplink_published_at"]
-                        for x in m
-                        if "uplink_published_at" in x and "worker_received_at" in x
-                    ]
-                ),
-                opening_ms=_ms([x.get("open_seconds", 0.0) for x in m]),
-                aggregation_ms=1000.0 * e.get("aggregation_seconds", 0.0),
-                redistribution_ms=max(0.0, 1000.0 * (max(received) - e["published_at"]))
-                if received
-                else 0.0,
-                round_ms=1000.0 * (e.get("closed_at", 0.0) - e.get("opened_at", 0.0)),
+                **split,
                 update_bytes=int(sum(x.get("update_bytes", 0) for x in m)),
                 energy_j=float(sum(x.get("energy_joules", 0.0) for x in m)),
             )
@@ -175,13 +190,15 @@ _COLUMNS = (  # header, unit, width, format, attribute
     ("gw", "", 3, "d", "participants"),
     ("windows", "", 7, "d", "windows"),
     ("acc", "", 6, ".3f", "accuracy"),
+    ("redist", "ms", 7, ".1f", "redistribution_ms"),
+    ("window", "ms", 7, ".1f", "window_ms"),
     ("train", "ms", 7, ".1f", "training_ms"),
     ("seal", "ms", 6, ".1f", "sealing_ms"),
     ("transp", "ms", 7, ".1f", "transport_ms"),
     ("open", "ms", 6, ".1f", "opening_ms"),
     ("aggr", "ms", 6, ".1f", "aggregation_ms"),
-    ("redist", "ms", 7, ".1f", "redistribution_ms"),
-    ("round", "ms", 7, ".0f", "round_ms"),
+    ("other", "ms", 7, ".1f", "other_ms"),
+    ("round", "ms", 7, ".1f", "round_ms"),
     ("bytes", "", 8, "d", "update_bytes"),
     ("energy", "J", 8, ".3f", "energy_j"),
 )
@@ -211,21 +228,21 @@ def plot(rows: list[RoundRow], central: float, path: Path) -> None:
     ax1.set_xticks(rounds)
     ax2.set_xticks(rounds)
     parts = [
+        ("redistribution", "redistribution_ms"),
+        ("windows", "window_ms"),
         ("training", "training_ms"),
         ("sealing", "sealing_ms"),
         ("transport", "transport_ms"),
         ("opening", "opening_ms"),
         ("aggregation", "aggregation_ms"),
-        ("redistribution", "redistribution_ms"),
+        ("other", "other_ms"),
     ]
     bottom = np.zeros(len(rows))
     for label, attr in parts:
         values = np.array([getattr(r, attr) for r in rows])
         ax2.bar(rounds, values, bottom=bottom, label=label)
         bottom += values
-    ax2.set(
-        xlabel="round", ylabel="ms (slowest gateway per stage)", title="Latency split per round"
-    )
+    ax2.set(xlabel="round", ylabel="ms (critical path)", title="Latency split per round")
     ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

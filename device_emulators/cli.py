@@ -1,4 +1,5 @@
-"""`iomt-emulate`: enroll emulated wearables with a gateway, then run N of them in one process.
+"""`iomt-emulate`: enroll emulated wearables with a gateway, then run N of them in one process,
+or replay recorded patients (WFDB reference annotations) as RR-interval wearables.
 
 Exit codes: 0 success; 1 runtime failure (e.g. broker unreachable past --connect-timeout);
 2 bad usage; 3 key or registry problem."""
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from device_emulators.hub import MqttHub
 from device_emulators.profiles import COHORTS, dominant_mix, make_profiles
+from device_emulators.replay import ReplayError, ReplayWearable, list_records, read_beats
 from device_emulators.signals import VitalsGenerator
 from device_emulators.wearable import Wearable
 from pqlink import (
@@ -55,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     en = sub.add_parser("enroll", help="create wearable identities and enroll them in a registry")
     en.add_argument("--registry", type=Path, required=True, help="the gateway's registry.json")
     en.add_argument("--keys-dir", type=Path, required=True, help="where wearable keys live")
-    en.add_argument("--devices", type=_positive(int), required=True)
+    en.add_argument("--devices", type=_positive(int), help="how many numbered wearables")
+    en.add_argument("--wfdb", type=Path, help="or one wearable per record in this directory")
+    en.add_argument("--records", help="with --wfdb: comma-separated records (default all)")
     en.add_argument("--prefix", default="wearable", help="device id prefix (default wearable)")
     en.add_argument("--first", type=int, default=1, help="index of the first device")
     en.add_argument("--sig", choices=("ML-DSA-44", "ML-DSA-65"), default="ML-DSA-44")
@@ -118,15 +122,55 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--connect-timeout", type=_positive(float), default=30.0)
     run.add_argument("--summary", type=Path, help="write a JSON summary here")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    rp = sub.add_parser("replay", help="replay WFDB records as RR-interval wearables")
+    rp.add_argument("--wfdb", type=Path, required=True, help="directory of NNN.atr/NNN.hea")
+    rp.add_argument("--records", help="comma-separated record names (default: all in --wfdb)")
+    rp.add_argument(
+        "--speed", type=_positive(float), default=1.0, help="speed-up over recorded time"
+    )
+    rp.add_argument("--keys-dir", type=Path, required=True)
+    rp.add_argument("--gateway-pub", type=Path, required=True, help="the gateway's .pub file")
+    rp.add_argument("--host", default="127.0.0.1")
+    rp.add_argument("--port", type=int, default=1883)
+    rp.add_argument("--topic-prefix", default="iomt")
+    rp.add_argument("--prefix", default="patient", help="device id = <prefix>-<record>")
+    rp.add_argument("--batches", type=_positive(int), help="RR batches per record, then exit")
+    rp.add_argument("--rekey-records", type=_positive(int), default=1 << 16)
+    rp.add_argument("--connect-timeout", type=_positive(float), default=30.0)
+    rp.add_argument("--summary", type=Path, help="write a JSON summary here")
+    rp.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
 
+def record_device(prefix: str, record: str) -> str:
+    return f"{prefix}-{record}"
+
+
+def _records(directory: Path, chosen: str | None) -> list[str]:
+    available = list_records(directory)
+    if chosen is None:
+        if not available:
+            raise ReplayError(f"no .atr annotation files in {directory}")
+        return available
+    names = [r.strip() for r in chosen.split(",") if r.strip()]
+    missing = [r for r in names if r not in available]
+    if missing or not names:
+        raise ReplayError(f"records {missing or chosen!r} not found in {directory}")
+    return names
+
+
 def _enroll(args: argparse.Namespace) -> int:
-    registry = load_registry(args.registry)
+    if (args.devices is None) == (args.wfdb is None):
+        raise ValueError("enroll needs exactly one of --devices and --wfdb")
+    if args.wfdb is not None:
+        names = [record_device(args.prefix, r) for r in _records(args.wfdb, args.records)]
+    else:
+        names = [device_name(args.prefix, i) for i in range(args.first, args.first + args.devices)]
+    registry = load_registry(args.registry, missing_ok=True)
     alg = SigAlg.from_label(args.sig)
     created = 0
-    for i in range(args.first, args.first + args.devices):
-        name = device_name(args.prefix, i)
+    for name in names:
         key = args.keys_dir / f"{name}.key"
         if key.exists():
             identity = load_identity(key)
@@ -137,7 +181,7 @@ def _enroll(args: argparse.Namespace) -> int:
             created += 1
         registry.enroll(identity.public, replace=True)
     save_registry(registry, args.registry)
-    print(f"enrolled {args.devices} wearables ({created} new keys) in {args.registry}")
+    print(f"enrolled {len(names)} wearables ({created} new keys) in {args.registry}")
     return ExitCode.OK
 
 
@@ -237,6 +281,63 @@ async def _run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+async def _replay(args: argparse.Namespace) -> int:
+    gateway = load_public_identity(args.gateway_pub)
+    layout = TopicLayout(args.topic_prefix, gateway.name)
+    # recorded time is anchored at the start of the replay: beat times stay those of the record
+    origin_ms = int(time.time() * 1000)
+    wearables: list[ReplayWearable] = []
+    for record in _records(args.wfdb, args.records):
+        name = record_device(args.prefix, record)
+        wearables.append(
+            ReplayWearable(
+                load_identity(args.keys_dir / f"{name}.key"),
+                gateway,
+                layout,
+                read_beats(args.wfdb, record),
+                speed=args.speed,
+                origin_ms=origin_ms,
+                rekey=RekeyPolicy(max_records=args.rekey_records),
+            )
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    hub = MqttHub(args.host, args.port, f"iomt-replay-{args.prefix}-{origin_ms}")
+    for w in wearables:
+        hub.response_queue(w.response_topic)
+    hub_task = asyncio.create_task(hub.run(stop))
+    try:
+        await hub.wait_connected(args.connect_timeout)
+    except TimeoutError:
+        print(f"iomt-emulate: broker {args.host}:{args.port} unreachable", file=sys.stderr)
+        stop.set()
+        await asyncio.gather(hub_task, return_exceptions=True)
+        return ExitCode.FAILURE
+    t0 = time.perf_counter()
+    progress = asyncio.create_task(_progress(list(wearables), t0, args.quiet))
+    await asyncio.gather(*(w.run(hub, stop, args.batches) for w in wearables))
+    elapsed = time.perf_counter() - t0
+    progress.cancel()
+    stop.set()
+    await asyncio.gather(hub_task, return_exceptions=True)
+    summary = {
+        "devices": len(wearables),
+        "records_sent": sum(w.stats.records_sent for w in wearables),
+        "beats": {w.identity.name: len(w.beats) for w in wearables},
+        "elapsed_s": round(elapsed, 3),
+        "speed": args.speed,
+        "handshakes": sum(w.stats.handshakes for w in wearables),
+        "publish_retries": hub.publish_retries,
+    }
+    if args.summary:
+        args.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    if not args.quiet:
+        print(json.dumps({k: v for k, v in summary.items() if k != "beats"}))
+    return ExitCode.OK
+
+
 async def _progress(wearables: list[Wearable], t0: float, quiet: bool) -> None:
     while not quiet:
         await asyncio.sleep(2.0)
@@ -256,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         if args.command == "enroll":
             return _enroll(args)
+        if args.command == "replay":
+            return asyncio.run(_replay(args))
         return asyncio.run(_run(args))
 
     return run_main("iomt-emulate", body)

@@ -11,6 +11,7 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from device_emulators.hub import MqttHub
 from device_emulators.signals import VitalsGenerator
@@ -30,6 +31,16 @@ from wire.vitals import MAX_EPOCH, VitalsSample
 _LOG = logging.getLogger("device_emulators.wearable")
 _SKEW_HINT_AFTER = 3  # failed handshakes before saying that the clock may be the cause
 _RESEND_PER_TICK = 500  # records (re)sent per tick at most: acks and notices keep flowing
+
+
+class Record(Protocol):
+    """Any record kind a wearable seals: a vitals sample, a batch of RR intervals."""
+
+    def encode(self) -> bytes: ...
+
+
+class RecordSource(Protocol):
+    def next_sample(self) -> Record: ...
 
 
 @dataclass
@@ -60,7 +71,7 @@ class Wearable:
         identity: Identity,
         gateway: PublicIdentity,
         layout: TopicLayout,
-        generator: VitalsGenerator,
+        generator: VitalsGenerator | RecordSource,
         *,
         rate: float,
         session_max_age: float = 3600.0,
@@ -71,6 +82,7 @@ class Wearable:
         max_clock_skew: float = 120.0,
         epoch: int | None = None,
         give_up_after: int | None = None,
+        outbox_limit: int = 10_000,
     ) -> None:
         self.identity = identity
         self.gateway = gateway
@@ -107,6 +119,9 @@ class Wearable:
         self._sends = 0  # publications so far: the gateway acknowledges them in order
         self._send_no: dict[int, int] = {}  # seq -> number of its latest publication
         self._acked_send = -1  # the latest publication the gateway has acknowledged
+        # Records of other kinds (RR batches): published once, not yet acknowledged end to end.
+        # Taken but not yet published, they survive disconnections (bounded: oldest dropped).
+        self._outbox: deque[Record] = deque(maxlen=outbox_limit)
 
     @property
     def unacknowledged(self) -> int:
@@ -260,6 +275,20 @@ class Wearable:
             self._ever_sent.add(seq)
             self.stats.records_sent += 1
 
+    async def send_outbox(self, hub: MqttHub) -> None:
+        """Seal and publish what the outbox holds, after a handshake if the session is gone."""
+        session = self.session
+        if session is None or time.monotonic() - self._session_started > self.session_max_age:
+            session = await self.handshake(hub)
+            if session is None:
+                return
+        while self._outbox:
+            record = self._outbox[0]
+            frame = session.seal(record.encode(), self._record_topic_bytes)
+            await hub.publish(self.record_topic, frame)
+            self._outbox.popleft()
+            self.stats.records_sent += 1
+
     async def run(
         self, hub: MqttHub, stop: asyncio.Event, records: int | None, *, wait_acks: bool = True
     ) -> None:
@@ -270,7 +299,12 @@ class Wearable:
         generation = hub.generation
         while not stop.is_set():
             if records is None or self.generated < records:
-                sample = dataclasses.replace(self.generator.next_sample(), epoch=self.epoch)
+                taken = self.generator.next_sample()
+                if not isinstance(taken, VitalsSample):
+                    raise TypeError(
+                        "run() delivers vitals samples; send other kinds via the outbox"
+                    )
+                sample = dataclasses.replace(taken, epoch=self.epoch)
                 self.generated += 1
                 self._keep(sample)
             elif not self._unacked or (not wait_acks and len(self._ever_sent) >= self.generated):

@@ -78,8 +78,12 @@ class UplinkConfig:
 @dataclass(frozen=True)
 class LearningConfig:
     backend: str = "auto"  # auto | litert | numpy
-    model: str | None = None  # default: the packaged vitals_mlp.tflite
+    task: str = "vitals"  # vitals (synthetic vitals, alerts) | rhythm (RR beats, 3 rhythms)
+    model: str | None = None  # default: the task's packaged model
+    balanced_sampling: bool = False  # class-balanced batches (the rhythm task's NSR dominates)
+    restricted_softmax: bool = False  # leave classes absent from the local data out (FedRS)
     max_samples_per_device: int = 20_000
+    max_windows: int = 2_000  # windows trained per round, shared between devices
     min_windows: int = 4
     power_model: str = "raspberry-pi-4"  # raspberry-pi-4 | raspberry-pi-5
     min_battery_percent: float = 30.0
@@ -174,6 +178,7 @@ _RULES: Final = Rules(
         "uplink.reconnect_max_delay": Range(0.1, 3600, "seconds, 0.1-3600"),
         "learning.max_samples_per_device": Range(30, 10**8, "an integer >= 30"),
         "learning.min_windows": Range(1, 10**6, "an integer >= 1"),
+        "learning.max_windows": Range(1, 10**6, "an integer 1-1000000"),
         "learning.min_battery_percent": Range(0, 100, "percent, 0-100"),
         "learning.min_battery_percent_when_deadline_near": Range(0, 100, "percent, 0-100"),
         "learning.max_cpu_load": Range(0.01, 1.0, "a fraction 0.01-1"),
@@ -186,6 +191,7 @@ _RULES: Final = Rules(
         "log.journal": ("auto", "yes", "no"),
         "learning.backend": ("auto", "litert", "numpy"),
         "learning.power_model": POWER_MODEL_NAMES,
+        "learning.task": ("vitals", "rhythm"),
     },
 )
 

@@ -32,7 +32,6 @@ from pqlink import (
     KeyFileError,
     PqlinkError,
     RekeyPolicy,
-    Suite,
     load_identity,
     load_registry,
     parse_init,
@@ -87,7 +86,6 @@ class GatewayDaemon:
             self.identity,
             load_registry(config.registry),
             HandshakeConfig(
-                suites=(Suite.X25519MLKEM768_ASCON128_SHA256, Suite.MLKEM768_ASCON128_SHA256),
                 max_clock_skew=sc.max_clock_skew,
                 rekey=RekeyPolicy(sc.rekey_records, sc.rekey_seconds),
             ),
@@ -345,7 +343,9 @@ class GatewayDaemon:
             now = time.monotonic()
             outcome = process(message.topic, message.payload, now, int(time.time() * 1000))
             if isinstance(outcome, Accepted):
-                self.pipeline.record(outcome.row, (edge, message), outcome.session_id)
+                self.pipeline.record(
+                    outcome.row, outcome.beats, (edge, message), outcome.session_id
+                )
             elif isinstance(outcome, HandshakeRequest):
                 tg.create_task(self._handshake(edge, message, outcome, now))
             elif isinstance(outcome, Duplicate):
@@ -481,6 +481,8 @@ class GatewayDaemon:
             "records_accepted": self.processor.accepted,
             "records_stored": commits.records_stored,
             "records_duplicate": commits.records_duplicate,
+            "rr_beats_stored": commits.rr_beats_stored,
+            "rr_beats_duplicate": commits.rr_beats_duplicate,
             **self.counters.status(),
             "commits": commits.commits,
             "commit_failures": commits.commit_failures,

@@ -230,6 +230,34 @@ def build_windows(
     return _features(cols, index), labels
 
 
+@dataclass(frozen=True, slots=True)
+class WindowCut:
+    """Consecutive windows cut from the front of a row sequence: their features, labels and
+    first timestamps, and `used`, the index of the first row no window covers."""
+
+    features: NDArray[np.float32]
+    labels: NDArray[np.int32]
+    start_ms: NDArray[np.int64]
+    used: int
+
+
+def cut_windows(samples: Sequence[Vitals], window: int = WINDOW) -> WindowCut:
+    """`build_windows` with stride = window, also saying where the last window ended: rows from
+    `used` on are where the next window may start once more rows arrive."""
+    cols = _columns(samples)
+    starts = window_starts(cols.ts_ms, window, window)
+    if not len(starts):
+        return WindowCut(
+            np.zeros((0, N_FEATURES), np.float32),
+            np.zeros(0, np.int32),
+            np.zeros(0, np.int64),
+            0,
+        )
+    index = _window_index(starts, window)
+    labels = (cols.label[index] != EventLabel.NONE).any(axis=1).astype(np.int32)
+    return WindowCut(_features(cols, index), labels, cols.ts_ms[starts], int(starts[-1]) + window)
+
+
 def window_events(
     samples: Sequence[Vitals], window: int = WINDOW, stride: int = WINDOW
 ) -> list[EventLabel]:

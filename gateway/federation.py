@@ -22,17 +22,17 @@ from gateway.energy import (
     EnergyPolicyConfig,
     read_energy,
 )
-from gateway.features import N_FEATURES, build_windows
 from gateway.learning import FederatedLearner, GlobalModelRejectedError, ReceivedGlobal
 from gateway.spool import Spool
 from gateway.store import VitalsStore
+from gateway.tasks import TASKS
 from gateway.trainer import make_trainer
 from gateway.uplink import Uplink
+from gateway.windows import WindowCache
 from pqlink import Identity, PqlinkError, load_public_identity
 from servicekit.logs import EventLog
 from servicekit.metrics import round_histogram
 from wire.envelopes import envelope_codec
-from wire.model import DEFAULT_MODEL_PATH
 from wire.reasons import Event
 
 T = TypeVar("T")
@@ -56,7 +56,17 @@ class FederationClient:
         self.store_pool = store_pool
         self.log = log
         self.spool = Spool(config.spool_path)
-        trainer = make_trainer(lc.model or DEFAULT_MODEL_PATH, lc.backend)  # type: ignore[arg-type]
+        self.task = TASKS[lc.task]
+        trainer = make_trainer(lc.model or self.task.model_path, lc.backend)  # type: ignore[arg-type]
+        if (trainer.layout.features, trainer.layout.classes) != (
+            self.task.features,
+            self.task.classes,
+        ):
+            raise ValueError(
+                f"model {lc.model} has {trainer.layout.features} features and "
+                f"{trainer.layout.classes} classes; task {lc.task} needs "
+                f"{self.task.features} and {self.task.classes}"
+            )
         policy = EnergyPolicy(
             EnergyPolicyConfig(
                 min_battery_percent=lc.min_battery_percent,
@@ -76,6 +86,17 @@ class FederationClient:
             policy,
             POWER_MODELS[lc.power_model],
             codec=codec,
+            balanced=lc.balanced_sampling,
+            restricted=lc.restricted_softmax,
+        )
+        self.windows = (
+            WindowCache(
+                store,
+                max_samples_per_device=lc.max_samples_per_device,
+                max_windows=lc.max_windows,
+            )
+            if self.task.name == "vitals"
+            else None
         )
         self._wake = asyncio.Event()
         self.uplink = Uplink(
@@ -154,8 +175,9 @@ class FederationClient:
 
     async def _finish(self, round_: int) -> None:
         def commit() -> None:
-            self.spool.set_state(_LAST_ROUND, round_)
-            self.spool.done_global(round_)
+            with self.spool.transaction():  # one sync to disk for both
+                self.spool.set_state(_LAST_ROUND, round_)
+                self.spool.done_global(round_)
 
         await self._in(self.store_pool, commit)
         self.counters["last_round"] = round_
@@ -202,31 +224,42 @@ class FederationClient:
                 return
         await self._train(round_, received)
 
-    def _windows(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]:
-        xs, ys = [np.zeros((0, N_FEATURES), np.float32)], [np.zeros(0, np.int32)]
-        limit = self.config.learning.max_samples_per_device
-        for device in self.store.devices():
-            x, y = build_windows(self.store.sample_rows(device, limit=limit))
-            xs.append(x)
-            ys.append(y)
-        return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int32)
+    def _windows(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], float]:
+        """The round's training windows (store thread) and the thread CPU seconds they took:
+        vitals windows come from the incremental cache (only rows stored since the last round
+        are read); another task rebuilds its windows."""
+        cpu0 = time.thread_time()
+        if self.windows is not None:
+            self.windows.refresh()
+            x, y = self.windows.training_set()
+        else:
+            x, y = self.task.windows(self.store, self.config.learning.max_samples_per_device)
+        return x, y, time.thread_time() - cpu0
 
     async def _train(self, round_: int, received: ReceivedGlobal) -> None:
         t0 = time.monotonic()
-        x, y = await self._in(self.store_pool, self._windows)
+        x, y, window_cpu = await self._in(self.store_pool, self._windows)
+        window_seconds = time.monotonic() - t0
         if len(y) < self.config.learning.min_windows:
             self.counters["rounds_skipped"] += 1
             self.log.event(Event.ROUND_SKIPPED, round=round_, reason="no_data", count=len(y))
             await self._finish(round_)
             return
         update = await self._in(
-            self._train_pool, self.learner.train_and_seal, received, x, y, round_
+            self._train_pool,
+            self.learner.train_and_seal,
+            received,
+            x,
+            y,
+            round_,
+            {"window_seconds": window_seconds, "window_cpu_seconds": window_cpu},
         )
 
         def spool_it() -> None:
-            self.spool.put_update(round_, update.envelope, update.metrics["seal_seconds"])
-            self.spool.set_state(_LAST_ROUND, round_)
-            self.spool.done_global(round_)
+            with self.spool.transaction():  # one sync to disk, and never half of it
+                self.spool.put_update(round_, update.envelope, update.metrics["seal_seconds"])
+                self.spool.set_state(_LAST_ROUND, round_)
+                self.spool.done_global(round_)
 
         await self._in(self.store_pool, spool_it)
         self.counters["last_round"] = round_
@@ -240,6 +273,7 @@ class FederationClient:
             Event.ROUND_TRAINED,
             round=round_,
             windows=m["windows"],
+            window_ms=round(window_seconds * 1000, 1),
             loss_before=round(m["loss_before"], 4),
             loss_after=round(m["loss_after"], 4),
             train_ms=round(m["train_seconds"] * 1000, 1),

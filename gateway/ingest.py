@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from gateway.sessions import RateLimiter, SessionTable
-from gateway.store import VitalsRow, vitals_row
+from gateway.store import RRBeatRow, VitalsRow, rr_beat_rows, vitals_row
 from pqlink import (
     DecodeError,
     DuplicateError,
@@ -16,15 +16,27 @@ from pqlink import (
 )
 from pqlink.handshake import MAX_INIT_SIZE
 from wire.reasons import Reason, reason_for
+from wire.rr import RRBatch, decode_record
 from wire.topics import INBOUND, TopicKind, TopicLayout
 from wire.vitals import VitalsSample
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
+    """An opened record: a vitals row, or the beats of an RR batch."""
+
     device_id: str
-    row: VitalsRow
+    row: VitalsRow | None = None
+    beats: tuple[RRBeatRow, ...] = ()
     session_id: bytes = b""  # empty for the plaintext benchmark baseline
+
+
+def _accepted(
+    device: str, record: VitalsSample | RRBatch, wall_ms: int, session_id: bytes = b""
+) -> Accepted:
+    if isinstance(record, RRBatch):
+        return Accepted(device, beats=rr_beat_rows(device, record, wall_ms), session_id=session_id)
+    return Accepted(device, row=vitals_row(device, record, wall_ms), session_id=session_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,19 +144,19 @@ class IngestProcessor:
         except PqlinkError as exc:
             return self._fail(device, reason_for(exc), str(exc), now)
         try:
-            sample = VitalsSample.decode(plaintext)
+            record = decode_record(plaintext)
         except DecodeError as exc:
             # Authentic but unparseable: a buggy or hostile firmware, not a network fault.
             return self._reject(device, Reason.BAD_PAYLOAD, str(exc))
         entry.last_seen = now
         entry.dirty = True
         self.accepted += 1
-        return Accepted(device, vitals_row(device, sample, wall_ms), sid)
+        return _accepted(device, record, wall_ms, sid)
 
     def _plaintext(self, device: str, payload: bytes, wall_ms: int) -> Outcome:
         try:
-            sample = VitalsSample.decode(payload)
+            record = decode_record(payload)
         except DecodeError as exc:
             return self._reject(device, Reason.BAD_PAYLOAD, str(exc))
         self.accepted += 1
-        return Accepted(device, vitals_row(device, sample, wall_ms))
+        return _accepted(device, record, wall_ms)

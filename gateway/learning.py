@@ -29,7 +29,6 @@ from pqlink import (
 )
 from wire.envelopes import EnvelopeCodec, SealedCodec
 from wire.fl import GlobalModel, ModelUpdate, RoundSettings
-from wire.model import PARAMETER_COUNT
 
 F32 = npt.NDArray[np.float32]
 
@@ -53,8 +52,11 @@ class TrainedUpdate:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def train_options(settings: RoundSettings, seed: int) -> TrainOptions:
-    """The aggregator's per-round settings as local training options."""
+def train_options(
+    settings: RoundSettings, seed: int, *, balanced: bool = False, restricted: bool = False
+) -> TrainOptions:
+    """The aggregator's per-round settings as local training options; `balanced` and
+    `restricted` are the gateway's own choices for its task, not round settings."""
     clipping = settings.clip_norm > 0
     return TrainOptions(
         epochs=settings.epochs,
@@ -64,6 +66,8 @@ def train_options(settings: RoundSettings, seed: int) -> TrainOptions:
         clip_norm=settings.clip_norm if clipping else None,
         noise_multiplier=settings.noise_multiplier if clipping else 0.0,
         seed=seed,
+        balanced=balanced,
+        restricted_softmax=restricted,
     )
 
 
@@ -79,8 +83,12 @@ class FederatedLearner:
         power_model: PowerModel,
         *,
         codec: EnvelopeCodec | None = None,
+        balanced: bool = False,
+        restricted: bool = False,
     ) -> None:
         self.codec = codec or SealedCodec()
+        self.balanced = balanced
+        self.restricted = restricted
         self.identity = identity
         self.aggregator = aggregator
         self.senders = Registry()
@@ -101,14 +109,15 @@ class FederatedLearner:
             raise GlobalModelRejectedError(str(exc)) from None
         if model.round != signed_round:
             raise GlobalModelRejectedError("round in payload differs from the signed metadata")
-        if model.parameter_count != PARAMETER_COUNT:
+        expected = self.trainer.layout.parameter_count
+        if model.parameter_count != expected:
             raise GlobalModelRejectedError(
-                f"{model.parameter_count} parameters, expected {PARAMETER_COUNT}"
+                f"{model.parameter_count} parameters, expected {expected}"
             )
         vector = np.frombuffer(model.weights, dtype="<f4").astype(np.float32)
         if not np.all(np.isfinite(vector)):
             raise GlobalModelRejectedError("global model holds NaN or infinity")
-        return ReceivedGlobal(model, version, unflatten(vector), received_at)
+        return ReceivedGlobal(model, version, unflatten(vector, self.trainer.layout), received_at)
 
     def decide(
         self, readings: EnergyReadings, received: ReceivedGlobal, now: float
@@ -119,20 +128,30 @@ class FederatedLearner:
         self.trainer.set_weights(received.weights)
 
     def train_and_seal(
-        self, received: ReceivedGlobal, x: F32, y: npt.NDArray[np.int32], seed: int
+        self,
+        received: ReceivedGlobal,
+        x: F32,
+        y: npt.NDArray[np.int32],
+        seed: int,
+        extra_metrics: dict[str, float] | None = None,
     ) -> TrainedUpdate:
-        options = train_options(received.model.settings, seed)
+        """Train on (x, y) from the received weights and seal the signed update; the metrics it
+        carries (sealed, for the aggregator's report) include `extra_metrics`."""
+        options = train_options(
+            received.model.settings, seed, balanced=self.balanced, restricted=self.restricted
+        )
         t0 = time.perf_counter()
         cpu0 = time.thread_time()
         result = fit(self.trainer, x, y, options, received.weights)
         cpu = time.thread_time() - cpu0
         train_seconds = time.perf_counter() - t0
-        delta = flatten(list(result.weights)) - flatten(received.weights)
+        layout = self.trainer.layout
+        delta = flatten(list(result.weights), layout) - flatten(received.weights, layout)
         energy = estimate_energy(cpu, train_seconds, self.power_model)
         metrics: dict[str, Any] = {
             "backend": result.backend,
             "windows": len(y),
-            "alert_windows": int(np.sum(y)),
+            "alert_windows": int(np.sum(y > 0)),
             "loss_before": result.loss_before,
             "loss_after": result.loss_after,
             "steps": result.steps,
@@ -144,9 +163,10 @@ class FederatedLearner:
             "energy_joules": energy.joules,
             "power_model": self.power_model.name,
             "global_received_at": received.received_at,
+            **(extra_metrics or {}),
         }
         t1 = time.perf_counter()
-        payload = ModelUpdate(delta.astype("<f4").tobytes(), PARAMETER_COUNT, metrics)
+        payload = ModelUpdate(delta.astype("<f4").tobytes(), layout.parameter_count, metrics)
         # The seal time cannot be inside the sealed metrics; the envelope is timed around it.
         envelope = self.codec.seal(
             self.identity,

@@ -16,6 +16,7 @@ from gateway.delivery import DeliveryLedger, HandshakeFloors, OutboundMessage
 from gateway.edge import Message, MqttEdge
 from gateway.sessions import SessionTable
 from gateway.store import (
+    RRBeatRow,
     StoredSession,
     StoreFullError,
     StoreIOError,
@@ -37,6 +38,7 @@ STORE_RETRY_SECONDS = 1.0  # while the disk is full: how often the same commit i
 @dataclass
 class _Batch:
     rows: list[VitalsRow] = field(default_factory=list)
+    beats: list[RRBeatRow] = field(default_factory=list)
     acks: list[Ack] = field(default_factory=list)
     dropped: list[bytes] = field(default_factory=list)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
@@ -48,6 +50,7 @@ class _Batch:
     def prepend(self, older: _Batch) -> None:
         """Put a batch whose commit failed back in front of this one, in order."""
         self.rows[:0] = older.rows
+        self.beats[:0] = older.beats
         self.acks[:0] = older.acks
         self.dropped[:0] = older.dropped
         self.after_commit[:0] = older.after_commit
@@ -86,36 +89,57 @@ class CommitPipeline:
         self.store_ok = asyncio.Event()
         self.store_ok.set()
         self.store_state = "ok"
+        # Set whenever the batch may hold something: an idle gateway's pipeline sleeps on it
+        # instead of waking every batch_interval (set at start: sessions may be dropped then).
+        self._work = asyncio.Event()
+        self._work.set()
 
     def __len__(self) -> int:
         return len(self._batch)
 
-    def record(self, row: VitalsRow, ack: Ack, session_id: bytes = b"") -> None:
-        self._batch.rows.append(row)
+    def record(
+        self,
+        row: VitalsRow | None,
+        beats: tuple[RRBeatRow, ...],
+        ack: Ack,
+        session_id: bytes = b"",
+    ) -> None:
+        """An accepted record: a vitals row (acknowledged to the wearable after the commit
+        when `session_id` names its session) or the beats of an RR batch."""
+        if row is not None:
+            self._batch.rows.append(row)
+            if session_id:
+                self._batch.delivered.add(session_id, row[1], row[2])
+        self._batch.beats.extend(beats)
         self._batch.acks.append(ack)
-        if session_id:
-            self._batch.delivered.add(session_id, row[1], row[2])
+        self._work.set()
 
     def acknowledge(self, ack: Ack) -> None:
         """A message whose handling needs no commit (a rejection) is acked with the batch."""
         self._batch.acks.append(ack)
+        self._work.set()
 
     def drop_session(self, session_id: bytes) -> None:
         self._batch.dropped.append(session_id)
+        self._work.set()
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the current batch is durable, and commit soon."""
         self._batch.after_commit.append(callback)
+        self._work.set()
         self._wanted.set()
 
     async def run(self) -> None:
-        """Commit every `batch_interval` (every second while the disk is full), or sooner
-        when asked; runs until cancelled."""
+        """Commit `batch_interval` after the first change (every second while the disk is
+        full), or sooner when asked; runs until cancelled. Idle, it sleeps until something
+        arrives."""
         while True:
+            await self._work.wait()
             wait = self.batch_interval if self.store_ok.is_set() else STORE_RETRY_SECONDS
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wanted.wait(), wait)
             self._wanted.clear()
+            self._work.clear()  # before the flush takes the batch: later changes set it again
             await self.flush()
 
     async def flush(self) -> None:
@@ -143,10 +167,11 @@ class CommitPipeline:
                 )
             loop = asyncio.get_running_loop()
             try:
-                inserted = await loop.run_in_executor(
+                inserted, inserted_beats = await loop.run_in_executor(
                     self.store_pool,
-                    self.store.commit,
+                    self.store.commit_all,
                     batch.rows,
+                    batch.beats,
                     states,
                     batch.dropped,
                     floors,
@@ -158,6 +183,7 @@ class CommitPipeline:
                 self.floors.restore(floors)
                 for entry in dirty:
                     entry.dirty = True
+                self._work.set()  # the kept batch is tried again
                 self._blocked(exc)
                 return
             except StoreUnusableError as exc:
@@ -175,6 +201,8 @@ class CommitPipeline:
             self.counters.commits += 1
             self.counters.records_stored += inserted
             self.counters.records_duplicate += len(batch.rows) - inserted
+            self.counters.rr_beats_stored += inserted_beats
+            self.counters.rr_beats_duplicate += len(batch.beats) - inserted_beats
             for edge, message in batch.acks:
                 edge.ack(message)
             if outbound:

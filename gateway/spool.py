@@ -3,8 +3,10 @@ RabbitMQ confirms them, and received global models wait here until they are appl
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,13 @@ CREATE TABLE IF NOT EXISTS inbox (
     round INTEGER PRIMARY KEY, envelope BLOB NOT NULL, received REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS global_parts (
+    broadcast_id BLOB NOT NULL, kind TEXT NOT NULL, round INTEGER, frame BLOB NOT NULL,
+    received REAL NOT NULL, PRIMARY KEY (broadcast_id, kind)
+);
 """
+#: Unpaired halves of global-model broadcasts kept at most: older ones were superseded.
+MAX_GLOBAL_PARTS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,59 @@ class Spool:
         self._db.execute(
             "INSERT OR REPLACE INTO inbox VALUES (?,?,?)", (round_, envelope, time.time())
         )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Writes inside commit together: one sync to disk instead of one per write."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def put_global_part(
+        self,
+        broadcast_id: bytes,
+        kind: str,
+        frame: bytes,
+        round_: int | None,
+        join: Callable[[bytes, bytes], bytes],
+    ) -> bool:
+        """Keep one half ("body" or "entry") of a global-model broadcast; once both halves are
+        here, put `join(body, entry)` in the inbox under the body's round. True if it did."""
+        db = self._db
+        with self.transaction():
+            db.execute(
+                "INSERT OR REPLACE INTO global_parts VALUES (?,?,?,?,?)",
+                (broadcast_id, kind, round_, frame, time.time()),
+            )
+            parts = dict(
+                db.execute(
+                    "SELECT kind, frame FROM global_parts WHERE broadcast_id = ?", (broadcast_id,)
+                ).fetchall()
+            )
+            (round_row,) = db.execute(
+                "SELECT max(round) FROM global_parts WHERE broadcast_id = ?", (broadcast_id,)
+            ).fetchone()
+            complete = "body" in parts and "entry" in parts
+            if complete:
+                db.execute(
+                    "INSERT OR REPLACE INTO inbox VALUES (?,?,?)",
+                    (
+                        int(round_row),
+                        join(bytes(parts["body"]), bytes(parts["entry"])),
+                        time.time(),
+                    ),
+                )
+                db.execute("DELETE FROM global_parts WHERE broadcast_id = ?", (broadcast_id,))
+            db.execute(
+                "DELETE FROM global_parts WHERE rowid NOT IN "
+                "(SELECT rowid FROM global_parts ORDER BY received DESC LIMIT ?)",
+                (MAX_GLOBAL_PARTS,),
+            )
+        return complete
 
     def take_global(self) -> tuple[int, bytes] | None:
         """The newest unapplied global model (older ones are superseded and dropped)."""

@@ -12,13 +12,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from wire.rr import RRBatch
 from wire.vitals import Activity, EventLabel, VitalsSample
 
 SampleRow = tuple[int, int, float | None, float | None, float | None, float | None, int, int]
 """A stored sample: (seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label)."""
 
-SCHEMA_VERSION = 2
-"""1: vitals keyed by (device, seq); 2: by (device, boot epoch, seq), handshake floors."""
+SCHEMA_VERSION = 3
+"""1: vitals keyed by (device, seq); 2: by (device, boot epoch, seq), handshake floors;
+3: an insertion number on every vitals row (the window cache's cursor), RR beats."""
 
 RETENTION_STEP_ROWS = 5_000
 """Rows one retention step deletes: a few tens of milliseconds on a Pi's SD card, so the
@@ -28,14 +30,35 @@ _ALL_ROWS = (
     "SELECT seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label "
     "FROM vitals WHERE device_id = ? ORDER BY ts_ms, epoch, seq"
 )
+_ROWS_AFTER = (
+    "SELECT seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label "
+    "FROM vitals WHERE device_id = ? AND ins > ? ORDER BY ts_ms, epoch, seq"
+)
 _NEWEST_ROWS = (
     "SELECT * FROM (SELECT seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label, "
     "epoch FROM vitals WHERE device_id = ? ORDER BY ts_ms DESC, epoch DESC, seq DESC LIMIT ?) "
     "ORDER BY ts_ms, epoch, seq"
 )
+_NEWEST_AFTER = (
+    "SELECT * FROM (SELECT seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label, "
+    "epoch FROM vitals WHERE device_id = ? AND ins > ? "
+    "ORDER BY ts_ms DESC, epoch DESC, seq DESC LIMIT ?) ORDER BY ts_ms, epoch, seq"
+)
 
+# A skip-scan over the (device, epoch, seq) index: one index probe per device instead of a
+# pass over every row, so listing devices costs the same however much history is stored.
+_DEVICES = (
+    "WITH RECURSIVE d(id) AS (SELECT min(device_id) FROM vitals UNION ALL "
+    "SELECT (SELECT min(device_id) FROM vitals WHERE device_id > d.id) FROM d "
+    "WHERE d.id IS NOT NULL) SELECT id FROM d WHERE id IS NOT NULL"
+)
+
+# `ins` numbers rows in insertion order and AUTOINCREMENT never reuses a number, even after
+# retention deleted the newest row: unlike `seq`, which restarts at 0 when a wearable reboots,
+# it tells which rows arrived since a given moment.
 _VITALS_TABLE = """
 CREATE TABLE IF NOT EXISTS vitals (
+    ins         INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id   TEXT    NOT NULL,
     epoch       INTEGER NOT NULL,
     seq         INTEGER NOT NULL,
@@ -47,13 +70,25 @@ CREATE TABLE IF NOT EXISTS vitals (
     activity    INTEGER NOT NULL,
     label       INTEGER NOT NULL,
     received_ms INTEGER NOT NULL,
-    PRIMARY KEY (device_id, epoch, seq)
-) WITHOUT ROWID;
+    UNIQUE (device_id, epoch, seq)
+);
 CREATE INDEX IF NOT EXISTS vitals_ts ON vitals (ts_ms);
 CREATE INDEX IF NOT EXISTS vitals_device_ts ON vitals (device_id, ts_ms);
+CREATE INDEX IF NOT EXISTS vitals_device_ins ON vitals (device_id, ins);
 """
 
 _OTHER_TABLES = """
+CREATE TABLE IF NOT EXISTS rr_beats (
+    device_id   TEXT    NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    rr_ms       INTEGER NOT NULL,
+    record_seq  INTEGER NOT NULL,
+    rhythm      INTEGER NOT NULL,
+    beat_class  INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (device_id, ts_ms)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rr_beats_ts ON rr_beats (ts_ms);
 CREATE TABLE IF NOT EXISTS sessions (
     session_id BLOB PRIMARY KEY,
     device_id  TEXT NOT NULL,
@@ -67,24 +102,40 @@ CREATE TABLE IF NOT EXISTS handshake_floor (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-_MIGRATE_V1 = """
+_VITALS_COLUMNS = (
+    "device_id, epoch, seq, ts_ms, heart_rate, spo2, skin_temp, accel, activity, label, received_ms"
+)
+
+# Old rows get their insertion numbers in time order; a schema-1 row is of boot epoch 0.
+_MIGRATE = """
 DROP INDEX IF EXISTS vitals_ts;
-ALTER TABLE vitals RENAME TO vitals_v1;
+DROP INDEX IF EXISTS vitals_device_ts;
+ALTER TABLE vitals RENAME TO vitals_old;
 {table}
-INSERT INTO vitals SELECT device_id, 0, seq, ts_ms, heart_rate, spo2, skin_temp, accel,
-    activity, label, received_ms FROM vitals_v1;
-DROP TABLE vitals_v1;
+INSERT INTO vitals ({columns}) SELECT device_id, {epoch}, seq, ts_ms, heart_rate, spo2,
+    skin_temp, accel, activity, label, received_ms FROM vitals_old ORDER BY {order};
+DROP TABLE vitals_old;
 """
 
-# Built from this module's constants only (no input reaches it).
-_MIGRATE_V1_SCRIPT = "".join(
-    (
-        "BEGIN IMMEDIATE;",
-        _MIGRATE_V1.format(table=_VITALS_TABLE),
-        _OTHER_TABLES,
-        f"INSERT OR REPLACE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');",  # noqa: S608
-        "COMMIT;",
+
+def _migrate_script(epoch: str, order: str) -> str:
+    # Built from this module's constants only (no input reaches it).
+    return "".join(
+        (
+            "BEGIN IMMEDIATE;",
+            _MIGRATE.format(table=_VITALS_TABLE, columns=_VITALS_COLUMNS, epoch=epoch, order=order),
+            _OTHER_TABLES,
+            f"INSERT OR REPLACE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');",  # noqa: S608
+            "COMMIT;",
+        )
     )
+
+
+_MIGRATE_V1_SCRIPT = _migrate_script("0", "ts_ms, seq")
+_MIGRATE_V2_SCRIPT = _migrate_script("epoch", "ts_ms, epoch, seq")
+_INSERT_VITALS = (
+    f"INSERT OR IGNORE INTO vitals ({_VITALS_COLUMNS}) "  # noqa: S608 -- constants only
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 VitalsRow = tuple[
@@ -138,6 +189,38 @@ def classify(exc: sqlite3.Error | OSError, path: Path) -> StoreError | None:
     if primary == _SQLITE_IOERR:
         return StoreIOError(path, reason)
     return None
+
+
+RRBeatRow = tuple[str, int, int, int, int, int, int]
+"""A stored beat: (device_id, ts_ms, rr_ms, record_seq, rhythm, beat_class, received_ms)."""
+
+BeatRow = tuple[int, int, int, int]
+"""A beat as the rhythm windows read it: (ts_ms, rr_ms, rhythm, beat_class)."""
+
+_BEAT_ROWS = (
+    "SELECT ts_ms, rr_ms, rhythm, beat_class FROM rr_beats WHERE device_id = ? ORDER BY ts_ms"
+)
+_NEWEST_BEAT_ROWS = (
+    "SELECT * FROM (SELECT ts_ms, rr_ms, rhythm, beat_class FROM rr_beats WHERE device_id = ? "
+    "ORDER BY ts_ms DESC LIMIT ?) ORDER BY ts_ms"
+)
+
+
+def rr_beat_rows(device_id: str, batch: RRBatch, received_ms: int) -> tuple[RRBeatRow, ...]:
+    """One row per beat, keyed by the beat's absolute time: a redelivered batch (or one resent
+    after a reconnection) maps onto the same keys and is stored once."""
+    return tuple(
+        (
+            device_id,
+            batch.start_ms + b.offset_ms,
+            b.rr_ms,
+            batch.seq,
+            int(b.rhythm),
+            int(b.beat_class),
+            received_ms,
+        )
+        for b in batch.beats
+    )
 
 
 def vitals_row(device_id: str, sample: VitalsSample, received_ms: int) -> VitalsRow:
@@ -209,9 +292,11 @@ class VitalsStore:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         columns = {row[1] for row in db.execute("PRAGMA table_info(vitals)")}
+        # One transaction: an interrupted migration leaves the old schema, intact.
         if columns and "epoch" not in columns:
-            # One transaction: an interrupted migration leaves the old schema, intact.
             db.executescript(_MIGRATE_V1_SCRIPT)
+        elif columns and "ins" not in columns:
+            db.executescript(_MIGRATE_V2_SCRIPT)
         else:
             db.executescript(_VITALS_TABLE + _OTHER_TABLES)
             self._set_schema()
@@ -240,13 +325,30 @@ class VitalsStore:
         handshake floors in one transaction; return how many rows were new.
 
         Raises StoreFullError, StoreIOError or StoreUnusableError with nothing committed."""
+        return self.commit_all(rows, (), sessions, dropped_sessions, handshake_floors)[0]
+
+    def commit_all(
+        self,
+        rows: Sequence[VitalsRow],
+        beats: Sequence[RRBeatRow],
+        sessions: Iterable[StoredSession] = (),
+        dropped_sessions: Iterable[bytes] = (),
+        handshake_floors: Mapping[str, int] | None = None,
+    ) -> tuple[int, int]:
+        """`commit` for both record kinds: vitals rows and RR beats (a (device, ts_ms) already
+        stored is ignored) in the same transaction; return (new rows, new beats).
+
+        Raises StoreFullError, StoreIOError or StoreUnusableError with nothing committed."""
         db = self._db
         now_ms = int(time.time() * 1000)
         try:
             db.execute("BEGIN IMMEDIATE")
             before = db.total_changes
-            db.executemany("INSERT OR IGNORE INTO vitals VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany(_INSERT_VITALS, rows)
             inserted = db.total_changes - before
+            before = db.total_changes
+            db.executemany("INSERT OR IGNORE INTO rr_beats VALUES (?,?,?,?,?,?,?)", beats)
+            inserted_beats = db.total_changes - before
             db.executemany(
                 "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?)",
                 [(s.session_id, s.device_id, s.state, now_ms) for s in sessions],
@@ -269,7 +371,7 @@ class VitalsStore:
                     db.execute("ROLLBACK")
             raise self._typed(exc) from exc
         self._rows += inserted
-        return inserted
+        return inserted, inserted_beats
 
     def load_sessions(self) -> list[StoredSession]:
         return [
@@ -286,30 +388,42 @@ class VitalsStore:
     def retention_step(
         self, now_ms: int | None = None, limit: int = RETENTION_STEP_ROWS
     ) -> RetentionStep:
-        """Delete at most `limit` rows: first those older than the retention period, then the
-        oldest beyond max_rows."""
+        """Delete at most `limit` rows: first samples older than the retention period, then the
+        oldest samples beyond max_rows, then RR beats older than the retention period."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         db = self._db
+        cutoff = now_ms - self.retention_ms
         try:
             deleted = db.execute(
-                "DELETE FROM vitals WHERE (device_id, epoch, seq) IN (SELECT device_id, epoch, "
-                "seq FROM vitals WHERE ts_ms < ? LIMIT ?)",
-                (now_ms - self.retention_ms, limit),
+                "DELETE FROM vitals WHERE ins IN (SELECT ins FROM vitals WHERE ts_ms < ? LIMIT ?)",
+                (cutoff, limit),
             ).rowcount
             deleted = max(deleted, 0)
             self._rows -= deleted
             excess = self._rows - self.max_rows
             if deleted < limit and excess > 0:
                 more = db.execute(
-                    "DELETE FROM vitals WHERE (device_id, epoch, seq) IN "
-                    "(SELECT device_id, epoch, seq FROM vitals ORDER BY ts_ms LIMIT ?)",
+                    "DELETE FROM vitals WHERE ins IN "
+                    "(SELECT ins FROM vitals ORDER BY ts_ms LIMIT ?)",
                     (min(excess, limit - deleted),),
                 ).rowcount
                 deleted += max(more, 0)
                 self._rows -= max(more, 0)
+            if deleted < limit:
+                beats = db.execute(
+                    "DELETE FROM rr_beats WHERE (device_id, ts_ms) IN "
+                    "(SELECT device_id, ts_ms FROM rr_beats WHERE ts_ms < ? LIMIT ?)",
+                    (cutoff, limit - deleted),
+                ).rowcount
+                beats_done = beats < limit - deleted
+                deleted += max(beats, 0)
+            else:
+                beats_done = False
         except sqlite3.Error as exc:
             raise self._typed(exc) from exc
-        return RetentionStep(deleted, deleted < limit and self._rows <= self.max_rows)
+        return RetentionStep(
+            deleted, beats_done and deleted < limit and self._rows <= self.max_rows
+        )
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database and truncate it (after a large delete the WAL would
@@ -340,8 +454,31 @@ class VitalsStore:
             ).fetchone()
         return int(row[0])
 
+    def beat_count(self, device_id: str | None = None) -> int:
+        if device_id is None:
+            row = self._db.execute("SELECT count(*) FROM rr_beats").fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT count(*) FROM rr_beats WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def beat_devices(self) -> list[str]:
+        return [
+            r[0] for r in self._db.execute("SELECT DISTINCT device_id FROM rr_beats ORDER BY 1")
+        ]
+
+    def beat_rows(self, device_id: str, limit: int | None = None) -> list[BeatRow]:
+        """A device's RR beats (ts_ms, rr_ms, rhythm, beat_class) in time order, the newest
+        `limit` if given: what rhythm windows are built from."""
+        if limit is None:
+            return self._db.execute(_BEAT_ROWS, (device_id,)).fetchall()
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        return self._db.execute(_NEWEST_BEAT_ROWS, (device_id, limit)).fetchall()
+
     def devices(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT DISTINCT device_id FROM vitals ORDER BY 1")]
+        return [r[0] for r in self._db.execute(_DEVICES)]
 
     def sample_rows(self, device_id: str, limit: int | None = None) -> list[SampleRow]:
         """A device's samples as plain rows in the store's column order (seq, ts_ms,
@@ -352,6 +489,24 @@ class VitalsStore:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         return [r[:8] for r in self._db.execute(_NEWEST_ROWS, (device_id, limit))]
+
+    def insertion_cursor(self) -> int:
+        """The insertion number of the newest sample ever stored (0 for none): rows stored
+        later have greater numbers, whatever their boot epoch and seq."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'vitals'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def sample_rows_after(
+        self, device_id: str, cursor: int, limit: int | None = None
+    ) -> list[SampleRow]:
+        """A device's rows stored after `insertion_cursor()` returned `cursor`, in time order;
+        only the newest `limit` of them if given: what an incremental window builder reads
+        instead of the whole history."""
+        if limit is None:
+            return self._db.execute(_ROWS_AFTER, (device_id, cursor)).fetchall()
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        return [r[:8] for r in self._db.execute(_NEWEST_AFTER, (device_id, cursor, limit))]
 
     def samples(self, device_id: str, limit: int | None = None) -> list[VitalsSample]:
         """A device's samples in time order (the newest `limit` if given)."""

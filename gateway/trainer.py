@@ -23,11 +23,9 @@ import numpy.typing as npt
 
 from gateway.errors import GatewayError
 from wire.model import (
-    CLASSES,
-    FEATURES,
-    PARAMETER_COUNT,
+    VITALS_LAYOUT,
     WEIGHT_NAMES,
-    WEIGHT_SHAPES,
+    MlpLayout,
 )
 
 F32 = npt.NDArray[np.float32]
@@ -38,6 +36,7 @@ REQUIRED_SIGNATURES: Final = ("train", "infer", "get_weights", "set_weights")
 Prefer = Literal["auto", "litert", "numpy"]
 
 _PREDICT_CHUNK: Final = 256
+_MASKED_LOGIT: Final = np.float32(1e9)
 _RUNTIMES: Final = (
     ("ai_edge_litert.interpreter", "ai-edge-litert"),
     ("tflite_runtime.interpreter", "tflite-runtime"),
@@ -60,13 +59,15 @@ class TrainingDivergedError(TrainerError):
 # The weight layout and input checks shared by every backend
 
 
-def _check_weights(weights: Sequence[npt.ArrayLike]) -> list[F32]:
-    if len(weights) != len(WEIGHT_SHAPES):
+def _check_weights(
+    weights: Sequence[npt.ArrayLike], layout: MlpLayout = VITALS_LAYOUT
+) -> list[F32]:
+    if len(weights) != len(WEIGHT_NAMES):
         raise ValueError(
-            f"expected {len(WEIGHT_SHAPES)} weight arrays {WEIGHT_NAMES}, got {len(weights)}"
+            f"expected {len(WEIGHT_NAMES)} weight arrays {WEIGHT_NAMES}, got {len(weights)}"
         )
     out: list[F32] = []
-    for (name, shape), value in zip(WEIGHT_SHAPES, weights, strict=True):
+    for (name, shape), value in zip(layout.weight_shapes, weights, strict=True):
         arr = np.asarray(value)
         if arr.shape != shape:
             raise ValueError(f"weight {name!r} must have shape {shape}, got {arr.shape}")
@@ -79,12 +80,11 @@ def _check_weights(weights: Sequence[npt.ArrayLike]) -> list[F32]:
     return out
 
 
-def _check_flat(vec: npt.ArrayLike) -> F32:
+def _check_flat(vec: npt.ArrayLike, layout: MlpLayout = VITALS_LAYOUT) -> F32:
     arr = np.asarray(vec)
-    if arr.ndim != 1 or arr.size != PARAMETER_COUNT:
-        raise ValueError(
-            f"flat weight vector must have shape ({PARAMETER_COUNT},), got {arr.shape}"
-        )
+    count = layout.parameter_count
+    if arr.ndim != 1 or arr.size != count:
+        raise ValueError(f"flat weight vector must have shape ({count},), got {arr.shape}")
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"flat weight vector must be floating point, got dtype {arr.dtype}")
     flat = np.array(arr, dtype=np.float32)  # always a private copy
@@ -93,27 +93,27 @@ def _check_flat(vec: npt.ArrayLike) -> F32:
     return flat
 
 
-def flatten(weights: Sequence[npt.ArrayLike]) -> F32:
-    """Concatenate weights in `WEIGHT_SHAPES` order into one float32 vector."""
-    return np.concatenate([w.reshape(-1) for w in _check_weights(weights)])
+def flatten(weights: Sequence[npt.ArrayLike], layout: MlpLayout = VITALS_LAYOUT) -> F32:
+    """Concatenate weights in the layout's order into one float32 vector."""
+    return np.concatenate([w.reshape(-1) for w in _check_weights(weights, layout)])
 
 
-def unflatten(vec: npt.ArrayLike) -> list[F32]:
-    """Split a flat vector back into the six weight arrays of `WEIGHT_SHAPES`."""
-    flat = _check_flat(vec)
+def unflatten(vec: npt.ArrayLike, layout: MlpLayout = VITALS_LAYOUT) -> list[F32]:
+    """Split a flat vector back into the layout's six weight arrays."""
+    flat = _check_flat(vec, layout)
     out: list[F32] = []
     start = 0
-    for _, shape in WEIGHT_SHAPES:
+    for _, shape in layout.weight_shapes:
         size = math.prod(shape)
         out.append(flat[start : start + size].reshape(shape))
         start += size
     return out
 
 
-def _check_features(x: npt.ArrayLike) -> F32:
+def _check_features(x: npt.ArrayLike, layout: MlpLayout = VITALS_LAYOUT) -> F32:
     arr = np.asarray(x)
-    if arr.ndim != 2 or arr.shape[1] != FEATURES:
-        raise ValueError(f"features must have shape (n, {FEATURES}), got {arr.shape}")
+    if arr.ndim != 2 or arr.shape[1] != layout.features:
+        raise ValueError(f"features must have shape (n, {layout.features}), got {arr.shape}")
     if arr.shape[0] == 0:
         # an empty batch gives nan in one runtime and an error in the other (TRAINING.md)
         raise ValueError("features are empty: at least one window is needed")
@@ -126,16 +126,18 @@ def _check_features(x: npt.ArrayLike) -> F32:
     return x32
 
 
-def _check_labelled(x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[F32, I32]:
-    x32 = _check_features(x)
+def _check_labelled(
+    x: npt.ArrayLike, y: npt.ArrayLike, layout: MlpLayout = VITALS_LAYOUT
+) -> tuple[F32, I32]:
+    x32 = _check_features(x, layout)
     arr = np.asarray(y)
     if arr.ndim != 1 or arr.shape[0] != x32.shape[0]:
         raise ValueError(f"labels must have shape ({x32.shape[0]},), got {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
         raise ValueError(f"labels must be integers, got dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() >= CLASSES):
+    if arr.size and (arr.min() < 0 or arr.max() >= layout.classes):
         # an out-of-range label is a zero one-hot row in the model: silently wrong, so refuse it
-        raise ValueError(f"labels must lie in [0, {CLASSES}), got {arr.min()}..{arr.max()}")
+        raise ValueError(f"labels must lie in [0, {layout.classes}), got {arr.min()}..{arr.max()}")
     return x32, np.ascontiguousarray(arr, dtype=np.int32)
 
 
@@ -160,31 +162,49 @@ def _log_softmax(logits: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.floati
 
 class Trainer(ABC):
     """One model instance that trains in place. Public methods validate and convert inputs
-    (float32 features of shape (n, 16), int32 labels in {0, 1}); backends do the arithmetic."""
+    (float32 features of shape (n, layout.features), int32 labels in [0, layout.classes));
+    backends do the arithmetic."""
 
     backend: str
+    layout: MlpLayout
 
     def get_weights(self) -> list[F32]:
-        """Copies of the current weights in `WEIGHT_SHAPES` order."""
+        """Copies of the current weights in the layout's order."""
         return self._read_weights()
 
     def set_weights(self, weights: Sequence[npt.ArrayLike]) -> None:
-        self._write_weights(_check_weights(weights))
+        self._write_weights(_check_weights(weights, self.layout))
 
     def get_flat(self) -> F32:
         """The weights as one float32 vector (the `flatten` layout)."""
         return np.concatenate([w.reshape(-1) for w in self._read_weights()])
 
     def set_flat(self, vec: npt.ArrayLike) -> None:
-        self._write_weights(unflatten(vec))
+        self._write_weights(unflatten(vec, self.layout))
 
-    def train_step(self, x: npt.ArrayLike, y: npt.ArrayLike, lr: float) -> float:
-        """One SGD step on a batch; returns the batch's mean loss *before* the update."""
-        x32, y32 = _check_labelled(x, y)
-        return self._train_batch(x32, y32, _check_learning_rate(lr))
+    def train_step(
+        self,
+        x: npt.ArrayLike,
+        y: npt.ArrayLike,
+        lr: float,
+        present: Sequence[bool] | None = None,
+    ) -> float:
+        """One SGD step on a batch; returns the batch's mean loss *before* the update.
+
+        `present` (one flag per class) restricts the softmax to the classes flagged: the others'
+        logits are left out of it, so a batch never pushes down a class it cannot contain."""
+        x32, y32 = _check_labelled(x, y, self.layout)
+        mask = np.ones(self.layout.classes, np.float32)
+        if present is not None:
+            if len(present) != self.layout.classes:
+                raise ValueError(f"present needs {self.layout.classes} flags, got {len(present)}")
+            mask = np.array([1.0 if p else 0.0 for p in present], np.float32)
+            if not mask[y32].all():
+                raise ValueError("a label of the batch is not among the present classes")
+        return self._train_batch(x32, y32, _check_learning_rate(lr), mask)
 
     def predict_logits(self, x: npt.ArrayLike) -> F32:
-        return self._logits(_check_features(x))
+        return self._logits(_check_features(x, self.layout))
 
     @abstractmethod
     def _read_weights(self) -> list[F32]: ...
@@ -193,7 +213,7 @@ class Trainer(ABC):
     def _write_weights(self, weights: list[F32]) -> None: ...
 
     @abstractmethod
-    def _train_batch(self, x: F32, y: I32, lr: np.float32) -> float: ...
+    def _train_batch(self, x: F32, y: I32, lr: np.float32, mask: F32) -> float: ...
 
     @abstractmethod
     def _logits(self, x: F32) -> F32: ...
@@ -204,9 +224,12 @@ class NumpyTrainer(Trainer):
     signature (hand-written backward pass, ReLU derivative 0 at 0), for machines without a
     runtime wheel."""
 
-    def __init__(self, initial_weights: Sequence[npt.ArrayLike]) -> None:
+    def __init__(
+        self, initial_weights: Sequence[npt.ArrayLike], layout: MlpLayout | None = None
+    ) -> None:
         self.backend = "numpy"
-        self._w = _check_weights(initial_weights)
+        self.layout = layout if layout is not None else MlpLayout.of(initial_weights)
+        self._w = _check_weights(initial_weights, self.layout)
 
     def _read_weights(self) -> list[F32]:
         return [w.copy() for w in self._w]
@@ -225,7 +248,7 @@ class NumpyTrainer(Trainer):
             parts.append(h2 @ w3 + b3)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _train_batch(self, x: F32, y: I32, lr: np.float32) -> float:
+    def _train_batch(self, x: F32, y: I32, lr: np.float32, mask: F32) -> float:
         w1, b1, w2, b2, w3, b3 = self._w
         n = np.float32(x.shape[0])
         rows = np.arange(x.shape[0])
@@ -233,7 +256,8 @@ class NumpyTrainer(Trainer):
         h1 = np.maximum(z1, np.float32(0))
         z2 = h1 @ w2 + b2
         h2 = np.maximum(z2, np.float32(0))
-        logp = _log_softmax(h2 @ w3 + b3)
+        # absent classes get a logit of -1e9: out of the softmax, and so of the gradient
+        logp = _log_softmax(h2 @ w3 + b3 + (mask - np.float32(1)) * _MASKED_LOGIT)
         loss = -logp[rows, y].sum() / n
         dz3 = np.exp(logp)
         dz3[rows, y] -= np.float32(1)
@@ -288,9 +312,15 @@ class LiteRtTrainer(Trainer):
             for name in (*REQUIRED_SIGNATURES, "get_flat", "set_flat")
             if name in signatures
         }
+        # the rhythm model's train takes a class mask (restricted softmax); the vitals one not
+        self._masked_train = "mask" in signatures["train"]["inputs"]
         got = self._runners["get_weights"]()
-        for name, shape in WEIGHT_SHAPES:
-            actual = tuple(np.shape(got.get(name)))
+        missing = [name for name in WEIGHT_NAMES if name not in got]
+        if missing:
+            raise ValueError(f"model {path} lacks the weights {missing}")
+        self.layout = MlpLayout.of([got[name] for name in WEIGHT_NAMES])
+        for name, shape in self.layout.weight_shapes:
+            actual = tuple(np.shape(got[name]))
             if actual != shape:
                 raise ValueError(
                     f"model {path} has weight {name!r} of shape {actual}, expected {shape}"
@@ -323,13 +353,19 @@ class LiteRtTrainer(Trainer):
         if runner is None:
             super().set_flat(vec)
             return
-        runner(flat=_check_flat(vec))
+        runner(flat=_check_flat(vec, self.layout))
 
     def _logits(self, x: F32) -> F32:
         return np.array(self._runners["infer"](x=x)["logits"], dtype=np.float32)
 
-    def _train_batch(self, x: F32, y: I32, lr: np.float32) -> float:
-        out = self._runners["train"](x=x, y=y, lr=np.asarray(lr, dtype=np.float32))
+    def _train_batch(self, x: F32, y: I32, lr: np.float32, mask: F32) -> float:
+        lr32 = np.asarray(lr, dtype=np.float32)
+        if self._masked_train:
+            out = self._runners["train"](x=x, y=y, lr=lr32, mask=mask)
+        elif mask.all():
+            out = self._runners["train"](x=x, y=y, lr=lr32)
+        else:
+            raise ValueError("this model's train signature cannot restrict the softmax")
         return float(out["loss"])
 
 
@@ -351,7 +387,8 @@ def load_initial_weights(model_path: str | Path) -> list[F32]:
         missing = [name for name in WEIGHT_NAMES if name not in npz.files]
         if missing:
             raise ValueError(f"{npz_path} lacks the weights {missing}")
-        return _check_weights([npz[name] for name in WEIGHT_NAMES])
+        weights = [npz[name] for name in WEIGHT_NAMES]
+        return _check_weights(weights, MlpLayout.of(weights))
 
 
 def make_trainer(model_path: str | Path, prefer: Prefer = "auto") -> Trainer:
@@ -394,7 +431,14 @@ class TrainOptions:
     L2 norm of the round's update (local - global); `noise_multiplier` > 0 then adds Gaussian
     noise of std `noise_multiplier * clip_norm` to each coordinate of the clipped update (the
     Gaussian mechanism applied once per round; the std is reported in `FitResult.noise_std`).
-    `seed` drives both the batch order and the noise, from independent streams.
+    `seed` drives both the batch order and the noise, from independent streams. `balanced`
+    draws each epoch's batches with probabilities inverse to the class frequencies (with
+    replacement, as many draws as windows): every class weighs the same in the gradient, for
+    tasks where one class dominates (normal sinus rhythm). `restricted_softmax` leaves the
+    classes absent from the local windows out of the softmax (FedRS with alpha = 0: Li and Zhan,
+    "FedRS: federated learning with restricted softmax for label distribution non-IID data",
+    KDD 2021): a ward without AF patients then does not teach the shared model that AF never
+    happens, which plain FedAvg on label-skewed wards does.
     """
 
     epochs: int = 1
@@ -404,6 +448,8 @@ class TrainOptions:
     clip_norm: float | None = None
     noise_multiplier: float = 0.0
     seed: int = 0
+    balanced: bool = False
+    restricted_softmax: bool = False
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 1)
@@ -461,9 +507,21 @@ def _batch_indices(
         yield np.concatenate([order[full * batch_size :], pad])
 
 
+def _balanced_batch_indices(
+    y: I32, batch_size: int, rng: np.random.Generator
+) -> Iterator[npt.NDArray[np.intp]]:
+    """One epoch of fixed-size batches drawn with replacement, each class equally likely."""
+    counts = np.bincount(y)
+    weights = 1.0 / counts[y]
+    draws = max(batch_size, -(-len(y) // batch_size) * batch_size)
+    order = rng.choice(len(y), size=draws, replace=True, p=weights / weights.sum())
+    for i in range(0, draws, batch_size):
+        yield order[i : i + batch_size]
+
+
 def evaluate(trainer: Trainer, x: npt.ArrayLike, y: npt.ArrayLike) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of the trainer's current weights on (x, y)."""
-    x32, y32 = _check_labelled(x, y)
+    x32, y32 = _check_labelled(x, y, trainer.layout)
     logits = trainer.predict_logits(x32).astype(np.float64)
     logp = _log_softmax(logits)
     rows = np.arange(y32.shape[0])
@@ -488,7 +546,7 @@ def fit(
     overshoots w_g once η·mu > 1.
     """
     opts = options if options is not None else TrainOptions()
-    x32, y32 = _check_labelled(x, y)
+    x32, y32 = _check_labelled(x, y, trainer.layout)
     if global_weights is not None:
         trainer.set_weights(global_weights)
     anchor = trainer.get_flat()
@@ -498,10 +556,18 @@ def fit(
     lr = np.float32(opts.learning_rate)
     shrink = np.float32(lr * opts.prox_mu)
 
+    present = None
+    if opts.restricted_softmax:
+        present = [bool((y32 == c).any()) for c in range(trainer.layout.classes)]
     steps = 0
     for _ in range(opts.epochs):
-        for idx in _batch_indices(x32.shape[0], opts.batch_size, batch_rng):
-            loss = trainer.train_step(x32[idx], y32[idx], float(lr))
+        batches = (
+            _balanced_batch_indices(y32, opts.batch_size, batch_rng)
+            if opts.balanced
+            else _batch_indices(x32.shape[0], opts.batch_size, batch_rng)
+        )
+        for idx in batches:
+            loss = trainer.train_step(x32[idx], y32[idx], float(lr), present)
             if not math.isfinite(loss):
                 raise TrainingDivergedError(f"loss became {loss} at step {steps}")
             if opts.prox_mu > 0:
@@ -530,5 +596,5 @@ def fit(
         update_norm=update_norm,
         clipped=clipped,
         noise_std=noise_std,
-        weights=tuple(unflatten(final)),
+        weights=tuple(unflatten(final, trainer.layout)),
     )

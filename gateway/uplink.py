@@ -19,9 +19,18 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 
 from gateway.spool import Spool
+from pqlink.broadcast import BODY_TYPE, ENTRY_TYPE, join_delivery, peek_broadcast, peek_entry
 from servicekit.backoff import Backoff
 from servicekit.logs import EventLog
-from wire.amqp import GATEWAY_QUEUE_ARGUMENTS, GLOBAL_EXCHANGE, UPDATES_QUEUE, gateway_queue
+from wire.amqp import (
+    GATEWAY_QUEUE_ARGUMENTS,
+    GLOBAL_EXCHANGE,
+    GLOBAL_KEYS_EXCHANGE,
+    UPDATES_QUEUE,
+    UPDATES_QUEUE_ARGUMENTS,
+    broker_urls,
+    gateway_queue,
+)
 from wire.envelopes import EnvelopeCodec, SealedCodec
 from wire.reasons import Event
 
@@ -63,9 +72,14 @@ class Uplink:
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = Backoff(0.2, self.max_delay)
+        urls = broker_urls(self.url)
+        attempt = 0
         while not stop.is_set():
+            # Each attempt tries the next node: a cluster that lost one still takes us.
+            url = urls[attempt % len(urls)]
+            attempt += 1
             try:
-                connection = await aio_pika.connect(self.url, timeout=10)
+                connection = await aio_pika.connect(url, timeout=10)
             except (TimeoutError, AMQPError, OSError) as exc:
                 self.log.event(Event.UPLINK_UNREACHABLE, level=logging.WARNING, reason=str(exc))
                 await backoff.wait(stop)
@@ -113,14 +127,25 @@ class Uplink:
             gateway_queue(self.gateway_id), durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS
         )
         await queue.bind(exchange)
+        keys = await channel.declare_exchange(
+            GLOBAL_KEYS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        await queue.bind(keys, routing_key=self.gateway_id)
         async with queue.iterator() as messages:
             async for message in messages:
                 await self._received(message)
 
     async def _received(self, message: AbstractIncomingMessage) -> None:
         body = bytes(message.body)
+        part: tuple[bytes, str, int | None] | None = None
         try:
-            round_ = self.codec.peek_round(body)
+            if body[:1] == bytes((BODY_TYPE,)):  # the broadcast body, from the fanout
+                meta = peek_broadcast(body)
+                part = (meta.broadcast_id, "body", meta.round)
+            elif body[:1] == bytes((ENTRY_TYPE,)):  # this gateway's key entry, addressed to it
+                part = (peek_entry(body).broadcast_id, "entry", None)
+            else:
+                round_ = self.codec.peek_round(body)
         except Exception as exc:
             self.log.event(
                 Event.GLOBAL_REJECTED, level=logging.WARNING, reason=f"undecodable: {exc}"
@@ -128,12 +153,21 @@ class Uplink:
             await message.ack()
             return
         # Durable before the ack: a crash after this still applies the model on restart.
-        await self._spool(self.spool.put_global, round_, body)
+        if part is None:
+            await self._spool(self.spool.put_global, round_, body)
+        else:
+            broadcast_id, kind, round_or_none = part
+            complete = await self._spool(
+                self.spool.put_global_part, broadcast_id, kind, body, round_or_none, join_delivery
+            )
+            if not complete:  # the other half is still on its way
+                await message.ack()
+                return
         await message.ack()
         await self.on_global()
 
     async def _publish_loop(self, channel: AbstractChannel) -> None:
-        await channel.declare_queue(UPDATES_QUEUE, durable=True)
+        await channel.declare_queue(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
         while True:
             pending = await self._spool(self.spool.pending_updates)
             assert isinstance(pending, list)

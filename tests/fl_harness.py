@@ -18,7 +18,7 @@ import pika
 from aggregator.cli import main as aggregator_main
 from aggregator.coordinator import initial_weights
 from pqlink import ContentType, Identity, load_identity, seal_envelope
-from wire.amqp import UPDATES_QUEUE
+from wire.amqp import UPDATES_QUEUE, UPDATES_QUEUE_ARGUMENTS, broker_urls
 from wire.fl import ModelUpdate
 from wire.model import DEFAULT_INITIAL_WEIGHTS
 
@@ -115,10 +115,11 @@ def sealed_update(
 
 
 def publish_updates(url: str, frames: list[bytes]) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+    """Publish with confirms to the first reachable node of `url` (comma-separated list)."""
+    conn = pika.BlockingConnection([pika.URLParameters(u) for u in broker_urls(url)])
     ch = conn.channel()
     ch.confirm_delivery()
-    ch.queue_declare(UPDATES_QUEUE, durable=True)
+    ch.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
     for f in frames:
         ch.basic_publish("", UPDATES_QUEUE, f, pika.BasicProperties(delivery_mode=2))
     conn.close()

@@ -53,6 +53,7 @@ def test_honest_record_is_accepted(parties: Parties) -> None:
     client = _established(parties, proc)
     out = proc.handle(REC, client.seal(_record(1), REC.encode()), 1.0, 5)
     assert isinstance(out, Accepted)
+    assert out.row is not None
     assert out.row[:4] == (DEVICE, 0, 1, 1000)  # (device, boot epoch, seq, timestamp)
     assert proc.accepted == 1
 

@@ -22,9 +22,11 @@ from gateway.store import (
     StoreUnusableError,
     VitalsStore,
     recover_store,
+    rr_beat_rows,
     vitals_row,
 )
 from pqlink import HandshakeInitiator, HandshakeResponder, Session
+from wire.rr import BeatClass, Rhythm, RRBatch, RRBeat
 from wire.vitals import Activity, EventLabel, VitalsSample
 
 from .conftest import Parties
@@ -102,6 +104,28 @@ def test_retention_by_age_and_row_limit(tmp_path: Path) -> None:
     assert store.samples("b")[0].seq == 200  # the oldest went first
 
 
+def test_retention_prunes_old_rr_beats_in_bounded_steps(tmp_path: Path) -> None:
+    store = VitalsStore(tmp_path / "v.db", retention_days=1)
+    day = 86_400_000
+    now = 10 * day
+    old = RRBatch(
+        0,
+        now - 3 * day,
+        tuple(RRBeat(i * 800, 800, Rhythm.NORMAL, BeatClass.NORMAL) for i in range(30)),
+    )
+    new = RRBatch(
+        1,
+        now - day // 2,
+        tuple(RRBeat(i * 800, 800, Rhythm.NORMAL, BeatClass.NORMAL) for i in range(5)),
+    )
+    beats = [*rr_beat_rows("strap", old, 1), *rr_beat_rows("strap", new, 1)]
+    assert store.commit_all([], beats) == (0, 35)
+    steps = [store.retention_step(now, limit=20), store.retention_step(now, limit=20)]
+    assert steps == [RetentionStep(20, done=False), RetentionStep(10, done=True)]
+    assert [ts for ts, *_ in store.beat_rows("strap")] == [new.start_ms + i * 800 for i in range(5)]
+    store.close()
+
+
 def _session(parties: Parties) -> Session:
     init = HandshakeInitiator(parties.sensor, parties.gateway.public)
     return (
@@ -165,7 +189,7 @@ def _v1_store(path: Path, rows: int) -> None:
 def test_old_store_migrates_and_a_rebooted_counter_is_new(tmp_path: Path) -> None:
     _v1_store(tmp_path / "v.db", 10)
     store = VitalsStore(tmp_path / "v.db")
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION == 3
     assert store.samples("dev-1") == [_sample(i) for i in range(10)]
     # the wearable rebooted: its counter starts at 0 again under a new epoch
     fresh = [
@@ -174,6 +198,36 @@ def test_old_store_migrates_and_a_rebooted_counter_is_new(tmp_path: Path) -> Non
     assert store.commit(fresh) == 3
     assert store.commit(fresh[:1]) == 0  # the same (device, epoch, seq) once only
     assert store.count("dev-1") == 13
+    store.close()
+
+
+def test_schema_2_store_migrates_and_the_cursor_counts_on(tmp_path: Path) -> None:
+    """A store of the second schema (keyed by boot epoch, no insertion number) gets one
+    number per row in time order; new rows are numbered after them."""
+    db = sqlite3.connect(tmp_path / "v.db")
+    db.executescript(
+        "CREATE TABLE vitals (device_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT "
+        "NULL, ts_ms INTEGER NOT NULL, heart_rate REAL, spo2 REAL, skin_temp REAL, accel REAL, "
+        "activity INTEGER NOT NULL, label INTEGER NOT NULL, received_ms INTEGER NOT NULL, "
+        "PRIMARY KEY (device_id, epoch, seq)) WITHOUT ROWID;"
+        "CREATE INDEX vitals_ts ON vitals (ts_ms);"
+        "CREATE INDEX vitals_device_ts ON vitals (device_id, ts_ms);"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema', '2');"
+    )
+    db.executemany(
+        "INSERT INTO vitals VALUES ('dev-1', 7, ?, ?, 70.5, 97.25, 33.1, 1.02, 1, 0, 1)",
+        [(i, 1_700_000_000_000 + i * 1000) for i in range(5)],
+    )
+    db.commit()
+    db.close()
+    store = VitalsStore(tmp_path / "v.db")
+    assert store.schema_version() == SCHEMA_VERSION
+    assert [replace(s, epoch=0) for s in store.samples("dev-1")] == [_sample(i) for i in range(5)]
+    assert store.insertion_cursor() == 5
+    assert store.commit([vitals_row("dev-1", replace(_sample(0), epoch=8), 1)]) == 1
+    assert [r[:2] for r in store.sample_rows_after("dev-1", 5)] == [(0, 1_700_000_000_000)]
+    assert store.commit([vitals_row("dev-1", replace(_sample(1), epoch=7), 1)]) == 0
     store.close()
 
 

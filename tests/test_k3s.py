@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import re
+import secrets
 import shutil
 import stat
 import subprocess
@@ -100,6 +101,7 @@ def _write_site(site: Path, public_dir: Path) -> None:
     shutil.copy(EXAMPLES / "aggregator.toml.example", site / "aggregator.toml")
     shutil.copy(EXAMPLES / "rabbitmq.env.example", site / "rabbitmq.env")
     shutil.copy(EXAMPLES / "operator.toml.example", site / "operator.toml")
+    (site / "erlang.cookie").write_text(secrets.token_hex(32))
     operator = str(site / "operator.toml")
     assert aggregator_main(["keygen", "--config", operator]) == 0
     assert aggregator_main(["enroll", "--config", operator, str(public_dir / "gw-01.pub")]) == 0
@@ -354,8 +356,9 @@ def test_disruption_budgets(rendered: Rendered) -> None:
     assert len(worker) == 1
     assert worker[0]["spec"]["minAvailable"] == 1
     assert len(broker) == 1
+    # three nodes with quorum queues: a drain takes one at a time, keeping the majority
     assert (
-        broker[0]["spec"].get("minAvailable") == 1 or broker[0]["spec"].get("maxUnavailable") == 0
+        broker[0]["spec"].get("minAvailable") == 2 or broker[0]["spec"].get("maxUnavailable") == 1
     )
     for p in budgets:
         assert not _selects(p["spec"]["selector"], _pod_labels(rendered, "iomt-coordinator"))
@@ -376,7 +379,8 @@ def test_probes_use_the_metrics_endpoint(rendered: Rendered) -> None:
 
 def test_broker_storage_and_memory(rendered: Rendered) -> None:
     broker = rendered.get("StatefulSet", "rabbitmq")
-    assert broker["spec"]["replicas"] == 1
+    assert broker["spec"]["replicas"] == 3
+    assert broker["spec"]["podManagementPolicy"] == "Parallel"  # peers form the cluster together
     assert broker["spec"]["serviceName"] == "rabbitmq-headless"
     assert rendered.get("Service", "rabbitmq-headless")["spec"]["clusterIP"] == "None"
     (claim,) = broker["spec"]["volumeClaimTemplates"]
@@ -527,12 +531,17 @@ def test_egress_only_to_dns_and_the_broker(rendered: Rendered) -> None:
             if rule["to"] == [dns]:
                 assert ports == {(53, "UDP"), (53, "TCP")}, name
                 allowed.add("dns")
+            elif rule["to"] == [broker] and name == "rabbitmq":
+                assert ports == {(4369, "TCP"), (25672, "TCP")}, name  # its peers only
+                allowed.add("cluster")
             elif rule["to"] == [broker]:
                 assert ports == {(AMQP_PORT, "TCP")}, name
                 allowed.add("amqp")
             else:
                 pytest.fail(f"{name} may reach {rule}")
         expected = {"dns", "amqp"} if name in AGGREGATOR_COMPONENTS else {"dns"}
+        if name == "rabbitmq":
+            expected = {"dns", "cluster"}
         assert allowed == expected, name
 
 
@@ -672,7 +681,13 @@ def test_site_files_stay_out_of_git_and_the_image() -> None:
     if git is None:
         pytest.fail("git not found: install the Debian package 'git'")
     for overlay_name in OVERLAYS:
-        for name in ("aggregator.toml", "identity.key", "rabbitmq.env", "gateways.json"):
+        for name in (
+            "aggregator.toml",
+            "identity.key",
+            "rabbitmq.env",
+            "gateways.json",
+            "erlang.cookie",
+        ):
             path = f"k3s/overlays/{overlay_name}/site/{name}"
             proc = subprocess.run([git, "check-ignore", "-q", path], cwd=ROOT, check=False)
             assert proc.returncode == 0, f"{path} is not ignored by git"

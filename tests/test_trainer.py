@@ -443,7 +443,7 @@ def test_other_dtypes_are_converted_exactly(any_trainer: Trainer) -> None:
 
 def test_divergence_is_an_error_not_an_update(numpy_trainer: NumpyTrainer) -> None:
     class Diverging(NumpyTrainer):
-        def _train_batch(self, x: F32, y: I32, lr: np.float32) -> float:
+        def _train_batch(self, x: F32, y: I32, lr: np.float32, mask: F32) -> float:
             return math.nan
 
     x, y = _xor(64)

@@ -1,10 +1,11 @@
-"""Offline builder of the gateway's on-device-trainable model asset (needs full TensorFlow, which
-is never a runtime dependency): writes wire/assets/vitals_mlp.{tflite,json} and _init.npz.
+"""Offline builder of the gateway's on-device-trainable model assets (needs full TensorFlow, which
+is never a runtime dependency): writes wire/assets/<model>.{tflite,json} and <model>_init.npz.
 
 Run from the repository root with a scratch TensorFlow venv:
 
     python3 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu==2.21.0 numpy
-    /tmp/tfvenv/bin/python -m tools.build_model
+    /tmp/tfvenv/bin/python -m tools.build_model                 # vitals_mlp (synthetic vitals)
+    /tmp/tfvenv/bin/python -m tools.build_model --task rhythm   # rhythm_mlp (RR windows)
 
 The recipe is the one the project's TRAINING.md notes record as converting with TFLITE_BUILTINS
 only: a `tf.Module` of plain `tf.Variable`s, the backward pass written by hand (no GradientTape,
@@ -39,27 +40,33 @@ from tensorflow.lite.python import schema_py_generated as schema
 
 from gateway.trainer import init_weights_path
 from wire.model import (
-    CLASSES,
     DEFAULT_MODEL_PATH,
-    FEATURES,
-    PARAMETER_COUNT,
+    RHYTHM_LAYOUT,
+    RHYTHM_MODEL_PATH,
+    VITALS_LAYOUT,
     WEIGHT_NAMES,
-    WEIGHT_SHAPES,
+    MlpLayout,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = DEFAULT_MODEL_PATH
 DEFAULT_SEED = 20_240_601
+# task: (layout, default output, default seed, train takes a class mask)
+TASKS: dict[str, tuple[MlpLayout, Path, int, bool]] = {
+    "vitals": (VITALS_LAYOUT, DEFAULT_OUT, DEFAULT_SEED, False),
+    "rhythm": (RHYTHM_LAYOUT, RHYTHM_MODEL_PATH, 20_261_129, True),
+}
 SIGNATURES = ("train", "infer", "get_weights", "set_weights", "get_flat", "set_flat")
 INIT_SCHEME = "he-uniform for the ReLU layers, glorot-uniform for the logits, zero biases"
 
 
-def initial_weights(seed: int) -> dict[str, np.ndarray]:
+def initial_weights(seed: int, layout: MlpLayout = VITALS_LAYOUT) -> dict[str, np.ndarray]:
     """Seeded initial weights, drawn in NumPy so that they do not depend on TensorFlow's RNG."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
-    last_dense = WEIGHT_SHAPES[-2][0]
-    for name, shape in WEIGHT_SHAPES:
+    shapes = layout.weight_shapes
+    last_dense = shapes[-2][0]
+    for name, shape in shapes:
         if len(shape) == 1:
             out[name] = np.zeros(shape, np.float32)
             continue
@@ -75,93 +82,126 @@ def _relu_mask(z: tf.Tensor) -> tf.Tensor:
     return tf.cast(z > 0.0, tf.float32)
 
 
-class VitalsMLP(tf.Module):
-    """16 → 32 (ReLU) → 16 (ReLU) → 2 logits, with its own SGD step."""
+def mlp_module(layout: MlpLayout, name: str, *, masked: bool = False) -> Any:
+    """The tf.Module class of an MLP of `layout` (signatures need the shapes when defined);
+    `masked`: its train signature takes a class mask (restricted softmax) as input `mask`."""
 
-    def __init__(self, init: dict[str, np.ndarray]) -> None:
-        super().__init__(name="vitals_mlp")
-        self.w1 = tf.Variable(init["w1"], name="w1")
-        self.b1 = tf.Variable(init["b1"], name="b1")
-        self.w2 = tf.Variable(init["w2"], name="w2")
-        self.b2 = tf.Variable(init["b2"], name="b2")
-        self.w3 = tf.Variable(init["w3"], name="w3")
-        self.b3 = tf.Variable(init["b3"], name="b3")
+    class MLP(tf.Module):
+        """features → h1 (ReLU) → h2 (ReLU) → class logits, with its own SGD step."""
 
-    def _params(self) -> list[tf.Variable]:
-        return [self.w1, self.b1, self.w2, self.b2, self.w3, self.b3]
+        def __init__(self, init: dict[str, np.ndarray]) -> None:
+            super().__init__(name=name)
+            self.w1 = tf.Variable(init["w1"], name="w1")
+            self.b1 = tf.Variable(init["b1"], name="b1")
+            self.w2 = tf.Variable(init["w2"], name="w2")
+            self.b2 = tf.Variable(init["b2"], name="b2")
+            self.w3 = tf.Variable(init["w3"], name="w3")
+            self.b3 = tf.Variable(init["b3"], name="b3")
 
-    def _forward(self, x: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        z1 = tf.matmul(x, self.w1) + self.b1
-        h1 = tf.maximum(z1, 0.0)
-        z2 = tf.matmul(h1, self.w2) + self.b2
-        h2 = tf.maximum(z2, 0.0)
-        return z1, h1, z2, h2, tf.matmul(h2, self.w3) + self.b3
+        def _params(self) -> list[tf.Variable]:
+            return [self.w1, self.b1, self.w2, self.b2, self.w3, self.b3]
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, FEATURES], tf.float32, name="x"),
+        def _forward(self, x: tf.Tensor) -> tuple[tf.Tensor, ...]:
+            z1 = tf.matmul(x, self.w1) + self.b1
+            h1 = tf.maximum(z1, 0.0)
+            z2 = tf.matmul(h1, self.w2) + self.b2
+            h2 = tf.maximum(z2, 0.0)
+            return z1, h1, z2, h2, tf.matmul(h2, self.w3) + self.b3
+
+        def _step(
+            self, x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor, mask: tf.Tensor | None
+        ) -> dict[str, tf.Tensor]:
+            z1, h1, z2, h2, logits = self._forward(x)
+            if mask is not None:
+                # restricted softmax: a class flagged 0 gets a -1e9 logit, out of the softmax
+                logits = logits + (mask - 1.0) * 1e9
+            n = tf.cast(tf.shape(x)[0], tf.float32)
+            onehot = tf.one_hot(y, layout.classes, dtype=tf.float32)
+            logp = tf.nn.log_softmax(logits)
+            # the loss of the batch before the update, as the runtime reports it
+            loss = -tf.reduce_sum(onehot * logp) / n
+            # softmax cross-entropy backward: (p - onehot) / n, then the layers in reverse
+            dz3 = (tf.exp(logp) - onehot) / n
+            dz2 = tf.matmul(dz3, self.w3, transpose_b=True) * _relu_mask(z2)
+            dz1 = tf.matmul(dz2, self.w2, transpose_b=True) * _relu_mask(z1)
+            grads = [
+                tf.matmul(x, dz1, transpose_a=True),
+                tf.reduce_sum(dz1, axis=0),
+                tf.matmul(h1, dz2, transpose_a=True),
+                tf.reduce_sum(dz2, axis=0),
+                tf.matmul(h2, dz3, transpose_a=True),
+                tf.reduce_sum(dz3, axis=0),
+            ]
+            # every gradient is computed above before any variable is written
+            for var, grad in zip(self._params(), grads, strict=True):
+                var.assign_sub(lr * grad)
+            return {"loss": loss}
+
+        train_inputs = (
+            tf.TensorSpec([None, layout.features], tf.float32, name="x"),
             tf.TensorSpec([None], tf.int32, name="y"),
             tf.TensorSpec([], tf.float32, name="lr"),
-        ]
-    )
-    def train(self, x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor) -> dict[str, tf.Tensor]:
-        z1, h1, z2, h2, logits = self._forward(x)
-        n = tf.cast(tf.shape(x)[0], tf.float32)
-        onehot = tf.one_hot(y, CLASSES, dtype=tf.float32)
-        logp = tf.nn.log_softmax(logits)
-        # the loss of the batch before the update, as the runtime reports it
-        loss = -tf.reduce_sum(onehot * logp) / n
-        # softmax cross-entropy backward: (p - onehot) / n, then the layers in reverse
-        dz3 = (tf.exp(logp) - onehot) / n
-        dz2 = tf.matmul(dz3, self.w3, transpose_b=True) * _relu_mask(z2)
-        dz1 = tf.matmul(dz2, self.w2, transpose_b=True) * _relu_mask(z1)
-        grads = [
-            tf.matmul(x, dz1, transpose_a=True),
-            tf.reduce_sum(dz1, axis=0),
-            tf.matmul(h1, dz2, transpose_a=True),
-            tf.reduce_sum(dz2, axis=0),
-            tf.matmul(h2, dz3, transpose_a=True),
-            tf.reduce_sum(dz3, axis=0),
-        ]
-        # every gradient is computed above before any variable is written
-        for var, grad in zip(self._params(), grads, strict=True):
-            var.assign_sub(lr * grad)
-        return {"loss": loss}
+        )
+        if masked:
 
-    @tf.function(input_signature=[tf.TensorSpec([None, FEATURES], tf.float32, name="x")])
-    def infer(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = self._forward(x)[-1]
-        return {"logits": logits, "probs": tf.nn.softmax(logits)}
+            @tf.function(
+                input_signature=[
+                    *train_inputs,
+                    tf.TensorSpec([layout.classes], tf.float32, name="mask"),
+                ]
+            )
+            def train(
+                self, x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor, mask: tf.Tensor
+            ) -> dict[str, tf.Tensor]:
+                return self._step(x, y, lr, mask)
 
-    @tf.function(input_signature=[])
-    def get_weights(self) -> dict[str, tf.Tensor]:
-        return {
-            name: tf.identity(var) for name, var in zip(WEIGHT_NAMES, self._params(), strict=True)
-        }
+        else:
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec(shape, tf.float32, name=name) for name, shape in WEIGHT_SHAPES
-        ]
-    )
-    def set_weights(self, *weights: tf.Tensor) -> dict[str, tf.Tensor]:
-        for var, value in zip(self._params(), weights, strict=True):
-            var.assign(value)
-        # a signature without outputs converts to a bare CALL_ONCE: the converter prunes the
-        # assignments as dead code. Returning the stored values read back keeps them.
-        return self.get_weights()
+            @tf.function(input_signature=list(train_inputs))
+            def train(self, x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor) -> dict[str, tf.Tensor]:
+                return self._step(x, y, lr, None)
 
-    @tf.function(input_signature=[])
-    def get_flat(self) -> dict[str, tf.Tensor]:
-        return {"flat": tf.concat([tf.reshape(var, [-1]) for var in self._params()], axis=0)}
+        @tf.function(input_signature=[tf.TensorSpec([None, layout.features], tf.float32, name="x")])
+        def infer(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            logits = self._forward(x)[-1]
+            return {"logits": logits, "probs": tf.nn.softmax(logits)}
 
-    @tf.function(input_signature=[tf.TensorSpec([PARAMETER_COUNT], tf.float32, name="flat")])
-    def set_flat(self, flat: tf.Tensor) -> dict[str, tf.Tensor]:
-        sizes = [int(np.prod(shape)) for _, shape in WEIGHT_SHAPES]
-        parts = tf.split(flat, sizes)
-        for var, part, (_, shape) in zip(self._params(), parts, WEIGHT_SHAPES, strict=True):
-            var.assign(tf.reshape(part, shape))
-        return self.get_flat()  # outputs keep the assignments alive, as in set_weights
+        @tf.function(input_signature=[])
+        def get_weights(self) -> dict[str, tf.Tensor]:
+            return {
+                name: tf.identity(var)
+                for name, var in zip(WEIGHT_NAMES, self._params(), strict=True)
+            }
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec(shape, tf.float32, name=name) for name, shape in layout.weight_shapes
+            ]
+        )
+        def set_weights(self, *weights: tf.Tensor) -> dict[str, tf.Tensor]:
+            for var, value in zip(self._params(), weights, strict=True):
+                var.assign(value)
+            # a signature without outputs converts to a bare CALL_ONCE: the converter prunes the
+            # assignments as dead code. Returning the stored values read back keeps them.
+            return self.get_weights()
+
+        @tf.function(input_signature=[])
+        def get_flat(self) -> dict[str, tf.Tensor]:
+            return {"flat": tf.concat([tf.reshape(var, [-1]) for var in self._params()], axis=0)}
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([layout.parameter_count], tf.float32, name="flat")]
+        )
+        def set_flat(self, flat: tf.Tensor) -> dict[str, tf.Tensor]:
+            sizes = [int(np.prod(shape)) for _, shape in layout.weight_shapes]
+            parts = tf.split(flat, sizes)
+            for var, part, (_, shape) in zip(
+                self._params(), parts, layout.weight_shapes, strict=True
+            ):
+                var.assign(tf.reshape(part, shape))
+            return self.get_flat()  # outputs keep the assignments alive, as in set_weights
+
+    return MLP
 
 
 def _interpreter(model: bytes) -> Any:
@@ -172,7 +212,7 @@ def _interpreter(model: bytes) -> Any:
         return tf.lite.Interpreter(model_content=model)
 
 
-def convert(module: VitalsMLP) -> bytes:
+def convert(module: Any) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         signatures = {name: getattr(module, name).get_concrete_function() for name in SIGNATURES}
         tf.saved_model.save(module, tmp, signatures=signatures)
@@ -199,7 +239,7 @@ def op_names(model: bytes) -> list[str]:
     return names
 
 
-def check(model: bytes, init: dict[str, np.ndarray]) -> list[str]:
+def check(model: bytes, init: dict[str, np.ndarray], layout: MlpLayout) -> list[str]:
     """Problems with the converted model: Flex or custom ops, no variable initializer, weights
     that differ from `init`, a loss that does not fall on a separable toy task."""
     problems = []
@@ -227,10 +267,15 @@ def check(model: bytes, init: dict[str, np.ndarray]) -> list[str]:
         if not np.array_equal(stored["w1"], expected):
             problems.append(f"{setter} does not store the weights it is given")
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, FEATURES)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+    x = rng.normal(size=(32, layout.features)).astype(np.float32)
+    # a separable toy task over every class: the class is the bin of x0 + x1
+    y = np.digitize(x[:, 0] + x[:, 1], np.linspace(-1, 1, layout.classes + 1)[1:-1])
+    y = y.astype(np.int32)
     train = interpreter.get_signature_runner("train")
-    losses = [float(train(x=x, y=y, lr=np.float32(0.1))["loss"]) for _ in range(60)]
+    extra = {}
+    if "mask" in sigs["train"]["inputs"]:
+        extra["mask"] = np.ones(layout.classes, np.float32)
+    losses = [float(train(x=x, y=y, lr=np.float32(0.1), **extra)["loss"]) for _ in range(60)]
     if not (np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]):
         problems.append(f"loss does not fall: {losses[0]:.4f} -> {losses[-1]:.4f}")
     return problems
@@ -269,14 +314,16 @@ def signature_table(model: bytes) -> dict[str, Any]:
     return table
 
 
-def metadata(model: bytes, npz: bytes, npz_name: str, seed: int) -> dict[str, Any]:
+def metadata(
+    model: bytes, npz: bytes, npz_name: str, seed: int, *, layout: MlpLayout, name: str
+) -> dict[str, Any]:
     return {
-        "model": "vitals_mlp",
+        "model": name,
         "format_version": 1,
-        "feature_count": FEATURES,
-        "class_count": CLASSES,
-        "layers": [{"name": name, "shape": list(shape)} for name, shape in WEIGHT_SHAPES],
-        "parameter_count": PARAMETER_COUNT,
+        "feature_count": layout.features,
+        "class_count": layout.classes,
+        "layers": [{"name": n, "shape": list(shape)} for n, shape in layout.weight_shapes],
+        "parameter_count": layout.parameter_count,
         "activation": "relu",
         "loss": "mean softmax cross-entropy; train returns the batch loss before its SGD step",
         "tensorflow_version": tf.__version__,
@@ -295,25 +342,29 @@ def metadata(model: bytes, npz: bytes, npz_name: str, seed: int) -> dict[str, An
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the .tflite to write")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="initial-weight seed")
+    parser.add_argument("--task", choices=sorted(TASKS), default="vitals", help="which model")
+    parser.add_argument("--out", type=Path, help="the .tflite to write (default: the task's)")
+    parser.add_argument("--seed", type=int, help="initial-weight seed (default: the task's)")
     args = parser.parse_args(argv)
+    layout, default_out, default_seed, masked = TASKS[args.task]
+    seed = default_seed if args.seed is None else args.seed
+    out: Path = args.out or default_out
+    name = out.stem
 
-    init = initial_weights(args.seed)
-    model = convert(VitalsMLP(init))
-    problems = check(model, init)
+    init = initial_weights(seed, layout)
+    model = convert(mlp_module(layout, name, masked=masked)(init))
+    problems = check(model, init, layout)
     if problems:
         for problem in problems:
             print(f"model check failed: {problem}", file=sys.stderr)
         return 1
 
-    out: Path = args.out
     npz_path = init_weights_path(out)
     npz = npz_bytes(init)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(model)
     npz_path.write_bytes(npz)
-    meta = metadata(model, npz, npz_path.name, args.seed)
+    meta = metadata(model, npz, npz_path.name, seed, layout=layout, name=name)
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {out} ({len(model)} bytes, sha256 {meta['sha256'][:16]}…), {npz_path.name}")
     return 0

@@ -11,8 +11,31 @@ UPDATES_QUEUE: Final = "iomt.updates"
 PARTIALS_QUEUE: Final = "iomt.partials"
 #: Fanout exchange of signed global models; each gateway has its own durable queue on it.
 GLOBAL_EXCHANGE: Final = "iomt.global"
-#: Only the newest global models matter to a gateway that was offline.
-GATEWAY_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-max-length": 4, "x-overflow": "drop-head"}
+#: Direct exchange of each gateway's key entry of a global-model broadcast (routing key: the
+#: gateway id), bound to the same gateway queue as the fanout.
+GLOBAL_KEYS_EXCHANGE: Final = "iomt.global.keys"
+#: Quorum queues: replicated over the broker's nodes (Raft), so a node lost mid-round loses
+#: neither a queued update nor an unacknowledged one (RabbitMQ 3.8+, the only replicated type
+#: left in 4.x). Every client declares a queue with these exact arguments.
+UPDATES_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-queue-type": "quorum"}
+PARTIALS_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-queue-type": "quorum"}
+#: Only the newest global models matter to a gateway that was offline: a bounded quorum queue
+#: dropping its oldest (quorum queues support x-max-length with drop-head). Four messages hold
+#: the newest two rounds' broadcast halves (body and key entry).
+GATEWAY_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {
+    "x-queue-type": "quorum",
+    "x-max-length": 4,
+    "x-overflow": "drop-head",
+}
+
+
+def broker_urls(setting: str) -> list[str]:
+    """The AMQP URLs of a setting listing one or more broker nodes, comma-separated: clients
+    try them in turn, so losing one node of a cluster only moves them to the next."""
+    urls = [u.strip() for u in setting.split(",") if u.strip()]
+    if not urls:
+        raise ValueError(f"no AMQP URL in {setting!r}")
+    return urls
 
 
 def gateway_queue(gateway_id: str) -> str:

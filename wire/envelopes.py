@@ -19,6 +19,7 @@ from pqlink import (
     peek_envelope,
     seal_envelope,
 )
+from pqlink.broadcast import DELIVERY_TYPE, open_delivery
 from pqlink.envelope import DEFAULT_MAX_ENVELOPE_SIZE
 
 
@@ -94,6 +95,18 @@ class SealedCodec:
         *,
         max_size: int = DEFAULT_MAX_ENVELOPE_SIZE,
     ) -> Opened:
+        if frame[:1] == bytes((DELIVERY_TYPE,)):  # a global-model broadcast as kept by a gateway
+            b = open_delivery(frame, recipient, senders, max_size=max_size)
+            bm = b.metadata
+            return Opened(
+                bm.sender,
+                bm.content_type,
+                bm.round,
+                bm.model_version,
+                0,
+                bm.broadcast_id,
+                b.payload,
+            )
         opened = open_envelope(frame, recipient, senders, max_size=max_size)
         m = opened.metadata
         return Opened(

@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 from pqlink import DecodeError
 
-VITALS_VERSION = 2
+# The first byte of a record names its kind: 1 is a vitals sample without a boot epoch, 2 an
+# RR batch (wire/rr.py), 3 a vitals sample with one.
+VITALS_V1 = 1
+VITALS_VERSION = 3
 _FORMAT_V1 = struct.Struct(">BQQHHhHBB")  # before boot epochs: decoded with epoch 0
 _FORMAT = struct.Struct(">BQQQHHhHBB")
 VITALS_SIZE = _FORMAT.size  # 35 bytes
@@ -89,13 +92,13 @@ class VitalsSample:
     def decode(cls, data: bytes) -> VitalsSample:
         if len(data) == VITALS_SIZE and data[0] == VITALS_VERSION:
             _, epoch, seq, ts, hr, spo2, temp, accel, activity, label = _FORMAT.unpack(data)
-        elif len(data) == VITALS_V1_SIZE and data[0] == 1:
+        elif len(data) == VITALS_V1_SIZE and data[0] == VITALS_V1:
             epoch = 0
             _, seq, ts, hr, spo2, temp, accel, activity, label = _FORMAT_V1.unpack(data)
-        elif data[:1] in {b"\x01", b"\x02"}:
+        elif data[:1] in {bytes([VITALS_V1]), bytes([VITALS_VERSION])}:
             raise DecodeError(
                 f"vitals sample version {data[0]} must be "
-                f"{VITALS_V1_SIZE if data[0] == 1 else VITALS_SIZE} bytes, got {len(data)}"
+                f"{VITALS_V1_SIZE if data[0] == VITALS_V1 else VITALS_SIZE} bytes, got {len(data)}"
             )
         else:
             raise DecodeError(f"vitals version {data[:1].hex() or 'missing'} is not supported")

@@ -1,0 +1,139 @@
+"""Broker bytes of one global-model announcement per gateway, at 10 and 100 gateways: the
+sealed broadcast (one body to the fanout, one key entry addressed to each gateway) against the
+multi-recipient envelope it replaces (every key slot in the one copy each gateway receives).
+
+Both are published through a private RabbitMQ exactly as the coordinator does and read back
+from each gateway's queue; the figures are AMQP message-body bytes (framing excluded), into
+the broker and out of it, per gateway. Fleet sizes are alternated."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from aggregator.coordinator import initial_weights
+from aggregator.worker import PERSISTENT, declare_topology
+from bench._timing import write
+from pqlink import ContentType, Identity, Role, seal_envelope
+from pqlink.broadcast import seal_broadcast
+from testbed import RabbitMQ
+from wire.amqp import GLOBAL_EXCHANGE, GLOBAL_KEYS_EXCHANGE, gateway_queue
+from wire.fl import GlobalModel
+from wire.model import DEFAULT_INITIAL_WEIGHTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _drain(channel: Any, queue: str) -> int:
+    total = 0
+    while True:
+        method, _props, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            return total
+        total += len(body)
+
+
+def measure(
+    rabbit: RabbitMQ, aggregator: Identity, fleet: list[Identity], model: bytes
+) -> dict[str, Any]:
+    vhost = f"fanout-{uuid.uuid4().hex[:8]}"
+    rabbit.ctl("add_vhost", vhost)
+    rabbit.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    conn = pika.BlockingConnection(
+        pika.URLParameters(f"amqp://guest:guest@127.0.0.1:{rabbit.amqp_port}/{vhost}")
+    )
+    try:
+        channel = conn.channel()
+        declare_topology(channel, [g.name for g in fleet])
+        channel.tx_select()
+        recipients = [g.public for g in fleet]
+        sealed = seal_broadcast(
+            aggregator, recipients, model, content_type=ContentType.GLOBAL_MODEL, round=1
+        )
+        for name, entry in sealed.entries.items():
+            channel.basic_publish(GLOBAL_KEYS_EXCHANGE, name, entry, PERSISTENT)
+        channel.basic_publish(GLOBAL_EXCHANGE, "", sealed.body, PERSISTENT)
+        channel.tx_commit()
+        broadcast_in = len(sealed.body) + sum(map(len, sealed.entries.values()))
+        broadcast_out = [_drain(channel, gateway_queue(g.name)) for g in fleet]
+        envelope = seal_envelope(
+            aggregator, recipients, model, content_type=ContentType.GLOBAL_MODEL, round=1
+        )
+        channel.basic_publish(GLOBAL_EXCHANGE, "", envelope, PERSISTENT)
+        channel.tx_commit()
+        envelope_out = [_drain(channel, gateway_queue(g.name)) for g in fleet]
+    finally:
+        conn.close()
+        rabbit.ctl("delete_vhost", vhost)
+    n = len(fleet)
+    return {
+        "gateways": n,
+        "broadcast": {
+            "body_bytes": len(sealed.body),
+            "entry_bytes_median": int(statistics.median(map(len, sealed.entries.values()))),
+            "into_broker_per_gateway": broadcast_in / n,
+            "out_of_broker_per_gateway": statistics.mean(broadcast_out),
+            "total_per_round": broadcast_in + sum(broadcast_out),
+        },
+        "envelope": {
+            "envelope_bytes": len(envelope),
+            "into_broker_per_gateway": len(envelope) / n,
+            "out_of_broker_per_gateway": statistics.mean(envelope_out),
+            "total_per_round": len(envelope) + sum(envelope_out),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--fleets", type=int, nargs="+", default=[10, 100])
+    ap.add_argument("--out", default=None, help="JSON path (default bench/results/)")
+    args = ap.parse_args(argv)
+    weights = initial_weights(DEFAULT_INITIAL_WEIGHTS)
+    model = GlobalModel(
+        weights.astype("<f4").tobytes(), int(weights.size), 1, 0, {"epochs": 1}
+    ).encode()
+    aggregator = Identity.generate("aggregator", Role.AGGREGATOR)
+    fleet = [Identity.generate(f"gw-{i:03d}", Role.GATEWAY) for i in range(max(args.fleets))]
+    with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
+        rabbit = RabbitMQ(Path(tmp) / "rabbitmq")
+        rabbit.start()
+        try:
+            results = {n: measure(rabbit, aggregator, fleet[:n], model) for n in args.fleets}
+        finally:
+            rabbit.stop()
+    small, large = results[min(args.fleets)], results[max(args.fleets)]
+
+    def per_gateway(r: dict[str, Any], kind: str) -> float:
+        side = r[kind]
+        return float(side["into_broker_per_gateway"] + side["out_of_broker_per_gateway"])
+
+    ratio = per_gateway(large, "broadcast") / per_gateway(small, "broadcast")
+    envelope_ratio = per_gateway(large, "envelope") / per_gateway(small, "envelope")
+    doc = {
+        "model_parameters": int(weights.size),
+        "bytes": "AMQP message bodies into and out of the broker, framing excluded",
+        "results": list(results.values()),
+        "broadcast_per_gateway_ratio": round(ratio, 4),
+        "envelope_per_gateway_ratio": round(envelope_ratio, 4),
+        "budget": "broker bytes per gateway at the largest fleet at most 1.2x the smallest",
+        "within_budget": ratio <= 1.2,
+    }
+    for r in results.values():
+        print(
+            f"{r['gateways']:>4} gateways: broadcast {per_gateway(r, 'broadcast'):9.0f} B/gateway, "
+            f"envelope {per_gateway(r, 'envelope'):9.0f} B/gateway"
+        )
+    print(f"per-gateway ratio {ratio:.3f} (envelope {envelope_ratio:.2f}; budget 1.2)")
+    write("fanout", doc, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
