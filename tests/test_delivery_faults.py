@@ -36,6 +36,11 @@ from .harness import (
 LAYOUT = TopicLayout("iomt", "gw-01")
 
 
+# Garbage frames of the flood test: five times the device's failure burst (400), so on an
+# unloaded machine most of them land beyond the failure budget, while the test stays short.
+GARBAGE_FRAMES = 2000
+
+
 def _per_device(setup: GatewaySetup) -> dict[str, list[tuple[int, int]]]:
     db = sqlite3.connect(f"file:{setup.config.db_path}?mode=ro", uri=True)
     try:
@@ -257,10 +262,10 @@ def test_replayed_inits_after_restart_and_a_garbage_flood_lose_nothing(
                 async for message in client.messages:
                     forged = bytearray(message.payload)
                     break
-                for i in range(5000):
+                for i in range(GARBAGE_FRAMES):
                     forged[10:18] = (1 << 40 | i).to_bytes(8, "big")
                     await client.publish(rec, bytes(forged), qos=1)
-            return 5000
+            return GARBAGE_FRAMES
 
         garbage = asyncio.run(flood())
         wait_until(
@@ -278,7 +283,7 @@ def test_replayed_inits_after_restart_and_a_garbage_flood_lose_nothing(
             emulator.stop_quietly()
     _assert_exactly_once(gateway, 2, 300)
     log = daemon.log_path.read_text()
-    assert len(re.findall(r"event=record_rejected", log)) <= 60  # bounded, not 5,000
+    assert len(re.findall(r"event=record_rejected", log)) <= 60  # bounded, not one per frame
     _no_traceback(daemon)
 
 
