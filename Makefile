@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PACKAGES := pqlink wire servicekit testbed gateway device_emulators aggregator demo
 
-.PHONY: demo test lint typecheck pytest bench mutation setup clean
+.PHONY: demo test lint typecheck pytest bench mutation chaos setup clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -32,3 +32,7 @@ mutation: setup
 
 clean:
 	rm -rf build *.egg-info pqlink/*.so .mypy_cache .ruff_cache .pytest_cache
+
+# Fault injection through real brokers and daemons (minutes): not part of `make test`.
+chaos: setup
+	$(PY) -m bench.chaos

@@ -35,6 +35,7 @@ class RoundsConfig:
     min_participants: int = 1
     round_timeout: float = 30.0
     max_rounds: int = 0  # 0: run until stopped
+    keep_rounds: int = 1000  # closed rounds kept in the database and rounds.jsonl; 0: all
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ _RULES: Final = Rules(
         "rounds.min_participants": Range(1, 100_000),
         "rounds.round_timeout": Range(0.1, 86400),
         "rounds.max_rounds": Range(0, 10**9),
+        "rounds.keep_rounds": Range(0, 10**9),
         "strategy.norm_bound": Range(0, 1e6),
         "strategy.trim_fraction": Range(0, 0.49),
         "validation.max_update_norm": Range(1e-6, 1e9),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict
@@ -81,7 +82,14 @@ class CoordinatorService:
             )
         weights = initial_weights(config.initial_weights)
         self.parameter_count = int(weights.size)
-        self.rounds = RoundCoordinator(config.db_path, strategy, self._policy(), weights)
+        self.rounds = RoundCoordinator(
+            config.db_path,
+            strategy,
+            self._policy(),
+            weights,
+            keep_rounds=config.rounds.keep_rounds,
+        )
+        self._report_lines = 0
         pc = config.privacy
         self.privacy = PrivacyGate(
             config.db_path,
@@ -92,7 +100,9 @@ class CoordinatorService:
         self.budget_exhausted = False
         self._decision: BudgetDecision | None = None
         self.report_path = config.state_dir / "rounds.jsonl"
-        self.closed: list[ClosedRound] = []
+        # A count, not a list: a coordinator runs for months of rounds (rounds.jsonl and the
+        # database keep the history).
+        self.closed_rounds = 0
         self.last_published_at = 0.0
         self.metrics = CoordinatorMetrics()
         self._update_gauges()
@@ -185,10 +195,19 @@ class CoordinatorService:
         }
         with self.report_path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
+        self._report_lines += 1
+        keep = self.config.rounds.keep_rounds
+        if keep and self._report_lines >= 2 * keep:
+            # Rewritten once per `keep` rounds, so appending stays O(1) per round on average.
+            lines = self.report_path.read_text().splitlines(keepends=True)[-keep:]
+            tmp = self.report_path.with_suffix(".tmp")
+            tmp.write_text("".join(lines))
+            os.replace(tmp, self.report_path)
+            self._report_lines = len(lines)
 
     def done(self) -> bool:
         max_rounds = self.config.rounds.max_rounds
-        return self.budget_exhausted or (bool(max_rounds) and len(self.closed) >= max_rounds)
+        return self.budget_exhausted or (bool(max_rounds) and self.closed_rounds >= max_rounds)
 
     def _gate(self, channel: BlockingChannel) -> bool:
         """May the open round start under the privacy budget? If not, say so once, announce
@@ -279,7 +298,7 @@ class CoordinatorService:
                 seconds = time.perf_counter() - t0
                 summary = self._privacy_summary(bool(closed.participants), 0)
                 closed.privacy = summary.to_json()
-                self.closed.append(closed)
+                self.closed_rounds += 1
                 self.metrics.rounds_closed.labels(reason).inc()
                 self.metrics.aggregation_seconds.observe(seconds)
                 self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
@@ -361,7 +380,7 @@ class CoordinatorService:
         connection.close()
 
     def _closed(self, channel: BlockingChannel, closed: ClosedRound, seconds: float) -> None:
-        self.closed.append(closed)
+        self.closed_rounds += 1
         self.metrics.rounds_closed.labels(closed.reason).inc()
         self.metrics.aggregation_seconds.observe(seconds)
         self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))

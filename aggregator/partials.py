@@ -96,7 +96,7 @@ class Partial:
                 rejections,
                 dict(header.get("metrics", {})),
             )
-        except (KeyError, TypeError, ValueError, struct.error, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, RecursionError, struct.error, IndexError) as exc:
             raise PartialError(f"malformed partial: {exc}") from None
 
 

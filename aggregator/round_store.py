@@ -102,7 +102,8 @@ class RoundRecord:
 class RoundStore:
     """One SQLite file in WAL mode with synchronous=FULL: a commit is on disk when it returns."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, *, keep_rounds: int = 0) -> None:
+        self.keep_rounds = keep_rounds  # closed rounds (and models) kept; 0 keeps all
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(db_path, isolation_level=None)
         try:
@@ -240,6 +241,19 @@ class RoundStore:
                     ),
                 )
             )
+        if self.keep_rounds:
+            # Bounded history: the database would otherwise grow by every round's deltas.
+            oldest = record.round - self.keep_rounds
+            newest_model = record.model.version if record.model is not None else None
+            statements += [
+                ("DELETE FROM rounds WHERE round <= ?", (oldest,)),
+                ("DELETE FROM contributions WHERE round <= ?", (oldest,)),
+                ("DELETE FROM rejections WHERE round <= ?", (oldest,)),
+            ]
+            if newest_model is not None:
+                statements.append(
+                    ("DELETE FROM models WHERE version <= ?", (newest_model - self.keep_rounds,))
+                )
         self._tx(*statements)
 
     def history(self) -> list[dict[str, Any]]:

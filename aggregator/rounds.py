@@ -86,13 +86,19 @@ class RoundCoordinator:
     """One coordinator per deployment (the K3s Deployment uses the Recreate strategy)."""
 
     def __init__(
-        self, db_path: Path, strategy: Strategy, policy: RoundPolicy, initial_weights: Vector
+        self,
+        db_path: Path,
+        strategy: Strategy,
+        policy: RoundPolicy,
+        initial_weights: Vector,
+        *,
+        keep_rounds: int = 0,
     ) -> None:
         self.strategy = strategy
         self.policy = policy
         self.rejections: Counter[str] = Counter()
         self.metrics_by_gateway: dict[str, dict[str, Any]] = {}
-        self.store = RoundStore(db_path)
+        self.store = RoundStore(db_path, keep_rounds=keep_rounds)
         try:
             latest = self.store.latest_model()
             if latest is None:

@@ -99,6 +99,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--devices-per-connection", type=_positive(int), default=50)
     run.add_argument("--rekey-records", type=_positive(int), default=1 << 16)
+    run.add_argument(
+        "--buffer-hours",
+        type=_positive(float),
+        default=24.0,
+        help="unacknowledged samples each wearable keeps, in hours at --rate (default 24)",
+    )
+    run.add_argument(
+        "--resend-after",
+        type=_positive(float),
+        default=60.0,
+        help="seconds without an acknowledgement before a sample is sent again (default 60)",
+    )
+    run.add_argument(
+        "--give-up-after",
+        type=_positive(int),
+        help="a wearable stops after this many unanswered handshakes in a row (default never)",
+    )
+    run.add_argument(
+        "--no-wait-acks",
+        action="store_true",
+        help="with --records: exit once every sample was sent, acknowledged or not",
+    )
     run.add_argument("--connect-timeout", type=_positive(float), default=30.0)
     run.add_argument("--summary", type=Path, help="write a JSON summary here")
     # The same TLS settings as the gateway's [mqtt] tls_* keys.
@@ -211,6 +233,9 @@ async def _run(args: argparse.Namespace) -> int:
                 generator,
                 rate=args.rate,
                 rekey=RekeyPolicy(max_records=args.rekey_records),
+                buffer_seconds=args.buffer_hours * 3600.0,
+                resend_after=args.resend_after,
+                give_up_after=args.give_up_after,
             )
         )
     stop = asyncio.Event()
@@ -219,17 +244,19 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     per = args.devices_per_connection
     hubs = [
+        # The gateway is part of the id: hubs of emulators for two gateways on one broker
+        # must not take over each other's connection.
         MqttHub(
             args.host,
             args.port,
-            f"iomt-emulate-{args.prefix}-{args.first + i}-{args.seed}",
+            f"iomt-emulate-{gateway.name}-{args.prefix}-{args.first + i}-{args.seed}",
             tls_context=tls_context,
         )
         for i in range(0, len(wearables), per)
     ]
     groups = [(hubs[i // per], w) for i, w in enumerate(wearables)]
     for hub, w in groups:
-        hub.response_queue(w.response_topic)
+        w.subscribe(hub)
     hub_tasks = [asyncio.create_task(h.run(stop)) for h in hubs]
     try:
         await asyncio.gather(*(h.wait_connected(args.connect_timeout) for h in hubs))
@@ -243,7 +270,11 @@ async def _run(args: argparse.Namespace) -> int:
         await asyncio.gather(*hub_tasks, return_exceptions=True)
         return ExitCode.FAILURE
     t0 = time.perf_counter()
-    tasks = [asyncio.create_task(w.run(hub, stop, args.records)) for hub, w in groups]
+    wait_acks = not args.no_wait_acks
+    tasks = [
+        asyncio.create_task(w.run(hub, stop, args.records, wait_acks=wait_acks))
+        for hub, w in groups
+    ]
     progress = asyncio.create_task(_progress(wearables, t0, args.quiet))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
@@ -254,6 +285,12 @@ async def _run(args: argparse.Namespace) -> int:
     summary = {
         "devices": len(wearables),
         "records_sent": sum(w.stats.records_sent for w in wearables),
+        "records_acked": sum(w.stats.records_acked for w in wearables),
+        "records_resent": sum(w.stats.records_resent for w in wearables),
+        "records_unacked": sum(w.unacknowledged for w in wearables),
+        "buffer_overflow": sum(w.stats.buffer_overflow for w in wearables),
+        "notices": sum(w.stats.notices for w in wearables),
+        "gave_up": sorted(w.identity.name for w in wearables if w.stats.gave_up),
         "elapsed_s": round(elapsed, 3),
         "handshakes": sum(w.stats.handshakes for w in wearables),
         "handshake_failures": sum(w.stats.handshake_failures for w in wearables),
@@ -329,10 +366,11 @@ async def _progress(wearables: list[Wearable], t0: float, quiet: bool) -> None:
     while not quiet:
         await asyncio.sleep(2.0)
         sent = sum(w.stats.records_sent for w in wearables)
+        acked = sum(w.stats.records_acked for w in wearables)
         sessions = sum(1 for w in wearables if w.session is not None)
         print(
             f"[{time.perf_counter() - t0:6.1f}s] {sessions}/{len(wearables)} sessions, "
-            f"{sent} records sent",
+            f"{sent} records sent, {acked} acknowledged",
             flush=True,
         )
 

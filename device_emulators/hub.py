@@ -38,9 +38,15 @@ class MqttHub:
         self.reconnects = 0
         self.publish_retries = 0
 
-    def response_queue(self, topic: str) -> asyncio.Queue[bytes]:
-        """Messages arriving on `topic` (subscribed on every (re)connection)."""
-        return self._queues.setdefault(topic, asyncio.Queue(maxsize=16))
+    def response_queue(self, topic: str, maxsize: int = 16) -> asyncio.Queue[bytes]:
+        """Messages arriving on `topic` (subscribed on every (re)connection); when full, the
+        oldest message is dropped (`maxsize` is used when the queue is first made)."""
+        return self._queues.setdefault(topic, asyncio.Queue(maxsize=maxsize))
+
+    @property
+    def generation(self) -> int:
+        """Counts successful connections: a change means the hub reconnected."""
+        return self._generation
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = Backoff(0.1, 5.0)

@@ -173,7 +173,16 @@ class ReplayWearable(Wearable):
         self.origin_ms = origin_ms
         self.batches_total = -(-len(beats) // MAX_BEATS)
 
-    async def run(self, hub: MqttHub, stop: asyncio.Event, records: int | None = None) -> None:
+    async def run(
+        self,
+        hub: MqttHub,
+        stop: asyncio.Event,
+        records: int | None = None,
+        *,
+        wait_acks: bool = False,
+    ) -> None:
+        """Send the recording's batches on its clock; RR batches are not acknowledged end to
+        end (yet), so `wait_acks` has nothing to wait for."""
         t0 = time.monotonic()
         for n, (due, batch) in enumerate(batches(self.beats, self.origin_ms)):
             if stop.is_set() or (records is not None and n >= records):

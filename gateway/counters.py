@@ -17,6 +17,9 @@ class CommitCounters:
     rr_beats_stored: int = 0
     rr_beats_duplicate: int = 0
     commits: int = 0
+    commit_failures: int = 0  # commits refused by a full disk or an I/O error, then retried
+    acks_sent: int = 0  # sealed acknowledgements published to wearables
+    retention_deleted: int = 0
 
 
 @dataclass

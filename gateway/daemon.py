@@ -1,5 +1,6 @@
-"""The gateway daemon: wires its parts (MQTT edge, ingest, handshake dispatch, commit pipeline,
-housekeeping, federated learning) and runs them as owned tasks; SIGTERM drains, SIGHUP reloads."""
+"""The gateway daemon: wires its parts (MQTT edge, ingest, handshake dispatch, commit pipeline
+with acknowledgements to wearables, housekeeping, retention, federated learning) and runs them
+as owned tasks; SIGTERM drains, SIGHUP reloads."""
 
 from __future__ import annotations
 
@@ -16,22 +17,26 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config import ConfigError, GatewayConfig
 from gateway.counters import ConnectionCounters
+from gateway.delivery import HandshakeFloors, NoticeLimiter, OutboundMessage
 from gateway.edge import EdgeError, EdgeSettings, Message, MqttEdge
 from gateway.housekeeping import Housekeeping, StatusFile
-from gateway.ingest import Accepted, HandshakeRequest, IngestProcessor, Rejected
+from gateway.ingest import Accepted, Duplicate, HandshakeRequest, IngestProcessor, Rejected
 from gateway.metrics import GatewayCollector
 from gateway.pipeline import CommitPipeline
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
-from gateway.store import VitalsStore
+from gateway.store import StoreUnusableError, VitalsStore
 from pqlink import (
     HandshakeConfig,
     HandshakeResponder,
     Identity,
+    KeyFileError,
     PqlinkError,
     RekeyPolicy,
     load_identity,
     load_registry,
+    parse_init,
 )
+from pqlink.delivery import UnknownSessionNotice
 from pqlink.record import restore_session
 from servicekit.backoff import Backoff
 from servicekit.logs import EventLog
@@ -45,6 +50,10 @@ if TYPE_CHECKING:
     from gateway.federation import FederationClient
 
 _LOG_ONCE_INTERVAL = 60.0
+_LOG_RATE, _LOG_BURST = 5.0, 50  # rejection lines per second over all devices and reasons
+
+EXIT_STORE_UNUSABLE = 5
+"""The store file is unusable: the unit's RestartPreventExitStatus= lists it (see cli)."""
 
 
 class GatewayDaemon:
@@ -63,9 +72,14 @@ class GatewayDaemon:
         self.notifier = notifier
         self.identity = identity or load_identity(config.identity)
         if self.identity.name != config.gateway_id:
-            raise ValueError(
+            raise KeyFileError(
                 f"identity {config.identity} is for {self.identity.name!r}, "
                 f"but gateway.id is {config.gateway_id!r}"
+            )
+        if not config.registry.is_file():
+            raise KeyFileError(
+                f"registry {config.registry} does not exist: enroll the wearables first "
+                "(iomt-gateway enroll, or iomt-emulate enroll)"
             )
         sc = config.sessions
         self.layout = TopicLayout(config.mqtt.topic_prefix, config.gateway_id)
@@ -82,7 +96,7 @@ class GatewayDaemon:
             self.layout,
             self.table,
             max_record_bytes=sc.max_record_bytes,
-            record_limiter=RateLimiter(sc.device_records_per_second, sc.device_burst),
+            failure_limiter=RateLimiter(sc.device_records_per_second, sc.device_burst),
             handshake_limiter=RateLimiter(sc.device_handshakes_per_minute / 60.0, 3),
             plaintext=config.bench.plaintext_records,
         )
@@ -100,12 +114,17 @@ class GatewayDaemon:
         )
         self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="store")
         self._crypto_pool = ThreadPoolExecutor(1, thread_name_prefix="crypto")
+        self.floors = HandshakeFloors()
+        self.notices = NoticeLimiter()
         self.pipeline = CommitPipeline(
             self.store,
             self._store_pool,
             self.table,
             log,
             batch_interval=config.store.batch_interval,
+            layout=self.layout,
+            floors=self.floors,
+            publish=self._publish_all,
         )
         self.federation: FederationClient | None = None
         if config.uplink.amqp_url:
@@ -144,11 +163,16 @@ class GatewayDaemon:
         self._edge: MqttEdge | None = None
         self._ready_sent = False
         self._logged: dict[tuple[str, str], float] = {}
+        self._log_budget = RateLimiter(_LOG_RATE, _LOG_BURST, max_keys=1)
+        self.rejections_unlogged = 0
+        self.notices_sent = 0
+        self._notice_tasks: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _restore_sessions(self) -> None:
+        self.floors.load(self.store.handshake_floors())
         restored = dropped = 0
         for stored in self.store.load_sessions():
             try:
@@ -190,15 +214,33 @@ class GatewayDaemon:
             async with asyncio.TaskGroup() as tg:
                 committer = tg.create_task(self.pipeline.run())
                 chores = tg.create_task(self.housekeeping.run())
+                retention = tg.create_task(self.housekeeping.retention())
                 if self.federation is not None:
                     tg.create_task(self.federation.run(self._stop))
                 await self._connections()
                 committer.cancel()
                 chores.cancel()
+                retention.cancel()
+        except* StoreUnusableError as group:
+            unusable = group.exceptions[0]
+            assert isinstance(unusable, StoreUnusableError)
+            self.log.event(
+                Event.DAEMON_FAILED,
+                level=logging.CRITICAL,
+                reason="store_unusable",
+                file=str(unusable.path),
+                error=unusable.reason,
+                exit_code=EXIT_STORE_UNUSABLE,
+            )
+            code = EXIT_STORE_UNUSABLE
         except* Exception as group:
             for exc in group.exceptions:
-                self.log.event(Event.DAEMON_FAILED, level=logging.CRITICAL, reason=repr(exc))
+                self.log.event(
+                    Event.DAEMON_FAILED, level=logging.CRITICAL, reason=repr(exc), exit_code=1
+                )
             code = 1
+        for task in list(self._notice_tasks):
+            task.cancel()
         await self._drain()
         if metrics is not None:
             metrics.close()
@@ -310,15 +352,27 @@ class GatewayDaemon:
             now = time.monotonic()
             outcome = process(message.topic, message.payload, now, int(time.time() * 1000))
             if isinstance(outcome, Accepted):
-                self.pipeline.record(outcome.row, outcome.beats, (edge, message))
+                self.pipeline.record(
+                    outcome.row, outcome.beats, (edge, message), outcome.session_id
+                )
             elif isinstance(outcome, HandshakeRequest):
                 tg.create_task(self._handshake(edge, message, outcome, now))
+            elif isinstance(outcome, Duplicate):
+                self.pipeline.acknowledge((edge, message))
+                self.pipeline.counters.records_duplicate += 1
             else:
                 self.pipeline.acknowledge((edge, message))
-                self._log_rejection(outcome)
+                if not outcome.quiet:
+                    self._log_rejection(outcome)
+                    if outcome.reason is Reason.UNKNOWN_SESSION and outcome.device_id:
+                        self._answer_unknown_session(outcome.device_id, outcome.session_id, now)
             if len(self.pipeline) >= batch_max:
                 # Back-pressure: stop reading until this batch is on disk.
                 await self.pipeline.flush()
+            if not self.pipeline.store_ok.is_set():
+                # The disk is full: read nothing more (it stays queued at the broker and in
+                # the wearables) until a commit succeeds again.
+                await self.pipeline.store_ok.wait()
 
     async def _handshake(
         self, edge: MqttEdge, message: Message, request: HandshakeRequest, now: float
@@ -338,6 +392,15 @@ class GatewayDaemon:
                 edge,
                 message,
                 Rejected(request.device_id, Reason.WRONG_TOPIC, "init names another device"),
+            )
+            return
+        if not self.floors.admit(request.device_id, parse_init(request.frame).timestamp_ms):
+            # Older than an init this device already used, maybe before our restart (the
+            # in-memory replay cache is empty then): a replay must not evict a live session.
+            self._handshake_failed(
+                edge,
+                message,
+                Rejected(request.device_id, Reason.REPLAY, "init is not newer than the last"),
             )
             return
         entry = SessionEntry(result.session, request.device_id, now, now, dirty=True)
@@ -362,10 +425,43 @@ class GatewayDaemon:
         self.pipeline.acknowledge((edge, message))
         self._log_rejection(rejected, Event.SESSION_REJECTED)
 
+    def _publish_all(self, messages: list[OutboundMessage]) -> None:
+        """Acknowledgements to wearables, on the current connection (a lost one is resent)."""
+        edge = self._edge
+        if edge is not None:
+            for topic, payload in messages:
+                edge.publish(topic, payload)
+
+    def _answer_unknown_session(self, device_id: str, session_id: bytes, now: float) -> None:
+        """Tell the wearable, signed, that we hold no such session, so it handshakes again at
+        once instead of sealing records we must refuse; bounded per session id and overall."""
+        if len(session_id) != 8 or not self.notices.allow(session_id, now):
+            return
+        notice = UnknownSessionNotice(
+            self.config.gateway_id, device_id, session_id, int(time.time() * 1000)
+        )
+        topic = self.layout.topic(TopicKind.NOTICE, device_id)
+
+        async def send() -> None:
+            loop = asyncio.get_running_loop()
+            frame = await loop.run_in_executor(self._crypto_pool, notice.sign, self.identity)
+            edge = self._edge
+            if edge is not None:
+                self.notices_sent += 1
+                edge.publish(topic, frame)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._notice_tasks.add(task)
+        task.add_done_callback(self._notice_tasks.discard)
+
     def _log_rejection(self, rejected: Rejected, event: Event = Event.RECORD_REJECTED) -> None:
         key = (rejected.device_id or "-", rejected.reason.value)
         now = time.monotonic()
         if now - self._logged.get(key, -_LOG_ONCE_INTERVAL) < _LOG_ONCE_INTERVAL:
+            return
+        # Per key, then overall: rotating device ids in topics must not fill the journal.
+        if not self._log_budget.allow("*", now):
+            self.rejections_unlogged += 1
             return
         if len(self._logged) > 10_000:
             self._logged.clear()
@@ -389,6 +485,7 @@ class GatewayDaemon:
             "started_at": self.started_at,
             "updated_at": time.time(),
             "connected": self._edge is not None,
+            "store": self.pipeline.store_state,
             "sessions": len(self.table),
             "records_accepted": self.processor.accepted,
             "records_stored": commits.records_stored,
@@ -397,6 +494,13 @@ class GatewayDaemon:
             "rr_beats_duplicate": commits.rr_beats_duplicate,
             **self.counters.status(),
             "commits": commits.commits,
+            "commit_failures": commits.commit_failures,
+            "acks_sent": commits.acks_sent,
+            "retention_deleted": commits.retention_deleted,
+            "notices_sent": self.notices_sent,
+            "notices_suppressed": self.notices.suppressed,
+            "rejections_unlogged": self.rejections_unlogged,
+            "records_over_failure_budget": self.processor.over_budget,
             "rejected": dict(sorted(rejected.items())),
             "federation": self.federation.status() if self.federation is not None else None,
         }
@@ -404,6 +508,8 @@ class GatewayDaemon:
     def status_line(self) -> str:
         rejected = sum(self.processor.rejected.values()) + sum(self.counters.rejected.values())
         state = "connected" if self._edge is not None else "connecting"
+        if self.pipeline.store_state != "ok":
+            state += f", store {self.pipeline.store_state}: not acknowledging"
         return (
             f"{state}; {len(self.table)} sessions; {self.pipeline.counters.records_stored} "
             f"records stored; {rejected} rejected"

@@ -1,5 +1,5 @@
-"""The bounded session table (expiry, eviction, per-device limits) and the per-device token
-buckets that keep one flooding device from starving the others."""
+"""The bounded session table (expiry, eviction, per-device limits) and the per-key token
+buckets that bound what unauthenticated input may cost (logs, answers, handshakes)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,10 @@ class SessionTable:
         if entry is not None:
             self._by_id.move_to_end(session_id)
         return entry
+
+    def peek(self, session_id: bytes) -> SessionEntry | None:
+        """The entry without marking it used (for the gateway's own messages)."""
+        return self._by_id.get(session_id)
 
     def add(self, entry: SessionEntry, now: float) -> list[SessionEntry]:
         """Insert; return the entries removed to make room (to drop from the store)."""

@@ -1,5 +1,6 @@
-"""Training windows kept between rounds: each device's feature windows and its last stored
-sequence number, so a round reads only the rows stored since the previous one."""
+"""Training windows kept between rounds: each device's feature windows and the store's
+insertion cursor when they were read, so a round reads only the rows stored since the previous
+one (a wearable's seq restarts after a reboot; the cursor never goes back)."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class _WindowBuffer:
 @dataclass
 class _Device:
     windows: _WindowBuffer
-    last_seq: int | None = None
+    cursor: int | None = None  # the store's insertion cursor when this device was last read
     # Rows after the last cut window: fewer than WINDOW, so the next window can start there.
     pending: list[SampleRow] = field(default_factory=list)
 
@@ -125,23 +126,25 @@ class WindowCache:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         oldest = now_ms - self.store.retention_ms
         read = added = 0
+        # Only this thread writes the store, so no row arrives between here and the reads.
+        cursor = self.store.insertion_cursor()
         for device_id in self.store.devices():
             dev = self._devices.get(device_id)
             if dev is None:
                 dev = self._devices[device_id] = _Device(_WindowBuffer(self.keep_per_device))
-            if dev.last_seq is None:
+            if dev.cursor is None:
                 # First sight: only the history a round may use at all.
                 rows = self.store.sample_rows(device_id, limit=self.max_samples_per_device)
             else:
                 rows = self.store.sample_rows_after(
-                    device_id, dev.last_seq, limit=self.max_samples_per_device
+                    device_id, dev.cursor, limit=self.max_samples_per_device
                 )
                 if len(rows) == self.max_samples_per_device:
                     dev.pending = []  # more arrived than is kept: the older rows are not read
+            dev.cursor = cursor
             if not rows:
                 continue
             read += len(rows)
-            dev.last_seq = rows[-1][0]
             added += self._cut(dev, dev.pending + rows)
         for dev in self._devices.values():  # also devices whose rows are all gone
             dev.windows.forget_before(oldest)

@@ -5,7 +5,9 @@ Ascon-AEAD128, ML-KEM / ML-DSA wrappers, handshake, record layer, envelopes, ide
 from pqlink._codec import ID_PATTERN, MAX_ID_LEN, check_identifier
 from pqlink._errors import (
     AuthenticationError,
+    ClockSkewError,
     DecodeError,
+    DuplicateError,
     ErrorReason,
     KeyFileError,
     LocalProtocolError,
@@ -56,8 +58,10 @@ __all__ = [
     "ID_PATTERN",
     "MAX_ID_LEN",
     "AuthenticationError",
+    "ClockSkewError",
     "ContentType",
     "DecodeError",
+    "DuplicateError",
     "EnvelopeMetadata",
     "ErrorReason",
     "HandshakeConfig",

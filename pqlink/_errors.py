@@ -118,6 +118,18 @@ class ReplayError(RemoteProtocolError):
     default_reason = ErrorReason.REPLAY
 
 
+class DuplicateError(ReplayError):
+    """A record with this counter was already received in this session (a redelivery)."""
+
+    default_reason = ErrorReason.DUPLICATE
+
+
+class ClockSkewError(ReplayError):
+    """A timestamp is further from our clock than the allowed skew (stale or from the future)."""
+
+    default_reason = ErrorReason.CLOCK_SKEW
+
+
 class NegotiationError(RemoteProtocolError):
     """No common version or suite, or a negotiated value the initiator never offered."""
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pqlink._codec import Reader, Writer
 from pqlink._errors import (
     AuthenticationError,
+    ClockSkewError,
     DecodeError,
     ErrorReason,
     LocalProtocolError,
@@ -468,7 +469,7 @@ class HandshakeResponder:
         skew = self.config.max_clock_skew
         age = wall - msg.timestamp_ms / 1000
         if abs(age) > skew:
-            raise ReplayError(
+            raise ClockSkewError(
                 f"handshake init timestamp is {age:+.3f} s off (limit {skew:.0f} s)",
                 reason=ErrorReason.CLOCK_SKEW,
             )

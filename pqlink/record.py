@@ -17,6 +17,7 @@ from pqlink._ascon import encrypt as _ascon_encrypt
 from pqlink._errors import (
     AuthenticationError,
     DecodeError,
+    DuplicateError,
     ErrorReason,
     LocalProtocolError,
     ReplayError,
@@ -100,7 +101,7 @@ class ReplayWindow:
                 reason=ErrorReason.OUTSIDE_WINDOW,
             )
         if (self._mask >> behind) & 1:
-            raise ReplayError(
+            raise DuplicateError(
                 f"record counter {counter} was already received", reason=ErrorReason.DUPLICATE
             )
 

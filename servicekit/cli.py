@@ -33,6 +33,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad usage or configuration
     KEYS = 3  # key or registry problem
     NOT_RUNNING = 4  # `status`: the daemon is not running or its status is stale
+    STORE = 5  # the gateway's store file is unusable: `iomt-gateway store recover`
 
 
 def run_main(prog: str, body: Callable[[], int], *, os_errors_fail: bool = False) -> int:

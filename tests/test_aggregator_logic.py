@@ -4,6 +4,7 @@ wrong shape, NaN, oversized), worker partials, and exactly-once rounds that surv
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +288,31 @@ def test_example_aggregator_config_shows_the_defaults() -> None:
         precision_bits=16,
     )
     assert dataclasses.replace(parsed, training=minimal.training) == minimal
+
+
+def test_round_history_is_bounded_by_keep_rounds(tmp_path: Path) -> None:
+    keep = 5
+    coord = RoundCoordinator(
+        tmp_path / "c.db",
+        FedAvg(),
+        RoundPolicy(1, 30.0),
+        np.zeros(N, np.float32),
+        keep_rounds=keep,
+    )
+    for r in range(1, 41):
+        coord.accept(_partial(r, ("gw-01", 10, 0.01)))
+        coord.close_round(CloseReason.QUORUM)
+    db = sqlite3.connect(tmp_path / "c.db")
+    closed = [row[0] for row in db.execute("SELECT round FROM rounds WHERE closed IS NOT NULL")]
+    models = [row[0] for row in db.execute("SELECT version FROM models ORDER BY 1")]
+    contributions = db.execute("SELECT count(*) FROM contributions").fetchone()[0]
+    db.close()
+    assert closed == list(range(36, 41))  # exactly `keep` closed rounds
+    assert models == list(range(36, 41))
+    assert contributions == keep
+    coord.close()
+    again = RoundCoordinator(
+        tmp_path / "c.db", FedAvg(), RoundPolicy(1, 30.0), np.zeros(N, np.float32)
+    )
+    assert (again.round, again.version) == (41, 40)  # the newest model survives pruning
+    assert np.allclose(again.weights, 0.4)

@@ -1,18 +1,34 @@
-"""The SQLite store and the session table: dedupe, atomic session state, retention, bounds."""
+"""The SQLite store and the session table: dedupe by boot epoch, atomic session state,
+bounded retention, typed errors for broken files and full disks, recovery, bounds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
 from gateway.spool import Spool
-from gateway.store import StoredSession, VitalsStore, vitals_row
+from gateway.store import (
+    SCHEMA_VERSION,
+    RetentionStep,
+    StoredSession,
+    StoreFullError,
+    StoreUnusableError,
+    VitalsStore,
+    recover_store,
+    rr_beat_rows,
+    vitals_row,
+)
 from pqlink import HandshakeInitiator, HandshakeResponder, Session
+from wire.rr import BeatClass, Rhythm, RRBatch, RRBeat
 from wire.vitals import Activity, EventLabel, VitalsSample
 
 from .conftest import Parties
@@ -108,10 +124,37 @@ def test_store_and_spool_close_their_file_on_exit_and_on_a_bad_file(tmp_path: Pa
     # Not a database: the constructor fails, and its handle is closed, not left to the collector.
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database, " * 256)
-    for opener in (VitalsStore, Spool):
-        with pytest.raises(sqlite3.DatabaseError, match="not a database"):
+    # (the store names the file as unusable; the spool passes SQLite's own error on)
+    openers: list[tuple[Callable[[Path], object], type[Exception]]] = [
+        (VitalsStore, StoreUnusableError),
+        (Spool, sqlite3.DatabaseError),
+    ]
+    for opener, error in openers:
+        with pytest.raises(error, match="not a database"):
             opener(junk)
         assert _open_handles(junk) == 0
+
+
+def test_retention_prunes_old_rr_beats_in_bounded_steps(tmp_path: Path) -> None:
+    store = VitalsStore(tmp_path / "v.db", retention_days=1)
+    day = 86_400_000
+    now = 10 * day
+    old = RRBatch(
+        0,
+        now - 3 * day,
+        tuple(RRBeat(i * 800, 800, Rhythm.NORMAL, BeatClass.NORMAL) for i in range(30)),
+    )
+    new = RRBatch(
+        1,
+        now - day // 2,
+        tuple(RRBeat(i * 800, 800, Rhythm.NORMAL, BeatClass.NORMAL) for i in range(5)),
+    )
+    beats = [*rr_beat_rows("strap", old, 1), *rr_beat_rows("strap", new, 1)]
+    assert store.commit_all([], beats) == (0, 35)
+    steps = [store.retention_step(now, limit=20), store.retention_step(now, limit=20)]
+    assert steps == [RetentionStep(20, done=False), RetentionStep(10, done=True)]
+    assert [ts for ts, *_ in store.beat_rows("strap")] == [new.start_ms + i * 800 for i in range(5)]
+    store.close()
 
 
 def _session(parties: Parties) -> Session:
@@ -152,3 +195,159 @@ def test_rate_limiter_isolates_devices() -> None:
     for key in "abc":
         bounded.allow(key, 0.0)
     assert len(bounded._buckets) == 2
+
+
+def _v1_store(path: Path, rows: int) -> None:
+    """A store in the first schema: vitals keyed by (device, seq), no boot epoch."""
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE vitals (device_id TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER "
+        "NOT NULL, heart_rate REAL, spo2 REAL, skin_temp REAL, accel REAL, activity INTEGER "
+        "NOT NULL, label INTEGER NOT NULL, received_ms INTEGER NOT NULL, PRIMARY KEY "
+        "(device_id, seq)) WITHOUT ROWID; CREATE INDEX vitals_ts ON vitals (ts_ms);"
+        "CREATE TABLE sessions (session_id BLOB PRIMARY KEY, device_id TEXT NOT NULL, "
+        "state BLOB NOT NULL, updated_ms INTEGER NOT NULL);"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    )
+    db.executemany(
+        "INSERT INTO vitals VALUES ('dev-1', ?, ?, 70.5, 97.25, 33.1, 1.02, 1, 0, 1)",
+        [(i, 1_700_000_000_000 + i * 1000) for i in range(rows)],
+    )
+    db.commit()
+    db.close()
+
+
+def test_old_store_migrates_and_a_rebooted_counter_is_new(tmp_path: Path) -> None:
+    _v1_store(tmp_path / "v.db", 10)
+    store = VitalsStore(tmp_path / "v.db")
+    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert store.samples("dev-1") == [_sample(i) for i in range(10)]
+    # the wearable rebooted: its counter starts at 0 again under a new epoch
+    fresh = [
+        vitals_row("dev-1", replace(_sample(i, 1_800_000_000_000), epoch=42), 1) for i in range(3)
+    ]
+    assert store.commit(fresh) == 3
+    assert store.commit(fresh[:1]) == 0  # the same (device, epoch, seq) once only
+    assert store.count("dev-1") == 13
+    store.close()
+
+
+def test_schema_2_store_migrates_and_the_cursor_counts_on(tmp_path: Path) -> None:
+    """A store of the second schema (keyed by boot epoch, no insertion number) gets one
+    number per row in time order; new rows are numbered after them."""
+    db = sqlite3.connect(tmp_path / "v.db")
+    db.executescript(
+        "CREATE TABLE vitals (device_id TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT "
+        "NULL, ts_ms INTEGER NOT NULL, heart_rate REAL, spo2 REAL, skin_temp REAL, accel REAL, "
+        "activity INTEGER NOT NULL, label INTEGER NOT NULL, received_ms INTEGER NOT NULL, "
+        "PRIMARY KEY (device_id, epoch, seq)) WITHOUT ROWID;"
+        "CREATE INDEX vitals_ts ON vitals (ts_ms);"
+        "CREATE INDEX vitals_device_ts ON vitals (device_id, ts_ms);"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema', '2');"
+    )
+    db.executemany(
+        "INSERT INTO vitals VALUES ('dev-1', 7, ?, ?, 70.5, 97.25, 33.1, 1.02, 1, 0, 1)",
+        [(i, 1_700_000_000_000 + i * 1000) for i in range(5)],
+    )
+    db.commit()
+    db.close()
+    store = VitalsStore(tmp_path / "v.db")
+    assert store.schema_version() == SCHEMA_VERSION
+    assert [replace(s, epoch=0) for s in store.samples("dev-1")] == [_sample(i) for i in range(5)]
+    assert store.insertion_cursor() == 5
+    assert store.commit([vitals_row("dev-1", replace(_sample(0), epoch=8), 1)]) == 1
+    assert [r[:2] for r in store.sample_rows_after("dev-1", 5)] == [(0, 1_700_000_000_000)]
+    assert store.commit([vitals_row("dev-1", replace(_sample(1), epoch=7), 1)]) == 0
+    store.close()
+
+
+def test_unusable_files_raise_the_typed_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database" * 200)
+    with pytest.raises(StoreUnusableError, match="SQLITE_NOTADB") as caught:
+        VitalsStore(garbage)
+    assert caught.value.path == garbage
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(StoreUnusableError, match="is a directory"):
+        VitalsStore(tmp_path / "dir.db")
+    truncated = tmp_path / "truncated.db"
+    store = VitalsStore(truncated)
+    store.commit([vitals_row(f"dev-{i % 7}", _sample(i), 1) for i in range(20_000)])
+    store.close()
+    size = truncated.stat().st_size
+    with truncated.open("r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(StoreUnusableError, match="SQLITE_CORRUPT"):
+        VitalsStore(truncated)
+
+
+def test_recover_moves_the_broken_file_aside(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    path.write_bytes(b"garbage" * 1000)
+    (tmp_path / "v.db-wal").write_bytes(b"wal")
+    aside = recover_store(path, now=0)
+    assert aside.name == "v.db.broken-19700101T000000Z"
+    assert aside.read_bytes() == b"garbage" * 1000
+    assert (tmp_path / "v.db.broken-19700101T000000Z-wal").read_bytes() == b"wal"
+    store = VitalsStore(path)
+    assert store.count() == 0
+    store.close()
+
+
+def test_retention_runs_in_bounded_steps_and_truncates_the_wal(tmp_path: Path) -> None:
+    day = 86_400_000
+    now = 100 * day
+    store = VitalsStore(tmp_path / "v.db", retention_days=1, max_rows=3_000)
+    old = [vitals_row("a", _sample(i, now - 3 * day), 1) for i in range(12_000)]
+    new = [vitals_row("b", _sample(i, now - day // 2), 1) for i in range(4_000)]
+    store.commit(old + new)
+    steps: list[RetentionStep] = []
+    while not steps or not steps[-1].done:
+        steps.append(store.retention_step(now, limit=5_000))
+    # 12,000 too old, then 1,000 over max_rows: never more than 5,000 rows in one step
+    assert [s.deleted for s in steps] == [5_000, 5_000, 3_000]
+    assert store.count() == 3_000
+    assert store.samples("b")[0].seq == 1_000  # the oldest went first
+    assert (tmp_path / "v.db-wal").stat().st_size > 0
+    store.checkpoint()
+    assert (tmp_path / "v.db-wal").stat().st_size == 0
+    assert store.retention_step(now) == RetentionStep(0, done=True)
+
+
+def test_handshake_floors_commit_with_the_sessions(tmp_path: Path) -> None:
+    store = VitalsStore(tmp_path / "v.db")
+    store.commit([], handshake_floors={"dev-1": 5, "dev-2": 9})
+    store.commit([], handshake_floors={"dev-1": 3})  # never lowered
+    store.close()
+    assert VitalsStore(tmp_path / "v.db").handshake_floors() == {"dev-1": 5, "dev-2": 9}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a real full disk (ENOSPC), not a simulated one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_disk_full_is_reported_as_such_and_recovers(small_disk: Path) -> None:
+    store = VitalsStore(small_disk / "v.db")
+    filler = small_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    rows = [vitals_row("dev-1", _sample(i), 1) for i in range(5_000)]
+    with pytest.raises(StoreFullError, match="database or disk is full") as caught:
+        store.commit(rows)
+    assert "cannot rollback" not in str(caught.value)
+    assert store.count() == 0  # nothing half-committed
+    filler.unlink()
+    assert store.commit(rows) == 5_000
+    store.close()

@@ -11,6 +11,7 @@ import pytest
 
 from pqlink import (
     AuthenticationError,
+    ClockSkewError,
     DecodeError,
     ErrorReason,
     HandshakeConfig,
@@ -110,7 +111,7 @@ def test_default_skew_probed_at_its_value_and_one_ms_beyond(
     if ok:
         assert responder.respond(frame, now=T0 + offset).session.peer == parties.sensor.public
     else:
-        _raises(ReplayError, ErrorReason.CLOCK_SKEW, responder.respond, frame, T0 + offset)
+        _raises(ClockSkewError, ErrorReason.CLOCK_SKEW, responder.respond, frame, T0 + offset)
         assert len(responder.replay_cache) == 0  # nothing remembered for a refused init
 
 
@@ -120,14 +121,14 @@ def test_configured_skew_probed_exactly(parties: Parties, skew: float) -> None:
     frame = _init(parties)
     _responder(parties, config).respond(frame, now=T0 + skew)
     _raises(
-        ReplayError,
+        ClockSkewError,
         ErrorReason.CLOCK_SKEW,
         _responder(parties, config).respond,
         frame,
         T0 + skew + 0.001,
     )
     _raises(
-        ReplayError,
+        ClockSkewError,
         ErrorReason.CLOCK_SKEW,
         _responder(parties, config).respond,
         frame,

@@ -76,7 +76,7 @@ def test_gateway_metrics_over_http(tmp_path: Path, mosquitto: Mosquitto) -> None
     try:
         daemon.wait_connected()
         emulator = EmulatorProcess(setup, mosquitto.port, 3, 40, 50.0)
-        emulator.wait(60)
+        emulator.wait(180)
         wait_until(lambda: stored_count(setup) == 120, 30, "all 120 records stored")
         asyncio.run(_garbage(mosquitto.port, f"iomt/gw-01/rec/{device_name('wearable', 1)}", 3))
         wait_until(
@@ -116,6 +116,7 @@ def test_gateway_refuses_to_start_on_a_taken_metrics_port(
         taken.listen()
         port = taken.getsockname()[1]
         setup = make_gateway(tmp_path / "gw", mosquitto.port, extra=f"[metrics]\nport = {port}\n")
+        enroll(setup, 1)
         daemon = DaemonProcess(setup)
         try:
             code = daemon.proc.wait(30)

@@ -3,14 +3,17 @@ nothing else, and no mutated frame is ever accepted."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aggregator.partials import Partial, PartialError
 from pqlink import (
     ContentType,
+    DecodeError,
     HandshakeInitiator,
     HandshakeResponder,
     PqlinkError,
@@ -21,6 +24,9 @@ from pqlink import (
     peek_session_id,
     seal_envelope,
 )
+from pqlink.delivery import DeliveryAck
+from wire.fl import GlobalModel, ModelUpdate
+from wire.vitals import VitalsSample
 
 from .conftest import Parties
 
@@ -65,6 +71,10 @@ DECODERS: dict[str, Callable[[bytes], object]] = {
     "response": parse_response,
     "envelope": peek_envelope,
     "record": peek_session_id,
+    "vitals": VitalsSample.decode,
+    "model_update": ModelUpdate.decode,
+    "global_model": GlobalModel.decode,
+    "delivery_ack": DeliveryAck.decode,
 }
 
 
@@ -146,3 +156,39 @@ def test_mutated_envelope_is_never_accepted(parties: Parties, data: st.DataObjec
     bad = data.draw(mutations(frame))
     with pytest.raises(PqlinkError):
         open_envelope(bad, parties.aggregator, parties.gateway_registry())
+
+
+def _nested(magic: bytes, depth: int) -> bytes:
+    blob = b"[" * depth + b"]" * depth
+    return struct.pack(">4sII", magic, 0, len(blob)) + blob
+
+
+@pytest.mark.parametrize(
+    ("decoder", "magic"), [(ModelUpdate.decode, b"IMU1"), (GlobalModel.decode, b"IMG1")]
+)
+def test_deeply_nested_metadata_is_a_decode_error(
+    decoder: Callable[[bytes], object], magic: bytes
+) -> None:
+    # 30,000 levels fit in the 64 KiB metadata limit and blow the JSON parser's recursion
+    # limit: that must be the typed error, not a RecursionError that kills a worker.
+    with pytest.raises(DecodeError, match="not JSON"):
+        decoder(_nested(magic, 30_000))
+
+
+@SETTINGS
+@given(data=st.binary(max_size=3000), count=st.integers(0, 64))
+def test_partial_sums_raise_only_their_typed_error(data: bytes, count: int) -> None:
+    """'rejected' for PartialError; any other exception propagates and fails the test."""
+    try:
+        Partial.decode(data, count)
+    except PartialError:
+        outcome = "rejected"
+    else:
+        outcome = "decoded"
+    assert outcome in {"decoded", "rejected"}
+
+
+def test_deeply_nested_partial_header_is_a_partial_error() -> None:
+    blob = b"[" * 30_000 + b"]" * 30_000
+    with pytest.raises(PartialError):
+        Partial.decode(struct.pack(">I", len(blob)) + blob, 4)

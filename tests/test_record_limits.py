@@ -12,6 +12,7 @@ import pytest
 from pqlink import (
     AuthenticationError,
     DecodeError,
+    DuplicateError,
     ErrorReason,
     HandshakeConfig,
     HandshakeInitiator,
@@ -79,7 +80,7 @@ def test_window_edges_1023_and_1024_behind() -> None:
     _raises(ReplayError, ErrorReason.OUTSIDE_WINDOW, w.check, 5000 - 1024)
     _raises(ReplayError, ErrorReason.OUTSIDE_WINDOW, w.check, 0)
     w.accept(5000 - 1023)
-    _raises(ReplayError, ErrorReason.DUPLICATE, w.check, 5000 - 1023)
+    _raises(DuplicateError, ErrorReason.DUPLICATE, w.check, 5000 - 1023)
     w.check(5001)
     w.check(4999)
 
@@ -90,13 +91,13 @@ def test_window_keeps_history_when_it_moves_by_less_than_its_size() -> None:
         w.accept(c)
     w.accept(60)  # moves by 55
     for c in (1, 2, 5, 60):
-        _raises(ReplayError, ErrorReason.DUPLICATE, w.check, c)
+        _raises(DuplicateError, ErrorReason.DUPLICATE, w.check, c)
     for c in (3, 4, 6, 59, 61):
         w.check(c)
     w.accept(66)  # 0 and 1 fall out (66 and 65 behind); 2 is 64 behind: outside too
     _raises(ReplayError, ErrorReason.OUTSIDE_WINDOW, w.check, 2)
-    _raises(ReplayError, ErrorReason.DUPLICATE, w.check, 5)
-    _raises(ReplayError, ErrorReason.DUPLICATE, w.check, 60)
+    _raises(DuplicateError, ErrorReason.DUPLICATE, w.check, 5)
+    _raises(DuplicateError, ErrorReason.DUPLICATE, w.check, 60)
     w.check(3)  # 63 behind, never seen
     assert w.highest == 66
 
@@ -105,16 +106,16 @@ def test_window_marks_the_newest_after_a_jump_beyond_its_size() -> None:
     w = ReplayWindow(16)
     w.accept(3)
     w.accept(1000)  # jump of 997 > 16: history is gone, the newest is recorded
-    _raises(ReplayError, ErrorReason.DUPLICATE, w.check, 1000)
+    _raises(DuplicateError, ErrorReason.DUPLICATE, w.check, 1000)
     w.check(999)
     w.check(985)
     _raises(ReplayError, ErrorReason.OUTSIDE_WINDOW, w.check, 984)
     w.accept(1016)  # a jump of exactly the size: 1000 is now 16 behind, outside
-    _raises(ReplayError, ErrorReason.DUPLICATE, w.check, 1016)
+    _raises(DuplicateError, ErrorReason.DUPLICATE, w.check, 1016)
     _raises(ReplayError, ErrorReason.OUTSIDE_WINDOW, w.check, 1000)
     w.accept(1031)  # a jump of size-1 keeps 1016 (15 behind)
-    _raises(ReplayError, ErrorReason.DUPLICATE, w.check, 1016)
-    _raises(ReplayError, ErrorReason.DUPLICATE, w.check, 1031)
+    _raises(DuplicateError, ErrorReason.DUPLICATE, w.check, 1016)
+    _raises(DuplicateError, ErrorReason.DUPLICATE, w.check, 1031)
     w.check(1030)
 
 
@@ -124,7 +125,7 @@ def test_window_takes_a_jump_across_the_whole_counter_space() -> None:
     w.accept(0)
     w.accept(1)
     w.accept(LAST_COUNTER)
-    _raises(ReplayError, ErrorReason.DUPLICATE, w.check, LAST_COUNTER)
+    _raises(DuplicateError, ErrorReason.DUPLICATE, w.check, LAST_COUNTER)
     _raises(ReplayError, ErrorReason.OUTSIDE_WINDOW, w.check, 1)
     w.check(LAST_COUNTER - 1)
     assert w.highest == LAST_COUNTER
@@ -134,7 +135,7 @@ def test_window_late_accept_sets_only_its_own_bit() -> None:
     w = ReplayWindow(8)
     w.accept(10)
     w.accept(7)
-    _raises(ReplayError, ErrorReason.DUPLICATE, w.check, 7)
+    _raises(DuplicateError, ErrorReason.DUPLICATE, w.check, 7)
     for c in (3, 4, 5, 6, 8, 9):
         w.check(c)
     _raises(ReplayError, ErrorReason.OUTSIDE_WINDOW, w.check, 2)
@@ -145,9 +146,9 @@ def test_sessions_replay_at_the_window_edge(parties: Parties) -> None:
     frames = [client.seal(b"%d" % i, TOPIC, now=0.0) for i in range(1026)]
     assert server.open(frames[1025], TOPIC) == b"1025"
     assert server.open(frames[2], TOPIC) == b"2"  # 1023 behind
-    _raises(ReplayError, ErrorReason.DUPLICATE, server.open, frames[2], TOPIC)
+    _raises(DuplicateError, ErrorReason.DUPLICATE, server.open, frames[2], TOPIC)
     _raises(ReplayError, ErrorReason.OUTSIDE_WINDOW, server.open, frames[1], TOPIC)  # 1024
-    _raises(ReplayError, ErrorReason.DUPLICATE, server.open, frames[1025], TOPIC)
+    _raises(DuplicateError, ErrorReason.DUPLICATE, server.open, frames[1025], TOPIC)
     assert server.window.size == 1024
 
 

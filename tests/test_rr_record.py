@@ -64,7 +64,7 @@ def test_vitals_kind_still_decodes() -> None:
     assert decode_record(sample.encode()) == sample
 
 
-@pytest.mark.parametrize("kind", [0, 3, 255])
+@pytest.mark.parametrize("kind", [0, 4, 255])  # 1 and 3 are vitals, 2 is an RR batch
 def test_unknown_kind_is_a_decode_error(kind: int) -> None:
     with pytest.raises(DecodeError, match=f"record kind {kind}"):
         decode_record(bytes([kind]) + bytes(30))

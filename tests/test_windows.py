@@ -3,6 +3,7 @@ read, per-device history and per-round budget bounds, retention followed."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,26 @@ def test_nothing_new_reads_nothing(store: VitalsStore) -> None:
     assert (again.rows_read, again.windows_added, again.windows_held) == (0, 0, 2)
 
 
+def test_rows_after_a_reboot_are_read(store: VitalsStore) -> None:
+    """A rebooted wearable starts its seq at 0 again under a new boot epoch: the cache still
+    reads its new rows, and makes the windows a full rebuild makes."""
+    ts = _timestamps(300)
+    cache = WindowCache(store, max_samples_per_device=10_000, max_windows=10_000)
+    store.commit([vitals_row("dev-a", _sample(s, ts[s]), 1) for s in range(150)])
+    assert cache.refresh(now_ms=T0).rows_read == 150
+    rebooted = [
+        vitals_row("dev-a", dataclasses.replace(_sample(s - 150, ts[s]), epoch=2), 1)
+        for s in range(150, 300)
+    ]
+    store.commit(rebooted)
+    assert cache.refresh(now_ms=T0).rows_read == 150
+    x_full, y_full = build_windows(store.sample_rows("dev-a"))
+    x, y = cache.training_set()
+    assert len(y_full) == 8
+    np.testing.assert_array_equal(x, x_full)
+    np.testing.assert_array_equal(y, y_full)
+
+
 def test_history_per_device_is_bounded(store: VitalsStore) -> None:
     ts = [T0 + 1000 * i for i in range(400)]
     _fill(store, "dev-a", range(400), ts)
@@ -155,13 +176,16 @@ def test_bounds_are_checked(store: VitalsStore) -> None:
         WindowCache(store, max_samples_per_device=WINDOW - 1, max_windows=1)
 
 
-def test_rows_after_a_sequence_number(store: VitalsStore) -> None:
+def test_rows_after_an_insertion_cursor(store: VitalsStore) -> None:
     ts = [T0 + 1000 * k for k in range(10)]
-    _fill(store, "dev-a", range(10), ts)
+    assert store.insertion_cursor() == 0
+    _fill(store, "dev-a", range(7), ts)
+    cursor = store.insertion_cursor()
     _fill(store, "dev-b", range(3), ts)
-    assert [r[0] for r in store.sample_rows_after("dev-a", 6)] == [7, 8, 9]
-    assert [r[0] for r in store.sample_rows_after("dev-a", 6, limit=2)] == [8, 9]
-    assert store.sample_rows_after("dev-a", 9) == []
+    _fill(store, "dev-a", range(7, 10), ts)
+    assert [r[0] for r in store.sample_rows_after("dev-a", cursor)] == [7, 8, 9]
+    assert [r[0] for r in store.sample_rows_after("dev-a", cursor, limit=2)] == [8, 9]
+    assert store.sample_rows_after("dev-a", store.insertion_cursor()) == []
     with pytest.raises(ValueError, match="limit must be >= 0, got -1"):
         store.sample_rows_after("dev-a", 0, limit=-1)
 

@@ -192,7 +192,7 @@ class UnsealedCodec:
         start = len(_UNSEALED) + _LEN.size
         try:
             meta = json.loads(frame[start : start + n])
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise DecodeError(f"unsealed frame: {exc}") from None
         if not isinstance(meta, dict):
             raise DecodeError("unsealed frame: metadata is not an object")

@@ -120,8 +120,9 @@ def _decode(magic: bytes, data: bytes, what: str) -> tuple[bytes, int, dict[str,
         raise DecodeError(f"{what}: length {len(data)} does not match its header")
     try:
         meta = json.loads(data[end:])
-    except ValueError as exc:
-        raise DecodeError(f"{what}: metadata is not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: deeply nested JSON must be this typed error, not kill a worker.
+        raise DecodeError(f"{what}: metadata is not JSON ({type(exc).__name__})") from None
     if not isinstance(meta, dict):
         raise DecodeError(f"{what}: metadata is not an object")
     return data[_HEAD.size : end], count, meta

@@ -7,6 +7,7 @@ import enum
 
 from pqlink import (
     AuthenticationError,
+    ClockSkewError,
     NegotiationError,
     PqlinkError,
     ReplayError,
@@ -70,6 +71,7 @@ class Event(enum.StrEnum):
     REGISTRY_RELOAD_FAILED = "registry_reload_failed"
     REGISTRY_RELOADED = "registry_reloaded"
     RETENTION_APPLIED = "retention_applied"
+    RETENTION_FAILED = "retention_failed"
     ROUND_DEFERRED = "round_deferred"
     ROUND_SKIPPED = "round_skipped"
     ROUND_TRAINED = "round_trained"
@@ -80,6 +82,9 @@ class Event(enum.StrEnum):
     SESSION_REJECTED = "session_rejected"
     SESSIONS_RESTORED = "sessions_restored"
     STORE_FAILED = "store_failed"
+    STORE_FULL = "store_full"
+    STORE_IO_FAILED = "store_io_failed"
+    STORE_RESUMED = "store_resumed"
     UPDATE_CONFIRMED = "update_confirmed"
     UPLINK_CONNECTED = "uplink_connected"
     UPLINK_DISCONNECTED = "uplink_disconnected"
@@ -93,6 +98,7 @@ def reason_for(exc: PqlinkError) -> Reason:
         (UnknownPeerError, Reason.UNENROLLED),
         (SignatureError, Reason.BAD_SIGNATURE),
         (AuthenticationError, Reason.TAMPERED),
+        (ClockSkewError, Reason.EXPIRED),
         (ReplayError, Reason.REPLAY),
         (NegotiationError, Reason.NEGOTIATION),
         (SessionExpiredError, Reason.EXPIRED),

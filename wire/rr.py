@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 
 from pqlink import DecodeError
-from wire.vitals import VITALS_VERSION, VitalsSample
+from wire.vitals import VITALS_V1, VITALS_VERSION, VitalsSample
 
 RR_KIND = 2
 _LEAD = struct.Struct(">BB")
@@ -164,7 +164,7 @@ def decode_record(data: bytes) -> VitalsSample | RRBatch:
     """The plaintext of a record as whichever kind its first byte names."""
     if not data:
         raise DecodeError("empty record payload")
-    if data[0] == VITALS_VERSION:
+    if data[0] in (VITALS_V1, VITALS_VERSION):
         return VitalsSample.decode(data)
     if data[0] == RR_KIND:
         return RRBatch.decode(data)

@@ -1,6 +1,7 @@
 """MQTT topic layout shared by wearables and gateways: <prefix>/<gateway>/<kind>/<device>.
 
-Kinds: `hs` handshake init (wearable to gateway), `hsr` handshake response, `rec` records."""
+Kinds: `hs` handshake init (wearable to gateway), `hsr` handshake response, `rec` records,
+`ack` delivery acknowledgements and `nos` unknown-session notices (gateway to wearable)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ class TopicKind(enum.StrEnum):
     HANDSHAKE = "hs"
     RESPONSE = "hsr"
     RECORD = "rec"
+    ACK = "ack"
+    NOTICE = "nos"
+
+
+INBOUND = frozenset({TopicKind.HANDSHAKE, TopicKind.RECORD})
+"""The kinds a gateway subscribes to; the others are its own messages to wearables."""
 
 
 @dataclass(frozen=True, slots=True)
