@@ -268,7 +268,8 @@ class FlowerFederation:
             )
 
     def __enter__(self) -> FlowerFederation:
-        # one HTTP port carries the Fleet, Control and runtime APIs in Flower 1.42
+        # one HTTP port carries the Fleet, Control and runtime APIs in Flower 1.42; state in
+        # memory, as a SQLite file on this loaded machine failed rounds with "database is locked"
         self._spawn(
             "superlink",
             str(self.bin / "flower-superlink"),
@@ -277,8 +278,6 @@ class FlowerFederation:
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--database",
-            str(self.root / "state.db"),
             "--disable-runtime-dependency-installation",
         )
         self._wait_port(self.port)

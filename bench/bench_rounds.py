@@ -215,7 +215,8 @@ def full_rounds(
                     if (d / "state/status.json").exists()
                     else False
                 ),
-                60,
+                # fifty or a hundred daemons starting at once on two cores take their time
+                max(180.0, 6.0 * gateways),
                 f"{d.name} uplink",
             )
         for w in range(2):
