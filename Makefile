@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PACKAGES := pqlink wire servicekit testbed gateway device_emulators aggregator demo
 
-.PHONY: demo test lint typecheck pytest bench setup clean
+.PHONY: demo test lint typecheck pytest bench mutation setup clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -25,6 +25,10 @@ test: lint typecheck pytest
 
 bench: setup
 	$(PY) -m bench.run_all
+
+# Mutation testing of the security, policy and aggregation modules; not part of `make test`.
+mutation: setup
+	$(PY) -m tools.mutation
 
 clean:
 	rm -rf build *.egg-info pqlink/*.so .mypy_cache .ruff_cache .pytest_cache

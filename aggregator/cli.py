@@ -6,13 +6,16 @@ problem."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.registry import Collector
 
@@ -51,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="override worker.batch_wait (seconds an update may wait for batching)",
     )
+    add("status", "print the open round, the model version and the privacy spent (JSON)")
     add("keygen", "create the aggregator identity if absent")
     en = add("enroll", "enroll gateways' public identity files")
     en.add_argument("public_files", nargs="+", type=Path)
@@ -91,6 +95,7 @@ def _worker(
     metrics: WorkerMetrics | None = None,
 ) -> None:
     from aggregator.coordinator import initial_weights  # noqa: PLC0415
+    from aggregator.masked import MaskedFolder  # noqa: PLC0415
     from aggregator.strategies import make_strategy  # noqa: PLC0415
     from aggregator.validation import ValidationLimits  # noqa: PLC0415
     from aggregator.worker import CryptoWorker, run_worker  # noqa: PLC0415
@@ -105,10 +110,11 @@ def _worker(
         max_update_norm=config.validation.max_update_norm,
         max_envelope_bytes=config.validation.max_envelope_bytes,
     )
+    identity, gateways = load_identity(config.identity), load_registry(config.registry)
     worker = CryptoWorker(
         name,
-        load_identity(config.identity),
-        load_registry(config.registry),
+        identity,
+        gateways,
         limits,
         individual=strategy.needs_individual_updates,
         norm_bound=config.strategy.norm_bound or None,
@@ -123,6 +129,14 @@ def _worker(
         batch_wait=config.worker.batch_wait if batch_wait is None else batch_wait,
         stop=stop,
         heartbeat=config.amqp.heartbeat,
+        # secure rounds' masked inputs share the updates queue: every worker can sum them
+        masked=MaskedFolder(
+            name,
+            identity,
+            gateways,
+            max_envelope_bytes=config.validation.max_envelope_bytes,
+            codec=envelope_codec(config.bench.plaintext_envelopes),
+        ),
     )
 
 
@@ -154,6 +168,39 @@ def _coordinator(config: AggregatorConfig, inline_worker: bool, metrics_port: in
     return ExitCode.OK
 
 
+def _one(con: sqlite3.Connection, sql: str) -> tuple[Any, ...] | None:
+    """One row, or None if the table is not there yet (a coordinator that never ran)."""
+    try:
+        row = con.execute(sql).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return None if row is None else tuple(row)
+
+
+def status(config: AggregatorConfig) -> dict[str, object]:
+    """Read the coordinator's database (read-only, safe while it runs)."""
+    out: dict[str, object] = {"round": None, "model_version": None, "privacy": None}
+    if not config.db_path.exists():
+        return out
+    con = sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True)
+    try:
+        out["round"] = (_one(con, "SELECT MAX(round) FROM rounds") or (None,))[0]
+        out["model_version"] = (_one(con, "SELECT MAX(version) FROM models") or (None,))[0]
+        last = _one(con, "SELECT epsilon FROM privacy_ledger ORDER BY round DESC LIMIT 1")
+        count = _one(con, "SELECT COUNT(*) FROM privacy_ledger")
+    finally:
+        con.close()
+    out["privacy"] = {
+        "secure_aggregation": config.training.secure_aggregation,
+        "noise_multiplier": config.training.noise_multiplier,
+        "epsilon": float(last[0]) if last else 0.0,
+        "delta": config.privacy.delta,
+        "budget_epsilon": config.privacy.budget_epsilon or None,
+        "rounds_accounted": int(count[0]) if count else 0,
+    }
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -175,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 if server is not None:
                     server.close()
+            return ExitCode.OK
+        if args.command == "status":
+            print(json.dumps(status(config), indent=2, sort_keys=True))
             return ExitCode.OK
         if args.command == "keygen":
             keygen(config.identity, config.aggregator_id, Role.AGGREGATOR)

@@ -47,6 +47,8 @@ class TrainingConfig:
     prox_mu: float = 0.0
     clip_norm: float = 0.0  # 0: no clipping
     noise_multiplier: float = 0.0
+    secure_aggregation: bool = False  # needs clip_norm > 0: the clip bounds each masked input
+    precision_bits: int = 16  # quantisation of the clipped update in secure mode
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Accounting of [training] noise_multiplier (gateway-level DP) and secure rounds' stages."""
+
+    delta: float = 1e-5  # epsilon is stated at this delta
+    budget_epsilon: float = 0.0  # 0: accounted, never refused
+    dropout_fraction: float = 0.3  # dropouts a secure round is sized to survive
+    stage_timeout: float = 20.0  # seconds per secure stage (adverts wait a round_timeout)
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """Benchmark-only: never in a deployment (updates and global models are not protected)."""
 
@@ -95,6 +107,7 @@ class AggregatorConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     @property
@@ -117,6 +130,10 @@ _RULES: Final = Rules(
         "worker.batch_max": Range(1, 10_000),
         "worker.batch_wait": Range(0, 60),
         "metrics.port": Range(0, 65535),
+        "privacy.delta": Range(1e-12, 0.1),
+        "privacy.budget_epsilon": Range(0, 1e6),
+        "privacy.dropout_fraction": Range(0, 0.9),
+        "privacy.stage_timeout": Range(0.1, 3600),
         # What gateways accept in a round's settings is what the config may ask for.
         **{f"training.{k}": Range(lo, hi) for k, (lo, hi) in SETTING_RANGES.items()},
     },
@@ -134,6 +151,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> AggregatorConfig:
         "validation",
         "worker",
         "metrics",
+        "privacy",
         "bench",
     }
     check_known("", doc, sections)
@@ -154,6 +172,10 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> AggregatorConfig:
         return resolve_path(value, f"aggregator.{key}", base_dir)
 
     state_dir = path("state_dir", None)
+    training = parse_section(TrainingConfig, "training", doc.get("training", {}), _RULES)
+    if training.secure_aggregation and training.clip_norm <= 0:
+        # each masked input is bounded only by the gateway's own clip
+        raise ConfigError.invalid("training.clip_norm", training.clip_norm, "> 0 in secure mode")
     return AggregatorConfig(
         aggregator_id=ident,
         state_dir=state_dir,
@@ -162,11 +184,12 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> AggregatorConfig:
         initial_weights=path("initial_weights", DEFAULT_INITIAL_WEIGHTS),
         amqp=parse_section(AmqpConfig, "amqp", doc.get("amqp", {}), _RULES),
         rounds=parse_section(RoundsConfig, "rounds", doc.get("rounds", {}), _RULES),
-        training=parse_section(TrainingConfig, "training", doc.get("training", {}), _RULES),
+        training=training,
         strategy=parse_section(StrategyConfig, "strategy", doc.get("strategy", {}), _RULES),
         validation=parse_section(ValidationConfig, "validation", doc.get("validation", {}), _RULES),
         worker=parse_section(WorkerConfig, "worker", doc.get("worker", {}), _RULES),
         metrics=parse_section(MetricsConfig, "metrics", doc.get("metrics", {}), _RULES),
+        privacy=parse_section(PrivacyConfig, "privacy", doc.get("privacy", {}), _RULES),
         bench=parse_section(BenchConfig, "bench", doc.get("bench", {}), _RULES),
     )
 

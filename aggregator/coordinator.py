@@ -19,11 +19,26 @@ from pika.exceptions import AMQPError
 from aggregator.config import AggregatorConfig
 from aggregator.metrics import CoordinatorMetrics
 from aggregator.partials import Partial, PartialError
-from aggregator.rounds import ClosedRound, RoundCoordinator, RoundPolicy, quorum_for
+from aggregator.privacy import BudgetDecision
+from aggregator.rounds import (
+    ClosedRound,
+    CloseReason,
+    RoundCoordinator,
+    RoundPolicy,
+    quorum_for,
+)
+from aggregator.secure_round import StageDeadlines, declare_secagg_topology
+from aggregator.secure_rounds import (
+    PrivacyGate,
+    RoundPrivacySummary,
+    mean_update,
+    run_secure_round,
+)
 from aggregator.strategies import make_strategy
 from aggregator.worker import PERSISTENT, broker_parameters, declare_topology
 from pqlink import ContentType, Identity, Registry, Role, load_registry
 from pqlink.broadcast import SealedBroadcast, seal_broadcast
+from pqlink.secagg import AggregateResult
 from servicekit.backoff import Backoff
 from wire.amqp import GLOBAL_EXCHANGE, GLOBAL_KEYS_EXCHANGE, PARTIALS_QUEUE
 from wire.envelopes import envelope_codec
@@ -59,9 +74,23 @@ class CoordinatorService:
             trim_fraction=config.strategy.trim_fraction,
             training=RoundSettings(**asdict(config.training)),
         )
+        self.secure = config.training.secure_aggregation
+        if self.secure and strategy.needs_individual_updates:
+            raise ValueError(
+                f"strategy {strategy.name} needs each update: it cannot run on masked sums"
+            )
         weights = initial_weights(config.initial_weights)
         self.parameter_count = int(weights.size)
         self.rounds = RoundCoordinator(config.db_path, strategy, self._policy(), weights)
+        pc = config.privacy
+        self.privacy = PrivacyGate(
+            config.db_path,
+            config.training.noise_multiplier,
+            pc.delta,
+            pc.budget_epsilon or None,
+        )
+        self.budget_exhausted = False
+        self._decision: BudgetDecision | None = None
         self.report_path = config.state_dir / "rounds.jsonl"
         self.closed: list[ClosedRound] = []
         self.last_published_at = 0.0
@@ -72,6 +101,8 @@ class CoordinatorService:
         self.metrics.round.set(self.rounds.round)
         self.metrics.model_version.set(self.rounds.version)
         self.metrics.gateways_enrolled.set(len(self.registry.active(Role.GATEWAY)))
+        if hasattr(self, "privacy"):
+            self.metrics.epsilon.set(self.privacy.epsilon())
 
     def _policy(self) -> RoundPolicy:
         rc = self.config.rounds
@@ -157,26 +188,55 @@ class CoordinatorService:
 
     def done(self) -> bool:
         max_rounds = self.config.rounds.max_rounds
-        return bool(max_rounds) and len(self.closed) >= max_rounds
+        return self.budget_exhausted or (bool(max_rounds) and len(self.closed) >= max_rounds)
+
+    def _gate(self, channel: BlockingChannel) -> bool:
+        """May the open round start under the privacy budget? If not, say so once, announce
+        the current model as final and stop running rounds (the process stays up)."""
+        enrolled = len(self.registry.active(Role.GATEWAY))
+        decision = self.privacy.check(self.rounds.round, enrolled, enrolled)
+        if decision is not None and not decision.allowed:
+            self.budget_exhausted = True
+            self.metrics.secure_rounds.labels("refused").inc()
+            self._publish_global(channel, final=True)
+            return False
+        self._decision = decision
+        return True
+
+    def _privacy_summary(self, released: bool, dropouts: int) -> RoundPrivacySummary:
+        epsilon = self.privacy.record(self._decision) if released else None
+        self._decision = None
+        if self.privacy.enabled and epsilon is None:
+            epsilon = self.privacy.epsilon()
+        self.metrics.epsilon.set(self.privacy.epsilon())
+        return RoundPrivacySummary(
+            self.secure,
+            dropouts,
+            epsilon,
+            self.config.privacy.delta if self.privacy.enabled else None,
+        )
 
     def serve(self) -> None:
         """Run rounds until stopped (or max_rounds closed); reconnect on broker failures."""
         params = broker_parameters(self.config.amqp.url, self.config.amqp.heartbeat)
         backoff = Backoff(0.2, 10.0)
-        while not self.stop.is_set() and not self.done():
-            try:
-                connection = pika.BlockingConnection(params)
-            except AMQPError as exc:
-                _LOG.warning("coordinator cannot connect: %r", exc)
-                backoff.wait_blocking(self.stop)
-                continue
-            backoff.succeeded()
-            try:
-                self._serve_connection(connection)
-            except AMQPError as exc:
-                _LOG.warning("coordinator lost the broker: %s", exc)
-                self.stop.wait(backoff.delay)
-        self.rounds.close()
+        try:
+            while not self.stop.is_set() and not self.done():
+                try:
+                    connection = pika.BlockingConnection(params)
+                except AMQPError as exc:
+                    _LOG.warning("coordinator cannot connect: %r", exc)
+                    backoff.wait_blocking(self.stop)
+                    continue
+                backoff.succeeded()
+                try:
+                    self._serve_connection(connection)
+                except AMQPError as exc:
+                    _LOG.warning("coordinator lost the broker: %s", exc)
+                    self.stop.wait(backoff.delay)
+        finally:
+            self.rounds.close()
+            self.privacy.close()
 
     def _serve_connection(self, connection: pika.BlockingConnection) -> None:
         channel = connection.channel()
@@ -185,6 +245,11 @@ class CoordinatorService:
         channel.basic_qos(prefetch_count=self.config.amqp.prefetch)
         fanout = connection.channel()
         fanout.tx_select()
+        if self.secure:
+            self._serve_secure(connection, channel, fanout)
+            return
+        if not self._gate(fanout):
+            return
         # (Re-)announce the open round: gateways ignore rounds they already answered.
         self._publish_global(fanout)
         for method, _props, body in channel.consume(PARTIALS_QUEUE, inactivity_timeout=0.02):
@@ -212,6 +277,8 @@ class CoordinatorService:
                 t0 = time.perf_counter()
                 closed = self.rounds.close_round(reason)
                 seconds = time.perf_counter() - t0
+                summary = self._privacy_summary(bool(closed.participants), 0)
+                closed.privacy = summary.to_json()
                 self.closed.append(closed)
                 self.metrics.rounds_closed.labels(reason).inc()
                 self.metrics.aggregation_seconds.observe(seconds)
@@ -226,9 +293,88 @@ class CoordinatorService:
                     closed.samples,
                     closed.version,
                 )
-                self._publish_global(fanout, final=self.done())
+                if self.done() or self._gate(fanout):
+                    self._publish_global(fanout, final=self.done())
                 self._record(closed, seconds)
             if self.stop.is_set() or self.done():
                 break
         channel.cancel()
         connection.close()
+
+    def _serve_secure(
+        self, connection: pika.BlockingConnection, channel: BlockingChannel, fanout: BlockingChannel
+    ) -> None:
+        """Secure mode: each round announces the model, runs the SecAgg stages with bounded
+        deadlines (adverts wait a round timeout: gateways train first) and applies the mean."""
+        r, pc = self.rounds, self.config.privacy
+        while not self.stop.is_set() and not self.done():
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            names = [g.name for g in self.registry.active(Role.GATEWAY)]
+            declare_secagg_topology(channel, names)
+            if not self._gate(fanout):
+                break
+            self._publish_global(fanout)
+            if len(names) < 2:
+                _LOG.warning("secure aggregation needs two gateways, %d enrolled", len(names))
+                self.stop.wait(self.config.rounds.round_timeout)
+                continue
+            deadlines = StageDeadlines(
+                self.config.rounds.round_timeout,
+                pc.stage_timeout,
+                pc.stage_timeout,
+                pc.stage_timeout,
+                pc.stage_timeout,
+            )
+            report = run_secure_round(
+                channel,
+                r.round,
+                names,
+                r.strategy.configure_round(r.round),
+                self.parameter_count,
+                self.identity,
+                self.registry,
+                dropout_fraction=pc.dropout_fraction,
+                deadlines=deadlines,
+            )
+            t0 = time.perf_counter()
+            mean = mean_update(report)
+            survivors: list[str] = []
+            outcome = report.outcome
+            if mean is not None and isinstance(outcome, AggregateResult):
+                survivors = [report.announcement.name_of(u) for u in outcome.survivors]
+            summary = self._privacy_summary(mean is not None, report.dropouts_recovered)
+            self.metrics.secure_rounds.labels("aggregated" if mean is not None else "aborted").inc()
+            self.metrics.dropouts_recovered.inc(report.dropouts_recovered)
+            for _gateway, why, _detail in report.rejections:
+                self.metrics.rejected.labels(why).inc()
+            closed = r.close_secure_round(
+                CloseReason.QUORUM if mean is not None else CloseReason.DEADLINE,
+                mean,
+                survivors,
+                {**summary.to_json(), "stage_seconds": report.stage_seconds},
+            )
+            closed.privacy = summary.to_json()
+            self._closed(fanout, closed, time.perf_counter() - t0)
+        channel.cancel()
+        connection.close()
+
+    def _closed(self, channel: BlockingChannel, closed: ClosedRound, seconds: float) -> None:
+        self.closed.append(closed)
+        self.metrics.rounds_closed.labels(closed.reason).inc()
+        self.metrics.aggregation_seconds.observe(seconds)
+        self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
+        self.metrics.participants.set(len(closed.participants))
+        self._update_gauges()
+        _LOG.info(
+            "round %d closed (%s, %s): %d gateways, model v%d",
+            closed.round,
+            closed.reason,
+            closed.outcome,
+            len(closed.participants),
+            closed.version,
+        )
+        self._record(closed, seconds)
+        if self.done():
+            self._publish_global(channel, final=True)

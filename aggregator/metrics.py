@@ -55,9 +55,28 @@ class CoordinatorMetrics:
             ["reason"],
             registry=None,
         )
+        self.epsilon = Gauge(
+            "iomt_aggregator_privacy_epsilon",
+            "cumulative epsilon spent (gateway-level DP) at the configured delta",
+            registry=None,
+        )
+        self.secure_rounds = Counter(
+            "iomt_aggregator_secure_rounds",
+            "secure-aggregation rounds, by outcome (aggregated, aborted, refused)",
+            ["outcome"],
+            registry=None,
+        )
+        self.dropouts_recovered = Counter(
+            "iomt_aggregator_secure_dropouts_recovered",
+            "gateways that dropped after sharing keys and whose masks were removed",
+            registry=None,
+        )
 
     def collectors(self) -> list[Collector]:
         return [
+            self.epsilon,
+            self.secure_rounds,
+            self.dropouts_recovered,
             self.rounds_closed,
             self.round_seconds,
             self.aggregation_seconds,

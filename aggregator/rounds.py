@@ -8,9 +8,10 @@ import enum
 import math
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -43,6 +44,7 @@ class RoundOutcome(enum.StrEnum):
     DEADLINE = "deadline"
     QUORUM_TOO_FEW = "quorum_too_few"
     DEADLINE_TOO_FEW = "deadline_too_few"
+    SECURE_ABORTED = "secure_aborted"  # too few survivors: nothing unmasked, model unchanged
 
     @classmethod
     def of(cls, reason: CloseReason, aggregated: bool) -> RoundOutcome:
@@ -77,6 +79,7 @@ class ClosedRound:
     closed_at: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
     outcome: RoundOutcome = RoundOutcome.QUORUM
+    privacy: dict[str, Any] = field(default_factory=dict)
 
 
 class RoundCoordinator:
@@ -87,20 +90,35 @@ class RoundCoordinator:
     ) -> None:
         self.strategy = strategy
         self.policy = policy
-        self.store = RoundStore(db_path)
         self.rejections: Counter[str] = Counter()
-        latest = self.store.latest_model()
-        if latest is None:
-            now = time.time()
-            latest = LatestModel(0, initial_weights.astype(np.float32))
-            self.store.initialise(latest.weights, now, now + policy.round_timeout)
-        self.version, self.weights = latest.version, latest.weights
-        current = self.store.open_round()
-        self.round, self.opened, self.deadline = current.round, current.opened, current.deadline
         self.metrics_by_gateway: dict[str, dict[str, Any]] = {}
+        self.store = RoundStore(db_path)
+        try:
+            latest = self.store.latest_model()
+            if latest is None:
+                now = time.time()
+                latest = LatestModel(0, initial_weights.astype(np.float32))
+                self.store.initialise(latest.weights, now, now + policy.round_timeout)
+            self.version, self.weights = latest.version, latest.weights
+            current = self.store.open_round()
+            self.round, self.opened, self.deadline = (
+                current.round,
+                current.opened,
+                current.deadline,
+            )
+        except BaseException:
+            # A store that cannot be read must not leave its handle open.
+            self.store.close()
+            raise
 
     def close(self) -> None:
         self.store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- contributions -----------------------------------------------------------------------
 
@@ -173,20 +191,56 @@ class RoundCoordinator:
 
     def close_round(self, reason: CloseReason, now: float | None = None) -> ClosedRound:
         """Aggregate, store the new global model, open the next round."""
-        now = time.time() if now is None else now
         counted = self.counted()
-        participants = sorted(counted)
-        samples = sum(counted.values())
+        # updates were norm-bounded one by one, by the workers
+        return self._close(reason, now, sorted(counted), sum(counted.values()), self._aggregate)
+
+    def close_secure_round(
+        self,
+        reason: CloseReason,
+        mean_delta: Vector | None,
+        participants: Sequence[str],
+        privacy: dict[str, Any],
+        now: float | None = None,
+    ) -> ClosedRound:
+        """Close a round whose mean update came out of secure aggregation (None: aborted, the
+        model stays); the coordinator never saw the individual updates, so there is nothing to
+        count one by one: the survivors are the participants, bounded by their own clip."""
+        delta = mean_delta
+
+        def given() -> Vector:
+            if delta is None:
+                raise ValueError("no secure sum to apply")
+            return delta
+
+        names = sorted(participants) if delta is not None else []
+        aborted = RoundOutcome.SECURE_ABORTED if delta is None else None
+        return self._close(reason, now, names, 0, given, {"privacy": privacy}, aborted)
+
+    def _close(  # noqa: PLR0917 -- the one place both kinds of round are closed
+        self,
+        reason: CloseReason,
+        now: float | None,
+        participants: list[str],
+        samples: int,
+        aggregate: Callable[[], Vector],
+        extra: dict[str, Any] | None = None,
+        outcome_override: RoundOutcome | None = None,
+    ) -> ClosedRound:
+        now = time.time() if now is None else now
         norm = 0.0
-        aggregated = len(participants) >= self.policy.min_participants
+        aggregated = bool(participants) and len(participants) >= self.policy.min_participants
         weights, version = self.weights, self.version
         if aggregated:
-            delta = self._aggregate()  # updates were norm-bounded one by one, by the workers
+            delta = aggregate()
             norm = float(np.linalg.norm(delta))
             weights, version = (self.weights + delta).astype(np.float32), self.version + 1
-        outcome = RoundOutcome.of(reason, aggregated)
+        outcome = outcome_override or RoundOutcome.of(reason, aggregated)
         closed, opened = self.round, self.opened
-        report = {"metrics": {g: self.metrics_by_gateway.get(g, {}) for g in participants}}
+        report: dict[str, Any] = {
+            "metrics": {g: self.metrics_by_gateway.get(g, {}) for g in participants},
+            **(extra or {}),
+        }
         next_round = OpenRound(closed + 1, now, now + self.policy.round_timeout)
         record = RoundRecord(
             closed,

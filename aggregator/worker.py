@@ -21,16 +21,18 @@ from pika.exceptions import AMQPError
 from pika.exchange_type import ExchangeType
 from pika.spec import Basic
 
+from aggregator.masked import CheckedMasked, MaskedFolder
 from aggregator.metrics import WorkerMetrics
 from aggregator.partials import Partial, Rejection, make_partial
 from aggregator.strategies import Contribution, bound_norm
 from aggregator.validation import UpdateRejectedError, ValidationLimits, validate_update
-from pqlink import Identity, Registry
+from pqlink import ContentType, Identity, PqlinkError, Registry, peek_envelope
 from servicekit.backoff import Backoff
 from wire.amqp import (
     GATEWAY_QUEUE_ARGUMENTS,
     GLOBAL_EXCHANGE,
     GLOBAL_KEYS_EXCHANGE,
+    MASKED_PARTIALS_QUEUE,
     PARTIALS_QUEUE,
     PARTIALS_QUEUE_ARGUMENTS,
     UPDATES_QUEUE,
@@ -192,6 +194,7 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
     channel.exchange_declare(GLOBAL_KEYS_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)  # type: ignore[arg-type]
     channel.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
     channel.queue_declare(PARTIALS_QUEUE, durable=True, arguments=PARTIALS_QUEUE_ARGUMENTS)
+    channel.queue_declare(MASKED_PARTIALS_QUEUE, durable=True)
     for gw in gateway_ids:
         queue = gateway_queue(gw)
         channel.queue_declare(queue, durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS)
@@ -200,6 +203,14 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
 
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)  # persistent
+
+
+def is_masked_input(frame: bytes) -> bool:
+    """Routing only (unauthenticated): the secure half opens and checks it in full."""
+    try:
+        return peek_envelope(frame).content_type is ContentType.MASKED_INPUT
+    except PqlinkError:
+        return False
 
 
 def broker_parameters(setting: str, heartbeat: int) -> list[pika.URLParameters]:
@@ -230,12 +241,19 @@ def _collector(box: deque[_Received]) -> Callable[..., None]:
 
 
 def _flush(
-    channel: BlockingChannel, worker: CryptoWorker, batch: list[tuple[int, Checked]]
+    channel: BlockingChannel,
+    worker: CryptoWorker,
+    batch: list[tuple[int, Checked | CheckedMasked]],
+    masked: MaskedFolder | None = None,
 ) -> None:
-    for partial in worker.fold([c for _, c in batch]):
+    plain = [c for _, c in batch if isinstance(c, Checked)]
+    secure = [c for _, c in batch if isinstance(c, CheckedMasked)]
+    for partial in worker.fold(plain) if plain else []:
         # With confirms on, this returns once the broker has the partial on disk, and raises
         # if it refused it: only then are the updates acknowledged.
         channel.basic_publish("", PARTIALS_QUEUE, partial.encode(), PERSISTENT)
+    for summed in masked.fold(secure) if masked is not None and secure else []:
+        channel.basic_publish("", MASKED_PARTIALS_QUEUE, summed.encode(), PERSISTENT)
     channel.basic_ack(batch[-1][0], multiple=True)
 
 
@@ -248,12 +266,14 @@ def run_worker(
     batch_wait: float,
     stop: threading.Event,
     heartbeat: int = 30,
+    masked: MaskedFolder | None = None,
 ) -> None:
     """Consume until `stop` is set; reconnect with backoff on broker failures. Each update
     is checked on arrival; a batch is folded, published and acknowledged when it holds
     `batch_max` updates, or once the oldest has waited `batch_wait` seconds (with 0: as soon
     as no further update has arrived while the last was checked, so batches form only under
-    load)."""
+    load). With `masked`, masked inputs of secure rounds are opened and summed modulo 2^k
+    into their own partials."""
     params = broker_parameters(url, heartbeat)
     backoff = Backoff(0.2, 10.0)
     while not stop.is_set():
@@ -271,7 +291,7 @@ def run_worker(
             channel.basic_qos(prefetch_count=prefetch)
             inbox: deque[_Received] = deque()
             channel.basic_consume(UPDATES_QUEUE, _collector(inbox), auto_ack=False)
-            batch: list[tuple[int, Checked]] = []
+            batch: list[tuple[int, Checked | CheckedMasked]] = []
             oldest = 0.0
             while not stop.is_set():
                 # Block until a delivery or the batch's deadline: no wake-ups while idle other
@@ -286,15 +306,19 @@ def run_worker(
                     headers = dict(props.headers) if props.headers else None
                     if not batch:
                         oldest = time.monotonic()
-                    delivery = Delivery(body, bool(method.redelivered), headers)
-                    batch.append((int(method.delivery_tag or 0), worker.check(delivery)))
+                    checked: Checked | CheckedMasked
+                    if masked is not None and is_masked_input(body):
+                        checked = masked.check(body)
+                    else:
+                        checked = worker.check(Delivery(body, bool(method.redelivered), headers))
+                    batch.append((int(method.delivery_tag or 0), checked))
                     if len(batch) >= batch_max:
-                        _flush(channel, worker, batch)
+                        _flush(channel, worker, batch, masked)
                         batch = []
                     if not inbox:  # what arrived while checking joins this batch
                         connection.process_data_events(time_limit=0)
                 if batch and time.monotonic() - oldest >= batch_wait:
-                    _flush(channel, worker, batch)
+                    _flush(channel, worker, batch, masked)
                     batch = []
             channel.cancel()
             connection.close()

@@ -186,13 +186,12 @@ def full_rounds(
             "[learning]\nmax_cpu_load = 1.0\n"
         )
         _quiet(gateway_main, "keygen", "--config", str(conf))
-        store = VitalsStore(d / "state" / "vitals.sqlite3")
-        for n, profile in enumerate(make_profiles(4, 100 + g)):
-            gen = VitalsGenerator(
-                profile, seed=g * 10 + n, start_ms=start_ms, event_rate_per_hour=30
-            )
-            store.commit([vitals_row(f"w{n}", s, 0) for s in gen.samples(samples)])
-        store.close()
+        with VitalsStore(d / "state" / "vitals.sqlite3") as store:
+            for n, profile in enumerate(make_profiles(4, 100 + g)):
+                gen = VitalsGenerator(
+                    profile, seed=g * 10 + n, start_ms=start_ms, event_rate_per_hour=30
+                )
+                store.commit([vitals_row(f"w{n}", s, 0) for s in gen.samples(samples)])
         gw_dirs.append(d)
     conf = _aggregator(
         root / "aggregator",

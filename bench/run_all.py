@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("bench_ascon", "bench_pqlink", "bench_trainer", "bench_ingest", "bench_rounds")
+MODULES = (
+    "bench_ascon",
+    "bench_pqlink",
+    "bench_trainer",
+    "bench_ingest",
+    "bench_rounds",
+    "bench_secagg",
+)
 
 
 def main() -> int:

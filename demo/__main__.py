@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,21 @@ def _wait(what: str, predicate: Any, timeout: float, fleet: Fleet) -> None:
         time.sleep(0.1)
 
 
+def _wait_progress(
+    what: str, progress: Callable[[], int], target: int, stall: float, fleet: Fleet
+) -> None:
+    """Wait until `progress()` reaches `target`; fail when it has not grown for `stall`
+    seconds. On a loaded machine streaming is slower, but it moves: only a stop is a failure."""
+    best, last_growth = -1, time.monotonic()
+    while (now_at := progress()) < target:
+        fleet.check()
+        if now_at > best:
+            best, last_growth = now_at, time.monotonic()
+        elif time.monotonic() - last_growth > stall:
+            raise DemoError(f"no progress for {stall:.0f} s waiting for {what} ({best}/{target})")
+        time.sleep(0.1)
+
+
 def _setup(
     work: Path, args: argparse.Namespace, mqtt_port: int, amqp_url: str
 ) -> tuple[Path, list[Gateway]]:
@@ -149,7 +164,9 @@ def _setup(
         f'[amqp]\nurl = "{amqp_url}"\n'
         f"[rounds]\nquorum_fraction = 1.0\nround_timeout = 30.0\nmax_rounds = {args.rounds}\n"
         f"[training]\nepochs = {args.epochs}\nbatch_size = 32\nlearning_rate = 0.1\n"
+        f"{_privacy_settings(args)}"
         f'[strategy]\nname = "{args.strategy}"\n[metrics]\nport = 0\n'
+        f"[privacy]\ndelta = {args.delta}\nstage_timeout = 20.0\n"
     )
     _quiet(aggregator_main, "keygen", "--config", str(agg_conf))
     agg_pub = agg_dir / "state" / "identity.pub"
@@ -191,7 +208,31 @@ def _setup(
             str(root / "state" / "identity.pub"),
         )
         gateways.append(Gateway(gid, root, conf, COHORTS[i % len(COHORTS)]))
+    # Enrolment hands each gateway the registry of gateway identities: in a secure round it
+    # checks every participant against it instead of taking the coordinator's word.
+    for gw in gateways:
+        shutil.copy(agg_dir / "state" / "gateways.json", gw.state / "gateways.json")
     return agg_conf, gateways
+
+
+def _privacy_settings(args: argparse.Namespace) -> str:
+    """The [training] keys of secure aggregation and DP (each may be switched off)."""
+    lines = []
+    if args.secure_aggregation or args.dp:
+        lines.append(f"clip_norm = {args.clip}")
+    if args.dp:
+        lines.append(f"noise_multiplier = {args.noise_multiplier}")
+    if args.secure_aggregation:
+        lines += ["secure_aggregation = true", "precision_bits = 16"]
+    return "".join(line + "\n" for line in lines)
+
+
+def _privacy_line(r: dict[str, Any]) -> str:
+    p = r.get("privacy") or {}
+    mode = "secure" if p.get("secure_aggregation") else "plain"
+    eps = p.get("epsilon")
+    spent = "no DP" if eps is None else f"epsilon {eps:.3g} at delta {p.get('delta'):g}"
+    return f"{mode}, {p.get('dropouts_recovered', 0)} dropouts recovered, {spent}"
 
 
 def _progress_lines(report: Path, seen: int) -> tuple[list[dict[str, Any]], int]:
@@ -270,10 +311,11 @@ def run(args: argparse.Namespace) -> int:
             f"(cohorts: {', '.join(g.cohort for g in gateways)})"
         )
         need = args.wearables * args.warmup_samples
-        _wait(
+        _wait_progress(
             "the first vitals",
-            lambda: all(g.status().get("records_stored", 0) >= need for g in gateways),
-            90,
+            lambda: sum(min(g.status().get("records_stored", 0), need) for g in gateways),
+            need * len(gateways),
+            30,
             fleet,
         )
         stored = sum(g.status().get("records_stored", 0) for g in gateways)
@@ -292,6 +334,7 @@ def run(args: argparse.Namespace) -> int:
             "coordinator", "aggregator.cli", "coordinator", "--config", str(agg_conf)
         )
         report = agg_conf.parent / "state" / "rounds.jsonl"
+        privacy: dict[int, dict[str, Any]] = {}
         seen = 0
         deadline = time.monotonic() + args.timeout
         while True:
@@ -302,8 +345,9 @@ def run(args: argparse.Namespace) -> int:
                 clock.say(
                     f"round {r['round']} closed ({r['reason']}): "
                     f"{len(r['participants'])} gateways, {r['samples']} windows, "
-                    f"model v{r['version']}"
+                    f"model v{r['version']}; {_privacy_line(r)}"
                 )
+                privacy[int(r["round"])] = dict(r.get("privacy") or {})
             if not running:
                 break
             if time.monotonic() > deadline:
@@ -346,7 +390,11 @@ def run(args: argparse.Namespace) -> int:
                 "workers": args.workers,
                 "held_out_windows": len(y_test),
                 "central_accuracy": rows.central_accuracy,
-                "per_round": [r.as_dict() for r in rows.rounds],
+                "per_round": [
+                    {**r.as_dict(), "privacy": _round_privacy(privacy.get(r.round), args)}
+                    for r in rows.rounds
+                ],
+                "privacy": _total_privacy(privacy, args),
                 "gateway_status": final_status,
                 "elapsed_seconds": time.monotonic() - clock.t0,
             },
@@ -358,6 +406,27 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nplot:    {png}\nsummary: {summary}")
     clock.say("demo finished")
     return 0
+
+
+def _round_privacy(p: dict[str, Any] | None, args: argparse.Namespace) -> dict[str, Any]:
+    p = p or {}
+    return {
+        "secure_aggregation": bool(p.get("secure_aggregation", args.secure_aggregation)),
+        "dropouts_recovered": int(p.get("dropouts_recovered", 0)),
+        "epsilon": p.get("epsilon"),
+        "delta": p.get("delta"),
+    }
+
+
+def _total_privacy(rounds: dict[int, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Epsilon is cumulative already (the ledger composes every round): the last one's."""
+    last = rounds[max(rounds)] if rounds else {}
+    return {
+        "secure_aggregation": args.secure_aggregation,
+        "dropouts_recovered": sum(int(p.get("dropouts_recovered", 0)) for p in rounds.values()),
+        "epsilon": last.get("epsilon"),
+        "delta": args.delta if args.dp else None,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -381,7 +450,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for all rounds")
     parser.add_argument("--out", default=str(ROOT / "out"), help="output directory")
     parser.add_argument("--amqp-url", help="use this RabbitMQ instead of starting a private one")
+    parser.add_argument(
+        "--no-secure-aggregation",
+        dest="secure_aggregation",
+        action="store_false",
+        help="plain rounds: workers open each update (robust rules possible)",
+    )
+    parser.add_argument(
+        "--no-dp", dest="dp", action="store_false", help="no noise and no privacy accounting"
+    )
+    parser.add_argument("--clip", type=float, default=1.0, help="L2 clip of each update")
+    # With a handful of gateways, noise that protects (z near 1) drowns the sum: the demo's
+    # default keeps the model useful and reports the (large) epsilon that buys.
+    parser.add_argument(
+        "--noise-multiplier", type=float, default=0.02, help="DP noise std / clip on the sum"
+    )
+    parser.add_argument("--delta", type=float, default=1e-5, help="delta epsilon is stated at")
     args = parser.parse_args(argv)
+    if args.secure_aggregation and args.strategy != "fedavg":
+        parser.error("robust rules need each update: use --no-secure-aggregation with them")
     if min(args.rounds, args.gateways, args.wearables, args.workers, args.epochs) < 1:
         parser.error("--rounds, --gateways, --wearables, --workers and --epochs must be >= 1")
     try:

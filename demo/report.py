@@ -92,12 +92,11 @@ def _central_accuracy(stores: list[Path], x_test: F32, y_test: I32, epochs: int)
     """One model trained on the pooled data of every gateway: the yardstick for FedAvg."""
     xs, ys = [np.zeros((0, N_FEATURES), np.float32)], [np.zeros(0, np.int32)]
     for path in stores:
-        store = VitalsStore(path)
-        for device in store.devices():
-            x, y = build_windows(store.samples(device))
-            xs.append(x)
-            ys.append(y)
-        store.close()
+        with VitalsStore(path) as store:
+            for device in store.devices():
+                x, y = build_windows(store.samples(device))
+                xs.append(x)
+                ys.append(y)
     trainer = NumpyTrainer(load_initial_weights(DEFAULT_MODEL_PATH))
     fit(
         trainer,

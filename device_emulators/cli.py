@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import signal
+import ssl
 import statistics
 import sys
 import time
@@ -34,6 +35,7 @@ from pqlink import (
     save_registry,
 )
 from servicekit.cli import ExitCode, run_main
+from servicekit.mqtt_tls import MqttTls, MqttTlsError, client_context
 from wire.topics import TopicLayout
 
 
@@ -99,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--rekey-records", type=_positive(int), default=1 << 16)
     run.add_argument("--connect-timeout", type=_positive(float), default=30.0)
     run.add_argument("--summary", type=Path, help="write a JSON summary here")
+    # The same TLS settings as the gateway's [mqtt] tls_* keys.
+    run.add_argument("--tls-ca", type=Path, help="TLS to the broker, verified against this CA")
+    run.add_argument("--tls-cert", type=Path, help="client certificate (PEM), with --tls-key")
+    run.add_argument("--tls-key", type=Path, help="the client certificate's key (PEM)")
+    run.add_argument(
+        "--tls-groups", help="TLS 1.3 key-exchange groups offered, e.g. X25519MLKEM768"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress lines")
 
     rp = sub.add_parser("replay", help="replay WFDB records as RR-interval wearables")
@@ -145,7 +154,7 @@ def _enroll(args: argparse.Namespace) -> int:
         names = [record_device(args.prefix, r) for r in _records(args.wfdb, args.records)]
     else:
         names = [device_name(args.prefix, i) for i in range(args.first, args.first + args.devices)]
-    registry = load_registry(args.registry)
+    registry = load_registry(args.registry, missing_ok=True)
     alg = SigAlg.from_label(args.sig)
     created = 0
     for name in names:
@@ -163,7 +172,21 @@ def _enroll(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.tls_ca is None:
+        if args.tls_cert or args.tls_key or args.tls_groups:
+            raise ValueError("--tls-cert, --tls-key and --tls-groups need --tls-ca")
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+    try:
+        return client_context(MqttTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_groups))
+    except MqttTlsError as exc:
+        raise ValueError(str(exc)) from None
+
+
 async def _run(args: argparse.Namespace) -> int:
+    tls_context = _tls_context(args)
     gateway = load_public_identity(args.gateway_pub)
     layout = TopicLayout(args.topic_prefix, gateway.name)
     mix = dominant_mix(args.cohort, args.cohort_share) if args.cohort else None
@@ -196,7 +219,12 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     per = args.devices_per_connection
     hubs = [
-        MqttHub(args.host, args.port, f"iomt-emulate-{args.prefix}-{args.first + i}-{args.seed}")
+        MqttHub(
+            args.host,
+            args.port,
+            f"iomt-emulate-{args.prefix}-{args.first + i}-{args.seed}",
+            tls_context=tls_context,
+        )
         for i in range(0, len(wearables), per)
     ]
     groups = [(hubs[i // per], w) for i, w in enumerate(wearables)]

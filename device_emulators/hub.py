@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 import aiomqtt
 
@@ -16,11 +17,20 @@ _LOG = logging.getLogger("device_emulators.hub")
 class MqttHub:
     """Owns one aiomqtt client; `publish` waits while disconnected instead of failing."""
 
-    def __init__(self, host: str, port: int, client_id: str, *, max_inflight: int = 1000) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        *,
+        max_inflight: int = 1000,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.client_id = client_id
         self.max_inflight = max_inflight
+        self.tls_context = tls_context
         self._client: aiomqtt.Client | None = None
         self._generation = 0  # one per successful connection
         self._changed = asyncio.Condition()
@@ -42,6 +52,7 @@ class MqttHub:
                 max_inflight_messages=self.max_inflight,
                 keepalive=30,
                 timeout=10,
+                tls_context=self.tls_context,
             )
             client.pending_calls_threshold = 1_000_000  # many wearables publish concurrently
             try:

@@ -4,7 +4,8 @@ Errors name the key, the bad value and what was expected; unknown keys are error
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import ssl
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -18,6 +19,7 @@ from servicekit.config import (
     read_toml,
     resolve_path,
 )
+from servicekit.mqtt_tls import MqttTls, MqttTlsError, set_groups
 
 __all__ = ["ConfigError", "GatewayConfig", "load_config", "parse_config"]
 
@@ -37,6 +39,22 @@ class MqttConfig:
     topic_prefix: str = "iomt"
     session_expiry: int = 7 * 24 * 3600  # seconds the broker keeps our queue while we are down
     reconnect_max_delay: float = 30.0
+    # TLS to the broker, off unless tls_ca is set (paths relative to the configuration file).
+    tls_ca: str | None = None  # the broker's CA certificate(s), PEM
+    tls_cert: str | None = None  # client certificate (PEM), with tls_key
+    tls_key: str | None = None
+    tls_groups: str | None = None  # e.g. "X25519MLKEM768" (needs OpenSSL >= 3.5)
+
+    @property
+    def tls(self) -> MqttTls | None:
+        if self.tls_ca is None:
+            return None
+        return MqttTls(
+            Path(self.tls_ca),
+            Path(self.tls_cert) if self.tls_cert else None,
+            Path(self.tls_key) if self.tls_key else None,
+            self.tls_groups,
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,9 @@ class LogConfig:
 class UplinkConfig:
     amqp_url: str | None = None  # None: federated learning is off
     aggregator_public: str = "aggregator.pub"  # relative to state_dir
+    # the aggregator's registry of gateway identities, handed out at enrolment: a secure
+    # round's participants are checked against it (relative to state_dir)
+    gateway_registry: str = "gateways.json"
     reconnect_max_delay: float = 30.0
 
 
@@ -131,6 +152,11 @@ class GatewayConfig:
     @property
     def aggregator_public_path(self) -> Path:
         p = Path(self.uplink.aggregator_public)
+        return p if p.is_absolute() else self.state_dir / p
+
+    @property
+    def gateway_registry_path(self) -> Path:
+        p = Path(self.uplink.gateway_registry)
         return p if p.is_absolute() else self.state_dir / p
 
     @property
@@ -196,6 +222,38 @@ _RULES: Final = Rules(
 )
 
 
+def _mqtt_tls(mqtt: MqttConfig, base_dir: Path) -> MqttConfig:
+    """Resolve the TLS paths and check the TLS keys go together and the groups exist here."""
+    if mqtt.tls_ca is None:
+        for key in ("tls_cert", "tls_key", "tls_groups"):
+            if getattr(mqtt, key) is not None:
+                raise ConfigError(
+                    f"mqtt.{key} is set but mqtt.tls_ca is not: TLS needs the CA", key=f"mqtt.{key}"
+                )
+        return mqtt
+    if (mqtt.tls_cert is None) != (mqtt.tls_key is None):
+        raise ConfigError(
+            "mqtt.tls_cert and mqtt.tls_key go together: set both or neither", key="mqtt.tls_cert"
+        )
+    if mqtt.tls_groups is not None:
+        try:
+            set_groups(ssl.create_default_context(), mqtt.tls_groups)
+        except MqttTlsError as exc:
+            raise ConfigError(
+                f"mqtt.tls_groups = {mqtt.tls_groups!r} is invalid: {exc}", key="mqtt.tls_groups"
+            ) from None
+
+    def resolve(value: str | None) -> str | None:
+        return None if value is None else str(base_dir / value)  # an absolute value stays
+
+    return replace(
+        mqtt,
+        tls_ca=resolve(mqtt.tls_ca),
+        tls_cert=resolve(mqtt.tls_cert),
+        tls_key=resolve(mqtt.tls_key),
+    )
+
+
 def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
     """Validate a parsed TOML document; relative paths are relative to `base_dir`."""
     allowed = {
@@ -234,7 +292,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
         state_dir=state_dir,
         identity=path("identity", None) if identity is not None else state_dir / "identity.key",
         registry=path("registry", None) if registry is not None else state_dir / "registry.json",
-        mqtt=parse_section(MqttConfig, "mqtt", doc.get("mqtt", {}), _RULES),
+        mqtt=_mqtt_tls(parse_section(MqttConfig, "mqtt", doc.get("mqtt", {}), _RULES), base_dir),
         sessions=parse_section(SessionsConfig, "sessions", doc.get("sessions", {}), _RULES),
         store=parse_section(StoreConfig, "store", doc.get("store", {}), _RULES),
         log=parse_section(LogConfig, "log", doc.get("log", {}), _RULES),

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig
 from gateway.counters import ConnectionCounters
 from gateway.edge import EdgeError, EdgeSettings, Message, MqttEdge
 from gateway.housekeeping import Housekeeping, StatusFile
@@ -29,7 +29,6 @@ from pqlink import (
     Identity,
     PqlinkError,
     RekeyPolicy,
-    Suite,
     load_identity,
     load_registry,
 )
@@ -37,6 +36,7 @@ from pqlink.record import restore_session
 from servicekit.backoff import Backoff
 from servicekit.logs import EventLog
 from servicekit.metrics import MetricsServer
+from servicekit.mqtt_tls import MqttTlsError, client_context
 from servicekit.notify import Notifier
 from wire.reasons import Event, Reason, reason_for
 from wire.topics import TopicKind, TopicLayout
@@ -73,7 +73,6 @@ class GatewayDaemon:
             self.identity,
             load_registry(config.registry),
             HandshakeConfig(
-                suites=(Suite.X25519MLKEM768_ASCON128_SHA256, Suite.MLKEM768_ASCON128_SHA256),
                 max_clock_skew=sc.max_clock_skew,
                 rekey=RekeyPolicy(sc.rekey_records, sc.rekey_seconds),
             ),
@@ -87,6 +86,13 @@ class GatewayDaemon:
             handshake_limiter=RateLimiter(sc.device_handshakes_per_minute / 60.0, 3),
             plaintext=config.bench.plaintext_records,
         )
+        tls = config.mqtt.tls
+        try:
+            # Built once: a missing or unreadable CA is a configuration error at start,
+            # before the store is opened.
+            tls_context = client_context(tls) if tls is not None else None
+        except MqttTlsError as exc:
+            raise ConfigError(f"[mqtt] tls_ca/tls_cert/tls_key: {exc}", key="mqtt.tls_ca") from None
         self.store = VitalsStore(
             config.db_path,
             retention_days=config.store.retention_days,
@@ -131,6 +137,7 @@ class GatewayDaemon:
             keepalive=mc.keepalive,
             receive_maximum=mc.receive_maximum,
             session_expiry=mc.session_expiry,
+            tls_context=tls_context,
         )
         self.counters = ConnectionCounters()
         self._stop = asyncio.Event()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -38,6 +39,7 @@ class EdgeSettings:
     keepalive: int = 30
     receive_maximum: int = 1000  # unacknowledged QoS 1 messages the broker may send us
     session_expiry: int = 7 * 24 * 3600  # seconds the broker keeps our queue while we are down
+    tls_context: ssl.SSLContext | None = None  # TLS to the broker (servicekit.mqtt_tls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,8 @@ class MqttEdge:
         )
         if settings.username is not None:
             self._client.username_pw_set(settings.username, settings.password)
+        if settings.tls_context is not None:
+            self._client.tls_set_context(settings.tls_context)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import psutil
 
@@ -36,23 +38,63 @@ class EnergyReadings:
     taken_at: float
 
 
-def read_energy(now: float | None = None) -> EnergyReadings:
-    """Current readings from psutil; fields the platform cannot provide are None."""
-    battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
-    temperature = None
-    if hasattr(psutil, "sensors_temperatures"):
-        sensors = psutil.sensors_temperatures()
-        # a Raspberry Pi reports its SoC as cpu_thermal; elsewhere take the hottest sensor
-        chosen = sensors.get("cpu_thermal") or [t for group in sensors.values() for t in group]
-        values = [t.current for t in chosen if t.current is not None]
-        temperature = max(values) if values else None
-    load1, _, _ = psutil.getloadavg()
+class BatteryReading(Protocol):
+    """What psutil.sensors_battery() returns, as far as the policy reads it."""
+
+    @property
+    def percent(self) -> float: ...
+
+    @property
+    def power_plugged(self) -> bool | None: ...
+
+
+class TemperatureReading(Protocol):
+    """One entry of psutil.sensors_temperatures(), as far as the policy reads it."""
+
+    @property
+    def current(self) -> float | None: ...
+
+
+def readings_from(
+    *,
+    battery: BatteryReading | None,
+    temperatures: Mapping[str, Sequence[TemperatureReading]],
+    load1: float,
+    cpu_count: int | None,
+    available_bytes: float,
+    taken_at: float,
+) -> EnergyReadings:
+    """Readings from the raw host values; kept apart from psutil so tests can pin them."""
+    # a Raspberry Pi reports its SoC as cpu_thermal; elsewhere take the hottest sensor
+    chosen = temperatures.get("cpu_thermal") or [
+        t for group in temperatures.values() for t in group
+    ]
+    values = [t.current for t in chosen if t.current is not None]
     return EnergyReadings(
         on_ac_power=None if battery is None else bool(battery.power_plugged),
         battery_percent=None if battery is None else float(battery.percent),
-        cpu_load=min(1.0, load1 / (psutil.cpu_count() or 1)),
-        temperature_c=temperature,
-        free_memory_mb=psutil.virtual_memory().available / 2**20,
+        # a load average counts queued tasks too, so it can exceed the core count
+        cpu_load=min(1.0, load1 / (cpu_count or 1)),
+        temperature_c=max(values) if values else None,
+        free_memory_mb=available_bytes / 2**20,
+        taken_at=taken_at,
+    )
+
+
+def read_energy(now: float | None = None) -> EnergyReadings:
+    """Current readings from psutil; fields the platform cannot provide are None."""
+    # Host glue only, left out of mutation testing: what psutil returns cannot be pinned, so
+    # every value goes through readings_from, whose tests pin them.
+    # pragma: no mutate block
+    load1, _, _ = psutil.getloadavg()
+    battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
+    temperatures = psutil.sensors_temperatures() if hasattr(psutil, "sensors_temperatures") else {}
+    return readings_from(
+        battery=battery,
+        temperatures=temperatures,
+        load1=load1,
+        cpu_count=psutil.cpu_count(),
+        available_bytes=psutil.virtual_memory().available,
         taken_at=time.time() if now is None else now,
     )
 
@@ -105,7 +147,7 @@ class EnergyPolicy:
         left = deadline - now
         if left <= 0:
             return ScheduleDecision(
-                Decision.SKIP, "deadline_passed", f"{-left:.1f} s past the deadline"
+                Decision.SKIP, "deadline_passed", f"{now - deadline:.1f} s past the deadline"
             )
         near = left < c.defer_check_interval_s
         on_battery = r.on_ac_power is False

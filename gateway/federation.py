@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -23,13 +24,14 @@ from gateway.energy import (
     read_energy,
 )
 from gateway.learning import FederatedLearner, GlobalModelRejectedError, ReceivedGlobal
+from gateway.secure_link import SecureLink, SecureRoundResult
 from gateway.spool import Spool
 from gateway.store import VitalsStore
 from gateway.tasks import TASKS
 from gateway.trainer import make_trainer
 from gateway.uplink import Uplink
 from gateway.windows import WindowCache
-from pqlink import Identity, PqlinkError, load_public_identity
+from pqlink import Identity, PqlinkError, load_public_identity, load_registry
 from servicekit.logs import EventLog
 from servicekit.metrics import round_histogram
 from wire.envelopes import envelope_codec
@@ -52,6 +54,7 @@ class FederationClient:
     ) -> None:
         lc = config.learning
         self.config = config
+        self.identity = identity
         self.store = store
         self.store_pool = store_pool
         self.log = log
@@ -110,6 +113,9 @@ class FederationClient:
             codec=codec,
         )
         self._train_pool = ThreadPoolExecutor(1, thread_name_prefix="trainer")
+        # a secure round blocks on its stages: it gets its own thread and stop flag
+        self._secure_pool = ThreadPoolExecutor(1, thread_name_prefix="secagg")
+        self._secure_stop = threading.Event()
         self.counters: dict[str, Any] = {
             "rounds_trained": 0,
             "rounds_skipped": 0,
@@ -123,6 +129,8 @@ class FederationClient:
             "last_global_received_at": None,
             "energy_joules_total": 0.0,
             "spool_depth": 0,
+            "secure_rounds": 0,
+            "secure_rounds_aborted": 0,
         }
         # training + sealing of each answered round, for the metrics endpoint
         self.round_seconds = round_histogram(
@@ -152,13 +160,18 @@ class FederationClient:
             self.store_pool, self.spool.get_state, _LAST_ROUND
         )
         self._wake.set()  # a global model may be waiting in the spool from before a restart
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.uplink.run(stop))
-            learner = tg.create_task(self._learn(stop))
-            await stop.wait()
-            learner.cancel()
-        self._train_pool.shutdown()
-        await self._in(self.store_pool, self.spool.close)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.uplink.run(stop))
+                learner = tg.create_task(self._learn(stop))
+                await stop.wait()
+                self._secure_stop.set()
+                learner.cancel()
+        finally:
+            # Also when the uplink or the learner failed: the spool's handle is closed.
+            self._train_pool.shutdown()
+            self._secure_pool.shutdown()
+            await self._in(self.store_pool, self.spool.close)
 
     async def _learn(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -245,6 +258,9 @@ class FederationClient:
             self.log.event(Event.ROUND_SKIPPED, round=round_, reason="no_data", count=len(y))
             await self._finish(round_)
             return
+        if received.model.settings.secure_aggregation:
+            await self._train_secure(round_, received, x, y)
+            return
         update = await self._in(
             self._train_pool,
             self.learner.train_and_seal,
@@ -279,4 +295,55 @@ class FederationClient:
             train_ms=round(m["train_seconds"] * 1000, 1),
             energy_j=round(m["energy_joules"], 3),
             backend=m["backend"],
+        )
+
+    async def _train_secure(
+        self,
+        round_: int,
+        received: ReceivedGlobal,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int32],
+    ) -> None:
+        """Train, then take part in the round's secure aggregation with the update: it leaves
+        this gateway clipped, quantised, noised and masked (nothing goes through the spool:
+        a masked input is worthless once its round is over)."""
+        delta, metrics = await self._in(
+            self._train_pool, self.learner.train_delta, received, x, y, round_
+        )
+        registry_path = self.config.gateway_registry_path
+        if not registry_path.exists():
+            self.log.event(
+                Event.SECURE_ROUND_REFUSED,
+                level=logging.WARNING,
+                round=round_,
+                reason="no_gateway_registry",
+            )
+            await self._finish(round_)
+            return
+        link = SecureLink(
+            self.config.uplink.amqp_url or "",
+            self.identity,
+            self.learner.aggregator,
+            load_registry(registry_path),
+            lambda _announcement: delta.astype(np.float64),
+            codec=self.learner.codec,
+        )
+        result: SecureRoundResult = await self._in(
+            self._secure_pool,
+            lambda: link.run_round(self._secure_stop, after_round=round_ - 1),
+        )
+        await self._finish(round_)
+        self.counters["rounds_trained"] += 1
+        self.counters["secure_rounds"] += 1
+        self.counters["secure_rounds_aborted"] += int(result.aborted)
+        self.counters["last_update"] = metrics
+        self.counters["energy_joules_total"] += metrics["energy_joules"]
+        self.log.event(
+            Event.SECURE_ROUND_FINISHED,
+            round=round_,
+            finished=result.finished,
+            aborted=result.aborted,
+            sent=",".join(k.name.lower() for k in result.sent),
+            refused=len(result.refused),
+            loss_after=round(metrics["loss_after"], 4),
         )

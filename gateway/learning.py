@@ -56,8 +56,10 @@ def train_options(
     settings: RoundSettings, seed: int, *, balanced: bool = False, restricted: bool = False
 ) -> TrainOptions:
     """The aggregator's per-round settings as local training options; `balanced` and
-    `restricted` are the gateway's own choices for its task, not round settings."""
-    clipping = settings.clip_norm > 0
+    `restricted` are the gateway's own choices for its task, not round settings. In secure
+    mode the clip and the noise belong to the encoding of the update (clip, quantise, this
+    gateway's share of the distributed noise), not to local training."""
+    clipping = settings.clip_norm > 0 and not settings.secure_aggregation
     return TrainOptions(
         epochs=settings.epochs,
         batch_size=settings.batch_size,
@@ -137,6 +139,33 @@ class FederatedLearner:
     ) -> TrainedUpdate:
         """Train on (x, y) from the received weights and seal the signed update; the metrics it
         carries (sealed, for the aggregator's report) include `extra_metrics`."""
+        delta, metrics = self.train_delta(received, x, y, seed, extra_metrics)
+        t1 = time.perf_counter()
+        payload = ModelUpdate(
+            delta.astype("<f4").tobytes(), self.trainer.layout.parameter_count, metrics
+        )
+        # The seal time cannot be inside the sealed metrics; the envelope is timed around it.
+        envelope = self.codec.seal(
+            self.identity,
+            [self.aggregator],
+            payload.encode(),
+            content_type=ContentType.MODEL_UPDATE,
+            round=received.model.round,
+            model_version=received.version,
+            sample_count=len(y),
+        )
+        metrics["seal_seconds"] = time.perf_counter() - t1
+        return TrainedUpdate(received.model.round, envelope, metrics)
+
+    def train_delta(
+        self,
+        received: ReceivedGlobal,
+        x: F32,
+        y: npt.NDArray[np.int32],
+        seed: int,
+        extra_metrics: dict[str, float] | None = None,
+    ) -> tuple[F32, dict[str, Any]]:
+        """Train locally; the update (local minus global weights) and its metrics."""
         options = train_options(
             received.model.settings, seed, balanced=self.balanced, restricted=self.restricted
         )
@@ -165,17 +194,4 @@ class FederatedLearner:
             "global_received_at": received.received_at,
             **(extra_metrics or {}),
         }
-        t1 = time.perf_counter()
-        payload = ModelUpdate(delta.astype("<f4").tobytes(), layout.parameter_count, metrics)
-        # The seal time cannot be inside the sealed metrics; the envelope is timed around it.
-        envelope = self.codec.seal(
-            self.identity,
-            [self.aggregator],
-            payload.encode(),
-            content_type=ContentType.MODEL_UPDATE,
-            round=received.model.round,
-            model_version=received.version,
-            sample_count=len(y),
-        )
-        metrics["seal_seconds"] = time.perf_counter() - t1
-        return TrainedUpdate(received.model.round, envelope, metrics)
+        return delta.astype(np.float32), metrics

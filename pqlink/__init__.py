@@ -6,6 +6,7 @@ from pqlink._codec import ID_PATTERN, MAX_ID_LEN, check_identifier
 from pqlink._errors import (
     AuthenticationError,
     DecodeError,
+    ErrorReason,
     KeyFileError,
     LocalProtocolError,
     NegotiationError,
@@ -58,6 +59,7 @@ __all__ = [
     "ContentType",
     "DecodeError",
     "EnvelopeMetadata",
+    "ErrorReason",
     "HandshakeConfig",
     "HandshakeInitiator",
     "HandshakeResponder",

@@ -1,5 +1,6 @@
 /*
- * Ascon-AEAD128 (NIST SP 800-232) as a CPython extension: pqlink._ascon.
+ * Ascon-AEAD128, Ascon-Hash256, Ascon-XOF128 and Ascon-CXOF128 (NIST SP
+ * 800-232) as a CPython extension: pqlink._ascon.
  *
  * Written from the standard. The permutation keeps the 320-bit state in five
  * local 64-bit variables and every round is expanded in place by a macro, so
@@ -28,6 +29,13 @@
 #define ASCON_RATE 16
 #define ASCON_IV UINT64_C(0x00001000808c0001)
 #define ASCON_DSEP (UINT64_C(1) << 63)
+/* SP 800-232 Table 12: the hash and XOF initial values. */
+#define ASCON_HASH256_IV UINT64_C(0x0000080100cc0002)
+#define ASCON_XOF128_IV UINT64_C(0x0000080000cc0003)
+#define ASCON_CXOF128_IV UINT64_C(0x0000080000cc0004)
+#define ASCON_HASH256_SIZE 32
+/* SP 800-232 limits CXOF128's customisation string to 2048 bits. */
+#define ASCON_CXOF_MAX_CUSTOMIZATION 256
 
 /* Below this many bytes the cost of dropping and retaking the GIL is larger
  * than the work, so short records keep it. */
@@ -95,6 +103,51 @@ static inline uint64_t pad(size_t n) { return UINT64_C(1) << (8 * n); }
 
 /* Mask of the low n < 8 bytes of a word. */
 static inline uint64_t low_bytes(size_t n) { return (UINT64_C(1) << (8 * n)) - 1; }
+
+/* ------------------------------------------------------------- wiping */
+
+/*
+ * Key words, states and expected tags are cleared with a store the compiler
+ * may not drop as dead: explicit_bzero where the C library declares it (glibc
+ * 2.25 and later), otherwise memset called through a volatile function pointer,
+ * which the optimiser cannot see through, followed by a compiler barrier.
+ * ASCON_NO_EXPLICIT_BZERO forces the second (the tests build it that way).
+ */
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 25)) && \
+    defined(_DEFAULT_SOURCE) && !defined(ASCON_NO_EXPLICIT_BZERO)
+#define ASCON_HAVE_EXPLICIT_BZERO 1
+#endif
+
+#ifndef ASCON_HAVE_EXPLICIT_BZERO
+static void *(*const volatile ascon_memset)(void *, int, size_t) = memset;
+#endif
+
+static void secure_zero(void *p, size_t n) {
+#ifdef ASCON_HAVE_EXPLICIT_BZERO
+    explicit_bzero(p, n);
+#else
+    ascon_memset(p, 0, n);
+#if defined(__GNUC__)
+    __asm__ __volatile__("" : : "r"(p) : "memory");
+#endif
+#endif
+}
+
+/* The bulk loops keep the key words and the state in registers, and whatever
+ * the register allocator spilled is left in the stack below the caller once
+ * they return. Zeroing that much stack afterwards (as libgcrypt's burn_stack
+ * does) clears the spills without knowing where the compiler put them. The
+ * deepest chain, decrypt and the tag, takes 232 bytes of stack with GCC 12 on
+ * x86-64 (-fstack-usage); twice that leaves room for other compilers. */
+#define ASCON_BURN_BYTES 512
+
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void burn_stack(void) {
+    uint8_t area[ASCON_BURN_BYTES];
+    secure_zero(area, sizeof area);
+}
 
 /* ---------------------------------------------------------- permutation */
 
@@ -208,6 +261,8 @@ typedef void (*encrypt_fn)(const uint8_t *, const uint8_t *, const uint8_t *, si
                            const uint8_t *, size_t, uint8_t *);
 typedef int (*decrypt_fn)(const uint8_t *, const uint8_t *, const uint8_t *, size_t,
                           const uint8_t *, size_t, const uint8_t *, uint8_t *);
+typedef void (*xof_fn)(uint64_t, const uint8_t *, size_t, int, const uint8_t *, size_t, uint8_t *,
+                       size_t);
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(ASCON_PORTABLE)
 #define ASCON_HAVE_BMI2 1
@@ -221,6 +276,7 @@ typedef int (*decrypt_fn)(const uint8_t *, const uint8_t *, const uint8_t *, siz
 
 static encrypt_fn ascon_encrypt = ascon_encrypt_portable;
 static decrypt_fn ascon_decrypt = ascon_decrypt_portable;
+static xof_fn ascon_xof = ascon_xof_portable;
 static const char *implementation = "portable";
 
 static void choose_implementation(void) {
@@ -229,18 +285,10 @@ static void choose_implementation(void) {
     if (__builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2")) {
         ascon_encrypt = ascon_encrypt_bmi2;
         ascon_decrypt = ascon_decrypt_bmi2;
+        ascon_xof = ascon_xof_bmi2;
         implementation = "x86-64 BMI2";
     }
 #endif
-}
-
-/* A plain memset of memory that is freed next may be elided as a dead store;
- * writing through a volatile pointer may not. */
-static void wipe(void *p, size_t n) {
-    volatile uint8_t *v = (volatile uint8_t *)p;
-    while (n--) {
-        *v++ = 0;
-    }
 }
 
 /* ---------------------------------------------------------------- Python */
@@ -301,9 +349,11 @@ static PyObject *py_encrypt(PyObject *module, PyObject *const *args, Py_ssize_t 
     if (mlen + adlen >= ASCON_NOGIL_THRESHOLD) {
         Py_BEGIN_ALLOW_THREADS
         ascon_encrypt(b[0].buf, b[1].buf, b[2].buf, adlen, b[3].buf, mlen, c);
+        burn_stack();
         Py_END_ALLOW_THREADS
     } else {
         ascon_encrypt(b[0].buf, b[1].buf, b[2].buf, adlen, b[3].buf, mlen, c);
+        burn_stack();
     }
     release_buffers(b);
     return out;
@@ -332,19 +382,134 @@ static PyObject *py_decrypt(PyObject *module, PyObject *const *args, Py_ssize_t 
     if (clen + adlen >= ASCON_NOGIL_THRESHOLD) {
         Py_BEGIN_ALLOW_THREADS
         bad = ascon_decrypt(b[0].buf, b[1].buf, b[2].buf, adlen, c, clen, c + clen, m);
+        burn_stack();
         Py_END_ALLOW_THREADS
     } else {
         bad = ascon_decrypt(b[0].buf, b[1].buf, b[2].buf, adlen, c, clen, c + clen, m);
+        burn_stack();
     }
     release_buffers(b);
     if (bad) {
-        wipe(m, clen);
+        secure_zero(m, clen);
         Py_DECREF(out);
         PyErr_SetString(authentication_error, "Ascon-AEAD128 tag mismatch");
         return NULL;
     }
     return out;
 }
+
+/* Runs the sponge, without the GIL once input and output are large enough to
+ * be worth it, and returns a new bytes object of outlen bytes. */
+static PyObject *run_xof(uint64_t iv, const Py_buffer *z, int customized, const Py_buffer *m,
+                         Py_ssize_t outlen) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, outlen);
+    if (out == NULL) {
+        return NULL;
+    }
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    const uint8_t *zb = customized ? z->buf : NULL;
+    const size_t zlen = customized ? (size_t)z->len : 0;
+    if ((size_t)m->len + (size_t)outlen >= ASCON_NOGIL_THRESHOLD) {
+        Py_BEGIN_ALLOW_THREADS
+        ascon_xof(iv, zb, zlen, customized, m->buf, (size_t)m->len, o, (size_t)outlen);
+        burn_stack();
+        Py_END_ALLOW_THREADS
+    } else {
+        ascon_xof(iv, zb, zlen, customized, m->buf, (size_t)m->len, o, (size_t)outlen);
+        burn_stack();
+    }
+    return out;
+}
+
+static int check_length(PyObject *arg, Py_ssize_t *outlen) {
+    *outlen = PyLong_AsSsize_t(arg);
+    if (*outlen == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (*outlen < 0) {
+        PyErr_Format(PyExc_ValueError, "length must be at least 0, got %zd", *outlen);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_hash256(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 1) {
+        PyErr_Format(PyExc_TypeError, "hash256() takes exactly 1 positional argument (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    Py_buffer m;
+    if (PyObject_GetBuffer(args[0], &m, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *out = run_xof(ASCON_HASH256_IV, NULL, 0, &m, ASCON_HASH256_SIZE);
+    PyBuffer_Release(&m);
+    return out;
+}
+
+static PyObject *py_xof128(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "xof128() takes exactly 2 positional arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    Py_ssize_t outlen;
+    if (check_length(args[1], &outlen) < 0) {
+        return NULL;
+    }
+    Py_buffer m;
+    if (PyObject_GetBuffer(args[0], &m, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *out = run_xof(ASCON_XOF128_IV, NULL, 0, &m, outlen);
+    PyBuffer_Release(&m);
+    return out;
+}
+
+static PyObject *py_cxof128(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "cxof128() takes exactly 3 positional arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    Py_ssize_t outlen;
+    if (check_length(args[2], &outlen) < 0) {
+        return NULL;
+    }
+    Py_buffer m, z;
+    if (PyObject_GetBuffer(args[0], &m, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &z, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&m);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (z.len > ASCON_CXOF_MAX_CUSTOMIZATION) {
+        PyErr_Format(PyExc_ValueError, "customization must be at most %d bytes, got %zd",
+                     ASCON_CXOF_MAX_CUSTOMIZATION, z.len);
+    } else {
+        out = run_xof(ASCON_CXOF128_IV, &z, 1, &m, outlen);
+    }
+    PyBuffer_Release(&z);
+    PyBuffer_Release(&m);
+    return out;
+}
+
+PyDoc_STRVAR(hash256_doc, "hash256($module, message, /)\n--\n\n"
+                          "Ascon-Hash256 (NIST SP 800-232): the 32-byte digest of message.");
+
+PyDoc_STRVAR(xof128_doc, "xof128($module, message, length, /)\n--\n\n"
+                         "Ascon-XOF128 (NIST SP 800-232): length bytes of output for message.");
+
+PyDoc_STRVAR(cxof128_doc,
+             "cxof128($module, message, customization, length, /)\n--\n\n"
+             "Ascon-CXOF128 (NIST SP 800-232): length bytes of output for message under a\n"
+             "customization string of at most 256 bytes.");
 
 PyDoc_STRVAR(encrypt_doc,
              "encrypt($module, key, nonce, associated_data, plaintext, /)\n--\n\n"
@@ -359,13 +524,16 @@ PyDoc_STRVAR(decrypt_doc,
 static PyMethodDef ascon_methods[] = {
     {"encrypt", (PyCFunction)(void (*)(void))py_encrypt, METH_FASTCALL, encrypt_doc},
     {"decrypt", (PyCFunction)(void (*)(void))py_decrypt, METH_FASTCALL, decrypt_doc},
+    {"hash256", (PyCFunction)(void (*)(void))py_hash256, METH_FASTCALL, hash256_doc},
+    {"xof128", (PyCFunction)(void (*)(void))py_xof128, METH_FASTCALL, xof128_doc},
+    {"cxof128", (PyCFunction)(void (*)(void))py_cxof128, METH_FASTCALL, cxof128_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef ascon_module = {
     PyModuleDef_HEAD_INIT,
     "pqlink._ascon",
-    "Ascon-AEAD128 (NIST SP 800-232) authenticated encryption in C.",
+    "Ascon-AEAD128, Ascon-Hash256, Ascon-XOF128 and Ascon-CXOF128 (NIST SP 800-232) in C.",
     -1,
     ascon_methods,
     NULL,
@@ -391,7 +559,9 @@ PyMODINIT_FUNC PyInit__ascon(void) {
     }
     if (PyModule_AddIntConstant(m, "KEY_SIZE", ASCON_KEY_SIZE) < 0 ||
         PyModule_AddIntConstant(m, "NONCE_SIZE", ASCON_NONCE_SIZE) < 0 ||
-        PyModule_AddIntConstant(m, "TAG_SIZE", ASCON_TAG_SIZE) < 0) {
+        PyModule_AddIntConstant(m, "TAG_SIZE", ASCON_TAG_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "HASH256_SIZE", ASCON_HASH256_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "CXOF_MAX_CUSTOMIZATION", ASCON_CXOF_MAX_CUSTOMIZATION) < 0) {
         Py_DECREF(exc);
         Py_DECREF(m);
         return NULL;

@@ -1,4 +1,4 @@
-"""Typing stub of the Ascon-AEAD128 C extension (NIST SP 800-232).
+"""Typing stub of the Ascon C extension (NIST SP 800-232): AEAD128, Hash256, XOF128, CXOF128.
 
 Arguments are positional-only bytes-like objects; key and nonce must be exactly 16 bytes."""
 
@@ -9,6 +9,10 @@ _BytesLike: TypeAlias = bytes | bytearray | memoryview
 KEY_SIZE: Final[int]
 NONCE_SIZE: Final[int]
 TAG_SIZE: Final[int]
+#: Ascon-Hash256's digest size: 32.
+HASH256_SIZE: Final[int]
+#: The longest CXOF128 customization string in bytes (2048 bits): 256.
+CXOF_MAX_CUSTOMIZATION: Final[int]
 #: The code path chosen at import: "x86-64 BMI2" or "portable".
 IMPLEMENTATION: Final[str]
 
@@ -25,3 +29,13 @@ def decrypt(
     /,
 ) -> bytes:
     """Return the plaintext; AuthenticationError, releasing nothing, if the tag does not verify."""
+
+def hash256(message: _BytesLike, /) -> bytes:
+    """Return the 32-byte Ascon-Hash256 digest of message."""
+
+def xof128(message: _BytesLike, length: int, /) -> bytes:
+    """Return `length` bytes of Ascon-XOF128 output; ValueError if length is negative."""
+
+def cxof128(message: _BytesLike, customization: _BytesLike, length: int, /) -> bytes:
+    """Return `length` bytes of Ascon-CXOF128 output under a customization string of at most
+    256 bytes; ValueError if it is longer or length is negative."""

@@ -42,11 +42,14 @@ static void ASCON_NAME(start)(ascon_state *s, uint64_t k0, uint64_t k1, const ui
     s->x4 = x4;
 }
 
+/* Wipes the state it is given: with it and the public inputs, anyone could
+ * finish any message under this key and nonce. */
 static void ASCON_NAME(finish)(ascon_state *s, uint64_t k0, uint64_t k1, uint8_t tag[16]) {
     uint64_t x0 = s->x0, x1 = s->x1, x2 = s->x2 ^ k0, x3 = s->x3 ^ k1, x4 = s->x4;
     P12();
     store64(tag, x3 ^ k0);
     store64(tag + 8, ~x4 ^ k1); /* undo the lane complement */
+    secure_zero(s, sizeof *s);
 }
 
 static void ASCON_NAME(encrypt)(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad,
@@ -82,7 +85,7 @@ static void ASCON_NAME(encrypt)(const uint8_t *key, const uint8_t *nonce, const 
     s.x2 = x2;
     s.x3 = x3;
     s.x4 = x4;
-    ASCON_NAME(finish)(&s, k0, k1, c);
+    ASCON_NAME(finish)(&s, k0, k1, c); /* wipes s */
 }
 
 /* Returns 0 when the tag verifies; otherwise m holds unauthenticated bytes
@@ -130,5 +133,54 @@ static int ASCON_NAME(decrypt)(const uint8_t *key, const uint8_t *nonce, const u
     for (int i = 0; i < ASCON_TAG_SIZE; i++) {
         diff |= (unsigned)(expected[i] ^ tag[i]);
     }
+    /* The expected tag is a valid forgery for this message: it must not outlive the check. */
+    secure_zero(expected, sizeof expected);
     return diff != 0;
 }
+
+/*
+ * Ascon-Hash256, Ascon-XOF128 and Ascon-CXOF128 share one sponge: a 64-bit
+ * rate, p12 after every absorbed block and between squeezed blocks. The IV
+ * alone tells them apart; CXOF128 first absorbs the customisation string's
+ * length in bits as one 64-bit word, then the string, then the message, each
+ * padded. The state is in locals, in the same lane-complemented form as the
+ * AEAD (x2 and x4 start as ~0), and only x0 is ever read or written.
+ */
+#define ASCON_ABSORB(p, len)                                  \
+    do {                                                      \
+        const uint8_t *in_ = (p);                             \
+        size_t n_ = (len);                                    \
+        while (n_ >= 8) {                                     \
+            x0 ^= load64(in_);                                \
+            P12();                                            \
+            in_ += 8;                                         \
+            n_ -= 8;                                          \
+        }                                                     \
+        x0 ^= load_partial(in_, n_) ^ pad(n_);                \
+        P12();                                                \
+    } while (0)
+
+static void ASCON_NAME(xof)(uint64_t iv, const uint8_t *z, size_t zlen, int customized,
+                            const uint8_t *m, size_t mlen, uint8_t *out, size_t outlen) {
+    uint64_t x0 = iv, x1 = 0, x2 = ~UINT64_C(0), x3 = 0, x4 = ~UINT64_C(0);
+    P12();
+    if (customized) {
+        x0 ^= (uint64_t)zlen * 8;
+        P12();
+        ASCON_ABSORB(z, zlen);
+    }
+    ASCON_ABSORB(m, mlen);
+    while (outlen > 8) {
+        store64(out, x0);
+        P12();
+        out += 8;
+        outlen -= 8;
+    }
+    if (outlen == 8) {
+        store64(out, x0);
+    } else {
+        store_partial(out, x0, outlen);
+    }
+}
+
+#undef ASCON_ABSORB

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import struct
 
-from pqlink._errors import DecodeError
+from pqlink._errors import DecodeError, ErrorReason
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -44,7 +44,8 @@ class Reader:
         if end > len(self._data):
             raise DecodeError(
                 f"{self._what}: truncated in {field} (need {n} bytes at offset {self._pos}, "
-                f"frame has {len(self._data)})"
+                f"frame has {len(self._data)})",
+                reason=ErrorReason.TRUNCATED,
             )
         chunk = self._data[self._pos : end]
         self._pos = end
@@ -73,7 +74,10 @@ class Reader:
         n = self.u8(field + " length")
         raw = self._take(n, field)
         if not ID_PATTERN.fullmatch(raw):
-            raise DecodeError(f"{self._what}: {field} is not a valid identifier")
+            raise DecodeError(
+                f"{self._what}: {field} is not a valid identifier",
+                reason=ErrorReason.BAD_IDENTIFIER,
+            )
         return raw.decode("ascii")
 
     def rest(self) -> bytes:
@@ -84,7 +88,8 @@ class Reader:
     def end(self) -> None:
         if self._pos != len(self._data):
             raise DecodeError(
-                f"{self._what}: {len(self._data) - self._pos} unexpected trailing bytes"
+                f"{self._what}: {len(self._data) - self._pos} unexpected trailing bytes",
+                reason=ErrorReason.TRAILING_BYTES,
             )
 
 

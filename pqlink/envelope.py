@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pqlink._ascon import decrypt as _ascon_decrypt
 from pqlink._ascon import encrypt as _ascon_encrypt
 from pqlink._codec import Reader, Writer
-from pqlink._errors import DecodeError, LocalProtocolError
+from pqlink._errors import DecodeError, ErrorReason, LocalProtocolError
 from pqlink.identity import Identity, PublicIdentity, Registry
 from pqlink.kdf import expand_label, hkdf_extract
 from pqlink.keys import HYBRID_CIPHERTEXT_SIZE, SigAlg
+from pqlink.record import BytesLike
 
 ENVELOPE_TYPE = 0x04
 ENVELOPE_VERSION = 1
@@ -36,6 +37,8 @@ class ContentType(enum.IntEnum):
     MODEL_UPDATE = 1
     GLOBAL_MODEL = 2
     ROUND_ANNOUNCEMENT = 3
+    SECAGG = 4  # a secure-aggregation protocol message (adverts, keys, shares, unmasking)
+    MASKED_INPUT = 5  # a gateway's masked update, summed by crypto workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,9 @@ def seal_envelope(
 ) -> bytes:
     """Encrypt `payload` for every recipient and sign the whole envelope."""
     if not 1 <= len(recipients) <= MAX_RECIPIENTS:
-        raise LocalProtocolError(f"an envelope needs 1 to {MAX_RECIPIENTS} recipients")
+        raise LocalProtocolError(
+            f"an envelope needs 1 to {MAX_RECIPIENTS} recipients", reason=ErrorReason.BAD_COUNT
+        )
     _check_u(round, 64, "round")
     _check_u(model_version, 32, "model_version")
     _check_u(sample_count, 64, "sample_count")
@@ -107,10 +112,14 @@ def seal_envelope(
     seen: set[bytes] = set()
     for rcpt in recipients:
         if rcpt.kem_public is None:
-            raise LocalProtocolError(f"recipient {rcpt.name!r} has no KEM key")
+            raise LocalProtocolError(
+                f"recipient {rcpt.name!r} has no KEM key", reason=ErrorReason.BAD_KEY
+            )
         fp = bytes.fromhex(rcpt.fingerprint)
         if fp in seen:
-            raise LocalProtocolError(f"recipient {rcpt.name!r} is listed twice")
+            raise LocalProtocolError(
+                f"recipient {rcpt.name!r} is listed twice", reason=ErrorReason.DUPLICATE_RECIPIENT
+            )
         seen.add(fp)
         enc = rcpt.kem_public.encapsulate()
         kek = _wrap_key(enc.shared_secret, fp, envelope_id)
@@ -132,21 +141,28 @@ class _Parsed:
     signature: bytes
 
 
-def _parse(frame: bytes, max_size: int) -> _Parsed:
+def _parse(frame: BytesLike, max_size: int) -> _Parsed:
     if len(frame) > max_size:
-        raise DecodeError(f"envelope of {len(frame)} bytes exceeds the {max_size}-byte limit")
+        raise DecodeError(
+            f"envelope of {len(frame)} bytes exceeds the {max_size}-byte limit",
+            reason=ErrorReason.TOO_LARGE,
+        )
     raw = bytes(frame)
     r = Reader(raw, "envelope")
     if r.u8("type") != ENVELOPE_TYPE:
-        raise DecodeError("frame is not an envelope")
+        raise DecodeError("frame is not an envelope", reason=ErrorReason.WRONG_TYPE)
     version = r.u8("version")
     if version != ENVELOPE_VERSION:
-        raise DecodeError(f"envelope version {version} is not supported")
+        raise DecodeError(
+            f"envelope version {version} is not supported", reason=ErrorReason.BAD_VERSION
+        )
     ct_code = r.u8("content type")
     try:
         content_type = ContentType(ct_code)
     except ValueError:
-        raise DecodeError(f"unknown envelope content type {ct_code}") from None
+        raise DecodeError(
+            f"unknown envelope content type {ct_code}", reason=ErrorReason.UNKNOWN_CONTENT_TYPE
+        ) from None
     sig_alg = SigAlg.from_wire(r.u8("signature algorithm"))
     sender = r.identifier("sender id")
     round_ = r.u64("round")
@@ -156,24 +172,35 @@ def _parse(frame: bytes, max_size: int) -> _Parsed:
     envelope_id = r.raw(ENVELOPE_ID_SIZE, "envelope id")
     n = r.u16("recipient count")
     if not 1 <= n <= MAX_RECIPIENTS:
-        raise DecodeError(f"envelope lists {n} recipients (1-{MAX_RECIPIENTS} allowed)")
+        raise DecodeError(
+            f"envelope lists {n} recipients (1-{MAX_RECIPIENTS} allowed)",
+            reason=ErrorReason.BAD_COUNT,
+        )
     slots: dict[bytes, tuple[bytes, bytes]] = {}
     for _ in range(n):
         fp = r.raw(FINGERPRINT_SIZE, "recipient fingerprint")
         ct = r.raw(HYBRID_CIPHERTEXT_SIZE, "recipient KEM ciphertext")
         wrapped = r.raw(WRAPPED_KEY_SIZE, "wrapped key")
         if fp in slots:
-            raise DecodeError("envelope lists a recipient twice")
+            raise DecodeError(
+                "envelope lists a recipient twice", reason=ErrorReason.DUPLICATE_RECIPIENT
+            )
         slots[fp] = (ct, wrapped)
     header_end = r.offset
     body_len = r.u32("body length")
     if body_len < 16:
-        raise DecodeError(f"envelope body of {body_len} bytes is shorter than its tag")
+        raise DecodeError(
+            f"envelope body of {body_len} bytes is shorter than its tag",
+            reason=ErrorReason.BODY_TOO_SHORT,
+        )
     body = r.raw(body_len, "body")
     signed_end = r.offset
     sig_len = r.u16("signature length")
     if sig_len != sig_alg.signature_size:
-        raise DecodeError(f"signature length {sig_len} does not match {sig_alg.label}")
+        raise DecodeError(
+            f"signature length {sig_len} does not match {sig_alg.label}",
+            reason=ErrorReason.BAD_SIGNATURE_LENGTH,
+        )
     signature = r.raw(sig_len, "signature")
     r.end()
     meta = EnvelopeMetadata(
@@ -190,13 +217,13 @@ def _parse(frame: bytes, max_size: int) -> _Parsed:
     return _Parsed(meta, slots, raw[:header_end], body, raw[:signed_end], signature)
 
 
-def peek_envelope(frame: bytes, max_size: int = DEFAULT_MAX_ENVELOPE_SIZE) -> EnvelopeMetadata:
+def peek_envelope(frame: BytesLike, max_size: int = DEFAULT_MAX_ENVELOPE_SIZE) -> EnvelopeMetadata:
     """Decode the metadata WITHOUT verifying anything: for routing and logging only."""
     return _parse(frame, max_size).metadata
 
 
 def open_envelope(
-    frame: bytes,
+    frame: BytesLike,
     recipient: Identity,
     senders: Registry,
     *,
@@ -207,14 +234,21 @@ def open_envelope(
     meta = parsed.metadata
     sender = senders.lookup(meta.sender)
     if sender.verify_key.alg is not meta.sig_alg:
-        raise DecodeError(f"{meta.sender!r} is enrolled with {sender.verify_key.alg.label}")
+        raise DecodeError(
+            f"{meta.sender!r} is enrolled with {sender.verify_key.alg.label}",
+            reason=ErrorReason.SIG_ALG_MISMATCH,
+        )
     sender.verify_key.verify(parsed.signature, parsed.signed, _SIGN_CONTEXT)
     if recipient.kem_key is None:
-        raise LocalProtocolError(f"{recipient.name!r} has no KEM key to open envelopes with")
+        raise LocalProtocolError(
+            f"{recipient.name!r} has no KEM key to open envelopes with", reason=ErrorReason.BAD_KEY
+        )
     fp = bytes.fromhex(recipient.public.fingerprint)
     slot = parsed.slots.get(fp)
     if slot is None:
-        raise DecodeError(f"envelope is not addressed to {recipient.name!r}")
+        raise DecodeError(
+            f"envelope is not addressed to {recipient.name!r}", reason=ErrorReason.NOT_A_RECIPIENT
+        )
     ct, wrapped = slot
     kek = _wrap_key(recipient.kem_key.decapsulate(ct), fp, meta.envelope_id)
     content_key = _ascon_decrypt(kek, meta.envelope_id, fp, wrapped)

@@ -17,6 +17,7 @@ from pqlink._codec import Reader, Writer
 from pqlink._errors import (
     AuthenticationError,
     DecodeError,
+    ErrorReason,
     LocalProtocolError,
     NegotiationError,
     PqlinkError,
@@ -33,7 +34,7 @@ from pqlink.keys import (
     HybridPublicKey,
     SigAlg,
 )
-from pqlink.record import RekeyPolicy, Session, SessionRole
+from pqlink.record import BytesLike, RekeyPolicy, Session, SessionRole
 
 INIT_TYPE = 0x01
 RESPONSE_TYPE = 0x02
@@ -45,6 +46,8 @@ _RESPONSE_CONTEXT = b"pqlink1 handshake response"
 _EXTRACT_SALT = b"pqlink1 handshake"
 MAX_INIT_SIZE = 8192
 MAX_RESPONSE_SIZE = 8192
+DEFAULT_MAX_CLOCK_SKEW = 120.0
+_SIGNATURE_SIZES = frozenset(alg.signature_size for alg in SigAlg)
 
 
 class Suite(enum.IntEnum):
@@ -66,7 +69,7 @@ class HandshakeConfig:
 
     versions: tuple[int, ...] = PROTOCOL_VERSIONS
     suites: tuple[Suite, ...] = (Suite.X25519MLKEM768_ASCON128_SHA256,)
-    max_clock_skew: float = 120.0
+    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
     rekey: RekeyPolicy = field(default_factory=RekeyPolicy)
     replay_window: int = 1024
 
@@ -81,10 +84,9 @@ class HandshakeConfig:
             raise ValueError(f"max_clock_skew must be > 0, got {self.max_clock_skew}")
 
 
-#: Responders accept the pure ML-KEM suite too, but prefer the hybrid one.
-RESPONDER_DEFAULT = HandshakeConfig(
-    suites=(Suite.X25519MLKEM768_ASCON128_SHA256, Suite.MLKEM768_ASCON128_SHA256)
-)
+#: Both sides offer and accept only the hybrid suite unless configured otherwise: the
+#: ML-KEM-only suite is opt-in (list it in `suites`), so no default gives up X25519.
+RESPONDER_DEFAULT = HandshakeConfig()
 
 
 # --- messages -------------------------------------------------------------------------------
@@ -127,20 +129,27 @@ def _encode_init_core(  # noqa: PLR0917 -- one positional per wire field, in wir
     return w.raw(random).raw(key_share).getvalue()
 
 
-def parse_init(frame: bytes) -> InitMessage:
+def parse_init(frame: BytesLike) -> InitMessage:
     """Decode a handshake init; raises DecodeError on any malformation."""
     if len(frame) > MAX_INIT_SIZE:
-        raise DecodeError(f"handshake init of {len(frame)} bytes exceeds {MAX_INIT_SIZE}")
+        raise DecodeError(
+            f"handshake init of {len(frame)} bytes exceeds {MAX_INIT_SIZE}",
+            reason=ErrorReason.TOO_LARGE,
+        )
     r = Reader(bytes(frame), "handshake init")
     if r.u8("type") != INIT_TYPE:
-        raise DecodeError("frame is not a handshake init")
+        raise DecodeError("frame is not a handshake init", reason=ErrorReason.WRONG_TYPE)
     n = r.u8("version count")
     if not 1 <= n <= 8:
-        raise DecodeError(f"handshake init offers {n} versions (1-8 allowed)")
+        raise DecodeError(
+            f"handshake init offers {n} versions (1-8 allowed)", reason=ErrorReason.BAD_COUNT
+        )
     versions = tuple(r.u8("version") for _ in range(n))
     n = r.u8("suite count")
     if not 1 <= n <= 8:
-        raise DecodeError(f"handshake init offers {n} suites (1-8 allowed)")
+        raise DecodeError(
+            f"handshake init offers {n} suites (1-8 allowed)", reason=ErrorReason.BAD_COUNT
+        )
     suites = tuple(r.u16("suite") for _ in range(n))
     initiator = r.identifier("initiator id")
     responder = r.identifier("responder id")
@@ -151,7 +160,10 @@ def parse_init(frame: bytes) -> InitMessage:
     signed_end = r.offset
     sig_len = r.u16("signature length")
     if sig_len != sig_alg.signature_size:
-        raise DecodeError(f"signature length {sig_len} does not match {sig_alg.label}")
+        raise DecodeError(
+            f"signature length {sig_len} does not match {sig_alg.label}",
+            reason=ErrorReason.BAD_SIGNATURE_LENGTH,
+        )
     signature = r.raw(sig_len, "signature")
     r.end()
     raw = bytes(frame)
@@ -185,27 +197,37 @@ class ResponseMessage:
     before_finished: bytes  # core plus the signature field
 
 
-def parse_response(frame: bytes) -> ResponseMessage:
+def parse_response(frame: BytesLike) -> ResponseMessage:
     """Decode a handshake response; raises DecodeError on any malformation."""
     if len(frame) > MAX_RESPONSE_SIZE:
-        raise DecodeError(f"handshake response of {len(frame)} bytes exceeds {MAX_RESPONSE_SIZE}")
+        raise DecodeError(
+            f"handshake response of {len(frame)} bytes exceeds {MAX_RESPONSE_SIZE}",
+            reason=ErrorReason.TOO_LARGE,
+        )
     raw = bytes(frame)
     r = Reader(raw, "handshake response")
     if r.u8("type") != RESPONSE_TYPE:
-        raise DecodeError("frame is not a handshake response")
+        raise DecodeError("frame is not a handshake response", reason=ErrorReason.WRONG_TYPE)
     version = r.u8("version")
     suite_code = r.u16("suite")
     try:
         suite = Suite(suite_code)
     except ValueError:
-        raise NegotiationError(f"response selects unknown suite {suite_code:#06x}") from None
+        raise NegotiationError(
+            f"response selects unknown suite {suite_code:#06x}", reason=ErrorReason.UNKNOWN_SUITE
+        ) from None
     responder = r.identifier("responder id")
     random = r.raw(RANDOM_SIZE, "random")
     ct = r.raw(suite.ciphertext_size, "KEM ciphertext")
     core_end = r.offset
     sig_len = r.u16("signature length")
-    if sig_len > 4096:
-        raise DecodeError(f"signature length {sig_len} is implausible")
+    # The responder's algorithm is checked when its signature is verified; here only the
+    # lengths of the defined ML-DSA parameter sets are accepted.
+    if sig_len not in _SIGNATURE_SIZES:
+        raise DecodeError(
+            f"signature length {sig_len} is not that of an ML-DSA parameter set",
+            reason=ErrorReason.BAD_SIGNATURE_LENGTH,
+        )
     signature = r.raw(sig_len, "signature")
     sig_end = r.offset
     finished = r.raw(FINISHED_SIZE, "finished")
@@ -273,7 +295,9 @@ class HandshakeInitiator:
 
     def start(self, now: float | None = None) -> bytes:
         if self.state is not InitiatorState.START:
-            raise LocalProtocolError(f"start() called in state {self.state.value}")
+            raise LocalProtocolError(
+                f"start() called in state {self.state.value}", reason=ErrorReason.WRONG_STATE
+            )
         wall = time.time() if now is None else now
         self._ephemeral = HybridPrivateKey.generate()
         core = _encode_init_core(
@@ -291,10 +315,12 @@ class HandshakeInitiator:
         self.state = InitiatorState.WAIT_RESPONSE
         return self._init_raw
 
-    def receive(self, frame: bytes, now: float | None = None) -> Session:
+    def receive(self, frame: BytesLike, now: float | None = None) -> Session:
         """Verify the response and return the established session; a failure is final."""
         if self.state is not InitiatorState.WAIT_RESPONSE:
-            raise LocalProtocolError(f"receive() called in state {self.state.value}")
+            raise LocalProtocolError(
+                f"receive() called in state {self.state.value}", reason=ErrorReason.WRONG_STATE
+            )
         try:
             session = self._receive(frame, time.monotonic() if now is None else now)
         except PqlinkError:
@@ -305,30 +331,41 @@ class HandshakeInitiator:
         self._ephemeral = None
         return session
 
-    def _receive(self, frame: bytes, now: float) -> Session:
+    def _receive(self, frame: BytesLike, now: float) -> Session:
         msg = parse_response(frame)
         if msg.version not in self.config.versions:
-            raise NegotiationError(f"responder chose version {msg.version}, which was not offered")
+            raise NegotiationError(
+                f"responder chose version {msg.version}, which was not offered",
+                reason=ErrorReason.VERSION_NOT_OFFERED,
+            )
         suite = Suite(msg.suite)
         if suite not in self.config.suites:
-            raise NegotiationError(f"responder chose suite {suite.name}, which was not offered")
+            raise NegotiationError(
+                f"responder chose suite {suite.name}, which was not offered",
+                reason=ErrorReason.SUITE_NOT_OFFERED,
+            )
         if msg.responder != self.responder.name:
             raise UnknownPeerError(
-                f"response comes from {msg.responder!r}, expected {self.responder.name!r}"
+                f"response comes from {msg.responder!r}, expected {self.responder.name!r}",
+                reason=ErrorReason.WRONG_RESPONDER,
             )
         self.responder.verify_key.verify(
             msg.signature, _response_digest(self._init_raw, msg.core), _RESPONSE_CONTEXT
         )
         ephemeral = self._ephemeral
         if ephemeral is None:
-            raise LocalProtocolError("no ephemeral key: start() was not called")
+            raise LocalProtocolError(
+                "no ephemeral key: start() was not called", reason=ErrorReason.WRONG_STATE
+            )
         if suite is Suite.X25519MLKEM768_ASCON128_SHA256:
             shared = ephemeral.decapsulate(msg.kem_ciphertext)
         else:
             shared = ephemeral.mlkem.decapsulate(msg.kem_ciphertext)
         keys = _key_schedule(shared, self._init_raw, msg.before_finished)
         if not hmac.compare_digest(keys.finished, msg.finished):
-            raise AuthenticationError("handshake finished MAC does not verify")
+            raise AuthenticationError(
+                "handshake finished MAC does not verify", reason=ErrorReason.BAD_FINISHED
+            )
         return Session(
             session_id=keys.session_id,
             role=SessionRole.INITIATOR,
@@ -355,15 +392,20 @@ class InitReplayCache:
 
     def check_and_add(self, key: bytes, expires: float, now: float) -> None:
         seen = self._seen
+        # An entry lives through its expiry instant: an init whose timestamp is exactly at the
+        # skew limit is still accepted then, so its replay must still be found.
         while seen:
             oldest_key, oldest_exp = next(iter(seen.items()))
-            if oldest_exp > now:
+            if oldest_exp >= now:
                 break
             del seen[oldest_key]
         if key in seen:
-            raise ReplayError("handshake init was already used")
+            raise ReplayError("handshake init was already used", reason=ErrorReason.INIT_REPLAYED)
         if len(seen) >= self.max_entries:
-            raise ReplayError("handshake replay cache is full; try again later")
+            raise ReplayError(
+                "handshake replay cache is full; try again later",
+                reason=ErrorReason.REPLAY_CACHE_FULL,
+            )
         seen[key] = expires
 
     def __len__(self) -> int:
@@ -393,30 +435,45 @@ class HandshakeResponder:
         self.replay_cache = replay_cache if replay_cache is not None else InitReplayCache()
 
     def respond(
-        self, frame: bytes, now: float | None = None, monotonic: float | None = None
+        self, frame: BytesLike, now: float | None = None, monotonic: float | None = None
     ) -> HandshakeResult:
         wall = time.time() if now is None else now
         mono = time.monotonic() if monotonic is None else monotonic
         msg = parse_init(frame)
         version = next((v for v in self.config.versions if v in msg.versions), None)
         if version is None:
-            raise NegotiationError(f"no common protocol version in {msg.versions}")
+            raise NegotiationError(
+                f"no common protocol version in {msg.versions}",
+                reason=ErrorReason.NO_COMMON_VERSION,
+            )
         suite = next((s for s in self.config.suites if s in msg.suites), None)
         if suite is None:
-            raise NegotiationError(f"no common suite in {[hex(s) for s in msg.suites]}")
+            raise NegotiationError(
+                f"no common suite in {[hex(s) for s in msg.suites]}",
+                reason=ErrorReason.NO_COMMON_SUITE,
+            )
         if msg.responder != self.identity.name:
-            raise UnknownPeerError(f"handshake is addressed to {msg.responder!r}, not to us")
+            raise UnknownPeerError(
+                f"handshake is addressed to {msg.responder!r}, not to us",
+                reason=ErrorReason.WRONG_RESPONDER,
+            )
         peer = self.registry.lookup(msg.initiator)
         if peer.verify_key.alg is not msg.sig_alg:
             raise DecodeError(
                 f"{msg.initiator!r} is enrolled with {peer.verify_key.alg.label}, "
-                f"init claims {msg.sig_alg.label}"
+                f"init claims {msg.sig_alg.label}",
+                reason=ErrorReason.SIG_ALG_MISMATCH,
             )
         peer.verify_key.verify(msg.signature, msg.signed_part, _INIT_CONTEXT)
         skew = self.config.max_clock_skew
         age = wall - msg.timestamp_ms / 1000
         if abs(age) > skew:
-            raise ReplayError(f"handshake init timestamp is {age:+.0f} s off (limit {skew:.0f} s)")
+            raise ReplayError(
+                f"handshake init timestamp is {age:+.3f} s off (limit {skew:.0f} s)",
+                reason=ErrorReason.CLOCK_SKEW,
+            )
+        # An init is acceptable while its timestamp is within the skew, which for one stamped
+        # `skew` ahead lasts until 2*skew after it first arrives: remember it that long.
         self.replay_cache.check_and_add(
             msg.initiator.encode() + b"\0" + msg.random, wall + 2 * skew, wall
         )

@@ -1,10 +1,11 @@
-"""Long-term identities: key generation, key files (0600, refused if readable by others),
+"""Long-term identities: key generation, key files (0600, checked on the opened file),
 fingerprints, and the registry (allowlist with revocation) that says which peers are accepted."""
 
 from __future__ import annotations
 
 import base64
 import enum
+import errno
 import hashlib
 import json
 import os
@@ -151,6 +152,57 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
+#: Bits that make a private key file unsafe: any access by group or others.
+_PRIVATE_FORBIDDEN = stat.S_IRWXG | stat.S_IRWXO
+#: Bits that make a public identity or a registry unsafe: anyone but the owner could enrol.
+_SHARED_FORBIDDEN = stat.S_IWGRP | stat.S_IWOTH
+_MAX_KEY_FILE_SIZE = 16 * 1024 * 1024
+
+
+def _read_checked(path: Path, what: str, forbidden: int, *, follow_symlinks: bool) -> bytes:
+    """Open once and check the opened file itself (fstat on the fd), so nothing can swap the
+    file between the check and the read; raise KeyFileError naming the path and the cause."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks:
+            raise KeyFileError(
+                f"{what} {path} is a symbolic link; refusing to follow it (point to the file)"
+            ) from None
+        raise KeyFileError(f"cannot open {what} {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise KeyFileError(f"{what} {path} is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{what} {path} is not a regular file")
+        if st.st_uid not in {os.geteuid(), 0}:
+            raise KeyFileError(
+                f"{what} {path} is owned by uid {st.st_uid}, not by this user "
+                f"(uid {os.geteuid()}) or root"
+            )
+        bad = stat.S_IMODE(st.st_mode) & forbidden
+        if bad:
+            access = "access" if forbidden == _PRIVATE_FORBIDDEN else "write"
+            raise KeyFileError(
+                f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or others can "
+                f"{access} it (chmod {stat.S_IMODE(st.st_mode) & ~forbidden:o} {path})"
+            )
+        if st.st_size > _MAX_KEY_FILE_SIZE:
+            raise KeyFileError(f"{what} {path} is {st.st_size} bytes, larger than any we write")
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {what} {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def save_identity(
     identity: Identity, path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> None:
@@ -175,19 +227,14 @@ def save_identity(
 
 
 def load_identity(path: str | os.PathLike[str]) -> Identity:
-    """Load a private key file; refuse one that group or others can read or write."""
+    """Load a private key file: it must be a regular file (not a symlink) owned by this user or
+    root that group and others cannot access at all."""
     target = Path(path)
+    data = _read_checked(target, "key file", _PRIVATE_FORBIDDEN, follow_symlinks=False)
     try:
-        st = target.stat()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {target}: {exc.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(
-            f"key file {target} has mode {stat.S_IMODE(st.st_mode):04o}: it must not be "
-            f"accessible by group or others (chmod 600 {target})"
-        )
-    try:
-        doc = json.loads(target.read_bytes())
+        doc = json.loads(data)
+        if not isinstance(doc, dict):
+            raise TypeError("not a JSON object")
         if doc.get("format") != _PRIVATE_FORMAT:
             raise ValueError(f"format is {doc.get('format')!r}, expected {_PRIVATE_FORMAT!r}")
         role = Role(doc["role"])
@@ -201,14 +248,15 @@ def load_identity(path: str | os.PathLike[str]) -> Identity:
 
 
 def save_public_identity(public: PublicIdentity, path: str | os.PathLike[str]) -> None:
+    """Write a public identity file (0644: it is meant to be handed out)."""
     _atomic_write(Path(path), (json.dumps(public.to_json(), indent=2) + "\n").encode(), 0o644)
 
 
 def load_public_identity(path: str | os.PathLike[str]) -> PublicIdentity:
+    """Load a public identity; refuse one that group or others can write, or another user owns."""
+    data = _read_checked(Path(path), "public identity", _SHARED_FORBIDDEN, follow_symlinks=True)
     try:
-        doc = json.loads(Path(path).read_bytes())
-    except OSError as exc:
-        raise KeyFileError(f"cannot read public identity {path}: {exc.strerror}") from None
+        doc = json.loads(data)
     except ValueError as exc:
         raise KeyFileError(f"public identity {path} is not JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -299,13 +347,18 @@ class Registry:
         return reg
 
 
-def load_registry(path: str | os.PathLike[str]) -> Registry:
-    """Load a registry file; a missing file is an empty registry."""
+def load_registry(path: str | os.PathLike[str], *, missing_ok: bool = False) -> Registry:
+    """Load a registry file. A missing file is a KeyFileError unless `missing_ok` (for the
+    commands that create the registry with its first entry); a registry that group or others
+    can write, or that another user owns, is refused: whoever can write it can enrol a peer."""
     target = Path(path)
-    if not target.exists():
+    if missing_ok and not os.path.lexists(target):
         return Registry()
+    # A registry may be a symlink (Kubernetes mounts ConfigMaps so); the checks apply to the
+    # file actually opened.
+    data = _read_checked(target, "registry", _SHARED_FORBIDDEN, follow_symlinks=True)
     try:
-        doc = json.loads(target.read_bytes())
+        doc = json.loads(data)
     except ValueError as exc:
         raise KeyFileError(f"registry {target} is not JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -313,6 +366,13 @@ def load_registry(path: str | os.PathLike[str]) -> Registry:
     return Registry.from_json(doc)
 
 
-def save_registry(registry: Registry, path: str | os.PathLike[str]) -> None:
+REGISTRY_FILE_MODES = (0o600, 0o640)
+
+
+def save_registry(registry: Registry, path: str | os.PathLike[str], *, mode: int = 0o640) -> None:
+    """Write the registry atomically with mode 0640 (or 0600): readable by the service group,
+    writable only by its owner."""
+    if mode not in REGISTRY_FILE_MODES:
+        raise ValueError(f"registry mode must be 0600 or 0640, got {mode:04o}")
     data = (json.dumps(registry.to_json(), indent=2) + "\n").encode()
-    _atomic_write(Path(path), data, 0o644)
+    _atomic_write(Path(path), data, mode)

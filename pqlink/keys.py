@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem, x25519
 
-from pqlink._errors import DecodeError, SignatureError
+from pqlink._errors import DecodeError, ErrorReason, SignatureError
 
 
 class SigAlg(enum.IntEnum):
@@ -43,7 +43,9 @@ class SigAlg(enum.IntEnum):
         try:
             return cls(code)
         except ValueError:
-            raise DecodeError(f"unknown signature algorithm code {code}") from None
+            raise DecodeError(
+                f"unknown signature algorithm code {code}", reason=ErrorReason.UNKNOWN_SIG_ALG
+            ) from None
 
 
 _MLDSA_PRIVATE: dict[SigAlg, type[mldsa.MLDSA44PrivateKey] | type[mldsa.MLDSA65PrivateKey]] = {
@@ -106,7 +108,8 @@ class VerifyKey:
         if len(signature) != self.alg.signature_size:
             raise SignatureError(
                 f"{self.alg.label} signature must be {self.alg.signature_size} bytes, "
-                f"got {len(signature)}"
+                f"got {len(signature)}",
+                reason=ErrorReason.BAD_SIGNATURE_LENGTH,
             )
         try:
             self._key.verify(signature, data, context)
@@ -146,13 +149,16 @@ class MlKem768PublicKey:
     def __init__(self, raw: bytes) -> None:
         if len(raw) != MLKEM768_PUBLIC_KEY_SIZE:
             raise DecodeError(
-                f"ML-KEM-768 public key must be {MLKEM768_PUBLIC_KEY_SIZE} bytes, got {len(raw)}"
+                f"ML-KEM-768 public key must be {MLKEM768_PUBLIC_KEY_SIZE} bytes, got {len(raw)}",
+                reason=ErrorReason.BAD_KEY,
             )
         self.raw = bytes(raw)
         try:
             self._key = mlkem.MLKEM768PublicKey.from_public_bytes(self.raw)
         except ValueError as exc:
-            raise DecodeError(f"ML-KEM-768 public key rejected: {exc}") from None
+            raise DecodeError(
+                f"ML-KEM-768 public key rejected: {exc}", reason=ErrorReason.BAD_KEY
+            ) from None
 
     def encapsulate(self) -> Encapsulation:
         shared, ct = self._key.encapsulate()
@@ -181,15 +187,17 @@ class MlKem768PrivateKey:
         if len(ciphertext) != MLKEM768_CIPHERTEXT_SIZE:
             raise DecodeError(
                 f"ML-KEM-768 ciphertext must be {MLKEM768_CIPHERTEXT_SIZE} bytes, "
-                f"got {len(ciphertext)}"
+                f"got {len(ciphertext)}",
+                reason=ErrorReason.BAD_KEY,
             )
         # ML-KEM decapsulation never fails: a bad ciphertext yields an unrelated secret
         # (implicit rejection), which the AEAD or key confirmation then rejects.
         return self._key.decapsulate(ciphertext)
 
 
-def _xwing_combine(ss_m: bytes, ss_x: bytes, ct_x: bytes, pk_x: bytes) -> bytes:
-    return hashlib.sha3_256(_XWING_LABEL + ss_m + ss_x + ct_x + pk_x).digest()
+def xwing_combine(ss_m: bytes, ss_x: bytes, ct_x: bytes, pk_x: bytes) -> bytes:
+    """The X-Wing combiner (draft-connolly-cfrg-xwing-kem-06 and later): label last."""
+    return hashlib.sha3_256(ss_m + ss_x + ct_x + pk_x + _XWING_LABEL).digest()
 
 
 class HybridPublicKey:
@@ -200,7 +208,8 @@ class HybridPublicKey:
     def __init__(self, raw: bytes) -> None:
         if len(raw) != HYBRID_PUBLIC_KEY_SIZE:
             raise DecodeError(
-                f"hybrid public key must be {HYBRID_PUBLIC_KEY_SIZE} bytes, got {len(raw)}"
+                f"hybrid public key must be {HYBRID_PUBLIC_KEY_SIZE} bytes, got {len(raw)}",
+                reason=ErrorReason.BAD_KEY,
             )
         self.raw = bytes(raw)
         self._mlkem = MlKem768PublicKey(self.raw[:MLKEM768_PUBLIC_KEY_SIZE])
@@ -217,7 +226,7 @@ class HybridPublicKey:
         return hash(self.raw)
 
     def encapsulate(self) -> Encapsulation:
-        """X-Wing encapsulation: ct = ct_M || ct_X, ss = SHA3-256(label||ss_M||ss_X||ct_X||pk_X)."""
+        """X-Wing encapsulation: ct = ct_M || ct_X, ss = SHA3-256(ss_M||ss_X||ct_X||pk_X||label)."""
         m = self._mlkem.encapsulate()
         eph = x25519.X25519PrivateKey.generate()
         ct_x = eph.public_key().public_bytes_raw()
@@ -225,8 +234,10 @@ class HybridPublicKey:
         try:
             ss_x = eph.exchange(self._x25519)
         except ValueError:
-            raise DecodeError("X25519 public key is a low-order point") from None
-        return Encapsulation(_xwing_combine(m.shared_secret, ss_x, ct_x, pk_x), m.ciphertext + ct_x)
+            raise DecodeError(
+                "X25519 public key is a low-order point", reason=ErrorReason.BAD_KEY
+            ) from None
+        return Encapsulation(xwing_combine(m.shared_secret, ss_x, ct_x, pk_x), m.ciphertext + ct_x)
 
 
 class HybridPrivateKey:
@@ -248,6 +259,15 @@ class HybridPrivateKey:
             x25519.X25519PrivateKey.generate().private_bytes_raw(),
         )
 
+    @classmethod
+    def from_xwing_seed(cls, seed: bytes) -> HybridPrivateKey:
+        """The key an X-Wing 32-byte decapsulation key expands to (SHAKE256 to 96 bytes:
+        ML-KEM-768 d || z, then the X25519 secret), so X-Wing's test vectors apply."""
+        if len(seed) != 32:
+            raise ValueError(f"X-Wing seed must be 32 bytes, got {len(seed)}")
+        expanded = hashlib.shake_256(seed).digest(96)
+        return cls(expanded[:64], expanded[64:])
+
     @property
     def mlkem(self) -> MlKem768PrivateKey:
         return self._mlkem
@@ -261,15 +281,18 @@ class HybridPrivateKey:
     def decapsulate(self, ciphertext: bytes) -> bytes:
         if len(ciphertext) != HYBRID_CIPHERTEXT_SIZE:
             raise DecodeError(
-                f"hybrid ciphertext must be {HYBRID_CIPHERTEXT_SIZE} bytes, got {len(ciphertext)}"
+                f"hybrid ciphertext must be {HYBRID_CIPHERTEXT_SIZE} bytes, got {len(ciphertext)}",
+                reason=ErrorReason.BAD_KEY,
             )
         ss_m = self._mlkem.decapsulate(ciphertext[:MLKEM768_CIPHERTEXT_SIZE])
         ct_x = ciphertext[MLKEM768_CIPHERTEXT_SIZE:]
         try:
             ss_x = self._x25519.exchange(x25519.X25519PublicKey.from_public_bytes(ct_x))
         except ValueError:
-            raise DecodeError("X25519 ciphertext is a low-order point") from None
-        return _xwing_combine(ss_m, ss_x, ct_x, self._pk_x)
+            raise DecodeError(
+                "X25519 ciphertext is a low-order point", reason=ErrorReason.BAD_KEY
+            ) from None
+        return xwing_combine(ss_m, ss_x, ct_x, self._pk_x)
 
     def __repr__(self) -> str:
         return "HybridPrivateKey(<secret>)"

@@ -10,13 +10,14 @@ import enum
 import struct
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from pqlink._ascon import decrypt as _ascon_decrypt
 from pqlink._ascon import encrypt as _ascon_encrypt
 from pqlink._errors import (
     AuthenticationError,
     DecodeError,
+    ErrorReason,
     LocalProtocolError,
     ReplayError,
     SessionExpiredError,
@@ -25,6 +26,9 @@ from pqlink.kdf import expand_label
 
 if TYPE_CHECKING:
     from pqlink.identity import PublicIdentity
+
+#: What seal and open accept: MQTT clients hand out bytearray and memoryview payloads.
+BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 RECORD_TYPE = 0x03
 _HEADER = struct.Struct(">BB8sQ")
@@ -36,6 +40,7 @@ SESSION_ID_SIZE = 8
 MAX_RECORD_PAYLOAD = 16 * 1024
 MAX_RECORD_SIZE = HEADER_SIZE + MAX_RECORD_PAYLOAD + TAG_SIZE
 MAX_EPOCH = 255
+#: The last counter value is never used, so a counter never wraps to reuse a nonce.
 _MAX_COUNTER = (1 << 64) - 1
 #: How far ahead of the receiver's epoch a record may be (records of skipped epochs were lost).
 _MAX_EPOCH_JUMP = 4
@@ -90,9 +95,14 @@ class ReplayWindow:
             return
         behind = top - counter
         if behind >= self.size:
-            raise ReplayError(f"record counter {counter} is outside the replay window")
+            raise ReplayError(
+                f"record counter {counter} is outside the replay window",
+                reason=ErrorReason.OUTSIDE_WINDOW,
+            )
         if (self._mask >> behind) & 1:
-            raise ReplayError(f"record counter {counter} was already received")
+            raise ReplayError(
+                f"record counter {counter} was already received", reason=ErrorReason.DUPLICATE
+            )
 
     def accept(self, counter: int) -> None:
         """Record `counter` as received (call only after the record authenticated)."""
@@ -150,7 +160,7 @@ class Session:
         replay_window: int = 1024,
     ) -> None:
         if len(session_id) != SESSION_ID_SIZE:
-            raise LocalProtocolError("session id must be 8 bytes")
+            raise LocalProtocolError("session id must be 8 bytes", reason=ErrorReason.BAD_STATE)
         self.session_id = session_id
         self.role = role
         self.peer = peer
@@ -186,24 +196,32 @@ class Session:
 
     def _advance_send_epoch(self, now: float) -> None:
         if self._send_epoch >= MAX_EPOCH:
-            raise SessionExpiredError("session used all 255 key updates: run a new handshake")
+            raise SessionExpiredError(
+                "session used all 255 key updates: run a new handshake",
+                reason=ErrorReason.EPOCHS_EXHAUSTED,
+            )
         self._send_secret = next_traffic_secret(self._send_secret)
         self._send_key, self._send_iv = _epoch_keys(self._send_secret)
         self._send_epoch += 1
         self._send_epoch_start = self._send_counter
         self._send_epoch_started_at = now
 
-    def seal(self, payload: bytes, topic: bytes, now: float | None = None) -> bytes:
-        """Encrypt one record for the peer, binding it to `topic`."""
+    def seal(self, payload: BytesLike, topic: BytesLike, now: float | None = None) -> bytes:
+        """Encrypt one record for the peer, binding it to `topic` (any bytes-like objects)."""
+        payload = bytes(payload)
         if len(payload) > MAX_RECORD_PAYLOAD:
             raise LocalProtocolError(
-                f"record payload of {len(payload)} bytes exceeds {MAX_RECORD_PAYLOAD}"
+                f"record payload of {len(payload)} bytes exceeds {MAX_RECORD_PAYLOAD}",
+                reason=ErrorReason.PAYLOAD_TOO_LARGE,
             )
         if now is None:
             now = time.monotonic()
         counter = self._send_counter
         if counter >= _MAX_COUNTER:
-            raise SessionExpiredError("record counter exhausted: run a new handshake")
+            raise SessionExpiredError(
+                "record counter exhausted: run a new handshake",
+                reason=ErrorReason.COUNTER_EXHAUSTED,
+            )
         rekey = self.rekey
         if (
             counter - self._send_epoch_start >= rekey.max_records
@@ -213,7 +231,7 @@ class Session:
         header = _HEADER.pack(RECORD_TYPE, self._send_epoch, self.session_id, counter)
         nonce = (self._send_iv ^ counter).to_bytes(16, "big")
         self._send_counter = counter + 1
-        return header + _ascon_encrypt(self._send_key, nonce, header + topic, payload)
+        return header + _ascon_encrypt(self._send_key, nonce, header + bytes(topic), payload)
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -229,28 +247,39 @@ class Session:
             secret = next_traffic_secret(secret)
         return _epoch_keys(secret)
 
-    def open(self, frame: bytes, topic: bytes) -> bytes:
-        """Authenticate and decrypt one record from the peer; raise a pqlink error otherwise."""
+    def open(self, frame: BytesLike, topic: BytesLike) -> bytes:
+        """Authenticate and decrypt one record from the peer (any bytes-like objects);
+        raise a pqlink error otherwise."""
+        frame = bytes(frame)
         size = len(frame)
         if size < HEADER_SIZE + TAG_SIZE:
-            raise DecodeError(f"record of {size} bytes is shorter than header and tag")
+            raise DecodeError(
+                f"record of {size} bytes is shorter than header and tag",
+                reason=ErrorReason.TRUNCATED,
+            )
         if size > MAX_RECORD_SIZE:
-            raise DecodeError(f"record of {size} bytes exceeds the {MAX_RECORD_SIZE}-byte limit")
+            raise DecodeError(
+                f"record of {size} bytes exceeds the {MAX_RECORD_SIZE}-byte limit",
+                reason=ErrorReason.TOO_LARGE,
+            )
         rtype, epoch, sid, counter = _HEADER.unpack_from(frame)
         if rtype != RECORD_TYPE:
-            raise DecodeError(f"frame type {rtype:#04x} is not a record")
+            raise DecodeError(
+                f"frame type {rtype:#04x} is not a record", reason=ErrorReason.WRONG_TYPE
+            )
         if sid != self.session_id:
-            raise DecodeError("record belongs to another session")
+            raise DecodeError("record belongs to another session", reason=ErrorReason.WRONG_SESSION)
         self.window.check(counter)
         keys = self._keys_for_epoch(epoch)
         if keys is None:
             raise AuthenticationError(
-                f"record epoch {epoch} is not usable (current {self._recv_epoch})"
+                f"record epoch {epoch} is not usable (current {self._recv_epoch})",
+                reason=ErrorReason.EPOCH_UNUSABLE,
             )
         key, iv = keys
         header = frame[:HEADER_SIZE]
         nonce = (iv ^ counter).to_bytes(16, "big")
-        plaintext = _ascon_decrypt(key, nonce, header + topic, frame[HEADER_SIZE:])
+        plaintext = _ascon_decrypt(key, nonce, header + bytes(topic), frame[HEADER_SIZE:])
         self.window.accept(counter)
         self.confirmed = True
         if epoch > self._recv_epoch:
@@ -293,9 +322,14 @@ def export_session(session: Session) -> bytes:
 
 
 def restore_session(state: bytes, peer: PublicIdentity, now: float | None = None) -> Session:
-    """Rebuild a session exported by `export_session`; raises DecodeError if malformed."""
+    """Rebuild a session exported by `export_session`; raises DecodeError (reason `bad_state`)
+    if the state is malformed or inconsistent."""
+
+    def bad(detail: str) -> DecodeError:
+        return DecodeError(f"session state: {detail}", reason=ErrorReason.BAD_STATE)
+
     if len(state) < _STATE.size:
-        raise DecodeError(f"session state of {len(state)} bytes is truncated")
+        raise bad(f"{len(state)} bytes is truncated")
     (
         version,
         sid,
@@ -314,13 +348,22 @@ def restore_session(state: bytes, peer: PublicIdentity, now: float | None = None
         max_seconds,
     ) = _STATE.unpack_from(state)
     if version != _STATE_VERSION:
-        raise DecodeError(f"session state version {version} is not supported")
+        raise bad(f"version {version} is not supported")
     if not 1 <= size <= 1 << 16 or len(state) != _STATE.size + (size + 7) // 8:
-        raise DecodeError("session state has a bad replay window")
+        raise bad("bad replay window size")
+    if role > 1 or confirmed > 1:
+        raise bad(f"role {role} or confirmation flag {confirmed} is not 0 or 1")
+    if send_epoch_start > send_counter:
+        raise bad(f"epoch start {send_epoch_start} is after the send counter {send_counter}")
+    if top < -1:
+        raise bad(f"highest received counter {top} is negative")
+    mask = int.from_bytes(state[_STATE.size :], "big")
+    if mask >> size:
+        raise bad("replay window bits beyond its size are set")
     try:
         rekey = RekeyPolicy(max_records, max_seconds)
     except ValueError as exc:
-        raise DecodeError(f"session state: {exc}") from None
+        raise bad(str(exc)) from None
     if now is None:
         now = time.monotonic()
     session = Session(
@@ -342,14 +385,19 @@ def restore_session(state: bytes, peer: PublicIdentity, now: float | None = None
     session._recv_keys = {recv_epoch: _epoch_keys(recv_secret)}
     session.confirmed = bool(confirmed)
     session.window._top = top
-    session.window._mask = int.from_bytes(state[_STATE.size :], "big")
+    session.window._mask = mask
     return session
 
 
-def peek_session_id(frame: bytes) -> bytes:
+def peek_session_id(frame: BytesLike) -> bytes:
     """The session id of a record frame, to find its session; raises DecodeError if malformed."""
     if len(frame) < HEADER_SIZE + TAG_SIZE:
-        raise DecodeError(f"record of {len(frame)} bytes is shorter than header and tag")
+        raise DecodeError(
+            f"record of {len(frame)} bytes is shorter than header and tag",
+            reason=ErrorReason.TRUNCATED,
+        )
     if frame[0] != RECORD_TYPE:
-        raise DecodeError(f"frame type {frame[0]:#04x} is not a record")
+        raise DecodeError(
+            f"frame type {frame[0]:#04x} is not a record", reason=ErrorReason.WRONG_TYPE
+        )
     return bytes(frame[2:10])

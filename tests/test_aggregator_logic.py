@@ -3,6 +3,7 @@ wrong shape, NaN, oversized), worker partials, and exactly-once rounds that surv
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -200,62 +201,60 @@ def _partial(round_: int, *contribs: tuple[str, int, float], individual: bool = 
 
 
 def test_round_counts_each_gateway_once_and_closes_at_quorum(tmp_path: Path) -> None:
-    coord = _coordinator(tmp_path)
-    assert coord.round == 1
-    out = coord.accept(_partial(1, ("gw-01", 10, 1.0)))
-    assert out.accepted == ("gw-01",)
-    dup = coord.accept(_partial(1, ("gw-01", 10, 1.0)))  # a redelivered update
-    assert dup.duplicates == ("gw-01",)
-    assert coord.should_close() is None
-    coord.accept(_partial(1, ("gw-02", 30, 3.0)))
-    assert coord.should_close() == CloseReason.QUORUM
-    closed = coord.close_round(CloseReason.QUORUM)
-    assert closed.participants == ["gw-01", "gw-02"]
-    assert np.allclose(coord.weights, (10 * 1 + 30 * 3) / 40)
-    assert (coord.round, coord.version) == (2, 1)
-    # a late update for round 1 is stale
-    stale = coord.accept(_partial(1, ("gw-03", 5, 100.0)))
-    assert stale.rejected == (("gw-03", "stale"),)
-    assert np.allclose(coord.weights, 2.5)
+    with _coordinator(tmp_path) as coord:
+        assert coord.round == 1
+        out = coord.accept(_partial(1, ("gw-01", 10, 1.0)))
+        assert out.accepted == ("gw-01",)
+        dup = coord.accept(_partial(1, ("gw-01", 10, 1.0)))  # a redelivered update
+        assert dup.duplicates == ("gw-01",)
+        assert coord.should_close() is None
+        coord.accept(_partial(1, ("gw-02", 30, 3.0)))
+        assert coord.should_close() == CloseReason.QUORUM
+        closed = coord.close_round(CloseReason.QUORUM)
+        assert closed.participants == ["gw-01", "gw-02"]
+        assert np.allclose(coord.weights, (10 * 1 + 30 * 3) / 40)
+        assert (coord.round, coord.version) == (2, 1)
+        # a late update for round 1 is stale
+        stale = coord.accept(_partial(1, ("gw-03", 5, 100.0)))
+        assert stale.rejected == (("gw-03", "stale"),)
+        assert np.allclose(coord.weights, 2.5)
 
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:
-    coord = _coordinator(tmp_path)
-    coord.accept(_partial(1, ("gw-01", 10, 1.0)))
-    coord.close()
-    again = _coordinator(tmp_path)
-    assert again.counted() == {"gw-01": 10}
-    again.accept(_partial(1, ("gw-01", 10, 1.0)))  # redelivery after the restart
-    again.accept(_partial(1, ("gw-02", 10, 3.0)))
-    again.close_round(CloseReason.QUORUM)
-    assert np.allclose(again.weights, 2.0)
-    again.close()
-    third = _coordinator(tmp_path)
-    assert (third.round, third.version) == (2, 1)
-    assert np.allclose(third.weights, 2.0)
+    with _coordinator(tmp_path) as coord:
+        coord.accept(_partial(1, ("gw-01", 10, 1.0)))
+    with _coordinator(tmp_path) as again:
+        assert again.counted() == {"gw-01": 10}
+        again.accept(_partial(1, ("gw-01", 10, 1.0)))  # redelivery after the restart
+        again.accept(_partial(1, ("gw-02", 10, 3.0)))
+        again.close_round(CloseReason.QUORUM)
+        assert np.allclose(again.weights, 2.0)
+    with _coordinator(tmp_path) as third:
+        assert (third.round, third.version) == (2, 1)
+        assert np.allclose(third.weights, 2.0)
 
 
 def test_deadline_with_too_few_keeps_the_model(tmp_path: Path) -> None:
-    coord = RoundCoordinator(
+    with RoundCoordinator(
         tmp_path / "c.db",
         FedAvg(),
         RoundPolicy(3, 10.0, min_participants=2),
         np.zeros(N, np.float32),
-    )
-    coord.accept(_partial(1, ("gw-01", 10, 1.0)))
-    assert coord.should_close(now=coord.deadline + 1) == CloseReason.DEADLINE
-    closed = coord.close_round(CloseReason.DEADLINE)
-    assert closed.version == 0
-    assert np.allclose(coord.weights, 0.0)
-    assert coord.round == 2
+    ) as coord:
+        coord.accept(_partial(1, ("gw-01", 10, 1.0)))
+        assert coord.should_close(now=coord.deadline + 1) == CloseReason.DEADLINE
+        closed = coord.close_round(CloseReason.DEADLINE)
+        assert closed.version == 0
+        assert np.allclose(coord.weights, 0.0)
+        assert coord.round == 2
 
 
 def test_robust_rule_ignores_an_outlier(tmp_path: Path) -> None:
-    coord = _coordinator(tmp_path, Median(), quorum=3)
-    coord.accept(_partial(1, ("gw-01", 10, 1.0), ("gw-02", 10, 1.2), individual=True))
-    coord.accept(_partial(1, ("gw-03", 10, 1e3), individual=True))
-    coord.close_round(CloseReason.QUORUM)
-    assert np.allclose(coord.weights, 1.2)
+    with _coordinator(tmp_path, Median(), quorum=3) as coord:
+        coord.accept(_partial(1, ("gw-01", 10, 1.0), ("gw-02", 10, 1.2), individual=True))
+        coord.accept(_partial(1, ("gw-03", 10, 1e3), individual=True))
+        coord.close_round(CloseReason.QUORUM)
+        assert np.allclose(coord.weights, 1.2)
 
 
 def test_quorum_for() -> None:
@@ -278,4 +277,13 @@ def test_example_aggregator_config_shows_the_defaults() -> None:
         {"aggregator": {"id": "aggregator", "state_dir": "/var/lib/iomt-aggregator"}},
         example.parent.resolve(),
     )
-    assert parsed == minimal
+    # ...except that the example turns secure aggregation and DP on (the defaults keep them
+    # off, so that a configuration without them runs as before)
+    assert parsed.training == dataclasses.replace(
+        minimal.training,
+        clip_norm=2.0,
+        noise_multiplier=0.3,
+        secure_aggregation=True,
+        precision_bits=16,
+    )
+    assert dataclasses.replace(parsed, training=minimal.training) == minimal

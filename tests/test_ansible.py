@@ -420,7 +420,7 @@ def test_enroll_and_revoke_a_wearable(deployed: Deployment) -> None:
     first = _play(deployed.env, "enroll.yml", *deployed.args)
     assert "Enrol the new wearables and reload the daemon" in first.changed_tasks
     assert load_registry(registry_file).lookup("wearable-0001") == wearable.public
-    assert _mode(registry_file) == 0o644
+    assert _mode(registry_file) == 0o640
     # the gateways' public identities, collected for `iomt-aggregator enroll`
     collected = deployed.controller / "aggregator-enrol" / f"{GATEWAY_ID}.pub"
     assert collected.read_bytes() == (deployed.state_dir / "identity.pub").read_bytes()

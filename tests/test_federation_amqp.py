@@ -13,6 +13,7 @@ import numpy as np
 import pika
 
 from aggregator.coordinator import initial_weights
+from aggregator.privacy import epsilon_after
 from demo.__main__ import PINNED_ENERGY_POLICY
 from demo.__main__ import main as demo_main
 from device_emulators.profiles import make_profiles
@@ -54,11 +55,59 @@ def test_full_rounds_through_both_brokers(tmp_path: Path, vhost: str) -> None:
     assert code == 0
     (summary_path,) = tmp_path.glob("demo-*/summary.json")
     summary = json.loads(summary_path.read_text())
+    # the demo's default: secure aggregation and DP, accounted by the coordinator's ledger
     assert [r["participants"] for r in summary["per_round"]] == [2, 2]
     assert all(r["accuracy"] > 0.5 for r in summary["per_round"])
+    privacy = [r["privacy"] for r in summary["per_round"]]
+    assert [p["secure_aggregation"] for p in privacy] == [True, True]
+    assert [p["dropouts_recovered"] for p in privacy] == [0, 0]
+    assert [p["delta"] for p in privacy] == [1e-5, 1e-5]
+    # every gateway asked each round: Gaussian events composed without sampling
+    assert [p["epsilon"] for p in privacy] == [epsilon_after(0.02, 1.0, n, 1e-5) for n in (1, 2)]
+    assert summary["privacy"] == {
+        "secure_aggregation": True,
+        "dropouts_recovered": 0,
+        "epsilon": privacy[-1]["epsilon"],
+        "delta": 1e-5,
+    }
     for status in summary["gateway_status"].values():
         assert status["federation"]["rounds_trained"] == 2
-        assert status["federation"]["updates_published"] == 2
+        assert status["federation"]["secure_rounds"] == 2
+        assert status["federation"]["updates_published"] == 0  # masked inputs, not updates
+
+
+def test_plain_rounds_without_dp_when_switched_off(tmp_path: Path, vhost: str) -> None:
+    code = demo_main(
+        [
+            "--rounds",
+            "1",
+            "--gateways",
+            "2",
+            "--wearables",
+            "4",
+            "--workers",
+            "1",
+            "--warmup-samples",
+            "120",
+            "--out",
+            str(tmp_path),
+            "--amqp-url",
+            vhost,
+            "--no-secure-aggregation",
+            "--no-dp",
+        ]
+    )
+    assert code == 0
+    (summary_path,) = tmp_path.glob("demo-*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["privacy"] == {
+        "secure_aggregation": False,
+        "dropouts_recovered": 0,
+        "epsilon": None,
+        "delta": None,
+    }
+    for status in summary["gateway_status"].values():
+        assert status["federation"]["updates_published"] == 1
 
 
 # --- the aggregator under failures -----------------------------------------------------------
@@ -165,12 +214,11 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(
         json.dumps(agg.identity.public.to_json())
     )
     # Vitals already stored, and a signed global model waiting in the spool's inbox.
-    store = VitalsStore(setup.config.db_path)
     start_ms = int((time.time() - 3600) * 1000)  # recent: older rows fall to the retention limit
-    for n, profile in enumerate(make_profiles(4, 5)):
-        gen = VitalsGenerator(profile, seed=n, start_ms=start_ms, event_rate_per_hour=30)
-        store.commit([vitals_row(f"wearable-{n}", s, 0) for s in gen.samples(300)])
-    store.close()
+    with VitalsStore(setup.config.db_path) as store:
+        for n, profile in enumerate(make_profiles(4, 5)):
+            gen = VitalsGenerator(profile, seed=n, start_ms=start_ms, event_rate_per_hour=30)
+            store.commit([vitals_row(f"wearable-{n}", s, 0) for s in gen.samples(300)])
     weights = initial_weights(DEFAULT_INITIAL_WEIGHTS)
     model = GlobalModel(
         weights.astype("<f4").tobytes(),
@@ -186,9 +234,8 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(
         content_type=ContentType.GLOBAL_MODEL,
         round=1,
     )
-    spool = Spool(setup.config.spool_path)
-    spool.put_global(1, envelope)
-    spool.close()
+    with Spool(setup.config.spool_path) as spool:
+        spool.put_global(1, envelope)
 
     daemon = DaemonProcess(setup)
     try:
@@ -198,9 +245,8 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(
             "the gateway to train round 1",
         )
         daemon.kill()  # SIGKILL with the sealed update not yet confirmed by any broker
-        spool = Spool(setup.config.spool_path)
-        assert [u.round for u in spool.pending_updates()] == [1]
-        spool.close()
+        with Spool(setup.config.spool_path) as spool:
+            assert [u.round for u in spool.pending_updates()] == [1]
         text = setup.config_path.read_text().replace(dead_url, vhost)
         setup.config_path.write_text(text)
         assert load_config(setup.config_path).uplink.amqp_url == vhost
@@ -210,9 +256,8 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(
             60,
             "the spooled update to be published after the restart",
         )
-        spool = Spool(setup.config.spool_path)
-        assert spool.depth() == 0
-        spool.close()
+        with Spool(setup.config.spool_path) as spool:
+            assert spool.depth() == 0
         # The retrain did not happen twice: round 1 was already done before the kill.
         assert daemon.status()["federation"]["rounds_trained"] == 0
         conn = pika.BlockingConnection(pika.URLParameters(vhost))

@@ -32,6 +32,8 @@ from .conftest import Parties
 HYBRID = Suite.X25519MLKEM768_ASCON128_SHA256
 PURE = Suite.MLKEM768_ASCON128_SHA256
 TOPIC = b"iomt/rec/wearable-0001"
+#: The ML-KEM-only suite is opt-in: a responder that accepts it lists it.
+OPT_IN = HandshakeConfig(suites=(HYBRID, PURE))
 
 
 def _responder(parties: Parties, **kw: object) -> HandshakeResponder:
@@ -72,7 +74,7 @@ def test_handshake_establishes_matching_sessions(parties: Parties, sensor_name: 
 
 def test_pure_mlkem_suite_when_both_agree(parties: Parties) -> None:
     init = _initiator(parties, HandshakeConfig(suites=(PURE,)))
-    responder = _responder(parties)
+    responder = _responder(parties, config=OPT_IN)
     frame = init.start()
     result = responder.respond(frame)
     assert result.session.suite == PURE
@@ -82,7 +84,7 @@ def test_pure_mlkem_suite_when_both_agree(parties: Parties) -> None:
 
 def test_responder_preference_wins(parties: Parties) -> None:
     init = _initiator(parties, HandshakeConfig(suites=(PURE, HYBRID)))
-    result = _responder(parties).respond(init.start())
+    result = _responder(parties, config=OPT_IN).respond(init.start())
     assert result.session.suite == HYBRID
     init.receive(result.response)
 
@@ -279,12 +281,12 @@ def test_downgrade_by_stripping_suites_is_detected(parties: Parties) -> None:
     frame[start + 1 : start + 3] = PURE.to_bytes(2, "big")  # first offered suite: pure
     frame[start + 3 : start + 5] = PURE.to_bytes(2, "big")
     with pytest.raises(SignatureError):
-        _responder(parties).respond(bytes(frame))
+        _responder(parties, config=OPT_IN).respond(bytes(frame))
 
 
 def test_downgrade_by_rewriting_chosen_suite_is_detected(parties: Parties) -> None:
     init = _initiator(parties, HandshakeConfig(suites=(HYBRID, PURE)))
-    response = bytearray(_responder(parties).respond(init.start()).response)
+    response = bytearray(_responder(parties, config=OPT_IN).respond(init.start()).response)
     response[2:4] = PURE.to_bytes(2, "big")
     with pytest.raises(PqlinkError):
         init.receive(bytes(response))

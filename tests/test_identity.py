@@ -70,7 +70,7 @@ def test_malformed_key_file(tmp_path: Path, content: bytes) -> None:
 
 
 def test_missing_key_file(tmp_path: Path) -> None:
-    with pytest.raises(KeyFileError, match="cannot read"):
+    with pytest.raises(KeyFileError, match=r"cannot open key file .*absent.key: No such file"):
         load_identity(tmp_path / "absent.key")
 
 
@@ -124,7 +124,9 @@ def test_registry_enroll_lookup_revoke_persist(tmp_path: Path, parties: Parties)
         again.lookup("wearable-0001")
     assert again.lookup("gw-01") == parties.gateway.public
     assert [p.name for p in again.active(Role.GATEWAY)] == ["gw-01"]
-    assert len(load_registry(tmp_path / "missing.json")) == 0
+    assert len(load_registry(tmp_path / "missing.json", missing_ok=True)) == 0
+    with pytest.raises(KeyFileError, match=r"missing.json: No such file"):
+        load_registry(tmp_path / "missing.json")
 
 
 def test_registry_rejects_duplicates_and_garbage(tmp_path: Path, parties: Parties) -> None:

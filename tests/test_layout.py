@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import re
 import subprocess
 import sys
@@ -144,7 +145,7 @@ def test_round_settings_accept_each_bound_and_refuse_beyond(
     name: str, bounds: tuple[float, float]
 ) -> None:
     lo, hi = bounds
-    integer = name in ("epochs", "batch_size")
+    integer = {f.name: f.type for f in dataclasses.fields(RoundSettings)}[name] in ("int", int)
     step = 1 if integer else max(abs(hi), 1) * 1e-6
     for ok in (lo, hi):
         value = int(ok) if integer else float(ok)

@@ -41,3 +41,17 @@ def broker_urls(setting: str) -> list[str]:
 def gateway_queue(gateway_id: str) -> str:
     """The durable queue bound to the global exchange for one gateway."""
     return f"iomt.gateway.{gateway_id}"
+
+
+#: Secure aggregation, gateways to coordinator: sealed protocol messages (not masked inputs,
+#: which travel in UPDATES_QUEUE so that the crypto workers open and sum them).
+SECAGG_UP_QUEUE: Final = "iomt.secagg.up"
+#: Secure aggregation, crypto workers to coordinator: partial sums of masked inputs mod 2^k.
+MASKED_PARTIALS_QUEUE: Final = "iomt.secagg.partials"
+#: Direct exchange, coordinator to one gateway (routing key: the gateway's name).
+SECAGG_EXCHANGE: Final = "iomt.secagg"
+
+
+def secagg_queue(gateway_id: str) -> str:
+    """The durable queue of one gateway's secure-aggregation messages."""
+    return f"iomt.secagg.gw.{gateway_id}"

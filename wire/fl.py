@@ -28,13 +28,20 @@ SETTING_RANGES: Final[dict[str, tuple[float, float]]] = {
     "prox_mu": (0, 100),
     "clip_norm": (0, 1e6),
     "noise_multiplier": (0, 100),
+    "precision_bits": (1, 30),
 }
+
+#: Settings that are switches, not numbers.
+_FLAGS: Final = frozenset({"final", "secure_aggregation"})
 
 
 @dataclass(frozen=True, slots=True)
 class RoundSettings:
     """How gateways train for one round. `clip_norm` 0 means no clipping (and then no noise);
-    `final` tells gateways to apply the model and stop training."""
+    `final` tells gateways to apply the model and stop training. With `secure_aggregation`
+    the update is clipped to `clip_norm`, quantised to `precision_bits`, noised (its share of
+    `noise_multiplier` * clip) and masked: the per-round protocol parameters (participants,
+    threshold, ring bits) follow in a SecureRoundAnnouncement."""
 
     epochs: int = 1
     batch_size: int = 32
@@ -43,13 +50,15 @@ class RoundSettings:
     clip_norm: float = 0.0
     noise_multiplier: float = 0.0
     final: bool = False
+    secure_aggregation: bool = False
+    precision_bits: int = 16
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "final":
+            if f.name in _FLAGS:
                 if not isinstance(value, bool):
-                    raise ValueError(f"round setting final = {value!r}: expected true or false")
+                    raise ValueError(f"round setting {f.name} = {value!r}: expected true or false")
                 continue
             lo, hi = SETTING_RANGES[f.name]
             want_int = f.type in ("int", int)
@@ -61,6 +70,8 @@ class RoundSettings:
                 raise ValueError(
                     f"round setting {f.name} = {value!r}: expected a value in [{lo:g}, {hi:g}]"
                 )
+        if self.secure_aggregation and self.clip_norm <= 0:
+            raise ValueError("round setting secure_aggregation needs clip_norm > 0")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

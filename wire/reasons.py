@@ -45,6 +45,11 @@ class Reason(enum.StrEnum):
     STALE = "stale"
     FUTURE_ROUND = "future_round"
     CONFLICT = "conflict"
+    # Aggregator: secure-aggregation protocol messages.
+    FORGED = "forged"
+    WRONG_ROUND = "wrong_round"
+    UNEXPECTED_SENDER = "unexpected_sender"
+    WRONG_STAGE = "wrong_stage"
 
 
 class Event(enum.StrEnum):
@@ -68,6 +73,8 @@ class Event(enum.StrEnum):
     ROUND_DEFERRED = "round_deferred"
     ROUND_SKIPPED = "round_skipped"
     ROUND_TRAINED = "round_trained"
+    SECURE_ROUND_FINISHED = "secure_round_finished"
+    SECURE_ROUND_REFUSED = "secure_round_refused"
     SESSION_ESTABLISHED = "session_established"
     SESSION_EXPIRED = "session_expired"
     SESSION_REJECTED = "session_rejected"

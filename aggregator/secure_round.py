@@ -1,0 +1,349 @@
+"""The coordinator's secure mode: plan one SecAgg round for the enrolled gateways, route its
+sealed protocol messages stage by stage with bounded deadlines, and learn only the sum."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exchange_type import ExchangeType
+
+from aggregator.masked import MaskedPartial, MaskedPartialError
+from pqlink import ContentType, DecodeError, Identity, PqlinkError, Registry
+from pqlink.secagg import (
+    AggregateResult,
+    ForgedMessageError,
+    InputEncoding,
+    RoundAborted,
+    SecAggError,
+    SecAggServer,
+    SecAggStateError,
+    UnexpectedSenderError,
+    WrongRoundError,
+    choose_parameters,
+    distributed_noise_std,
+    modulus_bits_for,
+)
+from wire.amqp import (
+    MASKED_PARTIALS_QUEUE,
+    SECAGG_EXCHANGE,
+    SECAGG_UP_QUEUE,
+    UPDATES_QUEUE,
+    UPDATES_QUEUE_ARGUMENTS,
+    secagg_queue,
+)
+from wire.envelopes import EnvelopeCodec, SealedCodec
+from wire.fl import RoundSettings
+from wire.reasons import Reason, reason_for
+from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
+
+_LOG = logging.getLogger("aggregator.secure_round")
+_PERSISTENT = pika.BasicProperties(delivery_mode=2)
+
+
+def plan_round(
+    round_id: int,
+    gateways: Sequence[str],
+    settings: RoundSettings,
+    dimension: int,
+    *,
+    dropout_fraction: float = 0.3,
+    corrupt_fraction: float = 0.0,
+) -> SecureRoundAnnouncement:
+    """Ids 1..n in name order, the smallest graph degree and threshold for the given dropout
+    and corruption fractions, noise per gateway so that any min_survivors of them carry
+    z * C on the sum, and a ring wide enough for n inputs plus that noise never to wrap."""
+    names = sorted(set(gateways))
+    n = len(names)
+    params = choose_parameters(
+        n, corrupt_fraction=corrupt_fraction, dropout_fraction=dropout_fraction
+    )
+    t = params.threshold
+    min_survivors = min(n, t + 1)
+    b = settings.precision_bits
+    # the sensitivity does not depend on the ring: any k above the precision will do here
+    sensitivity = InputEncoding(dimension, settings.clip_norm, b, 64).sensitivity
+    noise_std = distributed_noise_std(sensitivity, settings.noise_multiplier, min_survivors)
+    bits = modulus_bits_for(n, b, noise_std=noise_std, dimension=dimension)
+    return SecureRoundAnnouncement(
+        round=round_id,
+        graph_seed=secrets.token_bytes(32),
+        participants={name: i + 1 for i, name in enumerate(names)},
+        degree=params.degree,
+        threshold=t,
+        min_survivors=min_survivors,
+        dimension=dimension,
+        clip=settings.clip_norm,
+        precision_bits=b,
+        modulus_bits=bits,
+        noise_std=noise_std,
+    )
+
+
+def secagg_reason(exc: PqlinkError) -> Reason:
+    """The stable rejection reason of a refused protocol message."""
+    for cls, reason in (
+        (ForgedMessageError, Reason.FORGED),
+        (WrongRoundError, Reason.WRONG_ROUND),
+        (UnexpectedSenderError, Reason.UNEXPECTED_SENDER),
+        (SecAggStateError, Reason.WRONG_STAGE),
+    ):
+        if isinstance(exc, cls):
+            return reason
+    return reason_for(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class StageDeadlines:
+    """Seconds each stage waits for the participants before it closes with whoever answered;
+    the inputs stage also covers local training."""
+
+    adverts: float = 10.0
+    key_agreement: float = 10.0
+    shares: float = 10.0
+    inputs: float = 60.0
+    unmask: float = 10.0
+
+
+@dataclass
+class SecureRoundReport:
+    """What one secure round did: its outcome (sum or abort), who dropped, what was refused."""
+
+    announcement: SecureRoundAnnouncement
+    outcome: AggregateResult | RoundAborted | None = None
+    rejections: list[tuple[str, Reason, str]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    bytes_down: int = 0
+
+    @property
+    def dropouts_recovered(self) -> int:
+        return len(self.outcome.dropped) if isinstance(self.outcome, AggregateResult) else 0
+
+
+class SecureRound:
+    """One round's SecAggServer between sealed envelopes: transport senders are envelope
+    signers, mapped to protocol ids by the announcement; every refusal has a Reason."""
+
+    def __init__(
+        self,
+        announcement: SecureRoundAnnouncement,
+        identity: Identity,
+        gateways: Registry,
+        codec: EnvelopeCodec | None = None,
+    ) -> None:
+        self.announcement = announcement
+        self.identity = identity
+        self.gateways = gateways
+        self.codec = codec or SealedCodec()
+        keys = {
+            u: gateways.lookup(name).verify_key for name, u in announcement.participants.items()
+        }
+        self.server = SecAggServer(announcement.round_config(), keys)
+        self.report = SecureRoundReport(announcement)
+
+    def reject(self, who: str, reason: Reason, detail: str) -> None:
+        self.report.rejections.append((who, reason, detail))
+        _LOG.warning(
+            "secagg_message_rejected round=%d gateway=%s reason=%s detail=%s",
+            self.announcement.round,
+            who,
+            reason,
+            detail,
+        )
+
+    def seal(self, name: str, kind: SecAggKind, body: bytes) -> bytes:
+        frame = SecAggFrame(kind, self.announcement.round, body).encode()
+        return self.codec.seal(
+            self.identity,
+            [self.gateways.lookup(name)],
+            frame,
+            content_type=ContentType.SECAGG,
+            round=self.announcement.round,
+        )
+
+    def receive(self, envelope: bytes) -> None:
+        """One sealed protocol message from a gateway; refused ones are recorded, not raised."""
+        try:
+            opened = self.codec.open(envelope, self.identity, self.gateways)
+        except PqlinkError as exc:
+            self.reject("-", reason_for(exc), str(exc))
+            return
+        who = opened.sender
+        try:
+            if opened.content_type is not ContentType.SECAGG:
+                self.reject(who, Reason.WRONG_TYPE, opened.content_type.name)
+                return
+            frame = SecAggFrame.decode(opened.payload)
+            if frame.round != self.announcement.round or opened.round != frame.round:
+                raise WrongRoundError(f"frame of round {frame.round}")
+            u = self.announcement.participants.get(who)
+            if u is None:
+                raise UnexpectedSenderError(f"{who} is not a participant")
+            s = self.server
+            handlers = {
+                SecAggKind.ADVERT: s.receive_advert,
+                SecAggKind.KEY_AGREEMENT: s.receive_key_agreement,
+                SecAggKind.SHARE_KEYS: s.receive_shares,
+                SecAggKind.UNMASK_RESPONSE: s.receive_unmask_response,
+            }
+            handler = handlers.get(frame.kind)
+            if handler is None:
+                raise UnexpectedSenderError(f"{frame.kind.name} does not travel to the server")
+            handler(u, frame.body)
+        except (SecAggError, SecAggStateError, DecodeError) as exc:
+            self.reject(who, secagg_reason(exc), str(exc))
+
+    def receive_partial(self, partial: MaskedPartial) -> list[str]:
+        """A worker's masked partial sum; returns the gateways it counted."""
+        for r in partial.rejections:
+            self.reject(r.gateway or "-", r.reason, r.detail)
+        if partial.total is None:
+            return []
+        who = ",".join(g for g, _ in partial.senders)
+        enc = self.server.config.encoding
+        if partial.round != self.announcement.round:
+            self.reject(who, Reason.WRONG_ROUND, f"masked partial of round {partial.round}")
+            return []
+        if partial.modulus_bits != enc.modulus_bits:
+            self.reject(who, Reason.MALFORMED, f"partial mod 2^{partial.modulus_bits}")
+            return []
+        for name, u in partial.senders:
+            if self.announcement.participants.get(name) != u:
+                self.reject(name, Reason.UNEXPECTED_SENDER, f"input claims id {u}")
+                return []
+        try:
+            self.server.receive_masked_sum([u for _, u in partial.senders], partial.total)
+        except (SecAggError, SecAggStateError) as exc:
+            self.reject(who, secagg_reason(exc), str(exc))
+            return []
+        return [g for g, _ in partial.senders]
+
+
+def declare_secagg_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) -> None:
+    """The secure-mode queues; the same declarations as the gateways' and the workers'."""
+    # types-pika declares the enum members as plain str, hence the ignore.
+    channel.exchange_declare(SECAGG_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)  # type: ignore[arg-type]
+    channel.queue_declare(SECAGG_UP_QUEUE, durable=True)
+    channel.queue_declare(MASKED_PARTIALS_QUEUE, durable=True)
+    channel.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
+    for gw in gateway_ids:
+        queue = secagg_queue(gw)
+        channel.queue_declare(queue, durable=True)
+        channel.queue_bind(queue, SECAGG_EXCHANGE, routing_key=gw)
+
+
+def _bodies(channel: BlockingChannel, queue: str, deadline: float) -> Generator[bytes]:
+    """Messages of `queue` until the deadline passes. Each is acknowledged as it is taken: a
+    round's state lives in this process only, so redelivering a message to a restarted
+    coordinator would serve no round. Close the iterator to stop consuming."""
+    try:
+        for method, _props, body in channel.consume(queue, inactivity_timeout=0.01):
+            if method is not None and body is not None and method.delivery_tag is not None:
+                channel.basic_ack(method.delivery_tag)
+                yield body
+            if time.monotonic() >= deadline:
+                break
+    finally:
+        channel.cancel()
+
+
+class SecureRoundRunner:
+    """Runs one SecureRound over a blocking pika channel (confirm mode), stage by stage."""
+
+    def __init__(
+        self, channel: BlockingChannel, secure: SecureRound, deadlines: StageDeadlines
+    ) -> None:
+        self.channel = channel
+        self.round = secure
+        self.deadlines = deadlines
+
+    def _send(self, bundles: dict[int, bytes], kind: SecAggKind) -> None:
+        a = self.round.announcement
+        for u, body in sorted(bundles.items()):
+            name = a.name_of(u)
+            envelope = self.round.seal(name, kind, body)
+            self.round.report.bytes_down += len(envelope)
+            self.channel.basic_publish(SECAGG_EXCHANGE, name, envelope, _PERSISTENT)
+
+    def _collect(self, stage: str, timeout: float) -> None:
+        t0 = time.monotonic()
+        s = self.round.server
+        if s.heard < s.awaited:
+            with contextlib.closing(_bodies(self.channel, SECAGG_UP_QUEUE, t0 + timeout)) as it:
+                for body in it:
+                    self.round.receive(body)
+                    if s.heard >= s.awaited:
+                        break
+        self.round.report.stage_seconds[stage] = time.monotonic() - t0
+
+    def run(self) -> SecureRoundReport:
+        r, s, d = self.round, self.round.server, self.deadlines
+        a = r.announcement
+        everyone = {u: a.encode() for u in a.participants.values()}
+        self._send(everyone, SecAggKind.ANNOUNCEMENT)
+        self._collect("adverts", d.adverts)
+        bundles = s.close_adverts()
+        if isinstance(bundles, RoundAborted):
+            return self._aborted(bundles)
+        self._send(bundles, SecAggKind.ADVERTS)
+        self._collect("key_agreement", d.key_agreement)
+        self._send(s.close_key_agreement(), SecAggKind.CIPHERTEXTS)
+        self._collect("shares", d.shares)
+        shares = s.close_shares()
+        if isinstance(shares, RoundAborted):
+            return self._aborted(shares)
+        self._send(shares, SecAggKind.SHARES)
+        self._collect_inputs(d.inputs)
+        request = s.close_inputs()
+        if isinstance(request, RoundAborted):
+            return self._aborted(request)
+        self._send(dict.fromkeys(s.survivors, request), SecAggKind.UNMASK_REQUEST)
+        self._collect("unmask", d.unmask)
+        t0 = time.monotonic()
+        outcome = s.finish()
+        r.report.stage_seconds["finish"] = time.monotonic() - t0
+        if isinstance(outcome, RoundAborted):
+            return self._aborted(outcome)
+        r.report.outcome = outcome
+        _LOG.info(
+            "secagg_round_aggregated round=%d survivors=%d dropped=%d",
+            a.round,
+            len(outcome.survivors),
+            len(outcome.dropped),
+        )
+        return r.report
+
+    def _collect_inputs(self, timeout: float) -> None:
+        t0 = time.monotonic()
+        s = self.round.server
+        with contextlib.closing(_bodies(self.channel, MASKED_PARTIALS_QUEUE, t0 + timeout)) as it:
+            for body in it:
+                try:
+                    partial = MaskedPartial.decode(body)
+                except MaskedPartialError as exc:
+                    self.round.reject("-", Reason.MALFORMED, str(exc))
+                    continue
+                self.round.receive_partial(partial)
+                if s.heard >= s.awaited:
+                    break
+        self.round.report.stage_seconds["inputs"] = time.monotonic() - t0
+
+    def _aborted(self, aborted: RoundAborted) -> SecureRoundReport:
+        a = self.round.announcement
+        self.round.report.outcome = aborted
+        _LOG.warning(
+            "secagg_round_aborted round=%d stage=%s reason=%s detail=%s",
+            a.round,
+            aborted.stage,
+            aborted.reason,
+            aborted.detail,
+        )
+        # tell everyone, so that no gateway waits for a request that will never come
+        self._send(dict.fromkeys(a.participants.values(), b""), SecAggKind.ABORTED)
+        return self.round.report

@@ -1,0 +1,197 @@
+"""The gateway's secure-aggregation transport: its own durable queue in, sealed frames out
+(protocol messages to the coordinator, the masked input to the crypto workers' queue)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exchange_type import ExchangeType
+
+from gateway.secure_update import SecureRoundRefusedError, SecureUpdateSession
+from pqlink import ContentType, DecodeError, Identity, PqlinkError, PublicIdentity, Registry
+from wire.amqp import (
+    SECAGG_EXCHANGE,
+    SECAGG_UP_QUEUE,
+    UPDATES_QUEUE,
+    UPDATES_QUEUE_ARGUMENTS,
+    broker_urls,
+    secagg_queue,
+)
+from wire.envelopes import EnvelopeCodec, SealedCodec
+from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
+
+_LOG = logging.getLogger("gateway.secure_link")
+_PERSISTENT = pika.BasicProperties(delivery_mode=2)
+
+UpdateSource = Callable[[SecureRoundAnnouncement], npt.NDArray[np.float64]]
+
+
+@dataclass
+class SecureRoundResult:
+    """How this gateway's part of one round ended."""
+
+    round: int = -1
+    finished: bool = False
+    aborted: bool = False
+    encoded: npt.NDArray[np.uint64] | None = None
+    refused: list[str] = field(default_factory=list)
+    sent: list[SecAggKind] = field(default_factory=list)
+
+
+def declare_gateway_secagg(channel: BlockingChannel, gateway_id: str) -> None:
+    # types-pika declares the enum members as plain str, hence the ignore.
+    channel.exchange_declare(SECAGG_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)  # type: ignore[arg-type]
+    queue = secagg_queue(gateway_id)
+    channel.queue_declare(queue, durable=True)
+    channel.queue_bind(queue, SECAGG_EXCHANGE, routing_key=gateway_id)
+    channel.queue_declare(SECAGG_UP_QUEUE, durable=True)
+    channel.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
+
+
+class SecureLink:
+    """One gateway's secure rounds over a blocking pika connection (run it in a thread)."""
+
+    def __init__(
+        self,
+        url: str,
+        me: Identity,
+        aggregator: PublicIdentity,
+        peers: Registry,
+        update: UpdateSource,
+        *,
+        codec: EnvelopeCodec | None = None,
+        on_sent: Callable[[SecAggKind], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.me = me
+        self.aggregator = aggregator
+        self.senders = Registry()
+        self.senders.enroll(aggregator)
+        self.peers = peers
+        self.update = update
+        self.codec = codec or SealedCodec()
+        self.on_sent = on_sent
+        self._after = -1
+
+    def _send(
+        self, channel: BlockingChannel, frame: SecAggFrame, result: SecureRoundResult
+    ) -> None:
+        masked = frame.kind is SecAggKind.MASKED_INPUT
+        envelope = self.codec.seal(
+            self.me,
+            [self.aggregator],
+            frame.encode(),
+            content_type=ContentType.MASKED_INPUT if masked else ContentType.SECAGG,
+            round=frame.round,
+            sample_count=1 if masked else 0,
+        )
+        queue = UPDATES_QUEUE if masked else SECAGG_UP_QUEUE
+        channel.basic_publish("", queue, envelope, _PERSISTENT)
+        result.sent.append(frame.kind)
+        if self.on_sent is not None:
+            self.on_sent(frame.kind)
+
+    def run_round(
+        self,
+        stop: threading.Event,
+        *,
+        after_round: int = -1,
+        timeout: float = 120.0,
+        on_ready: Callable[[], None] | None = None,
+    ) -> SecureRoundResult:
+        """Take part in the next round announced after `after_round` until it finishes,
+        aborts, or `timeout` (announcements of older rounds left in the queue are dropped);
+        `on_ready` is called once the queue is declared and consumed."""
+        result = SecureRoundResult()
+        self._after = after_round
+        session: SecureUpdateSession | None = None
+        # every node of the setting, tried in turn (a cluster node lost moves us to the next)
+        connection = pika.BlockingConnection([pika.URLParameters(u) for u in broker_urls(self.url)])
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            declare_gateway_secagg(channel, self.me.name)
+            channel.basic_qos(prefetch_count=8)
+            if on_ready is not None:
+                on_ready()
+            deadline = threading.Event()
+            timer = threading.Timer(timeout, deadline.set)
+            timer.start()
+            try:
+                for method, _p, body in channel.consume(
+                    secagg_queue(self.me.name), inactivity_timeout=0.05
+                ):
+                    if method is not None and body is not None and method.delivery_tag is not None:
+                        session = self._handle(channel, body, session, result)
+                        channel.basic_ack(method.delivery_tag)
+                    if result.finished or stop.is_set() or deadline.is_set():
+                        break
+                channel.cancel()
+            finally:
+                timer.cancel()
+        finally:
+            connection.close()
+        return result
+
+    def _handle(
+        self,
+        channel: BlockingChannel,
+        body: bytes,
+        session: SecureUpdateSession | None,
+        result: SecureRoundResult,
+    ) -> SecureUpdateSession | None:
+        try:
+            opened = self.codec.open(body, self.me, self.senders)
+            if opened.content_type is not ContentType.SECAGG:
+                raise DecodeError(f"content type {opened.content_type.name}")
+            frame = SecAggFrame.decode(opened.payload)
+            if frame.round != opened.round:
+                raise DecodeError("frame round differs from the signed metadata")
+        except PqlinkError as exc:
+            self._refused(result, "envelope", str(exc))
+            return session
+        if frame.kind is SecAggKind.ANNOUNCEMENT:
+            if session is not None:
+                self._refused(result, "announcement", "a round is already running")
+                return session
+            if frame.round <= self._after:
+                self._refused(result, "announcement", f"round {frame.round} is over")
+                return None
+            try:
+                announcement = SecureRoundAnnouncement.decode(frame.body)
+                session = SecureUpdateSession(announcement, self.me, self.peers)
+            except (DecodeError, SecureRoundRefusedError) as exc:
+                self._refused(result, "announcement", str(exc))
+                return None
+            result.round = announcement.round
+            session.set_update(self.update(announcement))
+            result.encoded = session.encoded
+            self._send(channel, session.start(), result)
+            return session
+        if session is None:
+            self._refused(result, frame.kind.name, "no round announced")
+            return None
+        step = session.handle(frame)
+        for event in step.events:
+            _LOG.warning("%s %s", event.name, " ".join(f"{k}={v}" for k, v in event.fields.items()))
+        for r in step.rejected:
+            self._refused(result, r.kind.name, f"{r.reason}: {r.detail}")
+        for out in step.outgoing:
+            self._send(channel, out, result)
+        if step.finished:
+            result.finished = True
+            result.aborted = frame.kind is SecAggKind.ABORTED
+        return session
+
+    def _refused(self, result: SecureRoundResult, what: str, detail: str) -> None:
+        result.refused.append(f"{what}: {detail}")
+        _LOG.warning(
+            "secagg_message_refused gateway=%s what=%s detail=%s", self.me.name, what, detail
+        )

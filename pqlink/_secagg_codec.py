@@ -1,0 +1,466 @@
+"""Wire codec of the secure-aggregation messages, and the typed errors of the protocol.
+
+Every decoder raises only MalformedMessageError; the values are frozen dataclasses."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pqlink._codec import Reader, Writer
+from pqlink._errors import (
+    DecodeError,
+    ErrorReason,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ReplayError,
+)
+from pqlink.ascon import hash256
+from pqlink.keys import HYBRID_CIPHERTEXT_SIZE, HYBRID_PUBLIC_KEY_SIZE
+from pqlink.shamir import SHARE_SIZE, InvalidShareError, Share
+
+VERSION = 1
+COMMITMENT_SIZE = 32
+DIGEST_SIZE = 32
+SEED_SIZE = 32
+#: Two Shamir shares (self-mask seed, pair-key seed) under a 16-byte Ascon tag.
+SHARE_CIPHERTEXT_SIZE = 2 * SHARE_SIZE + 16
+#: One pair-mask seed under a 16-byte Ascon tag.
+ESCROW_CIPHERTEXT_SIZE = SEED_SIZE + 16
+MAX_SIGNATURE_SIZE = 4627  # ML-DSA-87, the largest parameter set
+MAX_CLIENTS = 0xFFFF
+MAX_DIMENSION = 1 << 26
+
+
+class SecAggError(RemoteProtocolError):
+    """A secure-aggregation message was refused; `reason` is the stable name for logs."""
+
+    default_reason = ErrorReason.SECAGG_REJECTED
+
+
+class MalformedMessageError(SecAggError, DecodeError):
+    default_reason = ErrorReason.MALFORMED
+
+
+class ForgedMessageError(SecAggError):
+    """A signature, an AEAD tag or a commitment did not verify."""
+
+    default_reason = ErrorReason.FORGED
+
+
+class ReplayedMessageError(SecAggError, ReplayError):
+    """A second message of one kind from one sender in one round."""
+
+    default_reason = ErrorReason.REPLAYED
+
+
+class WrongRoundError(SecAggError):
+    default_reason = ErrorReason.WRONG_ROUND
+
+
+class UnexpectedSenderError(SecAggError):
+    """The sender or recipient is no participant, no neighbour, or not who the transport says."""
+
+    default_reason = ErrorReason.UNEXPECTED_SENDER
+
+
+class UnmaskRefusedError(SecAggError):
+    """An unmasking request an honest client must not answer (both kinds of share for one
+    client, itself listed as dropped, too few survivors, or a second request)."""
+
+    default_reason = ErrorReason.UNMASK_REFUSED
+
+
+class SecAggStateError(LocalProtocolError):
+    """A method was called in the wrong state of the round."""
+
+
+class Kind(enum.IntEnum):
+    ADVERT = 1
+    KEY_AGREEMENT = 2
+    FORWARDED_CIPHERTEXT = 3
+    SHARES = 4
+    FORWARDED_SHARES = 5
+    MASKED_INPUT = 6
+    UNMASK_REQUEST = 7
+    UNMASK_RESPONSE = 8
+    BUNDLE = 9
+
+
+class ShareKind(enum.IntEnum):
+    """Which seed a revealed share belongs to."""
+
+    SELF_MASK = 1  # b_u: revealed for survivors
+    PAIR_KEY = 2  # p_u: revealed for clients that dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    kind: Kind
+    round_id: int
+    sender: int
+
+    def write(self) -> Writer:
+        return Writer().u8(VERSION).u8(self.kind).u64(self.round_id).u16(self.sender)
+
+
+def _read_header(data: bytes, kind: Kind) -> tuple[Header, Reader]:
+    r = Reader(bytes(data), kind.name.lower())
+    try:
+        version = r.u8("version")
+        got = r.u8("kind")
+        round_id, sender = r.u64("round id"), r.u16("sender")
+    except DecodeError as exc:
+        raise _wrap(exc) from None
+    if version != VERSION:
+        raise MalformedMessageError(f"{kind.name.lower()}: version {version}, expected {VERSION}")
+    if got != kind:
+        raise MalformedMessageError(f"message kind {got}, expected {kind.value} ({kind.name})")
+    return Header(kind, round_id, sender), r
+
+
+def peek_header(data: bytes) -> Header:
+    """Version, kind, round and sender of any message, unverified: for routing only."""
+    try:
+        r = Reader(bytes(data), "message")
+        if r.u8("version") != VERSION:
+            raise MalformedMessageError(f"unsupported version {data[0]}")
+        code = r.u8("kind")
+        try:
+            kind = Kind(code)
+        except ValueError:
+            raise MalformedMessageError(f"unknown message kind {code}") from None
+        return Header(kind, r.u64("round id"), r.u16("sender"))
+    except MalformedMessageError:
+        raise
+    except DecodeError as exc:
+        raise MalformedMessageError(str(exc)) from None
+
+
+def _wrap(exc: Exception) -> MalformedMessageError:
+    return MalformedMessageError(str(exc))
+
+
+@dataclass(frozen=True, slots=True)
+class Advert:
+    """Round 0: a client's fresh hybrid public key and commitments to its two seeds, signed
+    with its ML-DSA identity; forwarded verbatim to its neighbours."""
+
+    round_id: int
+    sender: int
+    public_key: bytes
+    self_commitment: bytes
+    pair_commitment: bytes
+    signature: bytes
+
+    def signed_part(self) -> bytes:
+        return (
+            Header(Kind.ADVERT, self.round_id, self.sender)
+            .write()
+            .raw(self.public_key)
+            .raw(self.self_commitment)
+            .raw(self.pair_commitment)
+            .getvalue()
+        )
+
+    def to_bytes(self) -> bytes:
+        return self.signed_part() + Writer().u16(len(self.signature)).raw(self.signature).getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Advert:
+        head, r = _read_header(data, Kind.ADVERT)
+        try:
+            pk = r.raw(HYBRID_PUBLIC_KEY_SIZE, "public key")
+            c_self = r.raw(COMMITMENT_SIZE, "self commitment")
+            c_pair = r.raw(COMMITMENT_SIZE, "pair commitment")
+            sig = r.raw(_signature_length(r), "signature")
+            r.end()
+        except DecodeError as exc:
+            raise _wrap(exc) from None
+        return cls(head.round_id, head.sender, pk, c_self, c_pair, sig)
+
+
+def _signature_length(r: Reader) -> int:
+    n = r.u16("signature length")
+    if n > MAX_SIGNATURE_SIZE:
+        raise MalformedMessageError(f"signature length {n} over {MAX_SIGNATURE_SIZE}")
+    return n
+
+
+def _check_ids(ids: Sequence[int], field: str) -> None:
+    if any(not 1 <= i <= MAX_CLIENTS for i in ids):
+        raise MalformedMessageError(f"{field}: client id outside 1..{MAX_CLIENTS}")
+    if len(set(ids)) != len(ids):
+        raise MalformedMessageError(f"{field}: a client id appears twice")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAgreement:
+    """Round 1: the sender's encapsulations to its higher-numbered neighbours, signed once
+    over their digests so that each recipient can check its own without the others."""
+
+    round_id: int
+    sender: int
+    ciphertexts: tuple[tuple[int, bytes], ...]
+    signature: bytes
+
+    def digests(self) -> tuple[tuple[int, bytes], ...]:
+        return tuple((v, hash256(ct)) for v, ct in self.ciphertexts)
+
+    def to_bytes(self) -> bytes:
+        w = Header(Kind.KEY_AGREEMENT, self.round_id, self.sender).write()
+        w.u16(len(self.ciphertexts))
+        for v, ct in self.ciphertexts:
+            w.u16(v).raw(ct)
+        return w.u16(len(self.signature)).raw(self.signature).getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> KeyAgreement:
+        head, r = _read_header(data, Kind.KEY_AGREEMENT)
+        try:
+            count = r.u16("count")
+            cts = tuple(
+                (r.u16("recipient"), r.raw(HYBRID_CIPHERTEXT_SIZE, "ciphertext"))
+                for _ in range(count)
+            )
+            sig = r.raw(_signature_length(r), "signature")
+            r.end()
+        except DecodeError as exc:
+            raise _wrap(exc) from None
+        _check_ids([v for v, _ in cts], "recipients")
+        return cls(head.round_id, head.sender, cts, sig)
+
+
+def digest_list_bytes(round_id: int, sender: int, digests: Sequence[tuple[int, bytes]]) -> bytes:
+    """What a key agreement's signature covers."""
+    w = Header(Kind.KEY_AGREEMENT, round_id, sender).write().u16(len(digests))
+    for v, d in digests:
+        w.u16(v).raw(d)
+    return w.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedCiphertext:
+    """Round 1, server to recipient: one ciphertext with the sender's signed digest list."""
+
+    round_id: int
+    sender: int
+    recipient: int
+    ciphertext: bytes
+    digests: tuple[tuple[int, bytes], ...]
+    signature: bytes
+
+    def to_bytes(self) -> bytes:
+        w = Header(Kind.FORWARDED_CIPHERTEXT, self.round_id, self.sender).write()
+        w.u16(self.recipient).raw(self.ciphertext).u16(len(self.digests))
+        for v, d in self.digests:
+            w.u16(v).raw(d)
+        return w.u16(len(self.signature)).raw(self.signature).getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ForwardedCiphertext:
+        head, r = _read_header(data, Kind.FORWARDED_CIPHERTEXT)
+        try:
+            recipient = r.u16("recipient")
+            ct = r.raw(HYBRID_CIPHERTEXT_SIZE, "ciphertext")
+            count = r.u16("digest count")
+            digests = tuple(
+                (r.u16("recipient"), r.raw(DIGEST_SIZE, "digest")) for _ in range(count)
+            )
+            sig = r.raw(_signature_length(r), "signature")
+            r.end()
+        except DecodeError as exc:
+            raise _wrap(exc) from None
+        _check_ids([v for v, _ in digests], "digests")
+        return cls(head.round_id, head.sender, recipient, ct, digests, sig)
+
+
+@dataclass(frozen=True, slots=True)
+class SharesMessage:
+    """Round 2: for each neighbour its two shares under the pair's share key, and for each
+    neighbour the pair-mask seed escrowed under a key derived from the sender's pair-key seed."""
+
+    round_id: int
+    sender: int
+    shares: tuple[tuple[int, bytes], ...]
+    escrow: tuple[tuple[int, bytes], ...]
+
+    def to_bytes(self) -> bytes:
+        w = Header(Kind.SHARES, self.round_id, self.sender).write().u16(len(self.shares))
+        for v, ct in self.shares:
+            w.u16(v).raw(ct)
+        w.u16(len(self.escrow))
+        for v, ct in self.escrow:
+            w.u16(v).raw(ct)
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SharesMessage:
+        head, r = _read_header(data, Kind.SHARES)
+        try:
+            n = r.u16("share count")
+            shares = tuple(
+                (r.u16("recipient"), r.raw(SHARE_CIPHERTEXT_SIZE, "share")) for _ in range(n)
+            )
+            m = r.u16("escrow count")
+            escrow = tuple(
+                (r.u16("neighbour"), r.raw(ESCROW_CIPHERTEXT_SIZE, "escrow")) for _ in range(m)
+            )
+            r.end()
+        except DecodeError as exc:
+            raise _wrap(exc) from None
+        _check_ids([v for v, _ in shares], "shares")
+        _check_ids([v for v, _ in escrow], "escrow")
+        return cls(head.round_id, head.sender, shares, escrow)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedShares:
+    """Round 2, server to recipient: the share ciphertext one neighbour addressed to it."""
+
+    round_id: int
+    sender: int
+    recipient: int
+    ciphertext: bytes
+
+    def to_bytes(self) -> bytes:
+        w = Header(Kind.FORWARDED_SHARES, self.round_id, self.sender).write()
+        return w.u16(self.recipient).raw(self.ciphertext).getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ForwardedShares:
+        head, r = _read_header(data, Kind.FORWARDED_SHARES)
+        try:
+            recipient = r.u16("recipient")
+            ct = r.raw(SHARE_CIPHERTEXT_SIZE, "share")
+            r.end()
+        except DecodeError as exc:
+            raise _wrap(exc) from None
+        return cls(head.round_id, head.sender, recipient, ct)
+
+
+@dataclass(frozen=True, slots=True)
+class MaskedInput:
+    """Round 3: the masked vector, little-endian words of `word_bytes` (4 or 8)."""
+
+    round_id: int
+    sender: int
+    modulus_bits: int
+    dimension: int
+    vector: bytes
+
+    def to_bytes(self) -> bytes:
+        w = Header(Kind.MASKED_INPUT, self.round_id, self.sender).write()
+        return w.u8(self.modulus_bits).u32(self.dimension).raw(self.vector).getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MaskedInput:
+        head, r = _read_header(data, Kind.MASKED_INPUT)
+        try:
+            bits = r.u8("modulus bits")
+            dim = r.u32("dimension")
+            if not 1 <= bits <= 64:
+                raise MalformedMessageError(f"modulus bits {bits} outside 1..64")
+            if dim > MAX_DIMENSION:
+                raise MalformedMessageError(f"dimension {dim} over {MAX_DIMENSION}")
+            vector = r.raw(dim * word_bytes(bits), "vector")
+            r.end()
+        except MalformedMessageError:
+            raise
+        except DecodeError as exc:
+            raise _wrap(exc) from None
+        return cls(head.round_id, head.sender, bits, dim, vector)
+
+
+def word_bytes(modulus_bits: int) -> int:
+    return 4 if modulus_bits <= 32 else 8
+
+
+@dataclass(frozen=True, slots=True)
+class UnmaskRequest:
+    """Round 4, server to survivors: who survived (their self-mask seeds are wanted) and who
+    dropped after sharing keys (their pair-key seeds are wanted)."""
+
+    round_id: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+    def to_bytes(self) -> bytes:
+        w = Header(Kind.UNMASK_REQUEST, self.round_id, 0).write().u16(len(self.survivors))
+        for u in self.survivors:
+            w.u16(u)
+        w.u16(len(self.dropped))
+        for u in self.dropped:
+            w.u16(u)
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UnmaskRequest:
+        head, r = _read_header(data, Kind.UNMASK_REQUEST)
+        if head.sender != 0:
+            raise MalformedMessageError(f"unmask request from sender {head.sender}, not the server")
+        try:
+            survivors = tuple(r.u16("survivor") for _ in range(r.u16("survivor count")))
+            dropped = tuple(r.u16("dropped") for _ in range(r.u16("dropped count")))
+            r.end()
+        except DecodeError as exc:
+            raise _wrap(exc) from None
+        _check_ids(survivors, "survivors")
+        _check_ids(dropped, "dropped")
+        return cls(head.round_id, survivors, dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class UnmaskResponse:
+    """Round 4: the shares the sender holds of each requested seed."""
+
+    round_id: int
+    sender: int
+    shares: tuple[tuple[int, ShareKind, Share], ...]
+
+    def to_bytes(self) -> bytes:
+        w = Header(Kind.UNMASK_RESPONSE, self.round_id, self.sender).write().u16(len(self.shares))
+        for owner, kind, share in self.shares:
+            w.u16(owner).u8(kind).raw(share.to_bytes())
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UnmaskResponse:
+        head, r = _read_header(data, Kind.UNMASK_RESPONSE)
+        out = []
+        try:
+            for _ in range(r.u16("count")):
+                owner = r.u16("owner")
+                code = r.u8("share kind")
+                try:
+                    kind = ShareKind(code)
+                except ValueError:
+                    raise MalformedMessageError(f"unknown share kind {code}") from None
+                out.append((owner, kind, Share.from_bytes(r.raw(SHARE_SIZE, "share"))))
+            r.end()
+        except MalformedMessageError:
+            raise
+        except (DecodeError, InvalidShareError) as exc:
+            raise _wrap(exc) from None
+        if len({(o, k) for o, k, _ in out}) != len(out):
+            raise MalformedMessageError("a share is given twice")
+        return cls(head.round_id, head.sender, tuple(out))
+
+
+def encode_bundle(round_id: int, messages: Sequence[bytes]) -> bytes:
+    """Several forwarded messages in one frame, server to one client."""
+    w = Header(Kind.BUNDLE, round_id, 0).write().u16(len(messages))
+    for m in messages:
+        w.u32(len(m)).raw(m)
+    return w.getvalue()
+
+
+def decode_bundle(data: bytes) -> tuple[int, tuple[bytes, ...]]:
+    head, r = _read_header(data, Kind.BUNDLE)
+    try:
+        items = tuple(r.raw(r.u32("length"), "message") for _ in range(r.u16("count")))
+        r.end()
+    except DecodeError as exc:
+        raise _wrap(exc) from None
+    return head.round_id, items

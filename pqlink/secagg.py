@@ -1,0 +1,836 @@
+"""Post-quantum secure aggregation (SecAgg / SecAgg+ with a hybrid KEM): sans-IO state
+machines for a client (gateway) and the server (coordinator), bytes in and bytes out.
+
+Round 0 adverts (signed fresh hybrid keys and seed commitments), round 1 key agreement
+(the lower id encapsulates to the higher), round 2 encrypted Shamir shares and escrowed pair
+seeds, round 3 masked inputs, round 4 unmasking. docs/secure-aggregation.md has the design."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pqlink._errors import AuthenticationError, DecodeError, ErrorReason, SignatureError
+from pqlink._secagg_codec import (
+    Advert,
+    ForgedMessageError,
+    ForwardedCiphertext,
+    ForwardedShares,
+    KeyAgreement,
+    MalformedMessageError,
+    MaskedInput,
+    ReplayedMessageError,
+    SecAggError,
+    SecAggStateError,
+    ShareKind,
+    SharesMessage,
+    UnexpectedSenderError,
+    UnmaskRefusedError,
+    UnmaskRequest,
+    UnmaskResponse,
+    WrongRoundError,
+    decode_bundle,
+    digest_list_bytes,
+    encode_bundle,
+    peek_header,
+    word_bytes,
+)
+from pqlink._secagg_encoding import (
+    InputEncoding,
+    U64Vector,
+    distributed_noise_std,
+    expand_mask,
+    modulus_bits_for,
+)
+from pqlink._secagg_graph import (
+    COMPLETE_GRAPH_UP_TO,
+    GraphParameters,
+    SecAggParameterError,
+    choose_parameters,
+    neighbour_graph,
+)
+from pqlink.ascon import decrypt, encrypt, hash256
+from pqlink.kdf import expand_label, hkdf_extract
+from pqlink.keys import HybridPrivateKey, HybridPublicKey, SigningKey, VerifyKey
+from pqlink.shamir import (
+    InvalidShareError,
+    NotEnoughSharesError,
+    Share,
+    recover_secret,
+    split_secret,
+)
+
+__all__ = [
+    "COMPLETE_GRAPH_UP_TO",
+    "AggregateResult",
+    "ForgedMessageError",
+    "GraphParameters",
+    "InputEncoding",
+    "InsufficientNeighboursError",
+    "MalformedMessageError",
+    "MaskedVector",
+    "ReplayedMessageError",
+    "RoundAborted",
+    "RoundConfig",
+    "SecAggClient",
+    "SecAggError",
+    "SecAggEvent",
+    "SecAggParameterError",
+    "SecAggServer",
+    "SecAggStateError",
+    "UnexpectedSenderError",
+    "UnmaskRefusedError",
+    "WrongRoundError",
+    "choose_parameters",
+    "decode_bundle",
+    "distributed_noise_std",
+    "expand_mask",
+    "modulus_bits_for",
+    "neighbour_graph",
+    "open_masked_input",
+    "peek_header",
+]
+
+
+class InsufficientNeighboursError(SecAggError):
+    """Fewer neighbours completed key agreement than the threshold: this client cannot share."""
+
+    default_reason = ErrorReason.TOO_FEW_NEIGHBOURS
+
+
+@dataclass(frozen=True, slots=True)
+class RoundConfig:
+    """What every party of one round agrees on before it starts (announced by the server,
+    checked by the clients): participants, graph, threshold, input encoding."""
+
+    round_id: int
+    graph_seed: bytes
+    participants: tuple[int, ...]
+    degree: int
+    threshold: int
+    min_survivors: int
+    encoding: InputEncoding
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.round_id < 1 << 64:
+            raise SecAggParameterError(f"round id {self.round_id} is not a u64")
+        if len(self.graph_seed) != 32:
+            raise SecAggParameterError(f"graph seed must be 32 bytes, got {len(self.graph_seed)}")
+        ids = self.participants
+        if len(set(ids)) != len(ids) or not all(1 <= u <= 0xFFFF for u in ids):
+            raise SecAggParameterError("participants must be distinct ids in 1..65535")
+        if not 1 <= self.threshold <= min(self.degree, len(ids) - 1):
+            raise SecAggParameterError(f"threshold {self.threshold} outside 1..degree")
+        # A survivor's self-mask seed comes back from t shares held by *other* survivors.
+        if not self.threshold < self.min_survivors <= len(ids):
+            raise SecAggParameterError("need threshold < min_survivors <= participants")
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggEvent:
+    """A structured event for the caller's log: a stable name and fields (never secrets)."""
+
+    name: str
+    fields: Mapping[str, str | int]
+
+
+@dataclass(frozen=True, slots=True)
+class RoundAborted:
+    """The round stopped before anything was unmasked (or the unmasking could not finish)."""
+
+    round_id: int
+    stage: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateResult:
+    """The exact sum modulo 2^k of the survivors' inputs, and who took part."""
+
+    round_id: int
+    total: U64Vector
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    encoding: InputEncoding
+
+    def signed_sum(self) -> np.ndarray:
+        return self.encoding.signed_sum(self.total)
+
+    def decoded_sum(self) -> np.ndarray:
+        return self.encoding.decode_sum(self.total)
+
+
+@dataclass(frozen=True, slots=True)
+class MaskedVector:
+    """One client's masked input as a crypto worker folds it: indistinguishable from uniform
+    modulo 2^k to anyone without the masks."""
+
+    round_id: int
+    sender: int
+    modulus_bits: int
+    vector: U64Vector
+
+
+def open_masked_input(
+    data: bytes, modulus_bits: int | None = None, dimension: int | None = None
+) -> MaskedVector:
+    """Decode and check a round-3 message (for a worker that sums masked inputs before the
+    server sees them): the ring and length when given, values below 2^k always;
+    MalformedMessageError otherwise."""
+    msg = MaskedInput.from_bytes(data)
+    modulus_bits = msg.modulus_bits if modulus_bits is None else modulus_bits
+    dimension = msg.dimension if dimension is None else dimension
+    if (msg.modulus_bits, msg.dimension) != (modulus_bits, dimension):
+        raise MalformedMessageError(
+            f"input of {msg.sender}: {msg.dimension} values mod 2^{msg.modulus_bits}, "
+            f"expected {dimension} mod 2^{modulus_bits}"
+        )
+    dtype = "<u4" if word_bytes(msg.modulus_bits) == 4 else "<u8"
+    vector = np.frombuffer(msg.vector, dtype=dtype).astype(np.uint64)
+    if modulus_bits < 64 and np.any(vector >> np.uint64(modulus_bits)):
+        raise MalformedMessageError(f"input of {msg.sender} holds values over 2^k")
+    return MaskedVector(msg.round_id, msg.sender, msg.modulus_bits, vector)
+
+
+# --- key schedule -----------------------------------------------------------------------------
+
+_U64 = 8
+
+
+def _rid(round_id: int) -> bytes:
+    return round_id.to_bytes(_U64, "big")
+
+
+def _id(u: int) -> bytes:
+    return u.to_bytes(2, "big")
+
+
+def _commitment(label: bytes, round_id: int, owner: int, seed: bytes) -> bytes:
+    return hash256(b"iomt-secagg commit " + label + _rid(round_id) + _id(owner) + seed)
+
+
+def _advert_context(round_id: int, sender: int, graph_seed: bytes) -> bytes:
+    return b"iomt-secagg advert" + _rid(round_id) + _id(sender) + graph_seed
+
+
+def _ciphertexts_context(round_id: int, sender: int, graph_seed: bytes) -> bytes:
+    return b"iomt-secagg kem" + _rid(round_id) + _id(sender) + graph_seed
+
+
+@dataclass(frozen=True, slots=True)
+class _PairKeys:
+    mask_seed: bytes
+    share_key: bytes
+
+
+def _pair_keys(shared: bytes, round_id: int, low: int, high: int, ciphertext: bytes) -> _PairKeys:
+    prk = hkdf_extract(b"iomt-secagg pair v1", shared)
+    context = _rid(round_id) + _id(low) + _id(high) + hash256(ciphertext)
+    return _PairKeys(
+        expand_label(prk, "secagg mask", context, 32),
+        expand_label(prk, "secagg share", context, 16),
+    )
+
+
+def _share_nonce(sender: int, recipient: int) -> bytes:
+    # One key per pair, one message per direction: the direction makes the nonce unique.
+    return _id(sender) + _id(recipient) + bytes(12)
+
+
+def _share_ad(round_id: int, sender: int, recipient: int) -> bytes:
+    return b"iomt-secagg share" + _rid(round_id) + _id(sender) + _id(recipient)
+
+
+def _escrow_key(pair_seed: bytes, round_id: int, owner: int, neighbour: int) -> bytes:
+    return expand_label(
+        pair_seed, "secagg escrow", _rid(round_id) + _id(owner) + _id(neighbour), 16
+    )
+
+
+def _escrow_ad(round_id: int, owner: int, neighbour: int) -> bytes:
+    return b"iomt-secagg escrow" + _rid(round_id) + _id(owner) + _id(neighbour)
+
+
+_ZERO_NONCE = bytes(16)  # each escrow key encrypts exactly one message
+
+
+def _pair_mask(seed: bytes, config: RoundConfig) -> U64Vector:
+    enc = config.encoding
+    return expand_mask(seed, config.round_id, b"pair", enc.dimension, enc.modulus_bits)
+
+
+def _self_mask(seed: bytes, config: RoundConfig) -> U64Vector:
+    enc = config.encoding
+    return expand_mask(seed, config.round_id, b"self", enc.dimension, enc.modulus_bits)
+
+
+def _ring_mask(config: RoundConfig) -> np.uint64:
+    return np.uint64((1 << config.encoding.modulus_bits) - 1)
+
+
+def _vector_bytes(v: U64Vector, modulus_bits: int) -> bytes:
+    return v.astype("<u4" if word_bytes(modulus_bits) == 4 else "<u8").tobytes()
+
+
+# --- client -----------------------------------------------------------------------------------
+
+
+class ClientState(enum.Enum):
+    START = "start"
+    ADVERTISED = "advertised"  # collecting neighbours' adverts
+    KEYS_SENT = "keys_sent"  # collecting ciphertexts from lower neighbours
+    SHARES_SENT = "shares_sent"  # collecting neighbours' shares
+    INPUT_SENT = "input_sent"  # waiting for the unmasking request
+    DONE = "done"
+
+
+class SecAggClient:
+    """One gateway's side of one round. Methods named receive_* take one message and raise a
+    SecAggError subclass if it is refused (the round goes on without it); the others move to
+    the next stage and return the message to send to the server."""
+
+    def __init__(
+        self,
+        config: RoundConfig,
+        client_id: int,
+        identity: SigningKey,
+        peers: Mapping[int, VerifyKey],
+    ) -> None:
+        if client_id not in config.participants:
+            raise SecAggStateError(f"client {client_id} is not a participant of the round")
+        self.config = config
+        self.client_id = client_id
+        self.state = ClientState.START
+        self._identity = identity
+        self._peers = peers
+        graph = neighbour_graph(config.participants, config.degree, config.graph_seed)
+        self.neighbours = graph[client_id]
+        self._kem = HybridPrivateKey.generate()
+        self._self_seed = secrets.token_bytes(32)
+        self._pair_seed = secrets.token_bytes(32)
+        self._adverts: dict[int, Advert] = {}
+        self._keys: dict[int, HybridPublicKey] = {}
+        self._pairs: dict[int, _PairKeys] = {}
+        self._ciphertexts_from: set[int] = set()
+        self._held: dict[int, tuple[Share, Share]] = {}  # neighbour -> (self share, pair share)
+        self.events: list[SecAggEvent] = []
+
+    # round 0
+    def advertise(self) -> bytes:
+        self._expect(ClientState.START)
+        rid = self.config.round_id
+        advert = Advert(
+            rid,
+            self.client_id,
+            self._kem.public_key().raw,
+            _commitment(b"self", rid, self.client_id, self._self_seed),
+            _commitment(b"pair", rid, self.client_id, self._pair_seed),
+            b"",
+        )
+        context = _advert_context(rid, self.client_id, self.config.graph_seed)
+        signature = self._identity.sign(advert.signed_part(), context)
+        self.state = ClientState.ADVERTISED
+        return dataclasses.replace(advert, signature=signature).to_bytes()
+
+    def receive_advert(self, data: bytes) -> None:
+        self._expect(ClientState.ADVERTISED)
+        advert = Advert.from_bytes(data)
+        self._check_peer_message(advert.round_id, advert.sender, self._adverts)
+        _verify_advert(advert, self._peers[advert.sender], self.config.graph_seed)
+        try:
+            key = HybridPublicKey(advert.public_key)
+        except DecodeError as exc:
+            raise MalformedMessageError(f"advert of {advert.sender}: {exc}") from None
+        self._adverts[advert.sender] = advert
+        self._keys[advert.sender] = key
+
+    # round 1
+    def key_agreement(self) -> bytes:
+        self._expect(ClientState.ADVERTISED)
+        rid, me = self.config.round_id, self.client_id
+        cts: list[tuple[int, bytes]] = []
+        for v in sorted(self._keys):
+            if v > me:
+                enc = self._keys[v].encapsulate()
+                self._pairs[v] = _pair_keys(enc.shared_secret, rid, me, v, enc.ciphertext)
+                cts.append((v, enc.ciphertext))
+        unsigned = KeyAgreement(rid, me, tuple(cts), b"")
+        signed = digest_list_bytes(rid, me, unsigned.digests())
+        signature = self._identity.sign(
+            signed, _ciphertexts_context(rid, me, self.config.graph_seed)
+        )
+        self.state = ClientState.KEYS_SENT
+        return KeyAgreement(rid, me, tuple(cts), signature).to_bytes()
+
+    def receive_ciphertext(self, data: bytes) -> None:
+        self._expect(ClientState.KEYS_SENT)
+        msg = ForwardedCiphertext.from_bytes(data)
+        self._check_round(msg.round_id)
+        if msg.recipient != self.client_id:
+            raise UnexpectedSenderError(f"ciphertext addressed to {msg.recipient}")
+        if msg.sender not in self._keys or msg.sender > self.client_id:
+            raise UnexpectedSenderError(f"no ciphertext expected from {msg.sender}")
+        if msg.sender in self._ciphertexts_from:
+            raise ReplayedMessageError(f"second ciphertext from {msg.sender}")
+        signed = digest_list_bytes(msg.round_id, msg.sender, msg.digests)
+        context = _ciphertexts_context(msg.round_id, msg.sender, self.config.graph_seed)
+        try:
+            self._peers[msg.sender].verify(msg.signature, signed, context)
+        except SignatureError:
+            raise ForgedMessageError(f"ciphertext list of {msg.sender} not signed by it") from None
+        if dict(msg.digests).get(self.client_id) != hash256(msg.ciphertext):
+            raise ForgedMessageError(f"ciphertext from {msg.sender} is not the one it signed")
+        try:
+            shared = self._kem.decapsulate(msg.ciphertext)
+        except DecodeError as exc:
+            raise MalformedMessageError(f"ciphertext from {msg.sender}: {exc}") from None
+        self._ciphertexts_from.add(msg.sender)
+        rid = self.config.round_id
+        self._pairs[msg.sender] = _pair_keys(
+            shared, rid, msg.sender, self.client_id, msg.ciphertext
+        )
+
+    # round 2
+    def share_keys(self) -> bytes:
+        self._expect(ClientState.KEYS_SENT)
+        rid, me, t = self.config.round_id, self.client_id, self.config.threshold
+        holders = sorted(self._pairs)
+        if len(holders) < t:
+            raise InsufficientNeighboursError(
+                f"{len(holders)} neighbours completed key agreement, threshold {t}"
+            )
+        b_shares = split_secret(self._self_seed, t, len(holders), indices=holders)
+        p_shares = split_secret(self._pair_seed, t, len(holders), indices=holders)
+        shares = []
+        escrow = []
+        for v, b_share, p_share in zip(holders, b_shares, p_shares, strict=True):
+            pair = self._pairs[v]
+            plaintext = b_share.to_bytes() + p_share.to_bytes()
+            shares.append(
+                (v, encrypt(pair.share_key, _share_nonce(me, v), _share_ad(rid, me, v), plaintext))
+            )
+            key = _escrow_key(self._pair_seed, rid, me, v)
+            escrow.append((v, encrypt(key, _ZERO_NONCE, _escrow_ad(rid, me, v), pair.mask_seed)))
+        self.state = ClientState.SHARES_SENT
+        return SharesMessage(rid, me, tuple(shares), tuple(escrow)).to_bytes()
+
+    def receive_shares(self, data: bytes) -> None:
+        self._expect(ClientState.SHARES_SENT)
+        msg = ForwardedShares.from_bytes(data)
+        self._check_round(msg.round_id)
+        if msg.recipient != self.client_id:
+            raise UnexpectedSenderError(f"shares addressed to {msg.recipient}")
+        if msg.sender not in self._pairs:
+            raise UnexpectedSenderError(f"no shares expected from {msg.sender}")
+        if msg.sender in self._held:
+            raise ReplayedMessageError(f"second shares from {msg.sender}")
+        key = self._pairs[msg.sender].share_key
+        ad = _share_ad(msg.round_id, msg.sender, self.client_id)
+        try:
+            plain = decrypt(key, _share_nonce(msg.sender, self.client_id), ad, msg.ciphertext)
+        except AuthenticationError:
+            raise ForgedMessageError(f"shares from {msg.sender} do not authenticate") from None
+        try:
+            b_share = Share.from_bytes(plain[: len(plain) // 2])
+            p_share = Share.from_bytes(plain[len(plain) // 2 :])
+        except InvalidShareError as exc:
+            raise ForgedMessageError(f"shares from {msg.sender}: {exc}") from None
+        if b_share.index != self.client_id or p_share.index != self.client_id:
+            raise ForgedMessageError(f"shares from {msg.sender} are not at this client's index")
+        self._held[msg.sender] = (b_share, p_share)
+
+    # round 3
+    def masked_input(self, encoded: U64Vector) -> bytes:
+        """y = x + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv) mod 2^k, over the
+        neighbours whose shares arrived (exactly those that will mask with this client)."""
+        self._expect(ClientState.SHARES_SENT)
+        enc = self.config.encoding
+        x = np.asarray(encoded)
+        if x.dtype != np.uint64 or x.shape != (enc.dimension,):
+            raise SecAggStateError(f"input must be a uint64 vector of length {enc.dimension}")
+        y = x + _self_mask(self._self_seed, self.config)
+        for v in sorted(self._held):
+            mask = _pair_mask(self._pairs[v].mask_seed, self.config)
+            y = y + mask if v > self.client_id else y - mask
+        y &= _ring_mask(self.config)
+        self.state = ClientState.INPUT_SENT
+        rid = self.config.round_id
+        vector = _vector_bytes(y, enc.modulus_bits)
+        return MaskedInput(rid, self.client_id, enc.modulus_bits, enc.dimension, vector).to_bytes()
+
+    # round 4
+    def unmask(self, data: bytes) -> bytes:
+        """Answer the server's one unmasking request, or refuse it (UnmaskRefusedError, and a
+        `secagg_unmask_refused` event in `events`)."""
+        if self.state is ClientState.DONE:
+            self._refuse(self.config.round_id, "second_request", ())
+        self._expect(ClientState.INPUT_SENT)
+        request = UnmaskRequest.from_bytes(data)
+        self._check_round(request.round_id)
+        survivors, dropped = set(request.survivors), set(request.dropped)
+        both = sorted(survivors & dropped)
+        if both:
+            self._refuse(request.round_id, "both_kinds_requested", both)
+        if self.client_id in dropped:
+            self._refuse(request.round_id, "self_listed_as_dropped", [self.client_id])
+        if self.client_id not in survivors:
+            self._refuse(request.round_id, "self_not_listed", [self.client_id])
+        if len(survivors) < self.config.min_survivors:
+            self._refuse(request.round_id, "too_few_survivors", [len(survivors)])
+        out: list[tuple[int, ShareKind, Share]] = []
+        for owner in sorted(self._held):
+            b_share, p_share = self._held[owner]
+            if owner in survivors:
+                out.append((owner, ShareKind.SELF_MASK, b_share))
+            elif owner in dropped:
+                out.append((owner, ShareKind.PAIR_KEY, p_share))
+        self.state = ClientState.DONE
+        return UnmaskResponse(request.round_id, self.client_id, tuple(out)).to_bytes()
+
+    def _refuse(self, round_id: int, why: str, ids: Sequence[int]) -> None:
+        self.state = ClientState.DONE  # one refused request ends this client's round
+        self.events.append(
+            SecAggEvent(
+                "secagg_unmask_refused",
+                {
+                    "round": round_id,
+                    "client": self.client_id,
+                    "reason": why,
+                    "ids": ",".join(map(str, ids)),
+                },
+            )
+        )
+        raise UnmaskRefusedError(f"unmasking request refused: {why} {list(ids)}")
+
+    def _expect(self, state: ClientState) -> None:
+        if self.state is not state:
+            raise SecAggStateError(f"client is {self.state.value}, expected {state.value}")
+
+    def _check_round(self, round_id: int) -> None:
+        if round_id != self.config.round_id:
+            raise WrongRoundError(f"message of round {round_id}, this is {self.config.round_id}")
+
+    def _check_peer_message(self, round_id: int, sender: int, seen: Mapping[int, object]) -> None:
+        self._check_round(round_id)
+        if sender not in self.neighbours or sender not in self._peers:
+            raise UnexpectedSenderError(f"client {sender} is not a neighbour of {self.client_id}")
+        if sender in seen:
+            raise ReplayedMessageError(f"second message from {sender} in this stage")
+
+
+def _verify_advert(advert: Advert, key: VerifyKey, graph_seed: bytes) -> None:
+    context = _advert_context(advert.round_id, advert.sender, graph_seed)
+    try:
+        key.verify(advert.signature, advert.signed_part(), context)
+    except SignatureError:
+        raise ForgedMessageError(f"advert of {advert.sender} not signed by it") from None
+
+
+# --- server -----------------------------------------------------------------------------------
+
+
+class ServerState(enum.Enum):
+    ADVERTS = "adverts"
+    CIPHERTEXTS = "ciphertexts"
+    SHARES = "shares"
+    INPUTS = "inputs"
+    UNMASKING = "unmasking"
+    DONE = "done"
+
+
+@dataclass
+class _Collected:
+    adverts: dict[int, Advert] = field(default_factory=dict)
+    advert_bytes: dict[int, bytes] = field(default_factory=dict)
+    key_agreements: dict[int, KeyAgreement] = field(default_factory=dict)
+    shares: dict[int, SharesMessage] = field(default_factory=dict)
+    inputs: dict[int, U64Vector] = field(default_factory=dict)
+    # partial sums folded by crypto workers: the server never sees these clients one by one
+    summed: set[int] = field(default_factory=set)
+    sums: list[U64Vector] = field(default_factory=list)
+    responses: dict[int, UnmaskResponse] = field(default_factory=dict)
+
+
+class SecAggServer:
+    """The coordinator's side of one round: it checks and routes what clients send, and in the
+    end learns only the sum. Each close_* returns what to send to whom (client id -> bytes),
+    or RoundAborted when fewer than min_survivors remain."""
+
+    def __init__(self, config: RoundConfig, verify_keys: Mapping[int, VerifyKey]) -> None:
+        self.config = config
+        self.state = ServerState.ADVERTS
+        self._keys = verify_keys
+        self._graph = neighbour_graph(config.participants, config.degree, config.graph_seed)
+        self._c = _Collected()
+        self._holders: dict[int, frozenset[int]] = {}  # owner -> who holds its shares
+        self._survivors: tuple[int, ...] = ()
+        self._dropped: tuple[int, ...] = ()
+
+    # round 0
+    def receive_advert(self, sender: int, data: bytes) -> None:
+        self._expect(ServerState.ADVERTS)
+        advert = Advert.from_bytes(data)
+        self._check(advert.round_id, sender, advert.sender, self._c.adverts)
+        _verify_advert(advert, self._keys[sender], self.config.graph_seed)
+        self._c.adverts[sender] = advert
+        self._c.advert_bytes[sender] = bytes(data)
+
+    def close_adverts(self) -> dict[int, bytes] | RoundAborted:
+        self._expect(ServerState.ADVERTS)
+        present = set(self._c.adverts)
+        if len(present) < self.config.min_survivors:
+            return self._abort("adverts", "too_few_clients", f"{len(present)} adverts")
+        self.state = ServerState.CIPHERTEXTS
+        rid = self.config.round_id
+        return {
+            u: encode_bundle(
+                rid, [self._c.advert_bytes[v] for v in sorted(self._graph[u] & present)]
+            )
+            for u in sorted(present)
+        }
+
+    # round 1
+    def receive_key_agreement(self, sender: int, data: bytes) -> None:
+        self._expect(ServerState.CIPHERTEXTS)
+        msg = KeyAgreement.from_bytes(data)
+        self._check(msg.round_id, sender, msg.sender, self._c.key_agreements)
+        if sender not in self._c.adverts:
+            raise UnexpectedSenderError(f"client {sender} sent no advert")
+        for v, _ in msg.ciphertexts:
+            if v <= sender or v not in self._graph[sender] or v not in self._c.adverts:
+                raise UnexpectedSenderError(f"client {sender} may not encapsulate to {v}")
+        signed = digest_list_bytes(msg.round_id, sender, msg.digests())
+        context = _ciphertexts_context(msg.round_id, sender, self.config.graph_seed)
+        try:
+            self._keys[sender].verify(msg.signature, signed, context)
+        except SignatureError:
+            raise ForgedMessageError(f"ciphertext list of {sender} not signed by it") from None
+        self._c.key_agreements[sender] = msg
+
+    def close_key_agreement(self) -> dict[int, bytes]:
+        self._expect(ServerState.CIPHERTEXTS)
+        rid = self.config.round_id
+        out: dict[int, list[bytes]] = {u: [] for u in self._c.key_agreements}
+        for u, msg in sorted(self._c.key_agreements.items()):
+            digests = msg.digests()
+            for v, ct in msg.ciphertexts:
+                if v in out:
+                    fwd = ForwardedCiphertext(rid, u, v, ct, digests, msg.signature)
+                    out[v].append(fwd.to_bytes())
+        self.state = ServerState.SHARES
+        return {u: encode_bundle(rid, items) for u, items in out.items()}
+
+    # round 2
+    def receive_shares(self, sender: int, data: bytes) -> None:
+        self._expect(ServerState.SHARES)
+        msg = SharesMessage.from_bytes(data)
+        self._check(msg.round_id, sender, msg.sender, self._c.shares)
+        if sender not in self._c.key_agreements:
+            raise UnexpectedSenderError(f"client {sender} took no part in key agreement")
+        recipients = {v for v, _ in msg.shares}
+        if recipients != {v for v, _ in msg.escrow} or not recipients <= self._graph[sender]:
+            raise MalformedMessageError(f"shares of {sender} do not match its escrow or graph")
+        if len(recipients) < self.config.threshold:
+            raise MalformedMessageError(f"client {sender} shared with fewer than t neighbours")
+        self._c.shares[sender] = msg
+        self._holders[sender] = frozenset(recipients)
+
+    def close_shares(self) -> dict[int, bytes] | RoundAborted:
+        self._expect(ServerState.SHARES)
+        present = set(self._c.shares)
+        if len(present) < self.config.min_survivors:
+            return self._abort("shares", "too_few_clients", f"{len(present)} sent shares")
+        rid = self.config.round_id
+        out: dict[int, list[bytes]] = {u: [] for u in sorted(present)}
+        for u, msg in sorted(self._c.shares.items()):
+            for v, ct in msg.shares:
+                if v in out:
+                    out[v].append(ForwardedShares(rid, u, v, ct).to_bytes())
+        self.state = ServerState.INPUTS
+        return {u: encode_bundle(rid, items) for u, items in out.items()}
+
+    # round 3
+    def receive_masked_input(self, sender: int, data: bytes) -> None:
+        self._expect(ServerState.INPUTS)
+        msg = MaskedInput.from_bytes(data)
+        self._check(msg.round_id, sender, msg.sender, self._c.inputs)
+        if sender in self._c.summed:
+            raise ReplayedMessageError(f"input of client {sender} counted already")
+        if sender not in self._c.shares:
+            raise UnexpectedSenderError(f"client {sender} sent no shares")
+        enc = self.config.encoding
+        if (msg.modulus_bits, msg.dimension) != (enc.modulus_bits, enc.dimension):
+            raise MalformedMessageError(
+                f"input of {sender}: {msg.dimension} values mod 2^{msg.modulus_bits}, "
+                f"expected {enc.dimension} mod 2^{enc.modulus_bits}"
+            )
+        dtype = "<u4" if word_bytes(msg.modulus_bits) == 4 else "<u8"
+        vector = np.frombuffer(msg.vector, dtype=dtype).astype(np.uint64)
+        if np.any(vector > _ring_mask(self.config)):
+            raise MalformedMessageError(f"input of {sender} holds values over 2^k")
+        self._c.inputs[sender] = vector
+
+    def receive_masked_sum(self, senders: Sequence[int], total: U64Vector) -> None:
+        """A partial sum, modulo 2^k, of the masked inputs of `senders` (each opened and
+        checked by a crypto worker with `open_masked_input`). All or nothing: any sender that
+        is unknown, sent no shares or is already counted refuses the whole partial."""
+        self._expect(ServerState.INPUTS)
+        enc = self.config.encoding
+        vector = np.asarray(total)
+        if vector.dtype != np.uint64 or vector.shape != (enc.dimension,):
+            raise MalformedMessageError(f"partial sum is not {enc.dimension} u64 values")
+        if np.any(vector > _ring_mask(self.config)):
+            raise MalformedMessageError("partial sum holds values over 2^k")
+        ids = list(senders)
+        if not ids or len(set(ids)) != len(ids):
+            raise MalformedMessageError(f"partial sum of senders {ids}: empty or repeated")
+        for u in ids:
+            if u not in self._c.shares:
+                raise UnexpectedSenderError(f"client {u} sent no shares")
+            if u in self._c.inputs or u in self._c.summed:
+                raise ReplayedMessageError(f"input of client {u} counted already")
+        self._c.summed.update(ids)
+        self._c.sums.append(vector.copy())
+
+    def close_inputs(self) -> bytes | RoundAborted:
+        """The one unmasking request, for every survivor (see `survivors`)."""
+        self._expect(ServerState.INPUTS)
+        survivors = tuple(sorted(set(self._c.inputs) | self._c.summed))
+        if len(survivors) < self.config.min_survivors:
+            return self._abort("inputs", "too_few_survivors", f"{len(survivors)} inputs")
+        self._survivors = survivors
+        self._dropped = tuple(sorted(set(self._c.shares) - set(survivors)))
+        self.state = ServerState.UNMASKING
+        return UnmaskRequest(self.config.round_id, survivors, self._dropped).to_bytes()
+
+    @property
+    def heard(self) -> int:
+        """How many clients the open stage has heard from (for a transport to stop waiting)."""
+        c = self._c
+        return {
+            ServerState.ADVERTS: len(c.adverts),
+            ServerState.CIPHERTEXTS: len(c.key_agreements),
+            ServerState.SHARES: len(c.shares),
+            ServerState.INPUTS: len(c.inputs) + len(c.summed),
+            ServerState.UNMASKING: len(c.responses),
+        }.get(self.state, 0)
+
+    @property
+    def awaited(self) -> int:
+        """How many clients the open stage can hear from at most: those left in the round."""
+        c = self._c
+        return {
+            ServerState.ADVERTS: len(self.config.participants),
+            ServerState.CIPHERTEXTS: len(c.adverts),
+            ServerState.SHARES: len(c.key_agreements),
+            ServerState.INPUTS: len(c.shares),
+            ServerState.UNMASKING: len(self._survivors),
+        }.get(self.state, 0)
+
+    @property
+    def survivors(self) -> tuple[int, ...]:
+        return self._survivors
+
+    @property
+    def dropped(self) -> tuple[int, ...]:
+        return self._dropped
+
+    # round 4
+    def receive_unmask_response(self, sender: int, data: bytes) -> None:
+        self._expect(ServerState.UNMASKING)
+        msg = UnmaskResponse.from_bytes(data)
+        self._check(msg.round_id, sender, msg.sender, self._c.responses)
+        if sender not in self._survivors:
+            raise UnexpectedSenderError(f"client {sender} is not a survivor")
+        survivors, dropped = set(self._survivors), set(self._dropped)
+        for owner, kind, share in msg.shares:
+            wanted = ShareKind.SELF_MASK if owner in survivors else ShareKind.PAIR_KEY
+            if (owner not in survivors and owner not in dropped) or kind is not wanted:
+                raise MalformedMessageError(f"response of {sender}: unrequested share of {owner}")
+            if sender not in self._holders[owner]:
+                raise UnexpectedSenderError(f"client {sender} holds no share of {owner}")
+            if share.index != sender:
+                raise ForgedMessageError(f"response of {sender}: share at index {share.index}")
+        self._c.responses[sender] = msg
+
+    def finish(self) -> AggregateResult | RoundAborted:
+        """Recover the seeds, remove every mask, return the exact sum; or abort if some seed
+        has fewer than t shares or does not match its owner's commitment."""
+        self._expect(ServerState.UNMASKING)
+        self.state = ServerState.DONE
+        config, rid, t = self.config, self.config.round_id, self.config.threshold
+        collected: dict[tuple[int, ShareKind], list[Share]] = {}
+        for msg in self._c.responses.values():
+            for owner, kind, share in msg.shares:
+                collected.setdefault((owner, kind), []).append(share)
+        seeds: dict[tuple[int, ShareKind], bytes] = {}
+        wanted = [(u, ShareKind.SELF_MASK) for u in self._survivors]
+        wanted += [(u, ShareKind.PAIR_KEY) for u in self._dropped]
+        for owner, kind in wanted:
+            try:
+                # in index order, so that owners with the same holders share Lagrange weights
+                held = sorted(collected.get((owner, kind), []), key=lambda share: share.index)
+                seed = recover_secret(held, t)
+            except NotEnoughSharesError as exc:
+                return self._abort("unmask", "too_few_shares", f"client {owner}: {exc}")
+            except InvalidShareError as exc:
+                return self._abort("unmask", "bad_share", f"client {owner}: {exc}")
+            advert = self._c.adverts[owner]
+            label, committed = (
+                (b"self", advert.self_commitment)
+                if kind is ShareKind.SELF_MASK
+                else (b"pair", advert.pair_commitment)
+            )
+            if _commitment(label, rid, owner, seed) != committed:
+                return self._abort("unmask", "bad_share", f"client {owner}: seed not committed")
+            seeds[(owner, kind)] = seed
+        total = np.zeros(config.encoding.dimension, dtype=np.uint64)
+        for partial in self._c.sums:
+            total += partial
+        for u in self._survivors:
+            if u in self._c.inputs:
+                total += self._c.inputs[u]
+            total -= _self_mask(seeds[(u, ShareKind.SELF_MASK)], config)
+        survivors = set(self._survivors)
+        for u in self._dropped:
+            pair_seed = seeds[(u, ShareKind.PAIR_KEY)]
+            for v, escrowed in self._c.shares[u].escrow:
+                # v masked with u only if u's shares reached it, i.e. u addressed v
+                if v not in survivors:
+                    continue
+                key = _escrow_key(pair_seed, rid, u, v)
+                try:
+                    mask_seed = decrypt(key, _ZERO_NONCE, _escrow_ad(rid, u, v), escrowed)
+                except AuthenticationError:
+                    return self._abort("unmask", "bad_escrow", f"escrow of {u} for {v}")
+                mask = _pair_mask(mask_seed, config)
+                # v added +mask if u > v, -mask if u < v: take it back out
+                total = total - mask if u > v else total + mask
+        total &= _ring_mask(config)
+        return AggregateResult(rid, total, self._survivors, self._dropped, config.encoding)
+
+    def _abort(self, stage: str, reason: str, detail: str) -> RoundAborted:
+        self.state = ServerState.DONE
+        return RoundAborted(self.config.round_id, stage, reason, detail)
+
+    def _expect(self, state: ServerState) -> None:
+        if self.state is not state:
+            raise SecAggStateError(f"server is {self.state.value}, expected {state.value}")
+
+    def _check(
+        self, round_id: int, transport_sender: int, claimed: int, seen: Mapping[int, object]
+    ) -> None:
+        if round_id != self.config.round_id:
+            raise WrongRoundError(f"message of round {round_id}, this is {self.config.round_id}")
+        if claimed != transport_sender:
+            raise UnexpectedSenderError(f"message from {transport_sender} claims to be {claimed}")
+        if transport_sender not in self._graph or transport_sender not in self._keys:
+            raise UnexpectedSenderError(f"client {transport_sender} is not a participant")
+        if transport_sender in seen:
+            raise ReplayedMessageError(f"second message from {transport_sender} in this stage")

@@ -1,0 +1,74 @@
+"""A gateway's secure-aggregation side as its own process, for tests that SIGKILL it: takes
+part in one round with a seeded update and writes what it encoded and how the round ended."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from gateway.secure_link import SecureLink
+from pqlink import load_identity, load_public_identity, load_registry
+from wire.secagg import SecAggKind, SecureRoundAnnouncement
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--identity", required=True)
+    p.add_argument("--aggregator", required=True)
+    p.add_argument("--peers", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--after-round", type=int, default=-1)
+    p.add_argument("--die-after", choices=[k.name for k in SecAggKind], default=None)
+    args = p.parse_args()
+    out = Path(args.out)
+
+    def update(a: SecureRoundAnnouncement) -> np.ndarray:
+        return np.random.default_rng(args.seed).normal(0.0, 0.5, a.dimension)
+
+    def sent(kind: SecAggKind) -> None:
+        (out / "sent").open("a").write(kind.name + "\n")
+        if kind.name == args.die_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # vanish without a word, as a crash would
+
+    me = load_identity(args.identity)
+    link = SecureLink(
+        args.url,
+        me,
+        load_public_identity(args.aggregator),
+        load_registry(args.peers),
+        update,
+        on_sent=sent,
+    )
+
+    result = link.run_round(
+        threading.Event(),
+        after_round=args.after_round,
+        timeout=240.0,
+        on_ready=(out / "ready").touch,
+    )
+    if result.encoded is not None:
+        np.save(out / "encoded.npy", result.encoded)
+    (out / "result.json").write_text(
+        json.dumps(
+            {
+                "round": result.round,
+                "finished": result.finished,
+                "aborted": result.aborted,
+                "refused": result.refused,
+                "sent": [k.name for k in result.sent],
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

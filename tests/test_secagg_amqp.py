@@ -1,0 +1,332 @@
+"""Secure aggregation through a real RabbitMQ: gateways as processes (SIGKILLed after key
+sharing in some tests), a crypto worker summing masked inputs, the coordinator's stage runner;
+exact sums, dropouts recovered, aborts that reveal nothing, and hostile messages refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pika
+import pytest
+
+from aggregator.masked import CheckedMasked, MaskedFolder
+from aggregator.secure_round import (
+    SecureRound,
+    SecureRoundReport,
+    SecureRoundRunner,
+    StageDeadlines,
+    declare_secagg_topology,
+    plan_round,
+)
+from aggregator.validation import ValidationLimits
+from aggregator.worker import CryptoWorker, declare_topology, run_worker
+from pqlink import (
+    ContentType,
+    Identity,
+    Registry,
+    Role,
+    save_identity,
+    save_public_identity,
+    save_registry,
+    seal_envelope,
+)
+from pqlink.secagg import AggregateResult, MaskedVector, RoundAborted, SecAggClient
+from wire.amqp import SECAGG_UP_QUEUE, UPDATES_QUEUE
+from wire.fl import RoundSettings
+from wire.reasons import Reason
+from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
+
+from .harness import wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = RoundSettings(clip_norm=1.0, secure_aggregation=True, precision_bits=16)
+#: chi-square critical value, 15 degrees of freedom, p = 0.001
+CHI2_15_P001 = 37.697
+
+
+class SpyFolder(MaskedFolder):
+    """A crypto worker that also keeps every masked vector it opened: all a worker sees."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.seen: dict[str, MaskedVector] = {}
+
+    def check(self, frame: bytes) -> CheckedMasked:
+        checked = super().check(frame)
+        if isinstance(checked.outcome, tuple):
+            who, masked = checked.outcome
+            self.seen[who] = masked
+        return checked
+
+
+@dataclass
+class Bed:
+    root: Path
+    url: str
+    aggregator: Identity
+    gateways: list[Identity]
+    registry: Registry
+    folder: SpyFolder
+    stop: threading.Event = field(default_factory=threading.Event)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def spawn(self, gw: Identity, round_: int, *, seed: int, die_after: str | None = None) -> Path:
+        out = self.root / f"r{round_}-{gw.name}"
+        out.mkdir()
+        args = [
+            sys.executable,
+            "-m",
+            "tests.secagg_participant",
+            "--url",
+            self.url,
+            "--identity",
+            str(self.root / f"{gw.name}.key"),
+            "--aggregator",
+            str(self.root / "aggregator.pub"),
+            "--peers",
+            str(self.root / "registry.json"),
+            "--out",
+            str(out),
+            "--seed",
+            str(seed),
+            "--after-round",
+            str(round_ - 1),
+        ]
+        if die_after:
+            args += ["--die-after", die_after]
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        with (out / "log").open("wb") as log:
+            self.procs.append(subprocess.Popen(args, stdout=log, stderr=log, env=env, cwd=ROOT))
+        return out
+
+    def run_round(
+        self,
+        round_: int,
+        members: list[Identity],
+        *,
+        die: dict[str, str] | None = None,
+        deadlines: StageDeadlines | None = None,
+        before: list[tuple[str, bytes]] | None = None,
+        announcement: SecureRoundAnnouncement | None = None,
+    ) -> tuple[SecureRoundReport, dict[str, Path]]:
+        die = die or {}
+        if announcement is None:
+            announcement = plan_round(round_, [g.name for g in members], SETTINGS, 256)
+        conn = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            declare_topology(ch)
+            declare_secagg_topology(ch, [g.name for g in self.gateways])
+            for queue, body in before or []:
+                ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+            outs = {
+                g.name: self.spawn(g, round_, seed=1000 * round_ + i, die_after=die.get(g.name))
+                for i, g in enumerate(members)
+            }
+            # process start-up on a loaded machine is not what the stage deadlines are about
+            wait_until(
+                lambda: all((o / "ready").exists() for o in outs.values()),
+                180,
+                "the gateways to be ready",
+            )
+            secure = SecureRound(announcement, self.aggregator, self.registry)
+            report = SecureRoundRunner(
+                ch, secure, deadlines or StageDeadlines(30.0, 20.0, 20.0, 5.0, 20.0)
+            ).run()
+        finally:
+            conn.close()
+        for p in self.procs:
+            p.wait(60)
+        return report, outs
+
+
+@pytest.fixture
+def bed(tmp_path: Path, vhost: str) -> Iterator[Bed]:
+    aggregator = Identity.generate("aggregator", Role.AGGREGATOR)
+    gateways = [Identity.generate(f"gw{i:02d}", Role.GATEWAY) for i in range(10)]
+    registry = Registry()
+    for gw in gateways:
+        registry.enroll(gw.public)
+        save_identity(gw, tmp_path / f"{gw.name}.key")
+    # the registry of gateway identities each gateway is given at enrolment
+    save_registry(registry, tmp_path / "registry.json")
+    save_public_identity(aggregator.public, tmp_path / "aggregator.pub")
+    folder = SpyFolder("w1", aggregator, registry)
+    worker = CryptoWorker(
+        "w1", aggregator, registry, ValidationLimits(256), individual=False, norm_bound=None
+    )
+    b = Bed(tmp_path, vhost, aggregator, gateways, registry, folder)
+    thread = threading.Thread(
+        target=run_worker,
+        args=(worker, vhost),
+        kwargs={
+            "prefetch": 64,
+            "batch_max": 64,
+            "batch_wait": 0.01,
+            "stop": b.stop,
+            "masked": folder,
+        },
+    )
+    thread.start()
+    try:
+        yield b
+    finally:
+        b.stop.set()
+        thread.join(30)
+        for p in b.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _result(out: Path) -> dict[str, object]:
+    return dict(json.loads((out / "result.json").read_text()))
+
+
+def _ring_sum(vectors: list[np.ndarray], bits: int) -> np.ndarray:
+    total = np.zeros_like(vectors[0], dtype=np.uint64)
+    for v in vectors:
+        total += v.astype(np.uint64)
+    return total & np.uint64((1 << bits) - 1)
+
+
+def _chi2_top_bits(values: np.ndarray, bits: int) -> float:
+    buckets = np.bincount((values >> np.uint64(bits - 4)).astype(np.int64), minlength=16)
+    expected = values.size / 16
+    return float(np.sum((buckets - expected) ** 2 / expected))
+
+
+@pytest.mark.parametrize("n", [3, 10])
+def test_secure_sum_equals_the_plain_sum_exactly(bed: Bed, n: int) -> None:
+    report, outs = bed.run_round(1, bed.gateways[:n])
+    result = report.outcome
+    assert isinstance(result, AggregateResult), result
+    bits = report.announcement.modulus_bits
+    encoded = [np.load(outs[g.name] / "encoded.npy") for g in bed.gateways[:n]]
+    assert np.array_equal(result.total, _ring_sum(encoded, bits))
+    assert result.dropped == ()
+    assert report.rejections == []
+    assert all(_result(o)["finished"] for o in outs.values())
+
+
+def test_dropouts_after_key_sharing_are_recovered(bed: Bed) -> None:
+    members = bed.gateways[:6]  # k = 5, t = 3, min_survivors = 4: two may drop
+    dead = {members[1].name: "SHARE_KEYS", members[4].name: "SHARE_KEYS"}
+    report, outs = bed.run_round(1, members, die=dead)
+    result = report.outcome
+    assert isinstance(result, AggregateResult), result
+    assert report.dropouts_recovered == 2
+    a = report.announcement
+    assert set(result.dropped) == {a.participants[name] for name in dead}
+    survivors = [g.name for g in members if g.name not in dead]
+    encoded = [np.load(outs[name] / "encoded.npy") for name in survivors]
+    assert np.array_equal(result.total, _ring_sum(encoded, a.modulus_bits))
+    for name in dead:
+        assert not (outs[name] / "result.json").exists()  # it really died
+
+
+def test_too_few_survivors_abort_and_the_next_round_proceeds(bed: Bed) -> None:
+    members = bed.gateways[:5]  # k = 4, t = 3, min_survivors = 4: one may drop, not two
+    dead = {members[0].name: "SHARE_KEYS", members[3].name: "SHARE_KEYS"}
+    report, outs = bed.run_round(1, members, die=dead)
+    assert isinstance(report.outcome, RoundAborted)
+    assert (report.outcome.stage, report.outcome.reason) == ("inputs", "too_few_survivors")
+    for g in members:
+        if g.name in dead:
+            continue
+        r = _result(outs[g.name])
+        assert r["aborted"] is True
+        assert r["sent"] == ["ADVERT", "KEY_AGREEMENT", "SHARE_KEYS", "MASKED_INPUT"]
+    report2, outs2 = bed.run_round(2, members)
+    assert isinstance(report2.outcome, AggregateResult)
+    encoded = [np.load(outs2[g.name] / "encoded.npy") for g in members]
+    assert np.array_equal(
+        report2.outcome.total, _ring_sum(encoded, report2.announcement.modulus_bits)
+    )
+
+
+def test_a_crypto_worker_sees_only_uniform_masked_vectors(bed: Bed) -> None:
+    members = bed.gateways[:3]
+    report, outs = bed.run_round(1, members)
+    assert isinstance(report.outcome, AggregateResult)
+    bits = report.announcement.modulus_bits
+    name = members[0].name
+    masked = bed.folder.seen[name].vector
+    encoded = np.load(outs[name] / "encoded.npy")
+    # the unmasked input is far from uniform (the test can fail)...
+    assert _chi2_top_bits(encoded, bits) > CHI2_15_P001
+    # ...its masked form, all a worker (or a spy on the queue, which sees less) gets, is not
+    assert _chi2_top_bits(masked, bits) < CHI2_15_P001
+
+
+def test_hostile_messages_are_refused_and_the_round_completes(bed: Bed) -> None:
+    members = bed.gateways[:3]
+    a = plan_round(1, [g.name for g in members], SETTINGS, 256)
+    gw0, gw1, gw2 = members
+    config, id2 = a.round_config(), a.participants[gw2.name]
+    impostor = Identity.generate("impostor", Role.GATEWAY).signing_key
+    forged = SecAggClient(config, id2, impostor, {}).advertise()  # not signed by gw2
+    claims_other = SecAggClient(config, id2, gw0.signing_key, {}).advertise()
+
+    def up(sender: Identity, kind: SecAggKind, body: bytes, round_: int = 1) -> bytes:
+        frame = SecAggFrame(kind, round_, body).encode()
+        return seal_envelope(
+            sender, [bed.aggregator.public], frame, content_type=ContentType.SECAGG, round=round_
+        )
+
+    stale = SecAggFrame(SecAggKind.ADVERT, 0, b"\x00" * 40).encode()
+    junk = [
+        (SECAGG_UP_QUEUE, up(gw2, SecAggKind.ADVERT, forged)),
+        (SECAGG_UP_QUEUE, up(gw0, SecAggKind.ADVERT, claims_other)),
+        (SECAGG_UP_QUEUE, up(gw1, SecAggKind.UNMASK_RESPONSE, b"\x00")),
+        (SECAGG_UP_QUEUE, b"not an envelope"),
+        (
+            SECAGG_UP_QUEUE,
+            seal_envelope(
+                gw0, [bed.aggregator.public], stale, content_type=ContentType.SECAGG, round=0
+            ),
+        ),
+        (
+            UPDATES_QUEUE,
+            seal_envelope(
+                gw1,
+                [bed.aggregator.public],
+                SecAggFrame(SecAggKind.MASKED_INPUT, 1, b"\x01\x02").encode(),
+                content_type=ContentType.MASKED_INPUT,
+                round=1,
+                sample_count=1,
+            ),
+        ),
+    ]
+    report, outs = bed.run_round(1, members, before=junk, announcement=a)
+    assert isinstance(report.outcome, AggregateResult), report.outcome
+    got = sorted((who, str(reason)) for who, reason, _ in report.rejections)
+    assert got == sorted(
+        [
+            (gw2.name, Reason.FORGED),
+            (gw0.name, Reason.UNEXPECTED_SENDER),
+            (gw1.name, Reason.WRONG_STAGE),
+            ("-", Reason.MALFORMED),
+            (gw0.name, Reason.WRONG_ROUND),
+            (gw1.name, Reason.MALFORMED),
+        ]
+    )
+    encoded = [np.load(outs[g.name] / "encoded.npy") for g in members]
+    assert np.array_equal(
+        report.outcome.total, _ring_sum(encoded, report.announcement.modulus_bits)
+    )
+
+
+def test_announcement_round_trips_and_refuses_bad_fields() -> None:
+    a = plan_round(3, ["b", "a", "c"], SETTINGS, 32)
+    assert SecureRoundAnnouncement.decode(a.encode()) == a
+    assert a.participants == {"a": 1, "b": 2, "c": 3}

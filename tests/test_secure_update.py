@@ -1,0 +1,119 @@
+"""The gateway's secure-round session and the coordinator's SecureRound between real sealed
+envelopes, without a broker: replayed and foreign messages refused with their reason, a
+request for both kinds of share refused and logged, unknown participants refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aggregator.secure_round import SecureRound, plan_round
+from gateway.secure_update import SecureRoundRefusedError, SecureUpdateSession
+from pqlink import ContentType, Identity, Registry, Role, seal_envelope
+from pqlink._secagg_codec import UnmaskRequest
+from wire.fl import RoundSettings
+from wire.reasons import Reason
+from wire.secagg import SecAggFrame, SecAggKind
+
+SETTINGS = RoundSettings(clip_norm=1.0, secure_aggregation=True, precision_bits=12)
+
+
+@pytest.fixture(scope="module")
+def parties() -> tuple[Identity, list[Identity], Registry]:
+    agg = Identity.generate("aggregator", Role.AGGREGATOR)
+    gws = [Identity.generate(f"gw{i}", Role.GATEWAY) for i in range(3)]
+    registry = Registry()
+    for gw in gws:
+        registry.enroll(gw.public)
+    return agg, gws, registry
+
+
+def _up(gw: Identity, agg: Identity, frame: SecAggFrame) -> bytes:
+    return seal_envelope(
+        gw, [agg.public], frame.encode(), content_type=ContentType.SECAGG, round=frame.round
+    )
+
+
+def test_a_round_by_hand_with_hostile_messages_refused(
+    parties: tuple[Identity, list[Identity], Registry],
+) -> None:
+    agg, gws, registry = parties
+    a = plan_round(1, [g.name for g in gws], SETTINGS, 16)
+    secure = SecureRound(a, agg, registry)
+    sessions = {g.name: SecureUpdateSession(a, g, registry) for g in gws}
+    by_name = {g.name: g for g in gws}
+    rng = np.random.default_rng(5)
+    for s in sessions.values():
+        s.set_update(rng.normal(0, 0.3, 16))
+    first = _up(gws[0], agg, sessions[gws[0].name].start())
+    secure.receive(first)
+    secure.receive(first)  # replayed
+    for g in gws[1:]:
+        secure.receive(_up(g, agg, sessions[g.name].start()))
+    outsider = Identity.generate("outsider", Role.GATEWAY)
+    secure.receive(_up(outsider, agg, SecAggFrame(SecAggKind.ADVERT, 1, b"x")))  # unenrolled
+    secure.receive(_up(gws[1], agg, SecAggFrame(SecAggKind.SHARES, 1, b"x")))  # wrong direction
+    assert [(w, r) for w, r, _ in secure.report.rejections] == [
+        (gws[0].name, Reason.REPLAY),
+        ("-", Reason.UNENROLLED),
+        (gws[1].name, Reason.UNEXPECTED_SENDER),
+    ]
+    server = secure.server
+
+    def deliver(bundles: dict[int, bytes], kind: SecAggKind) -> list[tuple[str, SecAggFrame]]:
+        out = []
+        for u, body in bundles.items():
+            step = sessions[a.name_of(u)].handle(SecAggFrame(kind, 1, body))
+            assert step.rejected == []
+            out += [(a.name_of(u), f) for f in step.outgoing]
+        return out
+
+    adverts = server.close_adverts()
+    assert isinstance(adverts, dict)
+    for name, frame in deliver(adverts, SecAggKind.ADVERTS):
+        secure.receive(_up(by_name[name], agg, frame))
+    for name, frame in deliver(server.close_key_agreement(), SecAggKind.CIPHERTEXTS):
+        secure.receive(_up(by_name[name], agg, frame))
+    shares = server.close_shares()
+    assert isinstance(shares, dict)
+    for name, frame in deliver(shares, SecAggKind.SHARES):
+        assert frame.kind is SecAggKind.MASKED_INPUT
+        server.receive_masked_input(a.participants[name], frame.body)
+    # an active coordinator asks gw0 for both kinds of share of gw1: refused, and logged
+    u1 = a.participants[gws[1].name]
+    both = UnmaskRequest(1, tuple(sorted(a.participants.values())), (u1,)).to_bytes()
+    step = sessions[gws[0].name].handle(SecAggFrame(SecAggKind.UNMASK_REQUEST, 1, both))
+    assert step.outgoing == []
+    assert step.finished
+    assert [r.reason for r in step.rejected] == ["unmask_refused"]
+    assert [e.name for e in step.events] == ["secagg_unmask_refused"]
+    assert dict(step.events[0].fields)["reason"] == "both_kinds_requested"
+    # the same session refuses a second (even honest) request: one request per round
+    honest = server.close_inputs()
+    assert isinstance(honest, bytes)
+    again = sessions[gws[0].name].handle(SecAggFrame(SecAggKind.UNMASK_REQUEST, 1, honest))
+    assert [r.reason for r in again.rejected] == ["unmask_refused"]
+
+
+def test_a_round_naming_an_unknown_gateway_is_refused(
+    parties: tuple[Identity, list[Identity], Registry],
+) -> None:
+    _, gws, registry = parties
+    a = plan_round(1, [g.name for g in gws] + ["stranger"], SETTINGS, 16)
+    with pytest.raises(SecureRoundRefusedError, match="stranger"):
+        SecureUpdateSession(a, gws[0], registry)
+    b = plan_round(1, [g.name for g in gws[1:]], SETTINGS, 16)
+    with pytest.raises(SecureRoundRefusedError, match="not a participant"):
+        SecureUpdateSession(b, gws[0], registry)
+
+
+def test_frames_of_another_round_are_refused_by_the_session(
+    parties: tuple[Identity, list[Identity], Registry],
+) -> None:
+    _, gws, registry = parties
+    a = plan_round(4, [g.name for g in gws], SETTINGS, 16)
+    s = SecureUpdateSession(a, gws[0], registry)
+    s.start()
+    step = s.handle(SecAggFrame(SecAggKind.ADVERTS, 3, b""))
+    assert [r.reason for r in step.rejected] == ["wrong_round"]
+    assert not step.finished
