@@ -344,7 +344,12 @@ def crypto_processing(
         _wait((conf.parent / "state" / "coordinator.sqlite3").exists, 60, "the coordinator")
         _wait(
             lambda: (
-                ch.queue_declare(UPDATES_QUEUE, durable=True, passive=True).method.consumer_count
+                (
+                    ch.queue_declare(
+                        UPDATES_QUEUE, durable=True, passive=True
+                    ).method.consumer_count
+                    or 0
+                )
                 >= workers
             ),
             60,
