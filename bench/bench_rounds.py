@@ -214,7 +214,8 @@ def full_rounds(
                     if (d / "state/status.json").exists()
                     else False
                 ),
-                60,
+                # fifty or a hundred daemons starting at once on two cores take their time
+                max(180.0, 6.0 * gateways),
                 f"{d.name} uplink",
             )
         for w in range(2):
@@ -343,7 +344,12 @@ def crypto_processing(
         _wait((conf.parent / "state" / "coordinator.sqlite3").exists, 60, "the coordinator")
         _wait(
             lambda: (
-                ch.queue_declare(UPDATES_QUEUE, durable=True, passive=True).method.consumer_count
+                (
+                    ch.queue_declare(
+                        UPDATES_QUEUE, durable=True, passive=True
+                    ).method.consumer_count
+                    or 0
+                )
                 >= workers
             ),
             60,
@@ -396,10 +402,76 @@ def compare_workers(
     return pooled(1), pooled(2)
 
 
+def _quartiles(xs: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
+    return {
+        "median_round_seconds": statistics.median(xs),
+        "p25_round_seconds": q[0],
+        "p75_round_seconds": q[2],
+        "min_round_seconds": min(xs),
+        "max_round_seconds": max(xs),
+    }
+
+
+def fleet_sizes(sizes: list[int], rounds: int, windows: int, out: str | None) -> dict[str, Any]:
+    """Sealed rounds at each fleet size in turn, each on a fresh virtual host of one broker
+    pair; all gateways share this machine's cores, so the medians include that contention."""
+    load_start = os.getloadavg()
+    fleets = []
+    with tempfile.TemporaryDirectory(prefix="iomt-fleet-") as d:
+        tmp = Path(d)
+        with Mosquitto(tmp / "mosquitto") as mq, RabbitMQ(tmp / "rabbitmq") as rabbit:
+            for n in sizes:
+                url = _vhost(rabbit, f"fleet-{n}")
+                r = full_rounds(
+                    tmp,
+                    mq.port,
+                    url,
+                    n,
+                    rounds,
+                    plaintext=False,
+                    windows_per_gateway=windows,
+                    run=n,
+                )
+                steady = r["steady_round_seconds"]
+                fleets.append(
+                    {
+                        "gateways": n,
+                        "rounds_counted": len(steady),
+                        **_quartiles(steady),
+                        "median_phase_seconds": {
+                            name: statistics.median(r["phase_seconds"][name]) for name, _ in PHASES
+                        },
+                        "round_seconds": r["round_seconds"],
+                    }
+                )
+                print(
+                    f"  {n} gateways: median of {len(steady)} rounds "
+                    f"{statistics.median(steady) * 1000:.0f} ms",
+                    flush=True,
+                )
+    doc = {
+        "crypto": "sealed and signed: ML-KEM-768+X25519, ML-DSA-65, Ascon-AEAD128",
+        "windows_per_gateway": windows,
+        "warmup_rounds_left_out": WARMUP_ROUNDS,
+        "fleets": fleets,
+        "median_round_seconds": {str(f["gateways"]): f["median_round_seconds"] for f in fleets},
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
+    }
+    write("rounds_fleet", doc, out)
+    return doc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out")
-    parser.add_argument("--gateways", type=int, default=10)
+    parser.add_argument(
+        "--gateways",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[10],
+        help="fleet size; a list (10,50,100) runs sealed rounds at each size and writes "
+        "rounds_fleet.json instead",
+    )
     parser.add_argument("--rounds", type=int, default=10, help="rounds per run")
     parser.add_argument("--repeats", type=int, default=3, help="sealed/off run pairs")
     parser.add_argument(
@@ -408,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crypto-gateways", type=int, default=50)
     parser.add_argument("--crypto-rounds", type=int, default=6, help="rounds per worker run")
     args = parser.parse_args(argv)
+    if len(args.gateways) > 1:
+        fleet_sizes(args.gateways, args.rounds, args.windows, args.out)
+        return 0
+    args.gateways = args.gateways[0]
     with tempfile.TemporaryDirectory(prefix="iomt-rounds-") as d:
         tmp = Path(d)
         with Mosquitto(tmp / "mosquitto") as mq, RabbitMQ(tmp / "rabbitmq") as rabbit:
