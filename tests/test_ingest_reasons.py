@@ -7,7 +7,7 @@ import pytest
 
 from gateway.ingest import Accepted, Duplicate, HandshakeRequest, IngestProcessor, Rejected
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
-from gateway.store import vitals_row
+from gateway.store import rr_beat_rows, vitals_row
 from pqlink import (
     AuthenticationError,
     DecodeError,
@@ -27,7 +27,7 @@ from pqlink import (
 )
 from pqlink.handshake import MAX_INIT_SIZE
 from wire.reasons import Reason, reason_for
-from wire.rr import decode_record
+from wire.rr import BeatClass, Rhythm, RRBatch, RRBeat, decode_record
 from wire.topics import TopicKind, TopicLayout
 from wire.vitals import Activity, EventLabel, VitalsSample
 
@@ -295,3 +295,33 @@ def test_plaintext_baseline_keeps_the_size_limit_and_never_rate_limits_records()
     assert proc.handle(REC, b"\x00" * (MAX_RECORD + 1), 0.0, 0).__class__ is Rejected
     assert isinstance(proc.handle(REC, _sample(1).encode(), 0.0, 0), Accepted)
     assert isinstance(proc.handle(REC, _sample(2).encode(), 0.0, 0), Accepted)
+
+
+def test_an_accepted_rr_batch_becomes_its_beat_rows(parties: Parties) -> None:
+    proc = _processor()
+    client = _connect(parties, proc)
+    beats = (
+        RRBeat(0, 810, Rhythm.NORMAL, BeatClass.NORMAL),
+        RRBeat(790, 790, Rhythm.AFIB, BeatClass.NORMAL),
+    )
+    batch = RRBatch(3, 1_700_000_000_000, beats)
+    out = proc.handle(REC, client.session.seal(batch.encode(), REC.encode()), 2.0, 4242)
+    assert out == Accepted(
+        DEVICE,
+        beats=rr_beat_rows(DEVICE, batch, 4242),
+        session_id=client.session.session_id,
+    )
+    assert isinstance(out, Accepted)
+    assert out.row is None
+    assert [b[0] for b in out.beats] == [DEVICE, DEVICE]
+
+
+def test_each_duplicate_is_counted(parties: Parties) -> None:
+    proc = _processor()
+    client = _connect(parties, proc)
+    good = _seal(client.session, 1)
+    assert isinstance(proc.handle(REC, good, 1.0, 0), Accepted)
+    assert proc.handle(REC, good, 1.0, 0) == Duplicate(DEVICE)
+    assert proc.handle(REC, good, 1.0, 0) == Duplicate(DEVICE)
+    assert proc.duplicates == 2
+    assert proc.rejected == {}
