@@ -119,7 +119,7 @@ def test_trailing_bytes_after_the_signature(parties: Parties) -> None:
         (1, 0x02, ErrorReason.BAD_VERSION),
         (1, 0x00, ErrorReason.BAD_VERSION),
         (2, 0x00, ErrorReason.UNKNOWN_CONTENT_TYPE),
-        (2, 0x04, ErrorReason.UNKNOWN_CONTENT_TYPE),
+        (2, 0x06, ErrorReason.UNKNOWN_CONTENT_TYPE),  # one past the highest content type
         (3, 0x03, ErrorReason.UNKNOWN_SIG_ALG),
         (3, 0x01, ErrorReason.BAD_SIGNATURE_LENGTH),  # ML-DSA-44 with a 3309-byte signature
     ],
