@@ -21,7 +21,15 @@ from device_emulators.signals import VitalsGenerator
 from gateway.config import load_config
 from gateway.spool import Spool
 from gateway.store import VitalsStore, vitals_row
-from pqlink import ContentType, Identity, Role, load_identity, seal_envelope
+from pqlink import (
+    ContentType,
+    Identity,
+    Registry,
+    Role,
+    load_identity,
+    save_registry,
+    seal_envelope,
+)
 from testbed import Mosquitto, RabbitMQ
 from wire.amqp import UPDATES_QUEUE
 from wire.fl import GlobalModel, RoundSettings
@@ -208,6 +216,8 @@ def test_gateway_killed_before_upload_confirmed_loses_nothing(
         ),
     )
     gateway_id = setup.config.gateway_id
+    # No wearable is enrolled: the daemon needs a registry all the same (an empty one).
+    save_registry(Registry(), setup.config.registry)
     gw_identity = load_identity(setup.config.identity)
     agg = Aggregator(tmp_path / "agg", vhost, [gw_identity])
     (setup.config.state_dir / "aggregator.pub").write_text(
