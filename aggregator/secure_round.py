@@ -33,6 +33,7 @@ from pqlink.secagg import (
 from wire.amqp import (
     MASKED_PARTIALS_QUEUE,
     SECAGG_EXCHANGE,
+    SECAGG_QUEUE_ARGUMENTS,
     SECAGG_UP_QUEUE,
     UPDATES_QUEUE,
     UPDATES_QUEUE_ARGUMENTS,
@@ -229,12 +230,12 @@ def declare_secagg_topology(channel: BlockingChannel, gateway_ids: Sequence[str]
     """The secure-mode queues; the same declarations as the gateways' and the workers'."""
     # types-pika declares the enum members as plain str, hence the ignore.
     channel.exchange_declare(SECAGG_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)  # type: ignore[arg-type]
-    channel.queue_declare(SECAGG_UP_QUEUE, durable=True)
-    channel.queue_declare(MASKED_PARTIALS_QUEUE, durable=True)
+    channel.queue_declare(SECAGG_UP_QUEUE, durable=True, arguments=SECAGG_QUEUE_ARGUMENTS)
+    channel.queue_declare(MASKED_PARTIALS_QUEUE, durable=True, arguments=SECAGG_QUEUE_ARGUMENTS)
     channel.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
     for gw in gateway_ids:
         queue = secagg_queue(gw)
-        channel.queue_declare(queue, durable=True)
+        channel.queue_declare(queue, durable=True, arguments=SECAGG_QUEUE_ARGUMENTS)
         channel.queue_bind(queue, SECAGG_EXCHANGE, routing_key=gw)
 
 

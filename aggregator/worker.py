@@ -35,6 +35,7 @@ from wire.amqp import (
     MASKED_PARTIALS_QUEUE,
     PARTIALS_QUEUE,
     PARTIALS_QUEUE_ARGUMENTS,
+    SECAGG_QUEUE_ARGUMENTS,
     UPDATES_QUEUE,
     UPDATES_QUEUE_ARGUMENTS,
     broker_urls,
@@ -194,7 +195,7 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
     channel.exchange_declare(GLOBAL_KEYS_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)  # type: ignore[arg-type]
     channel.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
     channel.queue_declare(PARTIALS_QUEUE, durable=True, arguments=PARTIALS_QUEUE_ARGUMENTS)
-    channel.queue_declare(MASKED_PARTIALS_QUEUE, durable=True)
+    channel.queue_declare(MASKED_PARTIALS_QUEUE, durable=True, arguments=SECAGG_QUEUE_ARGUMENTS)
     for gw in gateway_ids:
         queue = gateway_queue(gw)
         channel.queue_declare(queue, durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS)

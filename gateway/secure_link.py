@@ -18,6 +18,7 @@ from gateway.secure_update import SecureRoundRefusedError, SecureUpdateSession
 from pqlink import ContentType, DecodeError, Identity, PqlinkError, PublicIdentity, Registry
 from wire.amqp import (
     SECAGG_EXCHANGE,
+    SECAGG_QUEUE_ARGUMENTS,
     SECAGG_UP_QUEUE,
     UPDATES_QUEUE,
     UPDATES_QUEUE_ARGUMENTS,
@@ -49,9 +50,9 @@ def declare_gateway_secagg(channel: BlockingChannel, gateway_id: str) -> None:
     # types-pika declares the enum members as plain str, hence the ignore.
     channel.exchange_declare(SECAGG_EXCHANGE, exchange_type=ExchangeType.direct, durable=True)  # type: ignore[arg-type]
     queue = secagg_queue(gateway_id)
-    channel.queue_declare(queue, durable=True)
+    channel.queue_declare(queue, durable=True, arguments=SECAGG_QUEUE_ARGUMENTS)
     channel.queue_bind(queue, SECAGG_EXCHANGE, routing_key=gateway_id)
-    channel.queue_declare(SECAGG_UP_QUEUE, durable=True)
+    channel.queue_declare(SECAGG_UP_QUEUE, durable=True, arguments=SECAGG_QUEUE_ARGUMENTS)
     channel.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
 
 

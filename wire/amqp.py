@@ -50,6 +50,8 @@ SECAGG_UP_QUEUE: Final = "iomt.secagg.up"
 MASKED_PARTIALS_QUEUE: Final = "iomt.secagg.partials"
 #: Direct exchange, coordinator to one gateway (routing key: the gateway's name).
 SECAGG_EXCHANGE: Final = "iomt.secagg"
+#: Replicated like the update and partial-sum queues: a round survives the loss of a node.
+SECAGG_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-queue-type": "quorum"}
 
 
 def secagg_queue(gateway_id: str) -> str:
