@@ -57,6 +57,11 @@ class StrategyConfig:
     name: str = "fedavg"
     norm_bound: float = 0.0  # 0: no bound
     trim_fraction: float = 0.1
+    # fedavgm only (aggregator/momentum.py): server momentum and learning rate, and the share
+    # of training.learning_rate the gateways reach by rounds.max_rounds (1: constant)
+    server_momentum: float = 0.0
+    server_learning_rate: float = 1.0
+    lr_final_ratio: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,9 @@ _RULES: Final = Rules(
         "rounds.keep_rounds": Range(0, 10**9),
         "strategy.norm_bound": Range(0, 1e6),
         "strategy.trim_fraction": Range(0, 0.49),
+        "strategy.server_momentum": Range(0, 0.99),
+        "strategy.server_learning_rate": Range(1e-3, 10),
+        "strategy.lr_final_ratio": Range(1e-3, 1),
         "validation.max_update_norm": Range(1e-6, 1e9),
         "validation.max_envelope_bytes": Range(1024, 1 << 30),
         "worker.batch_max": Range(1, 10_000),
@@ -139,7 +147,7 @@ _RULES: Final = Rules(
         # What gateways accept in a round's settings is what the config may ask for.
         **{f"training.{k}": Range(lo, hi) for k, (lo, hi) in SETTING_RANGES.items()},
     },
-    choices={"strategy.name": ("fedavg", "trimmed_mean", "median")},
+    choices={"strategy.name": ("fedavg", "fedavgm", "trimmed_mean", "median")},
 )
 
 

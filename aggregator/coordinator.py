@@ -74,6 +74,10 @@ class CoordinatorService:
             norm_bound=config.strategy.norm_bound or None,
             trim_fraction=config.strategy.trim_fraction,
             training=RoundSettings(**asdict(config.training)),
+            server_momentum=config.strategy.server_momentum,
+            server_learning_rate=config.strategy.server_learning_rate,
+            lr_final_ratio=config.strategy.lr_final_ratio,
+            schedule_rounds=config.rounds.max_rounds,
         )
         self.secure = config.training.secure_aggregation
         if self.secure and strategy.needs_individual_updates:

@@ -154,12 +154,27 @@ def make_strategy(
     norm_bound: float | None = None,
     trim_fraction: float = 0.1,
     training: RoundSettings | None = None,
+    server_momentum: float = 0.0,
+    server_learning_rate: float = 1.0,
+    lr_final_ratio: float = 1.0,
+    schedule_rounds: int = 0,
 ) -> Strategy:
     settings = training or RoundSettings()
     if name == "fedavg":
         return FedAvg(norm_bound, settings)
+    if name == "fedavgm":
+        from aggregator.momentum import FedAvgM  # noqa: PLC0415 -- it builds on this module
+
+        return FedAvgM(
+            server_momentum,
+            server_learning_rate,
+            lr_final_ratio,
+            schedule_rounds,
+            norm_bound,
+            settings,
+        )
     if name == "trimmed_mean":
         return TrimmedMean(trim_fraction, norm_bound, settings)
     if name == "median":
         return Median(norm_bound, settings)
-    raise ValueError(f"unknown strategy {name!r}: expected fedavg, trimmed_mean or median")
+    raise ValueError(f"unknown strategy {name!r}: expected fedavg, fedavgm, trimmed_mean or median")

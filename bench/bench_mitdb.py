@@ -75,6 +75,10 @@ class Settings:
     speed: float
     seed: int
     restricted: bool = True
+    # the aggregator's rule (aggregator/momentum.py): FedAvg at momentum 0, server rate 1, ratio 1
+    server_momentum: float = 0.0
+    server_learning_rate: float = 1.0
+    lr_final_ratio: float = 1.0
 
 
 def _quiet(fn: Any, *args: str) -> None:
@@ -262,6 +266,9 @@ def run_split(
         f"[rounds]\nquorum_fraction = 1.0\nround_timeout = 120.0\nmax_rounds = {s.rounds}\n"
         f"[training]\nepochs = {s.epochs}\nbatch_size = {s.batch_size}\n"
         f"learning_rate = {s.learning_rate}\n[metrics]\nport = 0\n"
+        f'[strategy]\nname = "fedavgm"\nserver_momentum = {s.server_momentum}\n'
+        f"server_learning_rate = {s.server_learning_rate}\n"
+        f"lr_final_ratio = {s.lr_final_ratio}\n"
     )
     _quiet(aggregator_main, "keygen", "--config", str(agg_conf))
     gw_roots = []
@@ -527,6 +534,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--speed", type=float, default=400.0, help="replay speed-up")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--server-momentum", type=float, default=0.0, help="FedAvgM's (0: FedAvg)")
+    parser.add_argument("--server-learning-rate", type=float, default=1.0)
+    parser.add_argument(
+        "--lr-final-ratio",
+        type=float,
+        default=1.0,
+        help="the gateways' learning rate decays to this share of it by the last round",
+    )
     parser.add_argument(
         "--plain-fedavg",
         action="store_true",
@@ -546,6 +561,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.speed,
         args.seed,
         restricted=not args.plain_fedavg,
+        server_momentum=args.server_momentum,
+        server_learning_rate=args.server_learning_rate,
+        lr_final_ratio=args.lr_final_ratio,
     )
     t0 = time.monotonic()
     train_records = list_records(args.train)

@@ -177,7 +177,7 @@ def test_make_strategy_builds_each_rule_with_its_settings() -> None:
 
 
 def test_make_strategy_names_the_known_rules() -> None:
-    message = "unknown strategy 'mean-ish': expected fedavg, trimmed_mean or median"
+    message = "unknown strategy 'mean-ish': expected fedavg, fedavgm, trimmed_mean or median"
     with pytest.raises(ValueError, match=_exactly(message)) as info:
         make_strategy("mean-ish")
     assert type(info.value) is ValueError
