@@ -27,7 +27,7 @@ import json
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -522,6 +522,36 @@ def plot(methods: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+_CHOSEN_FIELDS = {
+    "server_momentum": "server_momentum",
+    "server_lr": "server_learning_rate",
+    "lr_final_ratio": "lr_final_ratio",
+    "epochs": "epochs",
+    "rounds": "rounds",
+    "learning_rate": "learning_rate",
+}
+
+
+def _load_choices(path: Path | None) -> dict[tuple[str, ...], dict[str, Any]]:
+    """Held-out records -> the settings nested selection chose on that fold's training part."""
+    if path is None:
+        return {}
+    doc = json.loads(path.read_text())
+    return {tuple(sorted(c["held_out"])): c["config"] for c in doc["chosen"]}
+
+
+def chosen_settings(
+    s: Settings, choices: dict[tuple[str, ...], dict[str, Any]], held_out: Sequence[str]
+) -> Settings:
+    """`s` with the fold's chosen settings, if nested selection chose any for this fold."""
+    config = choices.get(tuple(sorted(held_out)))
+    if config is None:
+        if choices:
+            raise ValueError(f"no nested choice for the fold holding out {list(held_out)}")
+        return s
+    return replace(s, **{ours: config[theirs] for theirs, ours in _CHOSEN_FIELDS.items()})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=Path, required=True, help="WFDB directory (NNN.atr)")
@@ -541,6 +571,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=1.0,
         help="the gateways' learning rate decays to this share of it by the last round",
+    )
+    parser.add_argument(
+        "--choices",
+        type=Path,
+        help="per held-out fold settings chosen by nested selection (bench.mitdb_sim --nested)",
     )
     parser.add_argument(
         "--plain-fedavg",
@@ -565,6 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_learning_rate=args.server_learning_rate,
         lr_final_ratio=args.lr_final_ratio,
     )
+    choices = _load_choices(args.choices)
     t0 = time.monotonic()
     train_records = list_records(args.train)
     if args.test is not None:
@@ -583,9 +619,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for n, (train, test_dir, test) in enumerate(splits):
                 groups = wards(args.train, train, args.gateways)
                 print(f"split {n + 1}/{len(splits)}: wards {groups}, held out {test}", flush=True)
-                weights, ward_windows, facts = run_split(work, mq, rabbit, args.train, groups, s, n)
+                split_s = chosen_settings(s, choices, test)
+                weights, ward_windows, facts = run_split(
+                    work, mq, rabbit, args.train, groups, split_s, n
+                )
+                facts["strategy"] = {
+                    "server_momentum": split_s.server_momentum,
+                    "server_learning_rate": split_s.server_learning_rate,
+                    "lr_final_ratio": split_s.lr_final_ratio,
+                }
                 test_windows = record_windows(test_dir, test, RR_STRIDE)
-                predictions.append(evaluate_split(weights, ward_windows, test_windows, s))
+                predictions.append(evaluate_split(weights, ward_windows, test_windows, split_s))
                 labels.append(test_windows.labels)
                 split_facts.append({"test": test, **facts})
                 print(f"  {json.dumps(facts['ward_windows'])} windows/class per ward", flush=True)
@@ -607,7 +651,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "protocol": protocol,
             "window": {"beats": RR_WINDOW, "stride": RR_STRIDE},
             "settings": vars(args)
-            | {"train": str(args.train), "test": str(args.test), "plot": str(args.plot)},
+            | {
+                "train": str(args.train),
+                "test": str(args.test),
+                "plot": str(args.plot),
+                "choices": str(args.choices),
+            },
             "test_windows_per_class": dict(
                 zip(CLASS_NAMES, np.bincount(y, minlength=3).tolist(), strict=True)
             ),

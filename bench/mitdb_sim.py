@@ -278,7 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default="{}", help="FedConfig fields as JSON")
     parser.add_argument("--grid", default=None, help="JSON {field: [values]} for --nested")
     parser.add_argument("--seeds", type=int, default=1, help="inner runs per candidate")
+    parser.add_argument("--workers", type=int, default=2, help="processes for the inner runs")
     parser.add_argument("--nested", action="store_true", help="nested selection over --grid")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="CV runs with round seeds offset by 0..N-1"
+    )
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args(argv)
     base = replace(FedConfig(), **json.loads(args.config))
@@ -294,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.gateways,
             candidates,
             seeds=args.seeds,
+            workers=args.workers,
         )
         doc: dict[str, Any] = {
             "protocol": f"nested patient-wise CV: {args.folds} outer folds, "
@@ -302,9 +307,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             **out,
         }
     else:
-        out = cross_validate(args.train, records, args.folds, args.gateways, base)
-        out.pop("labels")
-        doc = {"protocol": f"patient-wise {args.folds}-fold CV", "config": asdict(base), **out}
+        runs = []
+        for offset in range(args.repeat):
+            cfg = replace(base, seed_offset=base.seed_offset + offset)
+            out = cross_validate(args.train, records, args.folds, args.gateways, cfg)
+            out.pop("labels")
+            print(f"seed offset {cfg.seed_offset}: {_summary(out['methods'])}", flush=True)
+            runs.append(out)
+        fed = [r["methods"]["federated"]["macro_f1"] for r in runs]
+        doc = {
+            "protocol": f"patient-wise {args.folds}-fold CV",
+            "config": asdict(base),
+            **runs[0],
+            "repeats": {
+                "seed_offsets": [base.seed_offset + o for o in range(args.repeat)],
+                "federated_macro_f1": fed,
+                "federated_af_sensitivity_at_rule_specificity": [
+                    r["methods"]["federated"]["af_at_rule_specificity"]["af_sensitivity"]
+                    for r in runs
+                ],
+                "mean": float(np.mean(fed)),
+                "sd": float(np.std(fed, ddof=1)) if len(fed) > 1 else None,
+            },
+        }
     print(_summary(doc["methods"]), flush=True)
     doc["elapsed_seconds"] = round(time.monotonic() - t0, 1)
     write("mitdb_sim", doc, args.json_path)
