@@ -15,7 +15,10 @@ out once; predictions are pooled over folds). With --test: train on all of --tra
 --test.
 
     python -m bench.bench_mitdb --train ../shared/datasets/mitdb-ds1 --gateways 3 \\
-        --json bench/results/mitdb.json
+        --choices bench/results/mitdb_sim_nested.json --json bench/results/mitdb.json
+
+--choices takes each fold's aggregator settings (server momentum, learning-rate decay) from a
+nested selection made on that fold's training records only by `bench.mitdb_sim --nested`.
 """
 
 from __future__ import annotations
