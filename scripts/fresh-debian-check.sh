@@ -37,7 +37,7 @@ while (($#)); do
         --json) json=$2; shift 2 ;;
         --cache) cache=$2; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "fresh-debian-check: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -240,7 +240,7 @@ elif ((foreign)) || [ "$arch" = arm64 ]; then
     # cannot work there (binfmt's qemu entry runs setuid programs without their privileges:
     # "sudo: effective uid is not 0"), so the compiler and Python headers are installed as root
     # first, and no broker packages, which these tests do not use. The venv gets what these
-    # tests import (the package with its TFLite runtime, pytest, hypothesis), not the linters,
+    # tests import (the package with its TFLite runtime, pytest, hypothesis, setuptools), not the linters,
     # ansible and validators of the full suite: each takes minutes to install under emulation.
     if ! ((from_toolchain)); then
         step apt-packages chroot "$root" /bin/sh -c 'apt-get update -qq && \
@@ -253,7 +253,7 @@ gcc libc6-dev python3-dev python3-venv'
         fi
     fi
     step venv-and-extension as_user "python3 -m venv .venv && \
-.venv/bin/python -m pip install -q -e '.[litert]' 'pytest>=8' 'pytest-timeout>=2.3' 'hypothesis>=6.100'"
+.venv/bin/python -m pip install -q -e '.[litert]' 'pytest>=8' 'pytest-timeout>=2.3' 'hypothesis>=6.100' 'setuptools>=77'"
     step extension-arch as_user ".venv/bin/python -c 'import platform, pqlink._ascon as a; \
 print(platform.machine(), a.__file__); assert platform.machine() == \"aarch64\"' && file -L pqlink/_ascon*.so 2>/dev/null || true"
     step ascon-kat as_user ".venv/bin/python -m pytest -q -p no:cacheprovider tests/test_ascon.py"
