@@ -37,7 +37,7 @@ while (($#)); do
         --json) json=$2; shift 2 ;;
         --cache) cache=$2; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "fresh-debian-check: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
