@@ -81,10 +81,11 @@ def _record_windows(directory: str, record: str) -> RhythmWindows:
 
 
 def ward_windows(directory: Path, groups: Sequence[Sequence[str]]) -> list[tuple[F32, I32]]:
-    """Each ward's training windows, in the order its gateway concatenates its devices."""
+    """Each ward's training windows, in the order its gateway concatenates its devices (by
+    device id, patient-<record>: record name order)."""
     out = []
     for records in groups:
-        w = RhythmWindows.concat([_record_windows(str(directory), r) for r in records])
+        w = RhythmWindows.concat([_record_windows(str(directory), r) for r in sorted(records)])
         out.append((w.features, w.labels))
     return out
 
