@@ -21,6 +21,7 @@ from pika.exceptions import AMQPError
 from pika.exchange_type import ExchangeType
 from pika.spec import Basic
 
+from aggregator.dead_letters import dead_letter_properties, declare_dead_letters, should_dead_letter
 from aggregator.masked import CheckedMasked, MaskedFolder
 from aggregator.metrics import WorkerMetrics
 from aggregator.partials import Partial, Rejection, make_partial
@@ -29,6 +30,7 @@ from aggregator.validation import UpdateRejectedError, ValidationLimits, validat
 from pqlink import ContentType, Identity, PqlinkError, Registry, peek_envelope
 from servicekit.backoff import Backoff
 from wire.amqp import (
+    DEAD_LETTER_EXCHANGE,
     GATEWAY_QUEUE_ARGUMENTS,
     GLOBAL_EXCHANGE,
     GLOBAL_KEYS_EXCHANGE,
@@ -196,6 +198,7 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
     channel.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
     channel.queue_declare(PARTIALS_QUEUE, durable=True, arguments=PARTIALS_QUEUE_ARGUMENTS)
     channel.queue_declare(MASKED_PARTIALS_QUEUE, durable=True, arguments=SECAGG_QUEUE_ARGUMENTS)
+    declare_dead_letters(channel)
     for gw in gateway_ids:
         queue = gateway_queue(gw)
         channel.queue_declare(queue, durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS)
@@ -241,14 +244,45 @@ def _collector(box: deque[_Received]) -> Callable[..., None]:
     return on_message
 
 
+def dead_letter_of(checked: Checked | CheckedMasked) -> Rejection | None:
+    """The rejection to dead-letter the update with, if the worker rejected it for a cause
+    that lies in the update itself."""
+    outcome = checked.outcome
+    if isinstance(outcome, Rejection) and should_dead_letter(outcome):
+        return outcome
+    return None
+
+
+#: (delivery tag, outcome, body): the body is kept only for an update to dead-letter.
+_Held = tuple[int, Checked | CheckedMasked, bytes | None]
+
+
 def _flush(
     channel: BlockingChannel,
     worker: CryptoWorker,
-    batch: list[tuple[int, Checked | CheckedMasked]],
+    batch: list[_Held],
     masked: MaskedFolder | None = None,
 ) -> None:
-    plain = [c for _, c in batch if isinstance(c, Checked)]
-    secure = [c for _, c in batch if isinstance(c, CheckedMasked)]
+    plain = [c for _, c, _ in batch if isinstance(c, Checked)]
+    secure = [c for _, c, _ in batch if isinstance(c, CheckedMasked)]
+    for _, checked, body in batch:
+        rejection = dead_letter_of(checked)
+        if rejection is not None and body is not None:
+            # Confirmed before the ack below: a worker dying in between leaves the update
+            # queued, to be rejected (and dead-lettered) once more, never lost.
+            channel.basic_publish(
+                DEAD_LETTER_EXCHANGE, "", body, dead_letter_properties(rejection, worker.name)
+            )
+            _LOG.warning(
+                "update_dead_lettered worker=%s reason=%s gateway=%s round=%s bytes=%d",
+                worker.name,
+                rejection.reason,
+                rejection.gateway,
+                rejection.round,
+                len(body),
+            )
+            if worker.metrics is not None:
+                worker.metrics.dead_lettered.labels(str(rejection.reason)).inc()
     for partial in worker.fold(plain) if plain else []:
         # With confirms on, this returns once the broker has the partial on disk, and raises
         # if it refused it: only then are the updates acknowledged.
@@ -292,7 +326,7 @@ def run_worker(
             channel.basic_qos(prefetch_count=prefetch)
             inbox: deque[_Received] = deque()
             channel.basic_consume(UPDATES_QUEUE, _collector(inbox), auto_ack=False)
-            batch: list[tuple[int, Checked | CheckedMasked]] = []
+            batch: list[_Held] = []
             oldest = 0.0
             while not stop.is_set():
                 # Block until a delivery or the batch's deadline: no wake-ups while idle other
@@ -312,7 +346,8 @@ def run_worker(
                         checked = masked.check(body)
                     else:
                         checked = worker.check(Delivery(body, bool(method.redelivered), headers))
-                    batch.append((int(method.delivery_tag or 0), checked))
+                    keep = body if dead_letter_of(checked) is not None else None
+                    batch.append((int(method.delivery_tag or 0), checked, keep))
                     if len(batch) >= batch_max:
                         _flush(channel, worker, batch, masked)
                         batch = []
