@@ -296,12 +296,20 @@ FAULTS: dict[str, Fault] = {
 
 
 def run_amqp_fault(
-    name: str, seconds: float, work: Path, node: RabbitMQ, *, pace: float = 0.5
+    name: str,
+    seconds: float,
+    work: Path,
+    node: RabbitMQ,
+    *,
+    pace: float = 0.5,
+    workers: int = 2,
+    rounds_around: int = 3,
 ) -> AmqpRow:
-    fed = Federation(work / name, node)
+    """Run `rounds_around` rounds, the fault, the round it stalled, `rounds_around` more."""
+    fed = Federation(work / name, node, workers=workers)
     try:
         fed.start(pace)
-        _wait(lambda: fed.closed_round() >= 3, 120, "three rounds before the fault")
+        _wait(lambda: fed.closed_round() >= rounds_around, 120, "rounds before the fault")
         notes = FAULTS[name](fed, seconds, pace)
         t_end = time.monotonic()
         open_at_end = fed.closed_round() + 1
@@ -313,8 +321,8 @@ def run_amqp_fault(
         except TimeoutError:
             recover = None
         last = fed.closed_round()
-        # Let the rounds announced by then finish their updates, then stop and count.
-        _wait(lambda: fed.closed_round() >= last + 2, 120, "two more rounds")
+        # Rounds after the recovery, so that what the fault delayed had time to arrive.
+        _wait(lambda: fed.closed_round() >= last + rounds_around, 120, "rounds after it")
         last = fed.closed_round()
         fed.stop()
         sent, counted, lost, double = fed.tally(last)

@@ -31,10 +31,8 @@ def test_proxy_cuts_and_heals_the_link(rabbitmq: RabbitMQ, vhost: str) -> None:
         channel.queue_declare("probe", durable=True)
         assert proxy.connections == 1
         proxy.cut()
-        with pytest.raises(AMQPError):
-            # The carried connection is reset: the next round trip fails.
+        with pytest.raises(AMQPError):  # the carried connection is reset
             channel.queue_declare("probe", durable=True)
-            conn.process_data_events(time_limit=1)
         with pytest.raises(AMQPConnectionError):
             _connect(proxy.port, vhost)
         assert proxy.refused == 1
@@ -48,8 +46,10 @@ def test_proxy_cuts_and_heals_the_link(rabbitmq: RabbitMQ, vhost: str) -> None:
 def test_gateway_cut_mid_round_loses_and_double_counts_nothing(
     tmp_path: Path, rabbitmq: RabbitMQ
 ) -> None:
-    row = run_amqp_fault("gateway_cut_from_rabbitmq", 3.0, tmp_path, rabbitmq, pace=0.2)
-    assert row.updates_sent >= 3 * 5  # three rounds before the cut, two after the recovery
+    row = run_amqp_fault(
+        "gateway_cut_from_rabbitmq", 3.0, tmp_path, rabbitmq, pace=0.2, workers=1, rounds_around=1
+    )
+    assert row.updates_sent >= 3 * 3  # a round before the cut, the stalled one, one after
     assert row.updates_lost == 0
     assert row.updates_double_counted == 0
     assert row.updates_counted == row.updates_sent
@@ -61,5 +61,5 @@ def test_soak_slope_is_per_minute_over_the_second_half() -> None:
     # The first half climbs (start-up); the second half grows 2 units per 10 s = 12 a minute.
     y = [0.0, 500.0, 900.0, 1000.0, 1002.0, 1004.0]
     assert slope_per_minute(t, y) == pytest.approx(12.0)
-    assert slope_per_minute(t, [7.0] * 6) == 0.0
+    assert slope_per_minute(t, [7.0] * 6) == pytest.approx(0.0, abs=1e-9)
     assert slope_per_minute([1.0], [3.0]) == 0.0
