@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=10)
     p.add_argument("--rate", type=float, default=20.0, help="records/s per wearable")
     p.add_argument("--soak-seconds", type=float, default=600.0, help="0: no soak")
-    p.add_argument("--soak-devices", type=int, default=40)
+    p.add_argument("--soak-devices", type=int, default=20)
     p.add_argument("--soak-rate", type=float, default=10.0)
     p.add_argument("--soak-every", type=float, default=10.0, help="sampling period, seconds")
     p.add_argument("--soak-max-rows", type=int, default=20_000)

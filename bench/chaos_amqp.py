@@ -51,7 +51,7 @@ class AmqpRow:
     notes: str
 
 
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -263,8 +263,13 @@ def cut_gateway(fed: Federation, seconds: float, pace: float) -> str:
 
 
 def kill_worker(fed: Federation, seconds: float, pace: float) -> str:
-    _wait(lambda: fed.unacked_updates() > 0, 60, "a worker to hold updates")
-    held = fed.unacked_updates()
+    held = [0]
+
+    def holding() -> bool:
+        held[0] = fed.unacked_updates()
+        return held[0] > 0
+
+    wait_for(holding, 60, "a worker to hold updates")
     proc = fed.workers[0]
     assert proc is not None
     proc.kill()  # SIGKILL while the workers hold unacknowledged updates
@@ -306,23 +311,25 @@ def run_amqp_fault(
     rounds_around: int = 3,
 ) -> AmqpRow:
     """Run `rounds_around` rounds, the fault, the round it stalled, `rounds_around` more."""
-    fed = Federation(work / name, node, workers=workers)
+    # Killing a worker: batches wait longer, so that it dies holding updates.
+    batch_wait = 2.0 if name == "worker_killed" else 0.5
+    fed = Federation(work / name, node, workers=workers, batch_wait=batch_wait)
     try:
         fed.start(pace)
-        _wait(lambda: fed.closed_round() >= rounds_around, 120, "rounds before the fault")
+        wait_for(lambda: fed.closed_round() >= rounds_around, 120, "rounds before the fault")
         notes = FAULTS[name](fed, seconds, pace)
         t_end = time.monotonic()
         open_at_end = fed.closed_round() + 1
         recover: float | None
         try:
             # Recovered once the round open when the fault ended has closed, with everyone.
-            _wait(lambda: fed.closed_round() >= open_at_end, 300, "the round to close")
+            wait_for(lambda: fed.closed_round() >= open_at_end, 300, "the round to close")
             recover = round(time.monotonic() - t_end, 1)
         except TimeoutError:
             recover = None
         last = fed.closed_round()
         # Rounds after the recovery, so that what the fault delayed had time to arrive.
-        _wait(lambda: fed.closed_round() >= last + rounds_around, 120, "rounds after it")
+        wait_for(lambda: fed.closed_round() >= last + rounds_around, 120, "rounds after it")
         last = fed.closed_round()
         fed.stop()
         sent, counted, lost, double = fed.tally(last)

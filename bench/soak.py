@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bench.chaos import Emulator, Gateway
-from bench.chaos_amqp import Federation
+from bench.chaos_amqp import Federation, wait_for
 from testbed.mosquitto import Mosquitto
 from testbed.rabbitmq import RabbitMQ
 
@@ -97,7 +97,10 @@ def run_soak(
     try:
         gw.start()
         fed.start(round_pace)
-        emulator = Emulator(gw, int(rate * (seconds + 30)), rate)
+        emulator = Emulator(gw, int(rate * (seconds + 300)), rate)
+        # Sampling starts once everything runs: start-up is not what a soak measures.
+        wait_for(lambda: fed.closed_round() >= 1, 300, "the first round")
+        wait_for(lambda: len(gw.keys_stored()) > 0, 300, "the first records")
         t0 = time.monotonic()
         files = {
             "store": gw.db,
