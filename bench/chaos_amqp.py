@@ -277,7 +277,8 @@ def kill_worker(fed: Federation, seconds: float, pace: float) -> str:
     time.sleep(seconds)  # the fault itself: the worker stays down this long
     fed.start_worker(0)
     return (
-        f"worker w0 SIGKILLed with {held} updates unacknowledged, restarted after {seconds:.0f} s"
+        f"worker w0 SIGKILLed while the workers held {held[0]} unacknowledged updates, "
+        f"restarted after {seconds:.0f} s"
     )
 
 
