@@ -39,6 +39,7 @@ from wire.model import DEFAULT_INITIAL_WEIGHTS
 ROOT = Path(__file__).resolve().parents[1]
 INIT = DEFAULT_INITIAL_WEIGHTS
 WARMUP_ROUNDS = 2
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _env() -> dict[str, str]:
@@ -148,6 +149,82 @@ def _phases(conf: Path) -> dict[str, list[float]]:
     return out
 
 
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _worker_cpu_per_round(
+    conf: Path,
+    coordinator: subprocess.Popen[bytes],
+    workers: list[subprocess.Popen[bytes]],
+    rounds: int,
+) -> dict[int, float]:
+    """Wait for the coordinator to finish its rounds; the crypto workers' CPU seconds (both
+    together) between one round's close and the next's, keyed by round."""
+    out: dict[int, float] = {}
+    last = sum(_cpu(w.pid) for w in workers)
+    seen = 0
+    deadline = time.monotonic() + 300
+    while coordinator.poll() is None and seen < rounds:
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out waiting for the rounds")
+        closed = len(_rounds(conf))
+        if closed > seen:
+            now = sum(_cpu(w.pid) for w in workers)
+            if closed == seen + 1:  # a round whose close was seen alone: its own CPU
+                out[closed] = now - last
+            seen, last = closed, now
+        time.sleep(0.01)  # poll interval of a bounded wait (CPU read as each round closes)
+    coordinator.wait(60)
+    return out
+
+
+def _pq_share(conf: Path, worker_cpu: dict[int, float], gw_dirs: list[Path]) -> dict[str, Any]:
+    """The post-quantum CPU on the round's critical path as a share of each party's own
+    round CPU: per gateway (opening the global model, sealing its update, against its CPU
+    from model received to update spooled) and for the aggregator (workers verifying and
+    opening every update, the coordinator sealing the next broadcast, against the workers'
+    and the coordinator's CPU over the round)."""
+    report = conf.parent / "state" / "rounds.jsonl"
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    aggregator = []
+    for r in rows[WARMUP_ROUNDS:]:
+        cpu = worker_cpu.get(r["round"])
+        if cpu is None or not r["metrics"]:
+            continue
+        opened = sum(m["worker_open_cpu_seconds"] for m in r["metrics"].values())
+        crypto = opened + r["announce_seal_cpu_seconds"]
+        total = cpu + r["coordinator_cpu_seconds"]
+        aggregator.append(
+            {
+                "round": r["round"],
+                "crypto_cpu_s": crypto,
+                "round_cpu_s": total,
+                "share": crypto / total if total else None,
+            }
+        )
+    gateways = {}
+    for d in gw_dirs:
+        status = json.loads((d / "state" / "status.json").read_text())["federation"]
+        crypto, total = status["crypto_cpu_seconds_total"], status["round_cpu_seconds_total"]
+        gateways[d.name] = {
+            "rounds": status["rounds_trained"],
+            "crypto_cpu_s": crypto,
+            "round_cpu_s": total,
+            "share": crypto / total if total else None,
+        }
+    shares = [g["share"] for g in gateways.values() if g["share"] is not None]
+    agg = [a["share"] for a in aggregator if a["share"] is not None]
+    return {
+        "gateway_median_share": statistics.median(shares) if shares else None,
+        "gateway_max_share": max(shares) if shares else None,
+        "aggregator_median_share": statistics.median(agg) if agg else None,
+        "gateways": gateways,
+        "aggregator_rounds": aggregator,
+    }
+
+
 def _wait(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -218,12 +295,14 @@ def full_rounds(
                 max(180.0, 6.0 * gateways),
                 f"{d.name} uplink",
             )
-        for w in range(2):
+        workers = [
             procs.spawn(f"worker-{w}", "aggregator.cli", "worker", "--config", str(conf))
+            for w in range(2)
+        ]
         coordinator = procs.spawn(
             "coordinator", "aggregator.cli", "coordinator", "--config", str(conf)
         )
-        coordinator.wait(300)
+        worker_cpu = _worker_cpu_per_round(conf, coordinator, workers, rounds)
     finally:
         procs.stop()
     closed = _rounds(conf)
@@ -238,6 +317,7 @@ def full_rounds(
         # the first rounds also pay for connections, imports and cold caches
         "steady_round_seconds": latencies[WARMUP_ROUNDS:],
         "phase_seconds": _phases(conf),
+        "pq_share": _pq_share(conf, worker_cpu, gw_dirs),
         "samples_per_gateway": samples * 4,
         "windows_per_gateway": windows_per_gateway,
     }

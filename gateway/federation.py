@@ -128,6 +128,8 @@ class FederationClient:
             "last_global_round": 0,
             "last_global_received_at": None,
             "energy_joules_total": 0.0,
+            "crypto_cpu_seconds_total": 0.0,
+            "round_cpu_seconds_total": 0.0,
             "spool_depth": 0,
             "secure_rounds": 0,
             "secure_rounds_aborted": 0,
@@ -196,6 +198,7 @@ class FederationClient:
         self.counters["last_round"] = round_
 
     async def _round(self, round_: int, envelope: bytes, stop: asyncio.Event) -> None:
+        cpu0 = time.process_time()  # the round's CPU on this gateway, every thread
         try:
             received = await self._in(self._train_pool, self.learner.open_global, envelope)
         except (PqlinkError, GlobalModelRejectedError) as exc:
@@ -235,7 +238,7 @@ class FederationClient:
                 await asyncio.wait_for(stop.wait(), self.config.learning.defer_check_interval)
             if stop.is_set():
                 return
-        await self._train(round_, received)
+        await self._train(round_, received, cpu0)
 
     def _windows(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], float]:
         """The round's training windows (store thread) and the thread CPU seconds they took:
@@ -249,7 +252,7 @@ class FederationClient:
             x, y = self.task.windows(self.store, self.config.learning.max_samples_per_device)
         return x, y, time.thread_time() - cpu0
 
-    async def _train(self, round_: int, received: ReceivedGlobal) -> None:
+    async def _train(self, round_: int, received: ReceivedGlobal, cpu0: float) -> None:
         t0 = time.monotonic()
         x, y, window_cpu = await self._in(self.store_pool, self._windows)
         window_seconds = time.monotonic() - t0
@@ -282,6 +285,12 @@ class FederationClient:
         self.counters["rounds_trained"] += 1
         self.counters["last_update"] = update.metrics
         self.counters["energy_joules_total"] += update.metrics["energy_joules"]
+        # The post-quantum share of this gateway's rounds: opening the global model and
+        # sealing the update, against all the CPU from model received to update spooled.
+        self.counters["crypto_cpu_seconds_total"] += (
+            update.metrics["global_open_cpu_seconds"] + update.metrics["seal_cpu_seconds"]
+        )
+        self.counters["round_cpu_seconds_total"] += time.process_time() - cpu0
         self.round_seconds.observe(time.monotonic() - t0)
         self.uplink.wake()
         m = update.metrics
