@@ -30,7 +30,15 @@ from device_emulators.profiles import make_profiles
 from device_emulators.signals import VitalsGenerator
 from gateway.cli import main as gateway_main
 from gateway.store import VitalsStore, vitals_row
-from pqlink import ContentType, Identity, Role, load_identity, seal_envelope
+from pqlink import (
+    ContentType,
+    Identity,
+    Registry,
+    Role,
+    load_identity,
+    save_registry,
+    seal_envelope,
+)
 from testbed import Mosquitto, RabbitMQ
 from wire.amqp import UPDATES_QUEUE, UPDATES_QUEUE_ARGUMENTS
 from wire.fl import ModelUpdate
@@ -263,6 +271,7 @@ def full_rounds(
             "[learning]\nmax_cpu_load = 1.0\n"
         )
         _quiet(gateway_main, "keygen", "--config", str(conf))
+        save_registry(Registry(), d / "state" / "registry.json")  # no wearable is enrolled
         with VitalsStore(d / "state" / "vitals.sqlite3") as store:
             for n, profile in enumerate(make_profiles(4, 100 + g)):
                 gen = VitalsGenerator(
@@ -376,6 +385,13 @@ def compare_rounds(
             "median_phase_seconds": {
                 name: statistics.median(x for r in results for x in r["phase_seconds"][name])
                 for name, _ in PHASES
+            },
+            "pq_share": {
+                f"{who}_median_share": statistics.median(
+                    r["pq_share"][f"{who}_median_share"] for r in results
+                )
+                for who in ("gateway", "aggregator")
+                if all(r["pq_share"][f"{who}_median_share"] is not None for r in results)
             },
         }
 
@@ -523,15 +539,37 @@ def fleet_sizes(sizes: list[int], rounds: int, windows: int, out: str | None) ->
                             name: statistics.median(r["phase_seconds"][name]) for name, _ in PHASES
                         },
                         "round_seconds": r["round_seconds"],
+                        "pq_share": r["pq_share"],
                     }
                 )
+                pq = r["pq_share"]
                 print(
                     f"  {n} gateways: median of {len(steady)} rounds "
-                    f"{statistics.median(steady) * 1000:.0f} ms",
+                    f"{statistics.median(steady) * 1000:.0f} ms; post-quantum share of the "
+                    f"round CPU: gateway median {pq['gateway_median_share']}, aggregator "
+                    f"median {pq['aggregator_median_share']}",
                     flush=True,
                 )
+    medians = {f["gateways"]: f["median_round_seconds"] for f in fleets}
+    budgets = [
+        {"name": f"round_median_{n}_gateways_s", "value": medians[n], "limit": limit}
+        for n, limit in ((10, 0.1), (100, 0.8))
+        if n in medians
+    ]
+    budgets += [
+        {
+            "name": f"pq_share_{f['gateways']}_gateways_{who}",
+            "value": f["pq_share"][f"{who}_median_share"],
+            "limit": 0.10,
+        }
+        for f in fleets
+        for who in ("gateway", "aggregator")
+    ]
+    for b in budgets:
+        b["ok"] = b["value"] is not None and b["value"] < b["limit"]
     doc = {
         "crypto": "sealed and signed: ML-KEM-768+X25519, ML-DSA-65, Ascon-AEAD128",
+        "budgets": budgets,
         "windows_per_gateway": windows,
         "warmup_rounds_left_out": WARMUP_ROUNDS,
         "fleets": fleets,

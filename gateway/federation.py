@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +24,6 @@ from gateway.energy import (
     read_energy,
 )
 from gateway.learning import FederatedLearner, GlobalModelRejectedError, ReceivedGlobal
-from gateway.secure_link import SecureLink, SecureRoundResult
 from gateway.spool import Spool
 from gateway.store import VitalsStore
 from gateway.tasks import TASKS
@@ -36,6 +35,9 @@ from servicekit.logs import EventLog
 from servicekit.metrics import round_histogram
 from wire.envelopes import envelope_codec
 from wire.reasons import Event
+
+if TYPE_CHECKING:
+    from gateway.secure_link import SecureRoundResult
 
 T = TypeVar("T")
 _LAST_ROUND = "last_round"
@@ -329,6 +331,10 @@ class FederationClient:
             )
             await self._finish(round_)
             return
+        # Imported on the first secure round: its blocking AMQP client and the SecAgg
+        # arithmetic are memory a gateway in plain rounds never needs.
+        from gateway.secure_link import SecureLink  # noqa: PLC0415
+
         link = SecureLink(
             self.config.uplink.amqp_url or "",
             self.identity,
