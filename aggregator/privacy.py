@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import dp_accounting
 
+from aggregator.errors import AggregatorError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS privacy_ledger (
     round INTEGER PRIMARY KEY,
@@ -29,7 +31,7 @@ CREATE TABLE IF NOT EXISTS privacy_ledger (
 """
 
 
-class PrivacyLedgerError(Exception):
+class PrivacyLedgerError(AggregatorError):
     """Bad accounting parameters, or a round recorded twice or out of order."""
 
 

@@ -214,7 +214,8 @@ as_user() {
 }
 
 if [ -n "$run_cmd" ]; then
-    step "${run_cmd// /-}" as_user "$run_cmd"
+    run_name=${run_cmd//[^A-Za-z0-9._-]/-}  # a file name: the log is named after the step
+    step "${run_name:0:60}" as_user "$run_cmd"
 elif [ -n "$pytest_args" ]; then
     step make-setup as_user "make setup"
     step pytest as_user ".venv/bin/python -m pytest $pytest_args"
