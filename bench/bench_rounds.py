@@ -204,12 +204,14 @@ def _pq_share(conf: Path, worker_cpu: dict[int, float], gw_dirs: list[Path]) -> 
         opened = sum(m["worker_open_cpu_seconds"] for m in r["metrics"].values())
         crypto = opened + r["announce_seal_cpu_seconds"]
         total = cpu + r["coordinator_cpu_seconds"]
+        seconds = r["closed_at"] - r["opened_at"]
         aggregator.append(
             {
                 "round": r["round"],
                 "crypto_cpu_s": crypto,
                 "round_cpu_s": total,
                 "share": crypto / total if total else None,
+                "share_of_round_time": crypto / seconds if seconds > 0 else None,
             }
         )
     gateways = {}
@@ -224,10 +226,21 @@ def _pq_share(conf: Path, worker_cpu: dict[int, float], gw_dirs: list[Path]) -> 
         }
     shares = [g["share"] for g in gateways.values() if g["share"] is not None]
     agg = [a["share"] for a in aggregator if a["share"] is not None]
+    agg_time = [a["share_of_round_time"] for a in aggregator if a["share_of_round_time"]]
+    steady = [r["closed_at"] - r["opened_at"] for r in rows[WARMUP_ROUNDS:]]
+    per_round = [g["crypto_cpu_s"] / g["rounds"] for g in gateways.values() if g["rounds"]]
     return {
+        # shares of each party's own round CPU (independent of how many share the cores)
         "gateway_median_share": statistics.median(shares) if shares else None,
         "gateway_max_share": max(shares) if shares else None,
         "aggregator_median_share": statistics.median(agg) if agg else None,
+        # the same crypto CPU against the round's wall time on this machine
+        "gateway_median_share_of_round_time": (
+            statistics.median(per_round) / statistics.median(steady)
+            if per_round and steady
+            else None
+        ),
+        "aggregator_median_share_of_round_time": statistics.median(agg_time) if agg_time else None,
         "gateways": gateways,
         "aggregator_rounds": aggregator,
     }
