@@ -4,6 +4,7 @@ sealed protocol messages stage by stage with bounded deadlines, and learn only t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -56,10 +57,13 @@ def plan_round(
     *,
     dropout_fraction: float = 0.3,
     corrupt_fraction: float = 0.0,
+    weight_cap: int = 0,
 ) -> SecureRoundAnnouncement:
     """Ids 1..n in name order, the smallest graph degree and threshold for the given dropout
     and corruption fractions, noise per gateway so that any min_survivors of them carry
-    z * C on the sum, and a ring wide enough for n inputs plus that noise never to wrap."""
+    z * (sensitivity) on the sum, and a ring wide enough for n inputs plus that noise never to
+    wrap. With `weight_cap` the inputs are sample-weighted (one more coordinate, clip
+    sqrt(2) C: the sensitivity, hence the noise, covers the weight too)."""
     names = sorted(set(gateways))
     n = len(names)
     params = choose_parameters(
@@ -68,11 +72,7 @@ def plan_round(
     t = params.threshold
     min_survivors = min(n, t + 1)
     b = settings.precision_bits
-    # the sensitivity does not depend on the ring: any k above the precision will do here
-    sensitivity = InputEncoding(dimension, settings.clip_norm, b, 64).sensitivity
-    noise_std = distributed_noise_std(sensitivity, settings.noise_multiplier, min_survivors)
-    bits = modulus_bits_for(n, b, noise_std=noise_std, dimension=dimension)
-    return SecureRoundAnnouncement(
+    shape = SecureRoundAnnouncement(
         round=round_id,
         graph_seed=secrets.token_bytes(32),
         participants={name: i + 1 for i, name in enumerate(names)},
@@ -82,9 +82,15 @@ def plan_round(
         dimension=dimension,
         clip=settings.clip_norm,
         precision_bits=b,
-        modulus_bits=bits,
-        noise_std=noise_std,
+        modulus_bits=64,
+        noise_std=0.0,
+        weight_cap=weight_cap,
     )
+    # the sensitivity does not depend on the ring: any k above the precision will do here
+    sensitivity = InputEncoding(shape.encoded_dimension, shape.encoded_clip, b, 64).sensitivity
+    noise_std = distributed_noise_std(sensitivity, settings.noise_multiplier, min_survivors)
+    bits = modulus_bits_for(n, b, noise_std=noise_std, dimension=shape.encoded_dimension)
+    return dataclasses.replace(shape, modulus_bits=bits, noise_std=noise_std)
 
 
 def secagg_reason(exc: PqlinkError) -> Reason:
