@@ -43,7 +43,13 @@ from wire.amqp import (
 from wire.envelopes import EnvelopeCodec, SealedCodec
 from wire.fl import RoundSettings
 from wire.reasons import Reason, reason_for
-from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
+from wire.secagg import (
+    ADDRESSED_KINDS,
+    SecAggFrame,
+    SecAggKind,
+    SecureRoundAnnouncement,
+    encode_addressed,
+)
 
 _LOG = logging.getLogger("aggregator.secure_round")
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
@@ -164,11 +170,12 @@ class SecureRound:
             detail,
         )
 
-    def seal(self, name: str, kind: SecAggKind, body: bytes) -> bytes:
+    def seal(self, names: Sequence[str], kind: SecAggKind, body: bytes) -> bytes:
+        """One frame sealed to the named gateways (each opens its own key slot)."""
         frame = SecAggFrame(kind, self.announcement.round, body).encode()
         return self.codec.seal(
             self.identity,
-            [self.gateways.lookup(name)],
+            [self.gateways.lookup(name) for name in names],
             frame,
             content_type=ContentType.SECAGG,
             round=self.announcement.round,
@@ -269,14 +276,35 @@ class SecureRoundRunner:
         self.channel = channel
         self.round = secure
         self.deadlines = deadlines
+        self._out: BlockingChannel | None = None
 
     def _send(self, bundles: dict[int, bytes], kind: SecAggKind) -> None:
+        """A stage's frames: one envelope sealed to every recipient at once (one signature
+        per stage, not per gateway), addressed bundles inside where they differ, published to
+        each gateway's queue. No publisher confirms: waiting for each (a quorum-queue commit)
+        cost more than the protocol itself, and a lost frame makes its gateway miss the
+        stage, a dropout the round survives."""
+        if not bundles:
+            return
+        if self._out is None:
+            self._out = self.channel.connection.channel()
+        t0 = time.monotonic()
         a = self.round.announcement
-        for u, body in sorted(bundles.items()):
-            name = a.name_of(u)
-            envelope = self.round.seal(name, kind, body)
+        names = {u: a.name_of(u) for u in bundles}
+        if kind in ADDRESSED_KINDS:
+            body = encode_addressed({names[u]: b for u, b in bundles.items()})
+        else:
+            distinct = set(bundles.values())
+            if len(distinct) != 1:
+                raise ValueError(f"{kind.name} frames differ between gateways")
+            body = distinct.pop()
+        envelope = self.round.seal(sorted(names.values()), kind, body)
+        for name in sorted(names.values()):
             self.round.report.bytes_down += len(envelope)
-            self.channel.basic_publish(SECAGG_EXCHANGE, name, envelope, _PERSISTENT)
+            self._out.basic_publish(SECAGG_EXCHANGE, name, envelope, _PERSISTENT)
+        seconds = self.round.report.stage_seconds
+        key = f"send_{kind.name.lower()}"
+        seconds[key] = seconds.get(key, 0.0) + time.monotonic() - t0
 
     def _collect(self, stage: str, timeout: float) -> None:
         t0 = time.monotonic()
@@ -290,6 +318,14 @@ class SecureRoundRunner:
         self.round.report.stage_seconds[stage] = time.monotonic() - t0
 
     def run(self) -> SecureRoundReport:
+        try:
+            return self._run()
+        finally:
+            if self._out is not None and self._out.is_open:
+                self._out.close()
+            self._out = None
+
+    def _run(self) -> SecureRoundReport:
         r, s, d = self.round, self.round.server, self.deadlines
         a = r.announcement
         everyone = {u: a.encode() for u in a.participants.values()}
