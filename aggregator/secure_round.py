@@ -43,13 +43,7 @@ from wire.amqp import (
 from wire.envelopes import EnvelopeCodec, SealedCodec
 from wire.fl import RoundSettings
 from wire.reasons import Reason, reason_for
-from wire.secagg import (
-    ADDRESSED_KINDS,
-    SecAggFrame,
-    SecAggKind,
-    SecureRoundAnnouncement,
-    encode_addressed,
-)
+from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
 
 _LOG = logging.getLogger("aggregator.secure_round")
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
@@ -279,11 +273,12 @@ class SecureRoundRunner:
         self._out: BlockingChannel | None = None
 
     def _send(self, bundles: dict[int, bytes], kind: SecAggKind) -> None:
-        """A stage's frames: one envelope sealed to every recipient at once (one signature
-        per stage, not per gateway), addressed bundles inside where they differ, published to
-        each gateway's queue. No publisher confirms: waiting for each (a quorum-queue commit)
-        cost more than the protocol itself, and a lost frame makes its gateway miss the
-        stage, a dropout the round survives."""
+        """A stage's frames. One body for everyone (announcement, unmasking request, abort)
+        goes out as one envelope sealed to all of them: one signature, not one per gateway.
+        Bundles that differ go one envelope each: addressing all of them to everyone would
+        move n times the bytes (at 50 gateways, megabytes of adverts per stage). No publisher
+        confirms: waiting for each (a quorum-queue commit) cost more than the protocol, and a
+        lost frame makes its gateway miss the stage, a dropout the round survives."""
         if not bundles:
             return
         if self._out is None:
@@ -291,15 +286,12 @@ class SecureRoundRunner:
         t0 = time.monotonic()
         a = self.round.announcement
         names = {u: a.name_of(u) for u in bundles}
-        if kind in ADDRESSED_KINDS:
-            body = encode_addressed({names[u]: b for u, b in bundles.items()})
+        if len(set(bundles.values())) == 1:
+            envelope = self.round.seal(sorted(names.values()), kind, next(iter(bundles.values())))
+            sealed = dict.fromkeys(names.values(), envelope)
         else:
-            distinct = set(bundles.values())
-            if len(distinct) != 1:
-                raise ValueError(f"{kind.name} frames differ between gateways")
-            body = distinct.pop()
-        envelope = self.round.seal(sorted(names.values()), kind, body)
-        for name in sorted(names.values()):
+            sealed = {names[u]: self.round.seal([names[u]], kind, b) for u, b in bundles.items()}
+        for name, envelope in sorted(sealed.items()):
             self.round.report.bytes_down += len(envelope)
             self._out.basic_publish(SECAGG_EXCHANGE, name, envelope, _PERSISTENT)
         seconds = self.round.report.stage_seconds

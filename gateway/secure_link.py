@@ -26,13 +26,7 @@ from wire.amqp import (
     secagg_queue,
 )
 from wire.envelopes import EnvelopeCodec, SealedCodec
-from wire.secagg import (
-    ADDRESSED_KINDS,
-    SecAggFrame,
-    SecAggKind,
-    SecureRoundAnnouncement,
-    pick_addressed,
-)
+from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
 
 _LOG = logging.getLogger("gateway.secure_link")
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
@@ -191,14 +185,6 @@ class SecureLink:
         if session is None:
             self._refused(result, frame.kind.name, "no round announced")
             return None
-        if frame.kind in ADDRESSED_KINDS:
-            try:
-                frame = SecAggFrame(
-                    frame.kind, frame.round, pick_addressed(frame.body, self.me.name)
-                )
-            except DecodeError as exc:
-                self._refused(result, frame.kind.name, str(exc))
-                return session
         step = session.handle(frame)
         for event in step.events:
             _LOG.warning("%s %s", event.name, " ".join(f"{k}={v}" for k, v in event.fields.items()))

@@ -69,50 +69,6 @@ class SecAggFrame:
             raise DecodeError(f"secure-aggregation frame: unknown kind {kind}") from None
 
 
-#: Kinds whose body, coordinator to gateways, is one addressed map of every participant's
-#: bundle: one envelope (one signature) per stage instead of one per gateway.
-ADDRESSED_KINDS = frozenset({SecAggKind.ADVERTS, SecAggKind.CIPHERTEXTS, SecAggKind.SHARES})
-_NAME_LEN = struct.Struct(">H")
-_BODY_LEN = struct.Struct(">I")
-
-
-def encode_addressed(bundles: Mapping[str, bytes]) -> bytes:
-    """Each gateway's bundle of one stage, by gateway name, in one body. What one gateway's
-    bundle holds is public or end-to-end protected already (signed adverts, KEM ciphertexts,
-    shares sealed between neighbours), so the others seeing it costs nothing but bytes."""
-    out = bytearray()
-    for name, body in sorted(bundles.items()):
-        raw = name.encode()
-        out += _NAME_LEN.pack(len(raw)) + raw + _BODY_LEN.pack(len(body)) + body
-    return bytes(out)
-
-
-def pick_addressed(data: bytes, name: str) -> bytes:
-    """The bundle addressed to `name`; DecodeError if the body is malformed or has none."""
-    view, offset, found = memoryview(data), 0, None
-    while offset < len(view):
-        if offset + _NAME_LEN.size > len(view):
-            raise DecodeError(f"addressed bundles: truncated name length at offset {offset}")
-        (n,) = _NAME_LEN.unpack_from(view, offset)
-        offset += _NAME_LEN.size
-        if offset + n + _BODY_LEN.size > len(view):
-            raise DecodeError(f"addressed bundles: truncated entry at offset {offset}")
-        entry = bytes(view[offset : offset + n])
-        offset += n
-        (size,) = _BODY_LEN.unpack_from(view, offset)
-        offset += _BODY_LEN.size
-        if offset + size > len(view):
-            raise DecodeError(f"addressed bundles: body of {size} bytes at offset {offset}")
-        if entry == name.encode():
-            if found is not None:
-                raise DecodeError(f"addressed bundles: {name} twice")
-            found = bytes(view[offset : offset + size])
-        offset += size
-    if found is None:
-        raise DecodeError(f"addressed bundles: none for {name}")
-    return found
-
-
 @dataclass(frozen=True, slots=True)
 class SecureRoundAnnouncement:
     """Everything a gateway needs to join one secure round: the participants by name with
