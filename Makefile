@@ -16,7 +16,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check $(PACKAGES) tests bench tools
 
 typecheck: setup
-	$(VENV)/bin/mypy $(PACKAGES) tests
+	$(VENV)/bin/mypy $(PACKAGES) tests bench tools
 
 pytest: setup
 	$(PY) -m pytest -q

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import dp_accounting
 from dp_accounting import rdp
 
+from aggregator.errors import AggregatorError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS privacy_ledger (
     round INTEGER PRIMARY KEY,
@@ -28,7 +30,7 @@ CREATE TABLE IF NOT EXISTS privacy_ledger (
 """
 
 
-class PrivacyLedgerError(Exception):
+class PrivacyLedgerError(AggregatorError):
     """Bad accounting parameters, or a round recorded twice or out of order."""
 
 

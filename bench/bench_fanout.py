@@ -24,7 +24,7 @@ from pqlink import ContentType, Identity, Role, seal_envelope
 from pqlink.broadcast import seal_broadcast
 from testbed import RabbitMQ
 from wire.amqp import GLOBAL_EXCHANGE, GLOBAL_KEYS_EXCHANGE, gateway_queue
-from wire.fl import GlobalModel
+from wire.fl import GlobalModel, RoundSettings
 from wire.model import DEFAULT_INITIAL_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     weights = initial_weights(DEFAULT_INITIAL_WEIGHTS)
     model = GlobalModel(
-        weights.astype("<f4").tobytes(), int(weights.size), 1, 0, {"epochs": 1}
+        weights.astype("<f4").tobytes(), int(weights.size), 1, 0, RoundSettings(epochs=1)
     ).encode()
     aggregator = Identity.generate("aggregator", Role.AGGREGATOR)
     fleet = [Identity.generate(f"gw-{i:03d}", Role.GATEWAY) for i in range(max(args.fleets))]

@@ -192,7 +192,7 @@ def _train(x: F32, y: I32, s: Settings, seed: int) -> NumpyTrainer:
 
 
 def _predict(trainer: NumpyTrainer, x: F32) -> I32:
-    return trainer.predict_logits(x).argmax(axis=1).astype(np.int32)
+    return np.asarray(trainer.predict_logits(x).argmax(axis=1), dtype=np.int32)
 
 
 def _af_probability(trainer: NumpyTrainer, x: F32) -> npt.NDArray[np.float64]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -30,7 +31,7 @@ from pqlink.keys import HybridPrivateKey
 TOPIC = b"iomt/rec/wearable-0001"
 
 
-def bench_records() -> dict[str, object]:
+def bench_records() -> dict[str, Any]:
     sensor = Identity.generate("wearable-0001", Role.SENSOR, SigAlg.ML_DSA_44)
     gateway = Identity.generate("gw-01", Role.GATEWAY)
     reg = Registry()
@@ -62,7 +63,7 @@ def bench_records() -> dict[str, object]:
     }
 
 
-def bench_handshake() -> dict[str, object]:
+def bench_handshake() -> dict[str, Any]:
     gateway = Identity.generate("gw-01", Role.GATEWAY)
     reg = Registry()
     sensors = [
@@ -99,7 +100,7 @@ def bench_handshake() -> dict[str, object]:
     }
 
 
-def bench_envelope() -> dict[str, object]:
+def bench_envelope() -> dict[str, Any]:
     gateway = Identity.generate("gw-01", Role.GATEWAY)
     aggregator = Identity.generate("aggregator", Role.AGGREGATOR)
     reg = Registry()

@@ -10,8 +10,9 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -60,6 +61,10 @@ class Meter:
         return out
 
 
+def _deliver(receive: Callable[[bytes], object], items: Sequence[bytes]) -> list[object]:
+    return [receive(x) for x in items]
+
+
 def config_for(n: int, round_id: int) -> RoundConfig:
     params = choose_parameters(
         n, corrupt_fraction=CORRUPT_FRACTION, dropout_fraction=DROPOUT_FRACTION
@@ -87,37 +92,37 @@ def secure_round(
     def fan_out(bundles: dict[int, bytes], receive: str) -> None:
         for u, bundle in bundles.items():
             items = decode_bundle(bundle)[1]
-            meter.client(u, lambda c=clients[u], i=items: [getattr(c, receive)(x) for x in i])
+            meter.client(u, partial(_deliver, getattr(clients[u], receive), items))
 
     for u, c in clients.items():
         advert = meter.client(u, c.advertise)
-        meter.server(lambda u=u, a=advert: server.receive_advert(u, a))
+        meter.server(partial(server.receive_advert, u, advert))
     bundles = meter.server(server.close_adverts)
     assert isinstance(bundles, dict)
     fan_out(bundles, "receive_advert")
     for u, c in clients.items():
         msg = meter.client(u, c.key_agreement)
-        meter.server(lambda u=u, m=msg: server.receive_key_agreement(u, m))
+        meter.server(partial(server.receive_key_agreement, u, msg))
     fan_out(meter.server(server.close_key_agreement), "receive_ciphertext")
     for u, c in clients.items():
         msg = meter.client(u, c.share_keys)
-        meter.server(lambda u=u, m=msg: server.receive_shares(u, m))
+        meter.server(partial(server.receive_shares, u, msg))
     bundles = meter.server(server.close_shares)
     assert isinstance(bundles, dict)
     fan_out(bundles, "receive_shares")
     for u, c in clients.items():
         if u in dropped:
             continue
-        x = meter.client(u, lambda u=u: config.encoding.encode(updates[u], rng))
-        msg = meter.client(u, lambda c=c, x=x: c.masked_input(x))
-        meter.server(lambda u=u, m=msg: server.receive_masked_input(u, m))
+        x = meter.client(u, partial(config.encoding.encode, updates[u], rng))
+        msg = meter.client(u, partial(c.masked_input, x))
+        meter.server(partial(server.receive_masked_input, u, msg))
     # the recovery step: request, survivors' answers, reconstruction and unmasking
     wall0 = time.perf_counter()
     cpu0 = time.thread_time()
     request = server.close_inputs()
     assert isinstance(request, bytes)
     for u in server.survivors:
-        response = meter.client(u, lambda c=clients[u]: c.unmask(request))
+        response = meter.client(u, partial(clients[u].unmask, request))
         server.receive_unmask_response(u, response)
     finish0 = time.thread_time()
     result = server.finish()

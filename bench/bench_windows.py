@@ -24,8 +24,6 @@ from gateway.features import N_FEATURES, build_windows
 from gateway.learning import FederatedLearner
 from gateway.store import VitalsStore, vitals_row
 from gateway.trainer import (
-    DEFAULT_MODEL_PATH,
-    PARAMETER_COUNT,
     NumpyTrainer,
     flatten,
     load_initial_weights,
@@ -33,7 +31,8 @@ from gateway.trainer import (
 from gateway.windows import WindowCache
 from pqlink import ContentType, Identity, Role
 from pqlink.broadcast import join_delivery, seal_broadcast
-from wire.fl import GlobalModel
+from wire.fl import GlobalModel, RoundSettings
+from wire.model import DEFAULT_MODEL_PATH, PARAMETER_COUNT
 
 DEVICES = 20
 BUDGET = 500
@@ -94,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         POWER_MODELS["raspberry-pi-4"],
     )
     weights = flatten(load_initial_weights(DEFAULT_MODEL_PATH))
-    model = GlobalModel(weights.astype("<f4").tobytes(), PARAMETER_COUNT, 1, 0, {"epochs": 1})
+    model = GlobalModel(
+        weights.astype("<f4").tobytes(), PARAMETER_COUNT, 1, 0, RoundSettings(epochs=1)
+    )
     sealed = seal_broadcast(
         aggregator, [me.public], model.encode(), content_type=ContentType.GLOBAL_MODEL, round=1
     )

@@ -257,30 +257,22 @@ async def _run(args: argparse.Namespace) -> int:
     groups = [(hubs[i // per], w) for i, w in enumerate(wearables)]
     for hub, w in groups:
         w.subscribe(hub)
-    hub_tasks = [asyncio.create_task(h.run(stop)) for h in hubs]
-    try:
-        await asyncio.gather(*(h.wait_connected(args.connect_timeout) for h in hubs))
-    except TimeoutError:
-        print(
-            f"iomt-emulate: broker {args.host}:{args.port} unreachable for "
-            f"{args.connect_timeout:.0f} s",
-            file=sys.stderr,
-        )
-        stop.set()
-        await asyncio.gather(*hub_tasks, return_exceptions=True)
-        return ExitCode.FAILURE
-    t0 = time.perf_counter()
     wait_acks = not args.no_wait_acks
-    tasks = [
-        asyncio.create_task(w.run(hub, stop, args.records, wait_acks=wait_acks))
-        for hub, w in groups
-    ]
-    progress = asyncio.create_task(_progress(wearables, t0, args.quiet))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - t0
-    progress.cancel()
-    stop.set()
-    await asyncio.gather(*hub_tasks, return_exceptions=True)
+    # One group owns every connection, the wearables and the progress line: leaving it (the
+    # run done, a signal, an error in any task) ends them all; no task outlives the command.
+    async with asyncio.TaskGroup() as tg:
+        for h in hubs:
+            tg.create_task(h.run(stop))
+        if not await _connected(hubs, args, stop):
+            return ExitCode.FAILURE
+        t0 = time.perf_counter()
+        progress = tg.create_task(_progress(wearables, t0, args.quiet))
+        async with asyncio.TaskGroup() as streams:
+            for hub, w in groups:
+                streams.create_task(w.run(hub, stop, args.records, wait_acks=wait_acks))
+        elapsed = time.perf_counter() - t0
+        progress.cancel()
+        stop.set()
     hs = [s for w in wearables for s in w.stats.handshake_seconds]
     summary = {
         "devices": len(wearables),
@@ -331,21 +323,18 @@ async def _replay(args: argparse.Namespace) -> int:
     hub = MqttHub(args.host, args.port, f"iomt-replay-{args.prefix}-{origin_ms}")
     for w in wearables:
         hub.response_queue(w.response_topic)
-    hub_task = asyncio.create_task(hub.run(stop))
-    try:
-        await hub.wait_connected(args.connect_timeout)
-    except TimeoutError:
-        print(f"iomt-emulate: broker {args.host}:{args.port} unreachable", file=sys.stderr)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(hub.run(stop))
+        if not await _connected([hub], args, stop):
+            return ExitCode.FAILURE
+        t0 = time.perf_counter()
+        progress = tg.create_task(_progress(list(wearables), t0, args.quiet))
+        async with asyncio.TaskGroup() as streams:
+            for w in wearables:
+                streams.create_task(w.run(hub, stop, args.batches))
+        elapsed = time.perf_counter() - t0
+        progress.cancel()
         stop.set()
-        await asyncio.gather(hub_task, return_exceptions=True)
-        return ExitCode.FAILURE
-    t0 = time.perf_counter()
-    progress = asyncio.create_task(_progress(list(wearables), t0, args.quiet))
-    await asyncio.gather(*(w.run(hub, stop, args.batches) for w in wearables))
-    elapsed = time.perf_counter() - t0
-    progress.cancel()
-    stop.set()
-    await asyncio.gather(hub_task, return_exceptions=True)
     summary = {
         "devices": len(wearables),
         "records_sent": sum(w.stats.records_sent for w in wearables),
@@ -360,6 +349,25 @@ async def _replay(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(json.dumps({k: v for k, v in summary.items() if k != "beats"}))
     return ExitCode.OK
+
+
+async def _connected(
+    hubs: Sequence[MqttHub], args: argparse.Namespace, stop: asyncio.Event
+) -> bool:
+    """Every hub connected within `--connect-timeout`; otherwise say so and stop them all."""
+    try:
+        async with asyncio.timeout(args.connect_timeout):
+            for hub in hubs:
+                await hub.wait_connected()
+    except TimeoutError:
+        print(
+            f"iomt-emulate: broker {args.host}:{args.port} unreachable for "
+            f"{args.connect_timeout:.0f} s",
+            file=sys.stderr,
+        )
+        stop.set()
+        return False
+    return True
 
 
 async def _progress(wearables: list[Wearable], t0: float, quiet: bool) -> None:

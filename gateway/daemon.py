@@ -20,7 +20,14 @@ from gateway.counters import ConnectionCounters
 from gateway.delivery import HandshakeFloors, NoticeLimiter, OutboundMessage
 from gateway.edge import EdgeError, EdgeSettings, Message, MqttEdge
 from gateway.housekeeping import Housekeeping, StatusFile
-from gateway.ingest import Accepted, Duplicate, HandshakeRequest, IngestProcessor, Rejected
+from gateway.ingest import (
+    Accepted,
+    BareRecords,
+    Duplicate,
+    HandshakeRequest,
+    IngestProcessor,
+    Rejected,
+)
 from gateway.metrics import GatewayCollector
 from gateway.pipeline import CommitPipeline
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
@@ -98,7 +105,7 @@ class GatewayDaemon:
             max_record_bytes=sc.max_record_bytes,
             failure_limiter=RateLimiter(sc.device_records_per_second, sc.device_burst),
             handshake_limiter=RateLimiter(sc.device_handshakes_per_minute / 60.0, 3),
-            plaintext=config.bench.plaintext_records,
+            records=BareRecords() if config.bench.plaintext_records else None,
         )
         tls = config.mqtt.tls
         try:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
+from gateway.errors import GatewayError
 from gateway.sessions import RateLimiter, SessionTable
 from gateway.store import RRBeatRow, VitalsRow, rr_beat_rows, vitals_row
 from pqlink import (
@@ -65,6 +67,74 @@ class Duplicate:
 Outcome = Accepted | HandshakeRequest | Rejected | Duplicate
 
 
+class RecordRefusedError(GatewayError):
+    """A record frame that did not authenticate (or names no live session): what the
+    processor charges to the device's failure budget."""
+
+    def __init__(self, reason: Reason, detail: str, session_id: bytes = b"") -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.session_id = session_id
+
+
+class RecordCodec(Protocol):
+    """How a record frame on a device's topic becomes the record's plaintext: chosen once,
+    where the daemon is wired. Returns (plaintext, session id); raises RecordRefusedError for a
+    frame that fails, DuplicateError for one the session already delivered."""
+
+    def open(self, topic: str, device: str, payload: bytes, now: float) -> tuple[bytes, bytes]:
+        """The opened record and the id of the session it came under."""
+        ...
+
+    def delivered(self, session_id: bytes, now: float) -> None:
+        """The record opened under `session_id` also decoded: it was delivered."""
+        ...
+
+
+class SealedRecords:
+    """The protocol: records sealed under the device's pqlink session."""
+
+    def __init__(self, sessions: SessionTable) -> None:
+        self.sessions = sessions
+
+    def open(self, topic: str, device: str, payload: bytes, now: float) -> tuple[bytes, bytes]:
+        try:
+            sid = peek_session_id(payload)
+        except DecodeError as exc:
+            raise RecordRefusedError(Reason.MALFORMED, str(exc)) from None
+        entry = self.sessions.get(sid)
+        if entry is None:
+            raise RecordRefusedError(Reason.UNKNOWN_SESSION, sid.hex()[:8], sid)
+        if entry.device_id != device:
+            raise RecordRefusedError(Reason.WRONG_TOPIC, "session belongs to another")
+        try:
+            plaintext = entry.session.open(payload, topic.encode())
+        except DuplicateError:
+            raise  # a redelivery, not a failure: the processor counts it apart
+        except PqlinkError as exc:
+            raise RecordRefusedError(reason_for(exc), str(exc)) from None
+        return plaintext, sid
+
+    def delivered(self, session_id: bytes, now: float) -> None:
+        # Only a record that also decodes keeps its session alive: authentic garbage does not.
+        entry = self.sessions.get(session_id)
+        if entry is not None:
+            entry.last_seen = now
+            entry.dirty = True
+
+
+class BareRecords:
+    """NO SECURITY: the benchmark baseline "crypto switched off" takes the frame as the bare
+    record, so ingest can be timed without crypto. Wired in only by `[bench] plaintext_records`."""
+
+    def open(self, topic: str, device: str, payload: bytes, now: float) -> tuple[bytes, bytes]:
+        return payload, b""
+
+    def delivered(self, session_id: bytes, now: float) -> None:
+        pass  # no sessions
+
+
 class IngestProcessor:
     """Classifies and opens incoming messages; owns the session table and the limiters.
 
@@ -83,11 +153,11 @@ class IngestProcessor:
         max_record_bytes: int,
         failure_limiter: RateLimiter,
         handshake_limiter: RateLimiter,
-        plaintext: bool = False,
+        records: RecordCodec | None = None,
     ) -> None:
-        self.plaintext = plaintext  # benchmark baseline only: records are bare vitals
         self.layout = layout
         self.sessions = sessions
+        self.records: RecordCodec = SealedRecords(sessions) if records is None else records
         self.max_record_bytes = max_record_bytes
         self.failure_limiter = failure_limiter
         self.handshake_limiter = handshake_limiter
@@ -125,38 +195,18 @@ class IngestProcessor:
             return HandshakeRequest(device, payload)
         if len(payload) > self.max_record_bytes:
             return self._reject(device, Reason.OVERSIZED, f"{len(payload)} bytes")
-        if self.plaintext:
-            return self._plaintext(device, payload, wall_ms)
         try:
-            sid = peek_session_id(payload)
-        except DecodeError as exc:
-            return self._fail(device, Reason.MALFORMED, str(exc), now)
-        entry = self.sessions.get(sid)
-        if entry is None:
-            return self._fail(device, Reason.UNKNOWN_SESSION, sid.hex()[:8], now, sid)
-        if entry.device_id != device:
-            return self._fail(device, Reason.WRONG_TOPIC, "session belongs to another", now)
-        try:
-            plaintext = entry.session.open(payload, topic.encode())
+            plaintext, sid = self.records.open(topic, device, payload, now)
         except DuplicateError:
             self.duplicates += 1
             return Duplicate(device)
-        except PqlinkError as exc:
-            return self._fail(device, reason_for(exc), str(exc), now)
+        except RecordRefusedError as failure:
+            return self._fail(device, failure.reason, failure.detail, now, failure.session_id)
         try:
             record = decode_record(plaintext)
         except DecodeError as exc:
             # Authentic but unparseable: a buggy or hostile firmware, not a network fault.
             return self._reject(device, Reason.BAD_PAYLOAD, str(exc))
-        entry.last_seen = now
-        entry.dirty = True
+        self.records.delivered(sid, now)
         self.accepted += 1
         return _accepted(device, record, wall_ms, sid)
-
-    def _plaintext(self, device: str, payload: bytes, wall_ms: int) -> Outcome:
-        try:
-            record = decode_record(payload)
-        except DecodeError as exc:
-            return self._reject(device, Reason.BAD_PAYLOAD, str(exc))
-        self.accepted += 1
-        return _accepted(device, record, wall_ms)

@@ -32,6 +32,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from gateway.errors import GatewayError
 from gateway.store import BeatRow
 from wire.rr import BeatClass, Rhythm
 
@@ -101,7 +102,7 @@ _CENTRES: Final = np.array([c for _, c, _ in _FEATURES])
 _SCALES: Final = np.array([s for _, _, s in _FEATURES])
 
 
-class RhythmWindowError(ValueError):
+class RhythmWindowError(GatewayError, ValueError):
     """A window or stride that makes no sense, or RR intervals that are not positive."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from gateway.errors import GatewayError
 from wire.rr import RRBatch
 from wire.vitals import Activity, EventLabel, VitalsSample
 
@@ -151,7 +152,7 @@ _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 13, 14, 26
 _UNUSABLE = {_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CORRUPT, _SQLITE_CANTOPEN, _SQLITE_NOTADB}
 
 
-class StoreError(Exception):
+class StoreError(GatewayError):
     """The store cannot do what was asked; `path` is the database file."""
 
     def __init__(self, path: Path, reason: str) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from gateway.errors import GatewayError
 from gateway.features import N_FEATURES, WINDOW, cut_windows
 from gateway.store import SampleRow, VitalsStore
 
@@ -18,7 +19,7 @@ I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 
 
-class WindowBudgetError(ValueError):
+class WindowBudgetError(GatewayError, ValueError):
     """A window cache was asked for a nonsensical bound (a budget or history below one)."""
 
 

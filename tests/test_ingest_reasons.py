@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ingest import Accepted, Duplicate, HandshakeRequest, IngestProcessor, Rejected
+from gateway.ingest import (
+    Accepted,
+    BareRecords,
+    Duplicate,
+    HandshakeRequest,
+    IngestProcessor,
+    Rejected,
+)
 from gateway.sessions import RateLimiter, SessionEntry, SessionTable
 from gateway.store import rr_beat_rows, vitals_row
 from pqlink import (
@@ -69,7 +76,7 @@ def _processor(
         max_record_bytes=MAX_RECORD,
         failure_limiter=RateLimiter(1.0, records),
         handshake_limiter=RateLimiter(0.2, handshakes),
-        plaintext=plaintext,
+        records=BareRecords() if plaintext else None,
     )
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import dataclasses
+import importlib
+import pkgutil
 import re
 import subprocess
 import sys
@@ -285,3 +287,35 @@ def test_envelope_codecs_round_trip_and_refuse_each_other(parties: Parties) -> N
         other = unsealed if codec is sealed else sealed
         with pytest.raises(DecodeError):
             other.open(frame, parties.aggregator, registry)
+
+
+#: Each application's one exception root (configuration errors are servicekit's ConfigError).
+ROOTS = {
+    "gateway": "gateway.errors.GatewayError",
+    "aggregator": "aggregator.errors.AggregatorError",
+    "device_emulators": "device_emulators.errors.EmulatorError",
+}
+
+
+def _own_exceptions(package: str) -> list[type[BaseException]]:
+    found: list[type[BaseException]] = []
+    for info in pkgutil.walk_packages([str(ROOT / package)], prefix=f"{package}."):
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, BaseException)
+                and obj.__module__ == info.name
+            ):
+                found.append(obj)
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(ROOTS))
+def test_every_exception_of_an_application_derives_from_its_root(package: str) -> None:
+    module_name, _, class_name = ROOTS[package].rpartition(".")
+    root = getattr(importlib.import_module(module_name), class_name)
+    exceptions = _own_exceptions(package)
+    assert root in exceptions
+    assert len(exceptions) > 1
+    assert [e.__qualname__ for e in exceptions if not issubclass(e, root)] == []

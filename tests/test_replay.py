@@ -23,11 +23,13 @@ from device_emulators.replay import batches, beats_from_annotations, list_record
 from gateway.rhythm import EXCLUDED, RhythmClass
 from gateway.store import VitalsStore
 from gateway.tasks import TASKS
-from pqlink import load_identity, load_public_identity
+from pqlink import load_identity, load_public_identity, save_public_identity
+from testbed import free_port
 from testbed.mosquitto import Mosquitto
 from wire.rr import RR_HEADER_SIZE, RR_KIND, BeatClass, Rhythm
 from wire.topics import TopicKind, TopicLayout
 
+from .conftest import Parties
 from .harness import (
     ROOT,
     DaemonProcess,
@@ -363,3 +365,25 @@ def test_enroll_takes_devices_or_records_not_both(
         == 0
     )
     assert (tmp_path / "k" / "patient-900.key").is_file()
+
+
+@pytest.mark.parametrize("command", ["run", "replay"])
+def test_emulator_says_when_the_broker_is_unreachable(
+    tmp_path: Path, parties: Parties, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Nothing listens on the port: the command ends with exit 1 and says why, and leaves no
+    task behind (its task group owns the hub)."""
+    from device_emulators.cli import main as emulate_main  # noqa: PLC0415
+
+    write_record(tmp_path, "900")
+    keys = tmp_path / "k"
+    enroll = ["enroll", "--registry", str(tmp_path / "r.json"), "--keys-dir", str(keys)]
+    assert emulate_main([*enroll, "--devices", "1"]) == 0
+    assert emulate_main([*enroll, "--wfdb", str(tmp_path), "--prefix", "patient"]) == 0
+    save_public_identity(parties.gateway.public, tmp_path / "g.pub")
+    port = free_port()
+    common = ["--keys-dir", str(keys), "--gateway-pub", str(tmp_path / "g.pub")]
+    common += ["--port", str(port), "--connect-timeout", "1", "--quiet"]
+    chosen = ["--devices", "1"] if command == "run" else ["--wfdb", str(tmp_path)]
+    assert emulate_main([command, *chosen, *common]) == 1
+    assert f"broker 127.0.0.1:{port} unreachable for 1 s" in capsys.readouterr().err
