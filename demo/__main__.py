@@ -2,7 +2,7 @@
 and two crypto workers, three gateway daemons with twenty emulated wearables each (non-IID
 patient mixes), several federated rounds; then a per-round table, a plot and a JSON summary.
 
-Exit codes: 0 success; 1 a component failed or the rounds did not complete in time."""
+Exit codes: 0 success; 1 a component failed or no round closed in time."""
 
 from __future__ import annotations
 
@@ -341,6 +341,9 @@ def run(args: argparse.Namespace) -> int:
             running = coordinator.popen.poll() is None
             fleet.check()
             closed, seen = _progress_lines(report, seen)
+            if closed:
+                # A stall is the failure, not a slow machine: each closed round renews it.
+                deadline = time.monotonic() + args.timeout
             for r in closed:
                 clock.say(
                     f"round {r['round']} closed ({r['reason']}): "
@@ -351,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
             if not running:
                 break
             if time.monotonic() > deadline:
-                raise DemoError(f"rounds did not complete in {args.timeout} s; see {work / 'logs'}")
+                raise DemoError(f"no round closed for {args.timeout} s; see {work / 'logs'}")
             time.sleep(0.1)
         _wait(
             "the final global model at every gateway",
@@ -447,7 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=600,
         help="samples per wearable before the first round",
     )
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds for all rounds")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds allowed without a round closing"
+    )
     parser.add_argument("--out", default=str(ROOT / "out"), help="output directory")
     parser.add_argument("--amqp-url", help="use this RabbitMQ instead of starting a private one")
     parser.add_argument(

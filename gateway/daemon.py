@@ -173,7 +173,6 @@ class GatewayDaemon:
         self._log_budget = RateLimiter(_LOG_RATE, _LOG_BURST, max_keys=1)
         self.rejections_unlogged = 0
         self.notices_sent = 0
-        self._notice_tasks: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -246,8 +245,6 @@ class GatewayDaemon:
                     Event.DAEMON_FAILED, level=logging.CRITICAL, reason=repr(exc), exit_code=1
                 )
             code = 1
-        for task in list(self._notice_tasks):
-            task.cancel()
         await self._drain()
         if metrics is not None:
             metrics.close()
@@ -372,7 +369,9 @@ class GatewayDaemon:
                 if not outcome.quiet:
                     self._log_rejection(outcome)
                     if outcome.reason is Reason.UNKNOWN_SESSION and outcome.device_id:
-                        self._answer_unknown_session(outcome.device_id, outcome.session_id, now)
+                        self._answer_unknown_session(
+                            tg, edge, outcome.device_id, outcome.session_id, now
+                        )
             if len(self.pipeline) >= batch_max:
                 # Back-pressure: stop reading until this batch is on disk.
                 await self.pipeline.flush()
@@ -439,9 +438,17 @@ class GatewayDaemon:
             for topic, payload in messages:
                 edge.publish(topic, payload)
 
-    def _answer_unknown_session(self, device_id: str, session_id: bytes, now: float) -> None:
+    def _answer_unknown_session(
+        self,
+        tg: asyncio.TaskGroup,
+        edge: MqttEdge,
+        device_id: str,
+        session_id: bytes,
+        now: float,
+    ) -> None:
         """Tell the wearable, signed, that we hold no such session, so it handshakes again at
-        once instead of sealing records we must refuse; bounded per session id and overall."""
+        once instead of sealing records we must refuse; bounded per session id and overall.
+        The notice belongs to the connection it answers on, like a handshake."""
         if len(session_id) != 8 or not self.notices.allow(session_id, now):
             return
         notice = UnknownSessionNotice(
@@ -452,14 +459,10 @@ class GatewayDaemon:
         async def send() -> None:
             loop = asyncio.get_running_loop()
             frame = await loop.run_in_executor(self._crypto_pool, notice.sign, self.identity)
-            edge = self._edge
-            if edge is not None:
-                self.notices_sent += 1
-                edge.publish(topic, frame)
+            self.notices_sent += 1
+            edge.publish(topic, frame)
 
-        task = asyncio.get_running_loop().create_task(send())
-        self._notice_tasks.add(task)
-        task.add_done_callback(self._notice_tasks.discard)
+        tg.create_task(send())
 
     def _log_rejection(self, rejected: Rejected, event: Event = Event.RECORD_REJECTED) -> None:
         key = (rejected.device_id or "-", rejected.reason.value)

@@ -14,7 +14,8 @@
 # --pytest 'ARGS'  after `make setup`, run only `python -m pytest ARGS` (e.g. one test file)
 # --run 'CMD'      run only CMD (e.g. 'make demo') in the clone as the new user
 # --cache DIR      keep the bootstrapped base root as DIR/<suite>-<arch>.tar and start from it
-#                  next time (the clone and everything `make` installs are always fresh)
+#                  next time (the clone and everything `make` installs are always fresh); under
+#                  emulation also the root with the compiler installed, <suite>-<arch>-toolchain.tar
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,7 +37,7 @@ while (($#)); do
         --json) json=$2; shift 2 ;;
         --cache) cache=$2; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "fresh-debian-check: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -160,8 +161,16 @@ bootstrap_root() {
     fi
 }
 base_tar=""
-[ -n "$cache" ] && base_tar=$cache/$suite-$arch.tar
-if [ -n "$base_tar" ] && [ -f "$base_tar" ]; then
+toolchain_tar=""
+from_toolchain=0
+[ -n "$cache" ] && base_tar=$cache/$suite-$arch.tar && toolchain_tar=$cache/$suite-$arch-toolchain.tar
+if ((foreign)) && [ -n "$toolchain_tar" ] && [ -f "$toolchain_tar" ]; then
+    # Under emulation the compiler's packages take half an hour to configure: a root that
+    # already has them (saved by an earlier run, before any clone) starts from there.
+    mkdir -p "$root"
+    step toolchain-from-cache tar -C "$root" -xf "$toolchain_tar"
+    from_toolchain=1
+elif [ -n "$base_tar" ] && [ -f "$base_tar" ]; then
     mkdir -p "$root"
     step base-from-cache tar -C "$root" -xf "$base_tar"
 else
@@ -185,15 +194,21 @@ prepare_root() {
     cp -L /etc/resolv.conf "$root/etc/resolv.conf"
     cp /etc/hosts "$root/etc/hosts"
     mkdir -p "$root/usr/local/share/ca-certificates"
-    cp /etc/ssl/certs/ca-certificates.crt "$root/usr/local/share/ca-certificates/host-bundle.crt"
-    chroot "$root" update-ca-certificates >/dev/null 2>&1 || true
-    # pip bundles its own CA list; point it at the system's, as on the host.
-    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$root/etc/pip.conf"
+    local bundle=$root/usr/local/share/ca-certificates/host-bundle.crt
+    # Under emulation update-ca-certificates takes minutes: only when the bundle is new.
+    if ! cmp -s /etc/ssl/certs/ca-certificates.crt "$bundle"; then
+        cp /etc/ssl/certs/ca-certificates.crt "$bundle"
+        chroot "$root" update-ca-certificates >/dev/null 2>&1 || true
+    fi
+    # pip bundles its own CA list; point it at the system's, as on the host. A long set-up
+    # under emulation must survive a connection reset by the package index.
+    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\nretries = 10\ntimeout = 60\n' \
+        >"$root/etc/pip.conf"
     # No init runs in a chroot: package scripts must not start mosquitto or RabbitMQ as
     # services (they would outlive the check); the tests start their own privately.
     printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
     chmod 755 "$root/usr/sbin/policy-rc.d"
-    chroot "$root" useradd --create-home --shell /bin/bash debian
+    chroot "$root" id debian >/dev/null 2>&1 || chroot "$root" useradd --create-home --shell /bin/bash debian
     echo 'debian ALL=(ALL) NOPASSWD: ALL' >"$root/etc/sudoers.d/debian"
     chmod 440 "$root/etc/sudoers.d/debian"
 }
@@ -214,7 +229,8 @@ as_user() {
 }
 
 if [ -n "$run_cmd" ]; then
-    step "${run_cmd// /-}" as_user "$run_cmd"
+    run_name=${run_cmd//[^A-Za-z0-9._-]/-}  # a file name: the log is named after the step
+    step "${run_name:0:60}" as_user "$run_cmd"
 elif [ -n "$pytest_args" ]; then
     step make-setup as_user "make setup"
     step pytest as_user ".venv/bin/python -m pytest $pytest_args"
@@ -223,12 +239,21 @@ elif ((foreign)) || [ "$arch" = arm64 ]; then
     # aarch64), then the library's and the daemon's unit tests, without the broker tests. sudo
     # cannot work there (binfmt's qemu entry runs setuid programs without their privileges:
     # "sudo: effective uid is not 0"), so the compiler and Python headers are installed as root
-    # first, and no broker packages, which these tests do not use.
-    step apt-packages chroot "$root" /bin/sh -c 'apt-get update -qq && \
+    # first, and no broker packages, which these tests do not use. The venv gets what these
+    # tests import (the package with its TFLite runtime, pytest, hypothesis, setuptools), not the linters,
+    # ansible and validators of the full suite: each takes minutes to install under emulation.
+    if ! ((from_toolchain)); then
+        step apt-packages chroot "$root" /bin/sh -c 'apt-get update -qq && \
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 gcc libc6-dev python3-dev python3-venv'
+        if [ -n "$toolchain_tar" ] && ! ((failed)); then
+            # Saved without the clone; --one-file-system leaves the mounted /proc, /sys, /dev out.
+            tar -C "$root" --one-file-system --exclude=./home/debian/iomt-gateway \
+                -cf "$toolchain_tar.tmp" . && mv "$toolchain_tar.tmp" "$toolchain_tar"
+        fi
+    fi
     step venv-and-extension as_user "python3 -m venv .venv && \
-.venv/bin/python -m pip install -q -e '.[test,litert]'"
+.venv/bin/python -m pip install -q -e '.[litert]' 'pytest>=8' 'pytest-timeout>=2.3' 'hypothesis>=6.100' 'setuptools>=77'"
     step extension-arch as_user ".venv/bin/python -c 'import platform, pqlink._ascon as a; \
 print(platform.machine(), a.__file__); assert platform.machine() == \"aarch64\"' && file -L pqlink/_ascon*.so 2>/dev/null || true"
     step ascon-kat as_user ".venv/bin/python -m pytest -q -p no:cacheprovider tests/test_ascon.py"

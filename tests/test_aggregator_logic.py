@@ -163,7 +163,9 @@ def test_worker_sums_fresh_and_isolates_redelivered(parties: Parties) -> None:
     assert [len(x.contributors) for x in again] == [1, 1]  # redelivered: each alone
     decoded = Partial.decode(p.encode(), N)
     assert decoded.contributors == p.contributors
-    assert np.array_equal(decoded.weighted_sum, p.weighted_sum)  # type: ignore[arg-type]
+    assert decoded.weighted_sum is not None
+    assert p.weighted_sum is not None
+    assert np.array_equal(decoded.weighted_sum, p.weighted_sum)
     with pytest.raises(PartialError):
         Partial.decode(p.encode()[:-4], N)
 
