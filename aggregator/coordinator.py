@@ -404,6 +404,7 @@ class CoordinatorService:
                 self.registry,
                 dropout_fraction=pc.dropout_fraction,
                 deadlines=deadlines,
+                weight_cap=pc.weight_cap,
             )
             t0 = time.perf_counter()
             mean = mean_update(report)

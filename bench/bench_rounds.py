@@ -94,15 +94,25 @@ class Procs:
 
 
 def _aggregator(
-    root: Path, url: str, gateways: list[Path], rounds: int, *, plaintext: bool, quorum: float = 1.0
+    root: Path,
+    url: str,
+    gateways: list[Path],
+    rounds: int,
+    *,
+    plaintext: bool,
+    quorum: float = 1.0,
+    training: str = "",
+    extra: str = "",
 ) -> Path:
+    """An aggregator config with its identity and enrolled gateways; `training` adds keys to
+    [training], `extra` whole sections."""
     root.mkdir(parents=True)
     conf = root / "aggregator.toml"
     conf.write_text(
         f'[aggregator]\nid = "aggregator"\nstate_dir = "state"\n[amqp]\nurl = "{url}"\n'
         f"[rounds]\nquorum_fraction = {quorum}\nround_timeout = 60.0\nmax_rounds = {rounds}\n"
-        "[training]\nepochs = 1\n[metrics]\nport = 0\n"
-        f"[bench]\nplaintext_envelopes = {str(plaintext).lower()}\n"
+        f"[training]\nepochs = 1\n{training}[metrics]\nport = 0\n"
+        f"[bench]\nplaintext_envelopes = {str(plaintext).lower()}\n{extra}"
     )
     _quiet(aggregator_main, "keygen", "--config", str(conf))
     if gateways:

@@ -340,7 +340,7 @@ class FederationClient:
             self.identity,
             self.learner.aggregator,
             load_registry(registry_path),
-            lambda _announcement: delta.astype(np.float64),
+            lambda _announcement: (delta.astype(np.float64), len(y)),
             codec=self.learner.codec,
         )
         result: SecureRoundResult = await self._in(
