@@ -50,6 +50,9 @@ MQTT_PASSWORD = "mqtt-s3cret"
 AMQP_PASSWORD = "p@ss/w:rd"  # percent-encoded into the AMQP URL
 EXPECTED_AMQP_URL = "amqp://gw-test:p%40ss%2Fw%3Ard@rabbit.test:5672/%2F"
 PLAY_TIMEOUT = 300
+# A module's first test carries the deployment fixture (several playbook runs of up to
+# PLAY_TIMEOUT each): the per-test limit must cover them on a busy machine.
+pytestmark = pytest.mark.timeout(4 * PLAY_TIMEOUT)
 RESTART = "RUNNING HANDLER [iomt_gateway : Restart iomt-gateway]"
 
 
