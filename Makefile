@@ -33,6 +33,7 @@ mutation: setup
 clean:
 	rm -rf build *.egg-info pqlink/*.so .mypy_cache .ruff_cache .pytest_cache
 
-# Fault injection through real brokers and daemons (minutes): not part of `make test`.
+# Fault injection through real brokers, daemons and the aggregator, then a 10-minute soak
+# (about 45 minutes): not part of `make test`.
 chaos: setup
 	$(PY) -m bench.chaos

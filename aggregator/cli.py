@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pika.exceptions import AMQPError
 from prometheus_client.registry import Collector
 
 from aggregator.config import AggregatorConfig, load_config
@@ -55,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         help="override worker.batch_wait (seconds an update may wait for batching)",
     )
     add("status", "print the open round, the model version and the privacy spent (JSON)")
+    dl = add(
+        "dead-letters",
+        "list the updates in the dead-letter queue with their reasons (JSON; takes none out)",
+    )
+    dl.add_argument("--limit", type=int, default=100, help="list at most this many (default 100)")
     add("keygen", "create the aggregator identity if absent")
     en = add("enroll", "enroll gateways' public identity files")
     en.add_argument("public_files", nargs="+", type=Path)
@@ -225,6 +231,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ExitCode.OK
         if args.command == "status":
             print(json.dumps(status(config), indent=2, sort_keys=True))
+            return ExitCode.OK
+        if args.command == "dead-letters":
+            from aggregator.dead_letters import list_dead_letters  # noqa: PLC0415
+
+            if args.limit < 0:
+                raise ValueError(f"--limit {args.limit} must be >= 0")
+            try:
+                depth, letters = list_dead_letters(config.amqp.url, args.limit)
+            except AMQPError as exc:
+                print(f"iomt-aggregator: cannot reach the broker: {exc!r}", file=sys.stderr)
+                return ExitCode.FAILURE
+            print(
+                json.dumps(
+                    {"queued": depth, "listed": [d.as_json() for d in letters]},
+                    indent=2,
+                    sort_keys=True,
+                )
+            )
             return ExitCode.OK
         if args.command == "keygen":
             keygen(config.identity, config.aggregator_id, Role.AGGREGATOR)

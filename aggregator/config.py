@@ -90,6 +90,9 @@ class PrivacyConfig:
     budget_epsilon: float = 0.0  # 0: accounted, never refused
     dropout_fraction: float = 0.3  # dropouts a secure round is sized to survive
     stage_timeout: float = 20.0  # seconds per secure stage (adverts wait a round_timeout)
+    # secure rounds weigh updates by sample count up to this many (0: unweighted mean); the
+    # cap bounds one gateway's weight, so the DP sensitivity holds whatever count it has
+    weight_cap: int = 1000
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ _RULES: Final = Rules(
         "privacy.budget_epsilon": Range(0, 1e6),
         "privacy.dropout_fraction": Range(0, 0.9),
         "privacy.stage_timeout": Range(0.1, 3600),
+        "privacy.weight_cap": Range(0, 10**9, "an integer >= 0"),
         # What gateways accept in a round's settings is what the config may ask for.
         **{f"training.{k}": Range(lo, hi) for k, (lo, hi) in SETTING_RANGES.items()},
     },

@@ -48,6 +48,9 @@ from wire.model import WEIGHT_NAMES
 
 _LOG = logging.getLogger("aggregator.coordinator")
 
+#: Partials applied in one transaction at most (a bound on what one commit holds).
+_BATCH_MAX = 256
+
 
 def initial_weights(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
     """The flat float32 vector of the initial model, in the layout wire.model defines."""
@@ -108,6 +111,8 @@ class CoordinatorService:
         # database keep the history).
         self.closed_rounds = 0
         self.last_published_at = 0.0
+        self.last_seal_cpu = 0.0
+        self._cpu_at_record = time.process_time()
         self.metrics = CoordinatorMetrics()
         self._update_gauges()
 
@@ -173,7 +178,9 @@ class CoordinatorService:
             _LOG.warning("no gateway enrolled: nothing to announce")
             return
         t0 = time.perf_counter()
+        cpu0 = time.thread_time()
         sealed = self.global_broadcast(final=final)
+        self.last_seal_cpu = time.thread_time() - cpu0
         # One transaction for the body and every entry: one round trip to the broker for the
         # whole fan-out, where a confirm per message would cost one per gateway.
         for gateway, entry in sealed.entries.items():
@@ -192,11 +199,17 @@ class CoordinatorService:
         )
 
     def _record(self, closed: ClosedRound, seconds: float) -> None:
+        cpu = time.process_time()
         entry = {
             **asdict(closed),
             "aggregation_seconds": seconds,
             "published_at": self.last_published_at,
+            # CPU since the previous round's report (folding this round, closing it and
+            # announcing the next), and the post-quantum part of it: sealing that broadcast
+            "coordinator_cpu_seconds": cpu - self._cpu_at_record,
+            "announce_seal_cpu_seconds": self.last_seal_cpu,
         }
+        self._cpu_at_record = cpu
         with self.report_path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
         self._report_lines += 1
@@ -275,54 +288,89 @@ class CoordinatorService:
             return
         # (Re-)announce the open round: gateways ignore rounds they already answered.
         self._publish_global(fanout)
-        for method, _props, body in channel.consume(PARTIALS_QUEUE, inactivity_timeout=0.02):
+        partials = channel.consume(PARTIALS_QUEUE, inactivity_timeout=0.02)
+        for method, _props, body in partials:
+            batch: list[tuple[int, bytes]] = []
             if method is not None and body is not None and method.delivery_tag is not None:
-                try:
-                    partial = Partial.decode(body, self.parameter_count)
-                except PartialError as exc:
-                    _LOG.error("dropping a malformed partial: %s", exc)
-                else:
-                    outcome = self.rounds.accept(partial)
-                    m = self.metrics
-                    m.updates.labels("accepted").inc(len(outcome.accepted))
-                    m.updates.labels("duplicate").inc(len(outcome.duplicates))
-                    m.updates.labels("rejected").inc(len(outcome.rejected))
-                    for gateway, why in outcome.rejected:
-                        m.rejected.labels(why).inc()
-                        _LOG.warning("update rejected: gateway=%s reason=%s", gateway, why)
-                channel.basic_ack(method.delivery_tag)  # after the SQLite commit in accept()
+                batch.append((method.delivery_tag, body))
+            # What pika holds already joins this batch: one commit and one ack for all of it.
+            while batch and channel.get_waiting_message_count() and len(batch) < _BATCH_MAX:
+                more, _more_props, more_body = next(partials)
+                if more is None or more_body is None or more.delivery_tag is None:
+                    break
+                batch.append((more.delivery_tag, more_body))
+            while batch and not self.done():
+                batch = self._accept_batch(channel, batch)
+                self._maybe_close(fanout)
+            if not self.done():
+                self._maybe_close(fanout)  # the deadline, when nothing arrived
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
                 declare_topology(channel, [g.name for g in self.registry.active(Role.GATEWAY)])
-            reason = self.rounds.should_close()
-            if reason is not None:
-                t0 = time.perf_counter()
-                closed = self.rounds.close_round(reason)
-                seconds = time.perf_counter() - t0
-                summary = self._privacy_summary(bool(closed.participants), 0)
-                closed.privacy = summary.to_json()
-                self.closed_rounds += 1
-                self.metrics.rounds_closed.labels(reason).inc()
-                self.metrics.aggregation_seconds.observe(seconds)
-                self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
-                self.metrics.participants.set(len(closed.participants))
-                self._update_gauges()
-                _LOG.info(
-                    "round %d closed (%s): %d gateways, %d samples, model v%d",
-                    closed.round,
-                    reason,
-                    len(closed.participants),
-                    closed.samples,
-                    closed.version,
-                )
-                if self.done() or self._gate(fanout):
-                    self._publish_global(fanout, final=self.done())
-                self._record(closed, seconds)
             if self.stop.is_set() or self.done():
                 break
         channel.cancel()
         connection.close()
+
+    def _accept_batch(
+        self, channel: BlockingChannel, batch: list[tuple[int, bytes]]
+    ) -> list[tuple[int, bytes]]:
+        """Apply partials in one transaction, then acknowledge them with one ack; stops after
+        a partial that reaches the quorum, so that the round closes where it would have one
+        partial at a time. Returns the partials not yet applied."""
+        last = None
+        taken = 0
+        with self.rounds.batch():
+            for tag, body in batch:
+                taken += 1
+                last = tag
+                try:
+                    partial = Partial.decode(body, self.parameter_count)
+                except PartialError as exc:
+                    _LOG.error("dropping a malformed partial: %s", exc)
+                    continue
+                outcome = self.rounds.accept(partial)
+                m = self.metrics
+                m.updates.labels("accepted").inc(len(outcome.accepted))
+                m.updates.labels("duplicate").inc(len(outcome.duplicates))
+                m.updates.labels("rejected").inc(len(outcome.rejected))
+                for gateway, why in outcome.rejected:
+                    m.rejected.labels(why).inc()
+                    _LOG.warning("update rejected: gateway=%s reason=%s", gateway, why)
+                if outcome.accepted and self.rounds.should_close() is not None:
+                    break
+        if last is not None:
+            channel.basic_ack(last, multiple=True)  # after the SQLite commit
+        return batch[taken:]
+
+    def _maybe_close(self, fanout: BlockingChannel) -> None:
+        """Close the open round at quorum or deadline and announce the next one."""
+        reason = self.rounds.should_close()
+        if reason is None:
+            return
+        t0 = time.perf_counter()
+        closed = self.rounds.close_round(reason)
+        seconds = time.perf_counter() - t0
+        summary = self._privacy_summary(bool(closed.participants), 0)
+        closed.privacy = summary.to_json()
+        self.closed_rounds += 1
+        self.metrics.rounds_closed.labels(reason).inc()
+        self.metrics.aggregation_seconds.observe(seconds)
+        self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
+        self.metrics.participants.set(len(closed.participants))
+        self._update_gauges()
+        _LOG.info(
+            "round %d closed (%s): %d gateways, %d samples, model v%d",
+            closed.round,
+            reason,
+            len(closed.participants),
+            closed.samples,
+            closed.version,
+        )
+        if self.done() or self._gate(fanout):
+            self._publish_global(fanout, final=self.done())
+        self._record(closed, seconds)
 
     def _serve_secure(
         self, connection: pika.BlockingConnection, channel: BlockingChannel, fanout: BlockingChannel
@@ -360,6 +408,7 @@ class CoordinatorService:
                 self.registry,
                 dropout_fraction=pc.dropout_fraction,
                 deadlines=deadlines,
+                weight_cap=pc.weight_cap,
             )
             t0 = time.perf_counter()
             mean = mean_update(report)

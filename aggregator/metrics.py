@@ -110,6 +110,12 @@ class WorkerMetrics:
             registry=None,
         )
         self.batches = Counter("iomt_aggregator_worker_batches", "batches processed", registry=None)
+        self.dead_lettered = Counter(
+            "iomt_aggregator_worker_dead_lettered",
+            "updates this worker put in the dead-letter queue, by reason",
+            ["reason"],
+            registry=None,
+        )
 
     def collectors(self) -> list[Collector]:
-        return [self.updates, self.rejected, self.open_seconds, self.batches]
+        return [self.updates, self.rejected, self.open_seconds, self.batches, self.dead_lettered]

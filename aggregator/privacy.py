@@ -12,9 +12,10 @@ import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dp_accounting
-from dp_accounting import rdp
+if TYPE_CHECKING:
+    import dp_accounting
 
 from aggregator.errors import AggregatorError
 
@@ -56,6 +57,10 @@ class PrivacyParameters:
 
 
 def _round_event(noise_multiplier: float, sampling_fraction: float) -> dp_accounting.DpEvent:
+    # Imported here: dp-accounting pulls in SciPy (seconds of start-up and tens of MB), which
+    # a coordinator without a privacy budget and every crypto worker never need.
+    import dp_accounting  # noqa: PLC0415
+
     gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
     if sampling_fraction == 1.0:
         return gaussian
@@ -71,6 +76,8 @@ def epsilon_after(
         raise PrivacyLedgerError(f"rounds {rounds} must be >= 0")
     if rounds == 0:
         return 0.0  # nothing released yet (the accountant refuses a count of 0)
+    from dp_accounting import rdp  # noqa: PLC0415 -- see _round_event
+
     accountant = rdp.RdpAccountant()
     accountant.compose(_round_event(noise_multiplier, sampling_fraction), rounds)
     return float(accountant.get_epsilon(delta))
@@ -138,6 +145,8 @@ class PrivacyLedger:
         p = self.params
         counts = Counter((e.noise_multiplier, e.sampling_fraction) for e in self.entries())
         counts[(p.noise_multiplier, p.sampling_fraction)] += 1
+        from dp_accounting import rdp  # noqa: PLC0415 -- see _round_event
+
         accountant = rdp.RdpAccountant()
         for (noise, fraction), count in sorted(counts.items()):
             accountant.compose(_round_event(noise, fraction), count)

@@ -3,8 +3,10 @@ partial sum and rejections; each change is one transaction, so a restart resumes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,10 @@ class RoundStore:
 
     def _tx(self, *statements: Statement) -> None:
         db = self._db
+        if db.in_transaction:  # inside `transaction()`: its commit covers these statements
+            for sql, args in statements:
+                db.execute(sql, args)
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
             for sql, args in statements:
@@ -125,6 +131,19 @@ class RoundStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Changes made inside commit together, with one sync to disk; reads inside see
+        them. All or nothing: an exception rolls every one of them back."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()

@@ -4,6 +4,7 @@ persistence is the RoundStore's, so a restart resumes where the last commit left
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import time
@@ -127,6 +128,11 @@ class RoundCoordinator:
         self.close()
 
     # -- contributions -----------------------------------------------------------------------
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Partials accepted inside are committed together (one sync to disk for all); each
+        still sees the ones before it, so none is counted twice."""
+        return self.store.transaction()
 
     def counted(self) -> dict[str, int]:
         return self.store.counted(self.round)

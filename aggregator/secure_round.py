@@ -4,6 +4,7 @@ sealed protocol messages stage by stage with bounded deadlines, and learn only t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -56,10 +57,13 @@ def plan_round(
     *,
     dropout_fraction: float = 0.3,
     corrupt_fraction: float = 0.0,
+    weight_cap: int = 0,
 ) -> SecureRoundAnnouncement:
     """Ids 1..n in name order, the smallest graph degree and threshold for the given dropout
     and corruption fractions, noise per gateway so that any min_survivors of them carry
-    z * C on the sum, and a ring wide enough for n inputs plus that noise never to wrap."""
+    z * (sensitivity) on the sum, and a ring wide enough for n inputs plus that noise never to
+    wrap. With `weight_cap` the inputs are sample-weighted (one more coordinate, clip
+    sqrt(2) C: the sensitivity, hence the noise, covers the weight too)."""
     names = sorted(set(gateways))
     n = len(names)
     params = choose_parameters(
@@ -68,11 +72,7 @@ def plan_round(
     t = params.threshold
     min_survivors = min(n, t + 1)
     b = settings.precision_bits
-    # the sensitivity does not depend on the ring: any k above the precision will do here
-    sensitivity = InputEncoding(dimension, settings.clip_norm, b, 64).sensitivity
-    noise_std = distributed_noise_std(sensitivity, settings.noise_multiplier, min_survivors)
-    bits = modulus_bits_for(n, b, noise_std=noise_std, dimension=dimension)
-    return SecureRoundAnnouncement(
+    shape = SecureRoundAnnouncement(
         round=round_id,
         graph_seed=secrets.token_bytes(32),
         participants={name: i + 1 for i, name in enumerate(names)},
@@ -82,9 +82,15 @@ def plan_round(
         dimension=dimension,
         clip=settings.clip_norm,
         precision_bits=b,
-        modulus_bits=bits,
-        noise_std=noise_std,
+        modulus_bits=64,
+        noise_std=0.0,
+        weight_cap=weight_cap,
     )
+    # the sensitivity does not depend on the ring: any k above the precision will do here
+    sensitivity = InputEncoding(shape.encoded_dimension, shape.encoded_clip, b, 64).sensitivity
+    noise_std = distributed_noise_std(sensitivity, settings.noise_multiplier, min_survivors)
+    bits = modulus_bits_for(n, b, noise_std=noise_std, dimension=shape.encoded_dimension)
+    return dataclasses.replace(shape, modulus_bits=bits, noise_std=noise_std)
 
 
 def secagg_reason(exc: PqlinkError) -> Reason:
@@ -158,11 +164,12 @@ class SecureRound:
             detail,
         )
 
-    def seal(self, name: str, kind: SecAggKind, body: bytes) -> bytes:
+    def seal(self, names: Sequence[str], kind: SecAggKind, body: bytes) -> bytes:
+        """One frame sealed to the named gateways (each opens its own key slot)."""
         frame = SecAggFrame(kind, self.announcement.round, body).encode()
         return self.codec.seal(
             self.identity,
-            [self.gateways.lookup(name)],
+            [self.gateways.lookup(name) for name in names],
             frame,
             content_type=ContentType.SECAGG,
             round=self.announcement.round,
@@ -263,14 +270,33 @@ class SecureRoundRunner:
         self.channel = channel
         self.round = secure
         self.deadlines = deadlines
+        self._out: BlockingChannel | None = None
 
     def _send(self, bundles: dict[int, bytes], kind: SecAggKind) -> None:
+        """A stage's frames. One body for everyone (announcement, unmasking request, abort)
+        goes out as one envelope sealed to all of them: one signature, not one per gateway.
+        Bundles that differ go one envelope each: addressing all of them to everyone would
+        move n times the bytes (at 50 gateways, megabytes of adverts per stage). No publisher
+        confirms: waiting for each (a quorum-queue commit) cost more than the protocol, and a
+        lost frame makes its gateway miss the stage, a dropout the round survives."""
+        if not bundles:
+            return
+        if self._out is None:
+            self._out = self.channel.connection.channel()
+        t0 = time.monotonic()
         a = self.round.announcement
-        for u, body in sorted(bundles.items()):
-            name = a.name_of(u)
-            envelope = self.round.seal(name, kind, body)
+        names = {u: a.name_of(u) for u in bundles}
+        if len(set(bundles.values())) == 1:
+            envelope = self.round.seal(sorted(names.values()), kind, next(iter(bundles.values())))
+            sealed = dict.fromkeys(names.values(), envelope)
+        else:
+            sealed = {names[u]: self.round.seal([names[u]], kind, b) for u, b in bundles.items()}
+        for name, envelope in sorted(sealed.items()):
             self.round.report.bytes_down += len(envelope)
-            self.channel.basic_publish(SECAGG_EXCHANGE, name, envelope, _PERSISTENT)
+            self._out.basic_publish(SECAGG_EXCHANGE, name, envelope, _PERSISTENT)
+        seconds = self.round.report.stage_seconds
+        key = f"send_{kind.name.lower()}"
+        seconds[key] = seconds.get(key, 0.0) + time.monotonic() - t0
 
     def _collect(self, stage: str, timeout: float) -> None:
         t0 = time.monotonic()
@@ -284,6 +310,14 @@ class SecureRoundRunner:
         self.round.report.stage_seconds[stage] = time.monotonic() - t0
 
     def run(self) -> SecureRoundReport:
+        try:
+            return self._run()
+        finally:
+            if self._out is not None and self._out.is_open:
+                self._out.close()
+            self._out = None
+
+    def _run(self) -> SecureRoundReport:
         r, s, d = self.round, self.round.server, self.deadlines
         a = r.announcement
         everyone = {u: a.encode() for u in a.participants.values()}

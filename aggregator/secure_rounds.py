@@ -112,18 +112,30 @@ def run_secure_round(  # noqa: PLR0917 -- the round's parts, each needed once
     *,
     dropout_fraction: float,
     deadlines: StageDeadlines,
+    weight_cap: int = 0,
 ) -> SecureRoundReport:
     announcement = plan_round(
-        round_id, gateways, settings, dimension, dropout_fraction=dropout_fraction
+        round_id,
+        gateways,
+        settings,
+        dimension,
+        dropout_fraction=dropout_fraction,
+        weight_cap=weight_cap,
     )
     secure = SecureRound(announcement, identity, registry)
     return SecureRoundRunner(channel, secure, deadlines).run()
 
 
 def mean_update(report: SecureRoundReport) -> np.ndarray[Any, np.dtype[np.float32]] | None:
-    """The survivors' mean update, decoded from the exact sum (unweighted: sample counts are
-    not revealed per gateway in secure mode); None if the round aborted."""
+    """The survivors' mean update, decoded from the exact sum; None if the round aborted.
+    Sample-weighted (FedAvg with counts capped) when the round carried weights: the sum of
+    w x over the sum of w, neither known per gateway; otherwise the plain mean."""
     outcome = report.outcome
     if not isinstance(outcome, AggregateResult) or not outcome.survivors:
         return None
-    return (outcome.decoded_sum() / len(outcome.survivors)).astype(np.float32)
+    a = report.announcement
+    weighting = a.weighting
+    if weighting is None:
+        return (outcome.decoded_sum() / len(outcome.survivors)).astype(np.float32)
+    mean = weighting.mean(outcome.signed_sum(), a.clip, len(outcome.survivors), a.precision_bits)
+    return mean.astype(np.float32)

@@ -3,6 +3,7 @@ update can be bad ends in an `UpdateRejectedError` with a stable reason."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,7 @@ class ValidUpdate:
     round: int
     envelope_id: bytes
     metrics: dict[str, object]
+    open_cpu_seconds: float = 0.0  # verifying and decrypting the envelope (thread CPU)
 
 
 def validate_update(
@@ -63,9 +65,11 @@ def validate_update(
             Reason.OVERSIZED, f"{len(frame)} bytes > {limits.max_envelope_bytes}"
         )
     try:
+        cpu0 = time.thread_time()
         opened = (codec or SealedCodec()).open(
             frame, aggregator, gateways, max_size=limits.max_envelope_bytes
         )
+        open_cpu = time.thread_time() - cpu0
         who, rnd, samples = opened.sender, opened.round, opened.sample_count
         envelope_id, payload = opened.envelope_id, opened.payload
         if opened.content_type is not ContentType.MODEL_UPDATE:
@@ -93,4 +97,6 @@ def validate_update(
         raise UpdateRejectedError(
             Reason.NORM_EXCEEDED, f"norm {norm:.3g} > {limits.max_update_norm}", who, rnd
         )
-    return ValidUpdate(Contribution(who, samples, delta), rnd, envelope_id, update.metrics)
+    return ValidUpdate(
+        Contribution(who, samples, delta), rnd, envelope_id, update.metrics, open_cpu
+    )

@@ -21,14 +21,17 @@ from pika.exceptions import AMQPError
 from pika.exchange_type import ExchangeType
 from pika.spec import Basic
 
+from aggregator.dead_letters import dead_letter_properties, declare_dead_letters, should_dead_letter
 from aggregator.masked import CheckedMasked, MaskedFolder
 from aggregator.metrics import WorkerMetrics
 from aggregator.partials import Partial, Rejection, make_partial
 from aggregator.strategies import Contribution, bound_norm
 from aggregator.validation import UpdateRejectedError, ValidationLimits, validate_update
-from pqlink import ContentType, Identity, PqlinkError, Registry, peek_envelope
+from pqlink import ContentType, Identity, Registry
+from pqlink.envelope import ENVELOPE_TYPE
 from servicekit.backoff import Backoff
 from wire.amqp import (
+    DEAD_LETTER_EXCHANGE,
     GATEWAY_QUEUE_ARGUMENTS,
     GLOBAL_EXCHANGE,
     GLOBAL_KEYS_EXCHANGE,
@@ -127,6 +130,7 @@ class CryptoWorker:
             **_timings(d.headers),
             "update_bytes": len(d.body),
             "open_seconds": elapsed,
+            "worker_open_cpu_seconds": valid.open_cpu_seconds,
             "worker": self.name,
             "worker_received_at": time.time(),
         }
@@ -196,6 +200,7 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
     channel.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
     channel.queue_declare(PARTIALS_QUEUE, durable=True, arguments=PARTIALS_QUEUE_ARGUMENTS)
     channel.queue_declare(MASKED_PARTIALS_QUEUE, durable=True, arguments=SECAGG_QUEUE_ARGUMENTS)
+    declare_dead_letters(channel)
     for gw in gateway_ids:
         queue = gateway_queue(gw)
         channel.queue_declare(queue, durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS)
@@ -206,12 +211,18 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)  # persistent
 
 
+#: Where an envelope states its content type: after its type and version octets.
+_CONTENT_TYPE_OFFSET = 2
+
+
 def is_masked_input(frame: bytes) -> bool:
-    """Routing only (unauthenticated): the secure half opens and checks it in full."""
-    try:
-        return peek_envelope(frame).content_type is ContentType.MASKED_INPUT
-    except PqlinkError:
-        return False
+    """Routing only (unauthenticated): the secure half opens and checks it in full. Two
+    octets are read rather than the whole envelope parsed, as `open` parses it again."""
+    return (
+        len(frame) > _CONTENT_TYPE_OFFSET
+        and frame[0] == ENVELOPE_TYPE
+        and frame[_CONTENT_TYPE_OFFSET] == ContentType.MASKED_INPUT
+    )
 
 
 def broker_parameters(setting: str, heartbeat: int) -> list[pika.URLParameters]:
@@ -241,14 +252,45 @@ def _collector(box: deque[_Received]) -> Callable[..., None]:
     return on_message
 
 
+def dead_letter_of(checked: Checked | CheckedMasked) -> Rejection | None:
+    """The rejection to dead-letter the update with, if the worker rejected it for a cause
+    that lies in the update itself."""
+    outcome = checked.outcome
+    if isinstance(outcome, Rejection) and should_dead_letter(outcome):
+        return outcome
+    return None
+
+
+#: (delivery tag, outcome, body): the body is kept only for an update to dead-letter.
+_Held = tuple[int, Checked | CheckedMasked, bytes | None]
+
+
 def _flush(
     channel: BlockingChannel,
     worker: CryptoWorker,
-    batch: list[tuple[int, Checked | CheckedMasked]],
+    batch: list[_Held],
     masked: MaskedFolder | None = None,
 ) -> None:
-    plain = [c for _, c in batch if isinstance(c, Checked)]
-    secure = [c for _, c in batch if isinstance(c, CheckedMasked)]
+    plain = [c for _, c, _ in batch if isinstance(c, Checked)]
+    secure = [c for _, c, _ in batch if isinstance(c, CheckedMasked)]
+    for _, checked, body in batch:
+        rejection = dead_letter_of(checked)
+        if rejection is not None and body is not None:
+            # Confirmed before the ack below: a worker dying in between leaves the update
+            # queued, to be rejected (and dead-lettered) once more, never lost.
+            channel.basic_publish(
+                DEAD_LETTER_EXCHANGE, "", body, dead_letter_properties(rejection, worker.name)
+            )
+            _LOG.warning(
+                "update_dead_lettered worker=%s reason=%s gateway=%s round=%s bytes=%d",
+                worker.name,
+                rejection.reason,
+                rejection.gateway,
+                rejection.round,
+                len(body),
+            )
+            if worker.metrics is not None:
+                worker.metrics.dead_lettered.labels(str(rejection.reason)).inc()
     for partial in worker.fold(plain) if plain else []:
         # With confirms on, this returns once the broker has the partial on disk, and raises
         # if it refused it: only then are the updates acknowledged.
@@ -289,10 +331,14 @@ def run_worker(
             channel = connection.channel()
             channel.confirm_delivery()
             declare_topology(channel)
-            channel.basic_qos(prefetch_count=prefetch)
+            # A batch is acknowledged only once folded and published, so its updates hold
+            # the prefetch window meanwhile: a window of two batches keeps the next one
+            # arriving while this one is checked, where a window of one batch leaves the
+            # worker idle for a broker round trip after every fold.
+            channel.basic_qos(prefetch_count=max(prefetch, 2 * batch_max))
             inbox: deque[_Received] = deque()
             channel.basic_consume(UPDATES_QUEUE, _collector(inbox), auto_ack=False)
-            batch: list[tuple[int, Checked | CheckedMasked]] = []
+            batch: list[_Held] = []
             oldest = 0.0
             while not stop.is_set():
                 # Block until a delivery or the batch's deadline: no wake-ups while idle other
@@ -312,7 +358,8 @@ def run_worker(
                         checked = masked.check(body)
                     else:
                         checked = worker.check(Delivery(body, bool(method.redelivered), headers))
-                    batch.append((int(method.delivery_tag or 0), checked))
+                    keep = body if dead_letter_of(checked) is not None else None
+                    batch.append((int(method.delivery_tag or 0), checked, keep))
                     if len(batch) >= batch_max:
                         _flush(channel, worker, batch, masked)
                         batch = []

@@ -22,7 +22,7 @@ from typing import Any
 
 from bench._timing import write
 from gateway.cli import main as gateway_main
-from pqlink import Identity, Role, save_public_identity
+from pqlink import Identity, Registry, Role, save_public_identity, save_registry
 from testbed import Mosquitto, RabbitMQ
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,46 @@ def _memory(pid: int) -> dict[str, float]:
         "rss_mb": round(values.get("Rss", 0.0), 1),
         "anonymous_mb": round(values.get("Anonymous", 0.0), 1),
         "file_backed_mb": round(values.get("Rss", 0.0) - values.get("Anonymous", 0.0), 1),
+        # unique to the process (what stopping it would free) and its proportional share
+        "uss_mb": round(values.get("Private_Clean", 0.0) + values.get("Private_Dirty", 0.0), 1),
+        "pss_mb": round(values.get("Pss", 0.0), 1),
     }
+
+
+def _owner(path: str) -> str:
+    """Who a mapping belongs to: the installed package, the Python runtime, or the path."""
+    if not path or path.startswith("["):
+        return path or "[anonymous]"
+    parts = Path(path).parts
+    if "site-packages" in parts:
+        rest = parts[parts.index("site-packages") + 1 :]
+        top = rest[0] if rest else path
+        return top.split(".")[0].removesuffix("_libs")
+    if "lib-dynload" in parts or "/python3" in path:
+        return "python"
+    if str(ROOT) in path:
+        return parts[-2] if len(parts) > 1 else path
+    return Path(path).name
+
+
+def _composition(pid: int, top: int = 14) -> list[dict[str, Any]]:
+    """Resident memory by owner (smaps): the largest first, with the part private to it."""
+    rss: dict[str, float] = {}
+    private: dict[str, float] = {}
+    owner = "[anonymous]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            owner = _owner(" ".join(head[5:]))  # the sixth field on is the path, if any
+        elif head and head[0] == "Rss:":
+            rss[owner] = rss.get(owner, 0.0) + int(head[1]) / 1024
+        elif head and head[0] in {"Private_Clean:", "Private_Dirty:"}:
+            private[owner] = private.get(owner, 0.0) + int(head[1]) / 1024
+    ranked = sorted(rss.items(), key=lambda kv: -kv[1])[:top]
+    return [
+        {"owner": k, "rss_mb": round(v, 1), "private_mb": round(private.get(k, 0.0), 1)}
+        for k, v in ranked
+    ]
 
 
 def _status(path: Path) -> dict[str, Any]:
@@ -91,6 +130,7 @@ def run_gateway(
     save_public_identity(
         Identity.generate("aggregator", Role.AGGREGATOR).public, work / "state" / "aggregator.pub"
     )
+    save_registry(Registry(), work / "state" / "registry.json")  # no wearable is enrolled
     env = dict(os.environ, PYTHONPATH=str(tree))
     with (work / "daemon.log").open("ab") as log:
         proc = subprocess.Popen(
@@ -114,7 +154,11 @@ def run_gateway(
         cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
         time.sleep(window)  # the measurement window itself
         cpu1, t1 = _cpu_seconds(proc.pid), time.monotonic()
-        return {"cpu_ms_per_s": 1000 * (cpu1 - cpu0) / (t1 - t0), **_memory(proc.pid)}
+        return {
+            "cpu_ms_per_s": 1000 * (cpu1 - cpu0) / (t1 - t0),
+            **_memory(proc.pid),
+            "composition": _composition(proc.pid),
+        }
     finally:
         proc.terminate()
         try:
@@ -150,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         name: {
             "cpu_ms_per_s": round(statistics.median(x["cpu_ms_per_s"] for x in rs), 2),
             "rss_mb": statistics.median(x["rss_mb"] for x in rs),
+            "uss_mb": statistics.median(x["uss_mb"] for x in rs),
+            "pss_mb": statistics.median(x["pss_mb"] for x in rs),
+            "composition": rs[-1]["composition"],
             "runs": rs,
         }
         for name, rs in runs.items()
@@ -161,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         "results": summary,
     }
     for name, s in summary.items():
-        print(f"{name:>10}: {s['cpu_ms_per_s']:6.2f} ms CPU per s, RSS {s['rss_mb']:.1f} MB")
+        print(
+            f"{name:>10}: {s['cpu_ms_per_s']:6.2f} ms CPU per s, RSS {s['rss_mb']:.1f} MB, "
+            f"USS {s['uss_mb']:.1f} MB, PSS {s['pss_mb']:.1f} MB"
+        )
     write("idle", doc, args.out)
     return 0
 

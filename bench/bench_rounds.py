@@ -30,7 +30,15 @@ from device_emulators.profiles import make_profiles
 from device_emulators.signals import VitalsGenerator
 from gateway.cli import main as gateway_main
 from gateway.store import VitalsStore, vitals_row
-from pqlink import ContentType, Identity, Role, load_identity, seal_envelope
+from pqlink import (
+    ContentType,
+    Identity,
+    Registry,
+    Role,
+    load_identity,
+    save_registry,
+    seal_envelope,
+)
 from testbed import Mosquitto, RabbitMQ
 from wire.amqp import UPDATES_QUEUE, UPDATES_QUEUE_ARGUMENTS
 from wire.fl import ModelUpdate
@@ -39,6 +47,7 @@ from wire.model import DEFAULT_INITIAL_WEIGHTS
 ROOT = Path(__file__).resolve().parents[1]
 INIT = DEFAULT_INITIAL_WEIGHTS
 WARMUP_ROUNDS = 2
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _env() -> dict[str, str]:
@@ -85,15 +94,25 @@ class Procs:
 
 
 def _aggregator(
-    root: Path, url: str, gateways: list[Path], rounds: int, *, plaintext: bool, quorum: float = 1.0
+    root: Path,
+    url: str,
+    gateways: list[Path],
+    rounds: int,
+    *,
+    plaintext: bool,
+    quorum: float = 1.0,
+    training: str = "",
+    extra: str = "",
 ) -> Path:
+    """An aggregator config with its identity and enrolled gateways; `training` adds keys to
+    [training], `extra` whole sections."""
     root.mkdir(parents=True)
     conf = root / "aggregator.toml"
     conf.write_text(
         f'[aggregator]\nid = "aggregator"\nstate_dir = "state"\n[amqp]\nurl = "{url}"\n'
         f"[rounds]\nquorum_fraction = {quorum}\nround_timeout = 60.0\nmax_rounds = {rounds}\n"
-        "[training]\nepochs = 1\n[metrics]\nport = 0\n"
-        f"[bench]\nplaintext_envelopes = {str(plaintext).lower()}\n"
+        f"[training]\nepochs = 1\n{training}[metrics]\nport = 0\n"
+        f"[bench]\nplaintext_envelopes = {str(plaintext).lower()}\n{extra}"
     )
     _quiet(aggregator_main, "keygen", "--config", str(conf))
     if gateways:
@@ -148,6 +167,95 @@ def _phases(conf: Path) -> dict[str, list[float]]:
     return out
 
 
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _worker_cpu_per_round(
+    conf: Path,
+    coordinator: subprocess.Popen[bytes],
+    workers: list[subprocess.Popen[bytes]],
+    rounds: int,
+) -> dict[int, float]:
+    """Wait for the coordinator to finish its rounds; the crypto workers' CPU seconds (both
+    together) between one round's close and the next's, keyed by round."""
+    out: dict[int, float] = {}
+    last = sum(_cpu(w.pid) for w in workers)
+    seen = 0
+    deadline = time.monotonic() + 300
+    while coordinator.poll() is None and seen < rounds:
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out waiting for the rounds")
+        closed = len(_rounds(conf))
+        if closed > seen:
+            now = sum(_cpu(w.pid) for w in workers)
+            if closed == seen + 1:  # a round whose close was seen alone: its own CPU
+                out[closed] = now - last
+            seen, last = closed, now
+        time.sleep(0.01)  # poll interval of a bounded wait (CPU read as each round closes)
+    coordinator.wait(60)
+    return out
+
+
+def _pq_share(conf: Path, worker_cpu: dict[int, float], gw_dirs: list[Path]) -> dict[str, Any]:
+    """The post-quantum CPU on the round's critical path as a share of each party's own
+    round CPU: per gateway (opening the global model, sealing its update, against its CPU
+    from model received to update spooled) and for the aggregator (workers verifying and
+    opening every update, the coordinator sealing the next broadcast, against the workers'
+    and the coordinator's CPU over the round)."""
+    report = conf.parent / "state" / "rounds.jsonl"
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    aggregator = []
+    for r in rows[WARMUP_ROUNDS:]:
+        cpu = worker_cpu.get(r["round"])
+        if cpu is None or not r["metrics"]:
+            continue
+        opened = sum(m["worker_open_cpu_seconds"] for m in r["metrics"].values())
+        crypto = opened + r["announce_seal_cpu_seconds"]
+        total = cpu + r["coordinator_cpu_seconds"]
+        seconds = r["closed_at"] - r["opened_at"]
+        aggregator.append(
+            {
+                "round": r["round"],
+                "crypto_cpu_s": crypto,
+                "round_cpu_s": total,
+                "share": crypto / total if total else None,
+                "share_of_round_time": crypto / seconds if seconds > 0 else None,
+            }
+        )
+    gateways = {}
+    for d in gw_dirs:
+        status = json.loads((d / "state" / "status.json").read_text())["federation"]
+        crypto, total = status["crypto_cpu_seconds_total"], status["round_cpu_seconds_total"]
+        gateways[d.name] = {
+            "rounds": status["rounds_trained"],
+            "crypto_cpu_s": crypto,
+            "round_cpu_s": total,
+            "share": crypto / total if total else None,
+        }
+    shares = [g["share"] for g in gateways.values() if g["share"] is not None]
+    agg = [a["share"] for a in aggregator if a["share"] is not None]
+    agg_time = [a["share_of_round_time"] for a in aggregator if a["share_of_round_time"]]
+    steady = [r["closed_at"] - r["opened_at"] for r in rows[WARMUP_ROUNDS:]]
+    per_round = [g["crypto_cpu_s"] / g["rounds"] for g in gateways.values() if g["rounds"]]
+    return {
+        # shares of each party's own round CPU (independent of how many share the cores)
+        "gateway_median_share": statistics.median(shares) if shares else None,
+        "gateway_max_share": max(shares) if shares else None,
+        "aggregator_median_share": statistics.median(agg) if agg else None,
+        # the same crypto CPU against the round's wall time on this machine
+        "gateway_median_share_of_round_time": (
+            statistics.median(per_round) / statistics.median(steady)
+            if per_round and steady
+            else None
+        ),
+        "aggregator_median_share_of_round_time": statistics.median(agg_time) if agg_time else None,
+        "gateways": gateways,
+        "aggregator_rounds": aggregator,
+    }
+
+
 def _wait(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -186,6 +294,7 @@ def full_rounds(
             "[learning]\nmax_cpu_load = 1.0\n"
         )
         _quiet(gateway_main, "keygen", "--config", str(conf))
+        save_registry(Registry(), d / "state" / "registry.json")  # no wearable is enrolled
         with VitalsStore(d / "state" / "vitals.sqlite3") as store:
             for n, profile in enumerate(make_profiles(4, 100 + g)):
                 gen = VitalsGenerator(
@@ -218,12 +327,14 @@ def full_rounds(
                 max(180.0, 6.0 * gateways),
                 f"{d.name} uplink",
             )
-        for w in range(2):
+        workers = [
             procs.spawn(f"worker-{w}", "aggregator.cli", "worker", "--config", str(conf))
+            for w in range(2)
+        ]
         coordinator = procs.spawn(
             "coordinator", "aggregator.cli", "coordinator", "--config", str(conf)
         )
-        coordinator.wait(300)
+        worker_cpu = _worker_cpu_per_round(conf, coordinator, workers, rounds)
     finally:
         procs.stop()
     closed = _rounds(conf)
@@ -238,6 +349,7 @@ def full_rounds(
         # the first rounds also pay for connections, imports and cold caches
         "steady_round_seconds": latencies[WARMUP_ROUNDS:],
         "phase_seconds": _phases(conf),
+        "pq_share": _pq_share(conf, worker_cpu, gw_dirs),
         "samples_per_gateway": samples * 4,
         "windows_per_gateway": windows_per_gateway,
     }
@@ -296,6 +408,13 @@ def compare_rounds(
             "median_phase_seconds": {
                 name: statistics.median(x for r in results for x in r["phase_seconds"][name])
                 for name, _ in PHASES
+            },
+            "pq_share": {
+                f"{who}_median_share": statistics.median(
+                    r["pq_share"][f"{who}_median_share"] for r in results
+                )
+                for who in ("gateway", "aggregator")
+                if all(r["pq_share"][f"{who}_median_share"] is not None for r in results)
             },
         }
 
@@ -443,15 +562,37 @@ def fleet_sizes(sizes: list[int], rounds: int, windows: int, out: str | None) ->
                             name: statistics.median(r["phase_seconds"][name]) for name, _ in PHASES
                         },
                         "round_seconds": r["round_seconds"],
+                        "pq_share": r["pq_share"],
                     }
                 )
+                pq = r["pq_share"]
                 print(
                     f"  {n} gateways: median of {len(steady)} rounds "
-                    f"{statistics.median(steady) * 1000:.0f} ms",
+                    f"{statistics.median(steady) * 1000:.0f} ms; post-quantum share of the "
+                    f"round CPU: gateway median {pq['gateway_median_share']}, aggregator "
+                    f"median {pq['aggregator_median_share']}",
                     flush=True,
                 )
+    medians = {f["gateways"]: f["median_round_seconds"] for f in fleets}
+    budgets = [
+        {"name": f"round_median_{n}_gateways_s", "value": medians[n], "limit": limit}
+        for n, limit in ((10, 0.1), (100, 0.8))
+        if n in medians
+    ]
+    budgets += [
+        {
+            "name": f"pq_share_{f['gateways']}_gateways_{who}",
+            "value": f["pq_share"][f"{who}_median_share"],
+            "limit": 0.10,
+        }
+        for f in fleets
+        for who in ("gateway", "aggregator")
+    ]
+    for b in budgets:
+        b["ok"] = b["value"] is not None and b["value"] < b["limit"]
     doc = {
         "crypto": "sealed and signed: ML-KEM-768+X25519, ML-DSA-65, Ascon-AEAD128",
+        "budgets": budgets,
         "windows_per_gateway": windows,
         "warmup_rounds_left_out": WARMUP_ROUNDS,
         "fleets": fleets,

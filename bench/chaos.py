@@ -1,9 +1,10 @@
-"""Fault injection against real mosquitto, gateway daemons and emulated wearables: per fault,
-records sent, stored, lost and duplicated, and the time to recover, as a table and as JSON.
+"""Fault injection against real brokers, gateway daemons, the aggregator and emulated wearables:
+per MQTT fault, records sent, stored, lost and duplicated; per AMQP fault (bench/chaos_amqp.py),
+updates sent, counted, lost and double-counted; the time to recover; then a soak (bench/soak.py).
 
 `make chaos` (minutes, not part of `make test`). Each fault gets a fresh gateway and fresh
-wearables streaming while the fault lasts; the run fails unless every row reads 0 lost and
-0 duplicated."""
+wearables (or a fresh federation) working while the fault lasts, beside a no-fault baseline
+row of each kind; the run fails unless every row reads 0 lost and 0 duplicated."""
 
 from __future__ import annotations
 
@@ -50,14 +51,14 @@ def _run(*argv: str) -> None:
 class Gateway:
     """A gateway directory with keys, enrolled wearables, and its daemon as a process."""
 
-    def __init__(self, root: Path, port: int, devices: int) -> None:
+    def __init__(self, root: Path, port: int, devices: int, extra: str = "") -> None:
         self.root = root
         self.state = root / "state"
         self.state.mkdir(parents=True, exist_ok=True)
         self.config = root / "gateway.toml"
         self.config.write_text(
             f'[gateway]\nid = "gw-01"\nstate_dir = "{self.state}"\n\n'
-            f'[mqtt]\nport = {port}\n\n[log]\njournal = "no"\nlevel = "info"\n'
+            f'[mqtt]\nport = {port}\n\n[log]\njournal = "no"\nlevel = "info"\n{extra}'
         )
         self.db = self.state / "vitals.sqlite3"
         self.keys = root / "wearable-keys"
@@ -191,6 +192,11 @@ def _fill(path: Path) -> None:
 Fault = Callable[[Gateway, Mosquitto, float], str]
 
 
+def no_fault(gw: Gateway, broker: Mosquitto, seconds: float) -> str:
+    time.sleep(seconds)  # the baseline: streaming as long as a fault would last
+    return "streaming without a fault"
+
+
 def stop_daemon(gw: Gateway, broker: Mosquitto, seconds: float) -> str:
     code = gw.stop()
     time.sleep(seconds)  # the fault itself: the daemon stays down this long
@@ -255,6 +261,7 @@ def fill_disk(gw: Gateway, broker: Mosquitto, seconds: float) -> str:
 
 
 FAULTS: dict[str, Fault] = {
+    "mqtt_baseline": no_fault,
     "daemon_stopped": stop_daemon,
     "daemon_killed": kill_daemon,
     "daemon_frozen": freeze_daemon,
@@ -303,6 +310,8 @@ def run_fault(name: str, seconds: float, devices: int, rate: float, work: Path) 
             recover = round(time.monotonic() - t_end, 1)
         except TimeoutError:
             recover = None
+        if name == "mqtt_baseline":
+            seconds = 0.0  # no fault: its "recovery" is the ordinary commit-to-store delay
         summary = emulator.wait(600)
         gw.stop()
         rows = gw.keys_stored()
@@ -332,39 +341,116 @@ def run_fault(name: str, seconds: float, devices: int, rate: float, work: Path) 
         broker.stop()
 
 
+def _print_row(row: Row) -> None:
+    print(
+        f"{row.fault:26} {row.fault_seconds:4.0f} s  sent {row.records_sent:6}  "
+        f"stored {row.records_stored:6}  lost {row.records_lost}  "
+        f"duplicated {row.records_duplicated}  resent {row.records_resent:5}  "
+        f"recovered in {row.recover_seconds} s  ({row.notes})",
+        flush=True,
+    )
+
+
+def _print_amqp_row(row: Any) -> None:
+    print(
+        f"{row.fault:26} {row.fault_seconds:4.0f} s  rounds {row.rounds_closed:4}  "
+        f"updates sent {row.updates_sent:4}  counted {row.updates_counted:4}  "
+        f"lost {row.updates_lost}  double-counted {row.updates_double_counted}  "
+        f"recovered in {row.recover_seconds} s  ({row.notes})",
+        flush=True,
+    )
+
+
+def _workdir(name: str, keep: bool) -> contextlib.AbstractContextManager[str]:
+    if keep:
+        tmp = tempfile.mkdtemp(prefix=f"chaos-{name}-")
+        print(f"{name}: {tmp}", flush=True)
+        return contextlib.nullcontext(tmp)
+    return tempfile.TemporaryDirectory(prefix=f"chaos-{name}-")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from bench.chaos_amqp import FAULTS as AMQP_FAULTS  # noqa: PLC0415
+    from bench.chaos_amqp import run_amqp_fault  # noqa: PLC0415
+    from bench.soak import run_soak  # noqa: PLC0415
+    from testbed.rabbitmq import RabbitMQ  # noqa: PLC0415
+
     p = argparse.ArgumentParser(prog="bench.chaos", description=__doc__)
-    p.add_argument("--faults", default=",".join(FAULTS), help="comma-separated fault names")
-    p.add_argument("--seconds", type=float, default=60.0, help="how long each fault lasts")
+    p.add_argument("--faults", default=",".join(FAULTS), help="MQTT faults (comma-separated)")
+    p.add_argument("--amqp-faults", default=",".join(AMQP_FAULTS), help="AMQP faults ('' for none)")
+    p.add_argument("--seconds", type=float, default=60.0, help="how long each MQTT fault lasts")
+    p.add_argument("--cut-seconds", type=float, default=60.0, help="gateway cut from RabbitMQ")
+    p.add_argument(
+        "--kill-seconds", type=float, default=10.0, help="a killed worker/coordinator stays down"
+    )
     p.add_argument("--devices", type=int, default=10)
     p.add_argument("--rate", type=float, default=20.0, help="records/s per wearable")
+    p.add_argument("--soak-seconds", type=float, default=600.0, help="0: no soak")
+    p.add_argument("--soak-devices", type=int, default=20)
+    p.add_argument("--soak-rate", type=float, default=10.0)
+    p.add_argument("--soak-every", type=float, default=10.0, help="sampling period, seconds")
+    p.add_argument("--soak-max-rows", type=int, default=20_000)
+    p.add_argument("--soak-keep-rounds", type=int, default=50)
+    p.add_argument("--soak-round-pace", type=float, default=2.0, help="seconds per round")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--keep", action="store_true", help="keep each fault's directory and logs")
     args = p.parse_args(argv)
-    rows = []
-    for name in args.faults.split(","):
-        if args.keep:
-            tmp = tempfile.mkdtemp(prefix=f"chaos-{name}-")
-            print(f"{name}: {tmp}", flush=True)
+    rows: list[Row] = []
+    amqp_rows: list[Any] = []
+    soak: dict[str, Any] | None = None
+
+    def write() -> None:
+        """After every row: a run cut short keeps what it measured."""
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "what": "records and updates through real brokers, daemons and the aggregator "
+            "under faults, and a soak",
+            "rows": [asdict(r) for r in rows],
+            "amqp_rows": [asdict(r) for r in amqp_rows],
+            "soak": soak,
+        }
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+    for name in filter(None, args.faults.split(",")):
+        with _workdir(name, args.keep) as tmp:
             row = run_fault(name, args.seconds, args.devices, args.rate, Path(tmp))
-        else:
-            with tempfile.TemporaryDirectory(prefix=f"chaos-{name}-") as tmp:
-                row = run_fault(name, args.seconds, args.devices, args.rate, Path(tmp))
         rows.append(row)
-        print(
-            f"{row.fault:16} {row.fault_seconds:4.0f} s  sent {row.records_sent:6}  "
-            f"stored {row.records_stored:6}  lost {row.records_lost}  "
-            f"duplicated {row.records_duplicated}  resent {row.records_resent:5}  "
-            f"recovered in {row.recover_seconds} s  ({row.notes})",
-            flush=True,
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "what": "records through real mosquitto and gateway daemons under faults",
-        "rows": [asdict(r) for r in rows],
-    }
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    ok = all(r.records_lost == 0 and r.records_duplicated == 0 for r in rows)
+        _print_row(row)
+        write()
+    amqp_faults = [f for f in args.amqp_faults.split(",") if f]
+    if amqp_faults or args.soak_seconds > 0:
+        with _workdir("rabbitmq", args.keep) as tmp, RabbitMQ(Path(tmp) / "node") as node:
+            for name in amqp_faults:
+                seconds = args.cut_seconds if name.startswith("gateway_cut") else args.kill_seconds
+                if name == "amqp_baseline":
+                    seconds = args.cut_seconds
+                amqp_row = run_amqp_fault(name, seconds, Path(tmp), node)
+                amqp_rows.append(amqp_row)
+                _print_amqp_row(amqp_row)
+                write()
+            if args.soak_seconds > 0:
+                result = run_soak(
+                    Path(tmp) / "soak",
+                    node,
+                    seconds=args.soak_seconds,
+                    devices=args.soak_devices,
+                    rate=args.soak_rate,
+                    every=args.soak_every,
+                    max_rows=args.soak_max_rows,
+                    keep_rounds=args.soak_keep_rounds,
+                    round_pace=args.soak_round_pace,
+                )
+                soak = result.as_json()
+                print(
+                    f"soak {result.seconds:.0f} s: {result.records_sent} records, "
+                    f"{result.rounds_closed} rounds; slopes/min {result.slopes_per_minute}; "
+                    f"maxima {result.maxima}",
+                    flush=True,
+                )
+    write()
+    ok = all(r.records_lost == 0 and r.records_duplicated == 0 for r in rows) and all(
+        r.updates_lost == 0 and r.updates_double_counted == 0 for r in amqp_rows
+    )
     return 0 if ok else 1
 
 

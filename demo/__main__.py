@@ -451,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="samples per wearable before the first round",
     )
     parser.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds allowed without a round closing"
+        "--timeout", type=float, default=300.0, help="seconds allowed without a round closing"
     )
     parser.add_argument("--out", default=str(ROOT / "out"), help="output directory")
     parser.add_argument("--amqp-url", help="use this RabbitMQ instead of starting a private one")

@@ -146,6 +146,17 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--prefix", default="patient", help="device id = <prefix>-<record>")
     rp.add_argument("--batches", type=_positive(int), help="RR batches per record, then exit")
     rp.add_argument("--rekey-records", type=_positive(int), default=1 << 16)
+    rp.add_argument(
+        "--resend-after",
+        type=_positive(float),
+        default=60.0,
+        help="seconds without an acknowledgement before a batch is sent again (default 60)",
+    )
+    rp.add_argument(
+        "--no-wait-acks",
+        action="store_true",
+        help="exit once every batch was sent, acknowledged or not",
+    )
     rp.add_argument("--connect-timeout", type=_positive(float), default=30.0)
     rp.add_argument("--summary", type=Path, help="write a JSON summary here")
     rp.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -314,6 +325,7 @@ async def _replay(args: argparse.Namespace) -> int:
                 speed=args.speed,
                 origin_ms=origin_ms,
                 rekey=RekeyPolicy(max_records=args.rekey_records),
+                resend_after=args.resend_after,
             )
         )
     stop = asyncio.Event()
@@ -322,7 +334,8 @@ async def _replay(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     hub = MqttHub(args.host, args.port, f"iomt-replay-{args.prefix}-{origin_ms}")
     for w in wearables:
-        hub.response_queue(w.response_topic)
+        w.subscribe(hub)  # handshake responses, acknowledgements, unknown-session notices
+    wait_acks = not args.no_wait_acks
     async with asyncio.TaskGroup() as tg:
         tg.create_task(hub.run(stop))
         if not await _connected([hub], args, stop):
@@ -331,13 +344,17 @@ async def _replay(args: argparse.Namespace) -> int:
         progress = tg.create_task(_progress(list(wearables), t0, args.quiet))
         async with asyncio.TaskGroup() as streams:
             for w in wearables:
-                streams.create_task(w.run(hub, stop, args.batches))
+                streams.create_task(w.run(hub, stop, args.batches, wait_acks=wait_acks))
         elapsed = time.perf_counter() - t0
         progress.cancel()
         stop.set()
     summary = {
         "devices": len(wearables),
         "records_sent": sum(w.stats.records_sent for w in wearables),
+        "records_resent": sum(w.stats.records_resent for w in wearables),
+        "records_acked": sum(w.stats.records_acked for w in wearables),
+        "unacknowledged": sum(w.unacknowledged for w in wearables),
+        "notices": sum(w.stats.notices for w in wearables),
         "beats": {w.identity.name: len(w.beats) for w in wearables},
         "elapsed_s": round(elapsed, 3),
         "speed": args.speed,

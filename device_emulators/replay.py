@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -151,8 +152,16 @@ def batches(beats: Sequence[ReplayBeat], origin_ms: int) -> Iterator[tuple[float
         yield chunk[-1].time_ms / 1000.0, batch
 
 
+#: How often a replaying wearable looks at acknowledgements and notices between batches, so
+#: that it resends after a reconnection or a new session without waiting for its next batch.
+IDLE_STEP_SECONDS = 0.2
+
+
 class ReplayWearable(Wearable):
-    """A wearable whose records are a recording's RR batches, sent on the recording's clock."""
+    """A wearable whose records are a recording's RR batches, sent on the recording's clock and
+    delivered end to end like vitals: each batch carries this boot's epoch, stays buffered
+    until the gateway acknowledges it, and is re-sealed and resent after a reconnection or a
+    new session."""
 
     def __init__(
         self,
@@ -164,14 +173,41 @@ class ReplayWearable(Wearable):
         speed: float,
         origin_ms: int,
         rekey: RekeyPolicy | None = None,
+        buffer_seconds: float = 86_400.0,
+        resend_after: float = 60.0,
+        epoch: int | None = None,
     ) -> None:
-        super().__init__(identity, gateway, layout, _NoSource(), rate=1.0, rekey=rekey)
         if speed <= 0:
             raise ValueError(f"speed must be > 0, got {speed}")
+        # The buffer is stated in time: batches a second of the replay produces, times its span.
+        span = max(beats[-1].time_ms / 1000.0, 1.0) if beats else 1.0
+        rate = max(speed * -(-len(beats) // MAX_BEATS) / span, 1e-6)
+        super().__init__(
+            identity,
+            gateway,
+            layout,
+            _NoSource(),
+            rate=rate,
+            rekey=rekey,
+            buffer_seconds=buffer_seconds,
+            resend_after=resend_after,
+            epoch=epoch,
+        )
         self.beats = beats
         self.speed = speed
         self.origin_ms = origin_ms
         self.batches_total = -(-len(beats) // MAX_BEATS)
+
+    async def _idle(self, hub: MqttHub, stop: asyncio.Event, seconds: float) -> bool:
+        """Wait up to `seconds` (or until `stop`), delivering meanwhile; False if the
+        handshake gave up."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(remaining, IDLE_STEP_SECONDS))
+            if self._unacked and not stop.is_set() and not await self.step(hub):
+                return False
+        return True
 
     async def run(
         self,
@@ -179,22 +215,25 @@ class ReplayWearable(Wearable):
         stop: asyncio.Event,
         records: int | None = None,
         *,
-        wait_acks: bool = False,
+        wait_acks: bool = True,
     ) -> None:
-        """Send the recording's batches on its clock; RR batches are not acknowledged end to
-        end (yet), so `wait_acks` has nothing to wait for."""
+        """Send the recording's batches on its clock (the first `records` of them, if set);
+        with `wait_acks`, return only once the gateway has acknowledged every one."""
         t0 = time.monotonic()
         for n, (due, batch) in enumerate(batches(self.beats, self.origin_ms)):
             if stop.is_set() or (records is not None and n >= records):
+                break
+            if not await self._idle(hub, stop, t0 + due / self.speed - time.monotonic()):
                 return
-            delay = t0 + due / self.speed - time.monotonic()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                if stop.is_set():
-                    return
-            self._outbox.append(batch)
-            await self.send_outbox(hub)
+            if stop.is_set():
+                return
+            self._keep(dataclasses.replace(batch, epoch=self.epoch))
+            self.generated += 1
+            if not await self.step(hub):
+                return
+        while wait_acks and self._unacked and not stop.is_set():
+            if not await self._idle(hub, stop, IDLE_STEP_SECONDS):
+                return
 
 
 class _NoSource:

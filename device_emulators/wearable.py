@@ -1,5 +1,6 @@
-"""One emulated wearable: enrolled identity, handshake over MQTT, sealed vitals records at its
-rate, automatic rekeying, and every record kept until the gateway acknowledges it."""
+"""One emulated wearable: enrolled identity, handshake over MQTT, sealed records (vitals samples
+or RR batches) at its rate, automatic rekeying, and every record kept until the gateway
+acknowledges it."""
 
 from __future__ import annotations
 
@@ -37,6 +38,17 @@ class Record(Protocol):
     """Any record kind a wearable seals: a vitals sample, a batch of RR intervals."""
 
     def encode(self) -> bytes: ...
+
+
+class Sequenced(Record, Protocol):
+    """A record kept until acknowledged: `(epoch, seq)` names it (one sequence per boot for
+    every kind the wearable sends)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def epoch(self) -> int: ...
 
 
 class RecordSource(Protocol):
@@ -82,7 +94,6 @@ class Wearable:
         max_clock_skew: float = 120.0,
         epoch: int | None = None,
         give_up_after: int | None = None,
-        outbox_limit: int = 10_000,
     ) -> None:
         self.identity = identity
         self.gateway = gateway
@@ -108,8 +119,8 @@ class Wearable:
         self._session_started = 0.0
         self.stats = WearableStats()
         self.generated = 0
-        # seq -> sample, oldest first: everything not yet acknowledged by the gateway
-        self._unacked: OrderedDict[int, VitalsSample] = OrderedDict()
+        # seq -> record, oldest first: everything not yet acknowledged by the gateway
+        self._unacked: OrderedDict[int, Sequenced] = OrderedDict()
         # Samples to publish now (new ones, or all after a new session or reconnection), and
         # (when due, seq) of those sent, to send again if still unacknowledged by then.
         # Entries of samples acknowledged meanwhile are skipped when they come up.
@@ -119,9 +130,7 @@ class Wearable:
         self._sends = 0  # publications so far: the gateway acknowledges them in order
         self._send_no: dict[int, int] = {}  # seq -> number of its latest publication
         self._acked_send = -1  # the latest publication the gateway has acknowledged
-        # Records of other kinds (RR batches): published once, not yet acknowledged end to end.
-        # Taken but not yet published, they survive disconnections (bounded: oldest dropped).
-        self._outbox: deque[Record] = deque(maxlen=outbox_limit)
+        self._generation: int | None = None  # the hub connection the records were sent on
 
     @property
     def unacknowledged(self) -> int:
@@ -185,7 +194,7 @@ class Wearable:
         self._fresh = deque(self._unacked)
         self._timers.clear()
 
-    def _keep(self, sample: VitalsSample) -> None:
+    def _keep(self, sample: Sequenced) -> None:
         if len(self._unacked) >= self.buffer_limit:
             dropped, _ = self._unacked.popitem(last=False)
             self._send_no.pop(dropped, None)
@@ -275,19 +284,26 @@ class Wearable:
             self._ever_sent.add(seq)
             self.stats.records_sent += 1
 
-    async def send_outbox(self, hub: MqttHub) -> None:
-        """Seal and publish what the outbox holds, after a handshake if the session is gone."""
+    async def step(self, hub: MqttHub) -> bool:
+        """One turn of delivery: handshake if there is no live session, take acknowledgements
+        and notices, queue everything again after a reconnection, publish what is due. False
+        if the handshake gave up (`give_up_after`)."""
         session = self.session
         if session is None or time.monotonic() - self._session_started > self.session_max_age:
             session = await self.handshake(hub)
             if session is None:
-                return
-        while self._outbox:
-            record = self._outbox[0]
-            frame = session.seal(record.encode(), self._record_topic_bytes)
-            await hub.publish(self.record_topic, frame)
-            self._outbox.popleft()
-            self.stats.records_sent += 1
+                return False
+        self._take_acks(hub, session)
+        if self._take_notices(hub, session):
+            self.session = None  # the next turn handshakes at once and resends everything
+            return True
+        if self._generation is None:
+            self._generation = hub.generation
+        elif hub.generation != self._generation:
+            self._generation = hub.generation
+            self._resend_all()  # reconnected: the broker may not have had them all
+        await self._send_due(hub, session)
+        return True
 
     async def run(
         self, hub: MqttHub, stop: asyncio.Event, records: int | None, *, wait_acks: bool = True
@@ -296,32 +312,20 @@ class Wearable:
         acknowledged), or until `stop`."""
         interval = 1.0 / self.rate
         next_at = time.monotonic()
-        generation = hub.generation
         while not stop.is_set():
             if records is None or self.generated < records:
                 taken = self.generator.next_sample()
                 if not isinstance(taken, VitalsSample):
-                    raise TypeError(
-                        "run() delivers vitals samples; send other kinds via the outbox"
-                    )
+                    raise TypeError("run() delivers vitals samples; ReplayWearable sends batches")
                 sample = dataclasses.replace(taken, epoch=self.epoch)
                 self.generated += 1
                 self._keep(sample)
             elif not self._unacked or (not wait_acks and len(self._ever_sent) >= self.generated):
                 return
-            session = self.session
-            if session is None or time.monotonic() - self._session_started > self.session_max_age:
-                session = await self.handshake(hub)
-                if session is None:
-                    return
-            self._take_acks(hub, session)
-            if self._take_notices(hub, session):
-                self.session = None
-                continue  # handshake again at once, then resend everything unacknowledged
-            if hub.generation != generation:
-                generation = hub.generation
-                self._resend_all()  # reconnected: the broker may not have had them all
-            await self._send_due(hub, session)
+            if not await self.step(hub):
+                return
+            if self.session is None:
+                continue  # a notice: handshake again at once
             next_at += interval
             delay = next_at - time.monotonic()
             if delay > 0:

@@ -357,7 +357,11 @@ class GatewayDaemon:
             outcome = process(message.topic, message.payload, now, int(time.time() * 1000))
             if isinstance(outcome, Accepted):
                 self.pipeline.record(
-                    outcome.row, outcome.beats, (edge, message), outcome.session_id
+                    outcome.row,
+                    outcome.beats,
+                    (edge, message),
+                    outcome.session_id,
+                    outcome.record_id,
                 )
             elif isinstance(outcome, HandshakeRequest):
                 tg.create_task(self._handshake(edge, message, outcome, now))

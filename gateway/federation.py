@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +24,6 @@ from gateway.energy import (
     read_energy,
 )
 from gateway.learning import FederatedLearner, GlobalModelRejectedError, ReceivedGlobal
-from gateway.secure_link import SecureLink, SecureRoundResult
 from gateway.spool import Spool
 from gateway.store import VitalsStore
 from gateway.tasks import TASKS
@@ -36,6 +35,9 @@ from servicekit.logs import EventLog
 from servicekit.metrics import round_histogram
 from wire.envelopes import envelope_codec
 from wire.reasons import Event
+
+if TYPE_CHECKING:
+    from gateway.secure_link import SecureRoundResult
 
 T = TypeVar("T")
 _LAST_ROUND = "last_round"
@@ -128,6 +130,8 @@ class FederationClient:
             "last_global_round": 0,
             "last_global_received_at": None,
             "energy_joules_total": 0.0,
+            "crypto_cpu_seconds_total": 0.0,
+            "round_cpu_seconds_total": 0.0,
             "spool_depth": 0,
             "secure_rounds": 0,
             "secure_rounds_aborted": 0,
@@ -196,6 +200,7 @@ class FederationClient:
         self.counters["last_round"] = round_
 
     async def _round(self, round_: int, envelope: bytes, stop: asyncio.Event) -> None:
+        cpu0 = time.process_time()  # the round's CPU on this gateway, every thread
         try:
             received = await self._in(self._train_pool, self.learner.open_global, envelope)
         except (PqlinkError, GlobalModelRejectedError) as exc:
@@ -235,7 +240,7 @@ class FederationClient:
                 await asyncio.wait_for(stop.wait(), self.config.learning.defer_check_interval)
             if stop.is_set():
                 return
-        await self._train(round_, received)
+        await self._train(round_, received, cpu0)
 
     def _windows(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], float]:
         """The round's training windows (store thread) and the thread CPU seconds they took:
@@ -249,7 +254,7 @@ class FederationClient:
             x, y = self.task.windows(self.store, self.config.learning.max_samples_per_device)
         return x, y, time.thread_time() - cpu0
 
-    async def _train(self, round_: int, received: ReceivedGlobal) -> None:
+    async def _train(self, round_: int, received: ReceivedGlobal, cpu0: float) -> None:
         t0 = time.monotonic()
         x, y, window_cpu = await self._in(self.store_pool, self._windows)
         window_seconds = time.monotonic() - t0
@@ -282,6 +287,12 @@ class FederationClient:
         self.counters["rounds_trained"] += 1
         self.counters["last_update"] = update.metrics
         self.counters["energy_joules_total"] += update.metrics["energy_joules"]
+        # The post-quantum share of this gateway's rounds: opening the global model and
+        # sealing the update, against all the CPU from model received to update spooled.
+        self.counters["crypto_cpu_seconds_total"] += (
+            update.metrics["global_open_cpu_seconds"] + update.metrics["seal_cpu_seconds"]
+        )
+        self.counters["round_cpu_seconds_total"] += time.process_time() - cpu0
         self.round_seconds.observe(time.monotonic() - t0)
         self.uplink.wake()
         m = update.metrics
@@ -320,12 +331,16 @@ class FederationClient:
             )
             await self._finish(round_)
             return
+        # Imported on the first secure round: its blocking AMQP client and the SecAgg
+        # arithmetic are memory a gateway in plain rounds never needs.
+        from gateway.secure_link import SecureLink  # noqa: PLC0415
+
         link = SecureLink(
             self.config.uplink.amqp_url or "",
             self.identity,
             self.learner.aggregator,
             load_registry(registry_path),
-            lambda _announcement: delta.astype(np.float64),
+            lambda _announcement: (delta.astype(np.float64), len(y)),
             codec=self.learner.codec,
         )
         result: SecureRoundResult = await self._in(

@@ -25,20 +25,33 @@ from wire.vitals import VitalsSample
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """An opened record: a vitals row, or the beats of an RR batch."""
+    """An opened record: a vitals row, or the beats of an RR batch; `record_id` is its
+    (boot epoch, seq), which the gateway acknowledges to the wearable once committed."""
 
     device_id: str
     row: VitalsRow | None = None
     beats: tuple[RRBeatRow, ...] = ()
     session_id: bytes = b""  # empty for the plaintext benchmark baseline
+    record_id: tuple[int, int] = (0, 0)
 
 
 def _accepted(
     device: str, record: VitalsSample | RRBatch, wall_ms: int, session_id: bytes = b""
 ) -> Accepted:
+    record_id = (record.epoch, record.seq)
     if isinstance(record, RRBatch):
-        return Accepted(device, beats=rr_beat_rows(device, record, wall_ms), session_id=session_id)
-    return Accepted(device, row=vitals_row(device, record, wall_ms), session_id=session_id)
+        return Accepted(
+            device,
+            beats=rr_beat_rows(device, record, wall_ms),
+            session_id=session_id,
+            record_id=record_id,
+        )
+    return Accepted(
+        device,
+        row=vitals_row(device, record, wall_ms),
+        session_id=session_id,
+        record_id=record_id,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ class ReceivedGlobal:
     version: int
     weights: list[F32]
     received_at: float
+    open_cpu_seconds: float = 0.0  # verifying and opening the broadcast (thread CPU)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,9 @@ class FederatedLearner:
     def open_global(self, envelope: bytes) -> ReceivedGlobal:
         received_at = time.time()
         try:
+            cpu0 = time.thread_time()
             opened = self.codec.open(envelope, self.identity, self.senders)
+            open_cpu = time.thread_time() - cpu0
             if opened.content_type is not ContentType.GLOBAL_MODEL:
                 raise GlobalModelRejectedError(f"content type {opened.content_type.name}")
             signed_round, version = opened.round, opened.model_version
@@ -119,7 +122,9 @@ class FederatedLearner:
         vector = np.frombuffer(model.weights, dtype="<f4").astype(np.float32)
         if not np.all(np.isfinite(vector)):
             raise GlobalModelRejectedError("global model holds NaN or infinity")
-        return ReceivedGlobal(model, version, unflatten(vector, self.trainer.layout), received_at)
+        return ReceivedGlobal(
+            model, version, unflatten(vector, self.trainer.layout), received_at, open_cpu
+        )
 
     def decide(
         self, readings: EnergyReadings, received: ReceivedGlobal, now: float
@@ -140,7 +145,9 @@ class FederatedLearner:
         """Train on (x, y) from the received weights and seal the signed update; the metrics it
         carries (sealed, for the aggregator's report) include `extra_metrics`."""
         delta, metrics = self.train_delta(received, x, y, seed, extra_metrics)
+        metrics["global_open_cpu_seconds"] = received.open_cpu_seconds
         t1 = time.perf_counter()
+        cpu1 = time.thread_time()
         payload = ModelUpdate(
             delta.astype("<f4").tobytes(), self.trainer.layout.parameter_count, metrics
         )
@@ -155,6 +162,7 @@ class FederatedLearner:
             sample_count=len(y),
         )
         metrics["seal_seconds"] = time.perf_counter() - t1
+        metrics["seal_cpu_seconds"] = time.thread_time() - cpu1
         return TrainedUpdate(received.model.round, envelope, metrics)
 
     def train_delta(

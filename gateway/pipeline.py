@@ -103,13 +103,16 @@ class CommitPipeline:
         beats: tuple[RRBeatRow, ...],
         ack: Ack,
         session_id: bytes = b"",
+        record_id: tuple[int, int] | None = None,
     ) -> None:
-        """An accepted record: a vitals row (acknowledged to the wearable after the commit
-        when `session_id` names its session) or the beats of an RR batch."""
+        """An accepted record: a vitals row or the beats of an RR batch, acknowledged to the
+        wearable after the commit when `session_id` names its session. `record_id` is the
+        record's (epoch, seq); a vitals row carries its own."""
         if row is not None:
             self._batch.rows.append(row)
-            if session_id:
-                self._batch.delivered.add(session_id, row[1], row[2])
+            record_id = (row[1], row[2])
+        if session_id and record_id is not None:
+            self._batch.delivered.add(session_id, *record_id)
         self._batch.beats.extend(beats)
         self._batch.acks.append(ack)
         self._work.set()

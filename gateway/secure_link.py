@@ -31,7 +31,8 @@ from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
 _LOG = logging.getLogger("gateway.secure_link")
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
-UpdateSource = Callable[[SecureRoundAnnouncement], npt.NDArray[np.float64]]
+#: the round's update (flat, before clipping) and the number of samples it was trained on
+UpdateSource = Callable[[SecureRoundAnnouncement], tuple[npt.NDArray[np.float64], int]]
 
 
 @dataclass
@@ -172,7 +173,12 @@ class SecureLink:
                 self._refused(result, "announcement", str(exc))
                 return None
             result.round = announcement.round
-            session.set_update(self.update(announcement))
+            update, samples = self.update(announcement)
+            try:
+                session.set_update(update, samples)
+            except SecureRoundRefusedError as exc:
+                self._refused(result, "announcement", str(exc))
+                return None
             result.encoded = session.encoded
             self._send(channel, session.start(), result)
             return session

@@ -94,12 +94,19 @@ class SecureUpdateSession:
     def start(self) -> SecAggFrame:
         return SecAggFrame(SecAggKind.ADVERT, self.round, self.client.advertise())
 
-    def set_update(self, update: npt.ArrayLike) -> None:
-        """The flat update to contribute (before clipping): encoded now, masked when the
-        shares are in."""
-        self._update = np.asarray(update, dtype=np.float64).reshape(-1)
-        enc = self.config.encoding
-        self.encoded = enc.encode(self._update, self._rng)
+    def set_update(self, update: npt.ArrayLike, samples: int = 0) -> None:
+        """The flat update to contribute (before clipping) and how many samples it was
+        trained on: encoded now, masked when the shares are in. In a weighted round the
+        count becomes a weight hidden in the masked vector; it never travels alone."""
+        x = np.asarray(update, dtype=np.float64).reshape(-1)
+        a = self.announcement
+        if x.size != a.dimension:
+            raise SecureRoundRefusedError(f"update of {x.size} values, round of {a.dimension}")
+        weighting = a.weighting
+        if weighting is not None:
+            x = weighting.extend(x, samples, a.clip)
+        self._update = x
+        self.encoded = self.config.encoding.encode(x, self._rng)
 
     def handle(self, frame: SecAggFrame) -> Step:
         """One frame from the coordinator. Refused items are reported, never raised: a forged

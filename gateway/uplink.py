@@ -58,6 +58,11 @@ class Uplink:
         self.log = log
         self.on_global = on_global
         self.max_delay = max_delay
+        # The uplink reports a lost link as its own `uplink_disconnected` event: the AMQP
+        # libraries' error lines for the same loss (tracebacks, plain text) would only break
+        # the structured log stream.
+        for name in ("aiormq", "aio_pika"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         self.connected = False
         self.published = 0
         self.reconnects = 0
@@ -116,8 +121,21 @@ class Uplink:
                     await asyncio.wait_for(stop.wait(), backoff.delay)
 
     async def _closed(self, connection: aio_pika.abc.AbstractConnection) -> None:
-        await connection.closed()
-        raise ConnectionError("AMQP connection closed")
+        # `connection.closed()` resolves only on a close we asked for: a connection the
+        # network reset ends in the close callbacks alone, and without them the consumer and
+        # the publisher would wait on a dead connection for ever.
+        lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+        def on_close(_sender: object, exc: BaseException | None = None) -> None:
+            if not lost.done():
+                lost.set_result(exc)
+
+        connection.close_callbacks.add(on_close)
+        try:
+            cause = await lost
+        finally:
+            connection.close_callbacks.discard(on_close)
+        raise ConnectionError(f"AMQP connection closed: {cause!r}")
 
     async def _consume(self, channel: AbstractChannel) -> None:
         exchange = await channel.declare_exchange(

@@ -157,9 +157,18 @@ _PRIVATE_FORBIDDEN = stat.S_IRWXG | stat.S_IRWXO
 #: Bits that make a public identity or a registry unsafe: anyone but the owner could enrol.
 _SHARED_FORBIDDEN = stat.S_IWGRP | stat.S_IWOTH
 _MAX_KEY_FILE_SIZE = 16 * 1024 * 1024
+#: A registry holds about 4.5 KB per enrolled party: room for some 14,000 gateways.
+MAX_REGISTRY_FILE_SIZE = 64 * 1024 * 1024
 
 
-def _read_checked(path: Path, what: str, forbidden: int, *, follow_symlinks: bool) -> bytes:
+def _read_checked(
+    path: Path,
+    what: str,
+    forbidden: int,
+    *,
+    follow_symlinks: bool,
+    max_size: int = _MAX_KEY_FILE_SIZE,
+) -> bytes:
     """Open once and check the opened file itself (fstat on the fd), so nothing can swap the
     file between the check and the read; raise KeyFileError naming the path and the cause."""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
@@ -191,7 +200,7 @@ def _read_checked(path: Path, what: str, forbidden: int, *, follow_symlinks: boo
                 f"{what} {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or others can "
                 f"{access} it (chmod {stat.S_IMODE(st.st_mode) & ~forbidden:o} {path})"
             )
-        if st.st_size > _MAX_KEY_FILE_SIZE:
+        if st.st_size > max_size:
             raise KeyFileError(f"{what} {path} is {st.st_size} bytes, larger than any we write")
         chunks = []
         while chunk := os.read(fd, 1 << 16):
@@ -356,7 +365,13 @@ def load_registry(path: str | os.PathLike[str], *, missing_ok: bool = False) -> 
         return Registry()
     # A registry may be a symlink (Kubernetes mounts ConfigMaps so); the checks apply to the
     # file actually opened.
-    data = _read_checked(target, "registry", _SHARED_FORBIDDEN, follow_symlinks=True)
+    data = _read_checked(
+        target,
+        "registry",
+        _SHARED_FORBIDDEN,
+        follow_symlinks=True,
+        max_size=MAX_REGISTRY_FILE_SIZE,
+    )
     try:
         doc = json.loads(data)
     except ValueError as exc:

@@ -25,13 +25,16 @@ def main() -> int:
     p.add_argument("--peers", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--samples", type=int, default=100)
     p.add_argument("--after-round", type=int, default=-1)
     p.add_argument("--die-after", choices=[k.name for k in SecAggKind], default=None)
     args = p.parse_args()
     out = Path(args.out)
 
-    def update(a: SecureRoundAnnouncement) -> np.ndarray:
-        return np.random.default_rng(args.seed).normal(0.0, 0.5, a.dimension)
+    def update(a: SecureRoundAnnouncement) -> tuple[np.ndarray, int]:
+        x = np.random.default_rng(args.seed).normal(0.0, 0.5, a.dimension)
+        np.save(out / "update.npy", x)
+        return x, args.samples
 
     def sent(kind: SecAggKind) -> None:
         (out / "sent").open("a").write(kind.name + "\n")

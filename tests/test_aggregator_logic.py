@@ -237,6 +237,44 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         assert np.allclose(third.weights, 2.0)
 
 
+def test_partials_in_one_batch_count_each_gateway_once(tmp_path: Path) -> None:
+    with _coordinator(tmp_path) as coord:
+        with coord.batch():
+            first = coord.accept(_partial(1, ("gw-01", 10, 1.0)))
+            again = coord.accept(_partial(1, ("gw-01", 10, 1.0)))  # redelivered, same batch
+            second = coord.accept(_partial(1, ("gw-02", 30, 3.0)))
+            assert coord.counted() == {"gw-01": 10, "gw-02": 30}  # seen before the commit
+        assert (first.accepted, again.duplicates, second.accepted) == (
+            ("gw-01",),
+            ("gw-01",),
+            ("gw-02",),
+        )
+    with _coordinator(tmp_path) as after_restart:
+        assert after_restart.counted() == {"gw-01": 10, "gw-02": 30}
+        after_restart.close_round(CloseReason.QUORUM)
+        assert np.allclose(after_restart.weights, (10 * 1 + 30 * 3) / 40)
+
+
+def test_a_failed_batch_leaves_nothing_counted(tmp_path: Path) -> None:
+    class CrashedError(Exception):
+        """The coordinator dying between a batch's partials."""
+
+    def accept_then_fail(coord: RoundCoordinator) -> None:
+        with coord.batch():
+            coord.accept(_partial(1, ("gw-02", 30, 3.0)))
+            raise CrashedError
+
+    with _coordinator(tmp_path) as coord:
+        coord.accept(_partial(1, ("gw-01", 10, 1.0)))
+        with pytest.raises(CrashedError):
+            accept_then_fail(coord)
+        # the batch's partials are redelivered (never acknowledged) and count then
+        assert coord.counted() == {"gw-01": 10}
+        assert coord.accept(_partial(1, ("gw-02", 30, 3.0))).accepted == ("gw-02",)
+        coord.close_round(CloseReason.QUORUM)
+        assert np.allclose(coord.weights, (10 * 1 + 30 * 3) / 40)
+
+
 def test_deadline_with_too_few_keeps_the_model(tmp_path: Path) -> None:
     with RoundCoordinator(
         tmp_path / "c.db",

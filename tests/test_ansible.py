@@ -29,12 +29,14 @@ import pytest
 from gateway.config import load_config
 from pqlink import (
     Identity,
+    Registry,
     RevokedPeerError,
     Role,
     SigAlg,
     load_identity,
     load_public_identity,
     load_registry,
+    save_registry,
 )
 from pqlink.identity import save_public_identity
 
@@ -48,6 +50,9 @@ MQTT_PASSWORD = "mqtt-s3cret"
 AMQP_PASSWORD = "p@ss/w:rd"  # percent-encoded into the AMQP URL
 EXPECTED_AMQP_URL = "amqp://gw-test:p%40ss%2Fw%3Ard@rabbit.test:5672/%2F"
 PLAY_TIMEOUT = 300
+# A module's first test carries the deployment fixture (several playbook runs of up to
+# PLAY_TIMEOUT each): the per-test limit must cover them on a busy machine.
+pytestmark = pytest.mark.timeout(4 * PLAY_TIMEOUT)
 RESTART = "RUNNING HANDLER [iomt_gateway : Restart iomt-gateway]"
 
 
@@ -229,6 +234,15 @@ def _prefix_vars(prefix: Path, controller: Path) -> dict[str, Any]:
     }
 
 
+def _gateway_registry(path: Path, names: list[str], role: Role = Role.GATEWAY) -> Registry:
+    """The aggregator's gateways.json as `iomt-aggregator enroll` writes it."""
+    registry = Registry()
+    for name in names:
+        registry.enroll(Identity.generate(name, role).public)
+    save_registry(registry, path)
+    return registry
+
+
 @pytest.fixture(scope="module")
 def deployed(
     tmp_path_factory: pytest.TempPathFactory, ansible_env: dict[str, str], wheel: Path
@@ -238,10 +252,12 @@ def deployed(
     prefix, controller = base / "root", base / "controller"
     aggregator = Identity.generate("aggregator", Role.AGGREGATOR)
     save_public_identity(aggregator.public, base / "aggregator.pub")
+    _gateway_registry(base / "gateways.json", ["gw-a", "gw-b"])
     extra = {
         **_prefix_vars(prefix, controller),
         "iomt_gateway_wheel": str(wheel),
         "iomt_gateway_aggregator_public": str(base / "aggregator.pub"),
+        "iomt_gateway_gateway_registry": str(base / "gateways.json"),
         "vault_iomt_gateway_mqtt_passwords": {GATEWAY_ID: MQTT_PASSWORD},
         "vault_iomt_gateway_amqp_passwords": {GATEWAY_ID: AMQP_PASSWORD},
         "iomt_gateway_config_extra": {
@@ -303,6 +319,9 @@ def test_site_installs_the_gateway_into_the_prefix(deployed: Deployment) -> None
     assert _mode(state / "identity.key") == 0o600
     assert _mode(state / "identity.pub") == 0o644
     assert _mode(state / "aggregator.pub") == 0o644
+    # the registry of gateway identities, where the daemon's config looks for it
+    assert _mode(state / "gateways.json") == 0o640
+    assert (state / "gateways.json").stat().st_gid == os.getgid()
 
     # the configuration as the daemon reads it
     config = load_config(cfg_file)
@@ -316,6 +335,11 @@ def test_site_installs_the_gateway_into_the_prefix(deployed: Deployment) -> None
     assert config.learning.require_ac_power is True
     assert config.learning.min_battery_percent == 40.5
     assert load_public_identity(config.aggregator_public_path) == deployed.aggregator.public
+    assert config.gateway_registry_path == state / "gateways.json"
+    assert {p.name for p in load_registry(config.gateway_registry_path).active(Role.GATEWAY)} == {
+        "gw-a",
+        "gw-b",
+    }
 
     # the identity was generated on the host; only its public part went to the controller
     fetched = deployed.controller / "fetched" / "localhost"
@@ -460,3 +484,32 @@ def test_placeholder_secrets_are_refused(
     assert "still holds the example placeholder" in proc.stdout
     assert "CHANGE-ME-mqtt-gw-01" not in proc.stdout + proc.stderr
     assert not prefix.exists()
+
+
+# --- last, as they leave another gateway registry installed --------------------------------
+
+
+def test_a_gateway_registry_with_other_roles_is_refused(
+    deployed: Deployment, tmp_path: Path
+) -> None:
+    installed = deployed.state_dir / "gateways.json"
+    before = installed.read_bytes()
+    _gateway_registry(tmp_path / "mixed.json", ["gw-a", "intruder"], Role.AGGREGATOR)
+    mixed = ("-e", f"iomt_gateway_gateway_registry={tmp_path / 'mixed.json'}")
+    proc = _run(deployed.env, "site.yml", *deployed.args, *mixed)
+    assert proc.returncode != 0
+    assert _failed_task(proc.stdout) == "Install the registry of gateway identities", proc.stdout
+    assert installed.read_bytes() == before
+
+
+def test_a_new_gateway_registry_is_installed_and_notifies_the_restart(
+    deployed: Deployment, tmp_path: Path
+) -> None:
+    installed = deployed.state_dir / "gateways.json"
+    newer = _gateway_registry(tmp_path / "gateways.json", ["gw-a", "gw-b", "gw-c"])
+    var = ("-e", f"iomt_gateway_gateway_registry={tmp_path / 'gateways.json'}")
+    recap = _play(deployed.env, "site.yml", *deployed.args, *var)
+    assert recap.changed_tasks == ["Install the registry of gateway identities"]
+    assert RESTART in recap.output
+    assert load_registry(installed).to_json() == newer.to_json()
+    assert _mode(installed) == 0o640

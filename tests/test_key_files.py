@@ -22,6 +22,7 @@ from pqlink import (
     save_registry,
 )
 from pqlink._errors import ErrorReason
+from pqlink.identity import MAX_REGISTRY_FILE_SIZE
 
 from .conftest import Parties
 
@@ -179,3 +180,19 @@ def test_key_file_that_is_not_a_json_object(tmp_path: Path) -> None:
     os.chmod(path, 0o600)
     with pytest.raises(KeyFileError, match=r"list.key is malformed: not a JSON object"):
         load_identity(path)
+
+
+def test_registry_size_is_bounded_at_its_limit(tmp_path: Path) -> None:
+    """A registry of some thousands of gateways is read; one byte past the bound is refused
+    before a byte of it is read (sparse files: nothing is written to disk)."""
+    path = tmp_path / "gateways.json"
+    with path.open("wb") as fh:
+        fh.truncate(MAX_REGISTRY_FILE_SIZE)
+    path.chmod(0o640)
+    # at the limit it is read, and then found not to be JSON
+    with pytest.raises(KeyFileError, match="is not JSON"):
+        load_registry(path)
+    with path.open("r+b") as fh:
+        fh.truncate(MAX_REGISTRY_FILE_SIZE + 1)
+    with pytest.raises(KeyFileError, match=f"is {MAX_REGISTRY_FILE_SIZE + 1} bytes, larger"):
+        load_registry(path)

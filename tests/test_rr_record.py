@@ -14,6 +14,7 @@ from wire.rr import (
     MAX_BEATS,
     MAX_RR_MS,
     MIN_RR_MS,
+    RR_EPOCH_HEADER_SIZE,
     RR_HEADER_SIZE,
     RR_KIND,
     BeatClass,
@@ -50,7 +51,7 @@ def _raw(
 def test_round_trip_and_heart_rate() -> None:
     batch = RRBatch(5, 1_700_000_000_000, _beats([800, 750, 900], Rhythm.AFIB))
     data = batch.encode()
-    assert len(data) == 2 + RR_HEADER_SIZE + 3 * 8
+    assert len(data) == 2 + RR_EPOCH_HEADER_SIZE + 3 * 8
     assert data[0] == RR_KIND
     assert RRBatch.decode(data) == batch
     assert decode_record(data) == batch

@@ -26,6 +26,7 @@ from aggregator.secure_round import (
     declare_secagg_topology,
     plan_round,
 )
+from aggregator.secure_rounds import mean_update
 from aggregator.validation import ValidationLimits
 from aggregator.worker import CryptoWorker, declare_topology, run_worker
 from pqlink import (
@@ -43,6 +44,7 @@ from wire.amqp import SECAGG_UP_QUEUE, UPDATES_QUEUE
 from wire.fl import RoundSettings
 from wire.reasons import Reason
 from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
+from wire.weighting import NORM_FACTOR
 
 from .harness import wait_until
 
@@ -78,7 +80,15 @@ class Bed:
     stop: threading.Event = field(default_factory=threading.Event)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def spawn(self, gw: Identity, round_: int, *, seed: int, die_after: str | None = None) -> Path:
+    def spawn(
+        self,
+        gw: Identity,
+        round_: int,
+        *,
+        seed: int,
+        die_after: str | None = None,
+        samples: int = 100,
+    ) -> Path:
         out = self.root / f"r{round_}-{gw.name}"
         out.mkdir()
         args = [
@@ -99,6 +109,8 @@ class Bed:
             str(seed),
             "--after-round",
             str(round_ - 1),
+            "--samples",
+            str(samples),
         ]
         if die_after:
             args += ["--die-after", die_after]
@@ -116,10 +128,15 @@ class Bed:
         deadlines: StageDeadlines | None = None,
         before: list[tuple[str, bytes]] | None = None,
         announcement: SecureRoundAnnouncement | None = None,
+        samples: dict[str, int] | None = None,
+        weight_cap: int = 0,
     ) -> tuple[SecureRoundReport, dict[str, Path]]:
         die = die or {}
+        samples = samples or {}
         if announcement is None:
-            announcement = plan_round(round_, [g.name for g in members], SETTINGS, 256)
+            announcement = plan_round(
+                round_, [g.name for g in members], SETTINGS, 256, weight_cap=weight_cap
+            )
         conn = pika.BlockingConnection(pika.URLParameters(self.url))
         try:
             ch = conn.channel()
@@ -129,7 +146,13 @@ class Bed:
             for queue, body in before or []:
                 ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
             outs = {
-                g.name: self.spawn(g, round_, seed=1000 * round_ + i, die_after=die.get(g.name))
+                g.name: self.spawn(
+                    g,
+                    round_,
+                    seed=1000 * round_ + i,
+                    die_after=die.get(g.name),
+                    samples=samples.get(g.name, 100),
+                )
                 for i, g in enumerate(members)
             }
             # process start-up on a loaded machine is not what the stage deadlines are about
@@ -216,6 +239,39 @@ def test_secure_sum_equals_the_plain_sum_exactly(bed: Bed, n: int) -> None:
     assert result.dropped == ()
     assert report.rejections == []
     assert all(_result(o)["finished"] for o in outs.values())
+
+
+def test_secure_weighted_mean_equals_the_plain_weighted_mean(bed: Bed) -> None:
+    """Three gateways with 40, 300 and 2500 samples, counts capped at 1000: the coordinator's
+    weighted mean is the plain weighted mean of the same quantised inputs, exactly in
+    integers, and FedAvg's (capped) weighted mean up to quantisation."""
+    members = bed.gateways[:3]
+    counts = {members[0].name: 40, members[1].name: 300, members[2].name: 2500}
+    cap = 1000
+    report, outs = bed.run_round(1, members, samples=counts, weight_cap=cap)
+    result = report.outcome
+    assert isinstance(result, AggregateResult), result
+    a = report.announcement
+    assert a.encoded_dimension == 257  # the weight travels as one more masked coordinate
+    enc = a.round_config().encoding
+    encoded = [np.load(outs[g.name] / "encoded.npy") for g in members]
+    plain = np.sum([enc.signed_sum(e) for e in encoded], axis=0)
+    assert np.array_equal(result.signed_sum(), plain)  # exact, in integers
+    weighting = a.weighting
+    assert weighting is not None
+    secure_mean = mean_update(report)
+    assert secure_mean is not None
+    plain_mean = weighting.mean(plain, a.clip, 3, a.precision_bits).astype(np.float32)
+    assert np.array_equal(secure_mean, plain_mean)
+    # FedAvg over the clipped updates, with n capped at 1000
+    updates = [np.load(outs[g.name] / "update.npy") for g in members]
+    clipped = [u * min(1.0, a.clip / float(np.linalg.norm(u))) for u in updates]
+    weights = [min(counts[g.name], cap) for g in members]
+    fedavg = np.sum([w * u for w, u in zip(weights, clipped, strict=True)], axis=0) / sum(weights)
+    step = NORM_FACTOR * a.clip / ((1 << a.precision_bits) - 1)  # one quantisation unit
+    assert np.max(np.abs(secure_mean - fedavg)) < 4 * step
+    # and it is not the unweighted mean (the test can fail)
+    assert np.max(np.abs(secure_mean - np.mean(clipped, axis=0))) > 100 * step
 
 
 def test_dropouts_after_key_sharing_are_recovered(bed: Bed) -> None:

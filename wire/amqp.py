@@ -17,7 +17,34 @@ GLOBAL_KEYS_EXCHANGE: Final = "iomt.global.keys"
 #: Quorum queues: replicated over the broker's nodes (Raft), so a node lost mid-round loses
 #: neither a queued update nor an unacknowledged one (RabbitMQ 3.8+, the only replicated type
 #: left in 4.x). Every client declares a queue with these exact arguments.
-UPDATES_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-queue-type": "quorum"}
+#: Dead letters: updates no crypto worker can process. A worker that rejects an update for a
+#: lasting cause publishes it here itself, with the reason in DEAD_LETTER_REASON_HEADER, before it
+#: acknowledges it; an update that keeps killing workers (delivered UPDATE_DELIVERY_LIMIT times
+#: without an acknowledgement) is moved here by the broker, its `x-death` header saying
+#: `delivery_limit`. A fanout exchange: the routing key of either path does not matter.
+DEAD_LETTER_EXCHANGE: Final = "iomt.dead"
+DEAD_LETTER_QUEUE: Final = "iomt.dead-letters"
+#: Quorum like the queue it serves, and without a delivery limit of its own: listing it (get,
+#: then requeue) must never drop what it holds.
+DEAD_LETTER_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-queue-type": "quorum"}
+#: Headers of an explicit dead letter: the stable reason, its detail, and who rejected it.
+DEAD_LETTER_REASON_HEADER: Final = "x-iomt-reason"
+DEAD_LETTER_DETAIL_HEADER: Final = "x-iomt-detail"
+DEAD_LETTER_WORKER_HEADER: Final = "x-iomt-worker"
+#: Deliveries of one update without an acknowledgement (workers that died holding it) before
+#: the broker dead-letters it: a crash that an honest update causes once (a worker killed
+#: mid-batch, an OOM) is survived four times over.
+UPDATE_DELIVERY_LIMIT: Final = 5
+UPDATES_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {
+    "x-queue-type": "quorum",
+    "x-delivery-limit": UPDATE_DELIVERY_LIMIT,
+    "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+    # At-least-once dead-lettering (RabbitMQ 3.10+): the broker keeps the message until the
+    # dead-letter queue confirmed it; it requires reject-publish overflow, which changes
+    # nothing here since the updates queue has no length limit.
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
 PARTIALS_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-queue-type": "quorum"}
 #: Only the newest global models matter to a gateway that was offline: a bounded quorum queue
 #: dropping its oldest (quorum queues support x-max-length with drop-head). Four messages hold

@@ -7,10 +7,15 @@ version (1), an RR batch with its kind (2). An RR batch is
     kind u8 = 2 | header_len u8 | header (header_len bytes) | count x beat (8 bytes each)
 
     header: seq u64, start_ms u64, heart_rate x10 u16, count u8  (19 bytes in version 1)
+            [epoch u64]                                         (27 bytes with the boot epoch)
     beat:   offset_ms u32 (beat time - start_ms), rr_ms u16, rhythm u8, beat_class u8
 
-`header_len` lets the header grow (a record identity, say) without a new kind: a decoder reads
-the fields it knows and skips the rest, and refuses a header shorter than the fields it needs.
+`header_len` lets the header grow without a new kind: a decoder reads the fields it knows and
+skips the rest, and refuses a header shorter than the fields it needs. The boot epoch grew it
+so: `(epoch, seq)` names the batch for the end-to-end acknowledgement exactly as it names a
+vitals sample (one sequence per boot for every kind a wearable sends); a 19-byte header is of
+epoch 0. The gateway stores beats keyed by their absolute time, which a resent batch repeats
+and a rebooted wearable's fresh beats never do.
 Each beat's RR interval ends at that beat; the beat it starts from is the previous beat of the
 stream, which is reported only if its own RR was measurable (so `rr_ms` never exceeds the gap
 to the previous reported beat, and a larger gap marks beats left out). The rhythm and the beat
@@ -24,15 +29,17 @@ import struct
 from dataclasses import dataclass
 
 from pqlink import DecodeError
-from wire.vitals import VITALS_V1, VITALS_VERSION, VitalsSample
+from wire.vitals import MAX_EPOCH, VITALS_V1, VITALS_VERSION, VitalsSample
 
 RR_KIND = 2
 _LEAD = struct.Struct(">BB")
 _HEADER_V1 = struct.Struct(">QQHB")
+_EPOCH = struct.Struct(">Q")
 _BEAT = struct.Struct(">IHBB")
-RR_HEADER_SIZE = _HEADER_V1.size  # 19
+RR_HEADER_SIZE = _HEADER_V1.size  # 19: the fields every decoder needs
+RR_EPOCH_HEADER_SIZE = RR_HEADER_SIZE + _EPOCH.size  # 27: with the boot epoch, as encoded
 BEAT_SIZE = _BEAT.size  # 8
-MAX_BEATS = 32  # 2 + 19 + 32 x 8 = 277 bytes: inside the gateway's default record limit
+MAX_BEATS = 32  # 2 + 27 + 32 x 8 = 285 bytes: inside the gateway's default record limit
 MIN_RR_MS = 200  # 300 bpm: the fastest rhythm (ventricular flutter) a wearable reports
 MAX_RR_MS = 3000  # 20 bpm: a longer gap is a dropout or an unreadable stretch, not an interval
 _MAX_OFFSET_MS = 0xFFFFFFFF
@@ -86,9 +93,13 @@ class RRBatch:
     seq: int
     start_ms: int
     beats: tuple[RRBeat, ...]
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         check_beats(self.beats)
+        for name, value in (("epoch", self.epoch), ("seq", self.seq)):
+            if not 0 <= value <= MAX_EPOCH:
+                raise ValueError(f"{name}={value} is out of range")
 
     @property
     def heart_rate(self) -> float:
@@ -96,8 +107,10 @@ class RRBatch:
 
     def encode(self) -> bytes:
         hr10 = min(round(self.heart_rate * 10), _MISSING_HR - 1)
-        head = _LEAD.pack(RR_KIND, RR_HEADER_SIZE) + _HEADER_V1.pack(
-            self.seq, self.start_ms, hr10, len(self.beats)
+        head = (
+            _LEAD.pack(RR_KIND, RR_EPOCH_HEADER_SIZE)
+            + _HEADER_V1.pack(self.seq, self.start_ms, hr10, len(self.beats))
+            + _EPOCH.pack(self.epoch)
         )
         return head + b"".join(
             _BEAT.pack(b.offset_ms, b.rr_ms, b.rhythm, b.beat_class) for b in self.beats
@@ -116,6 +129,14 @@ class RRBatch:
             )
         seq, start_ms, hr10, count = _HEADER_V1.unpack_from(data, _LEAD.size)
         body = _LEAD.size + header_len
+        if len(data) < body:
+            raise DecodeError(f"rr batch of {len(data)} bytes is shorter than its header")
+        epoch = 0
+        if header_len >= RR_EPOCH_HEADER_SIZE:
+            (epoch,) = _EPOCH.unpack_from(data, _LEAD.size + RR_HEADER_SIZE)
+        for name, value in (("epoch", epoch), ("seq", seq)):
+            if value > MAX_EPOCH:
+                raise DecodeError(f"rr batch {name} {value} exceeds {MAX_EPOCH}")
         if len(data) != body + count * BEAT_SIZE:
             raise DecodeError(
                 f"rr batch of {len(data)} bytes does not hold its {count} beats "
@@ -129,7 +150,7 @@ class RRBatch:
             except ValueError as exc:
                 raise DecodeError(f"rr beat {i} at offset {body + i * BEAT_SIZE}: {exc}") from None
         try:
-            batch = cls(seq, start_ms, tuple(beats))
+            batch = cls(seq, start_ms, tuple(beats), epoch)
         except ValueError as exc:
             raise DecodeError(f"rr batch: {exc}") from None
         if hr10 != _MISSING_HR and abs(hr10 / 10 - batch.heart_rate) > 1.0:

@@ -13,6 +13,7 @@ from typing import Any
 
 from pqlink import DecodeError
 from pqlink.secagg import InputEncoding, RoundConfig, SecAggParameterError
+from wire.weighting import SampleWeighting
 
 _MAGIC = b"ISA1"
 _HEAD = struct.Struct(">4sBQ")  # magic, kind, round
@@ -73,7 +74,10 @@ class SecureRoundAnnouncement:
     """Everything a gateway needs to join one secure round: the participants by name with
     their protocol ids, the graph and threshold, and the input encoding (clip, precision,
     ring bits, per-gateway noise). A gateway checks every name against the registry of gateway
-    identities it was given at enrolment before it takes part."""
+    identities it was given at enrolment before it takes part.
+
+    `dimension` and `clip` are the model's; with `weight_cap` > 0 the round is sample-weighted
+    (wire.weighting): the masked vector has one more coordinate and is clipped at sqrt(2) C."""
 
     round: int
     graph_seed: bytes
@@ -86,11 +90,30 @@ class SecureRoundAnnouncement:
     precision_bits: int
     modulus_bits: int
     noise_std: float
+    weight_cap: int = 0
+
+    @property
+    def weighting(self) -> SampleWeighting | None:
+        return SampleWeighting(self.weight_cap) if self.weight_cap else None
+
+    @property
+    def encoded_dimension(self) -> int:
+        w = self.weighting
+        return self.dimension if w is None else w.encoding_dimension(self.dimension)
+
+    @property
+    def encoded_clip(self) -> float:
+        w = self.weighting
+        return self.clip if w is None else w.encoding_clip(self.clip)
 
     def round_config(self) -> RoundConfig:
         """The pqlink round configuration; SecAggParameterError if the values do not fit."""
         encoding = InputEncoding(
-            self.dimension, self.clip, self.precision_bits, self.modulus_bits, self.noise_std
+            self.encoded_dimension,
+            self.encoded_clip,
+            self.precision_bits,
+            self.modulus_bits,
+            self.noise_std,
         )
         return RoundConfig(
             self.round,
@@ -121,6 +144,7 @@ class SecureRoundAnnouncement:
             "precision_bits": self.precision_bits,
             "modulus_bits": self.modulus_bits,
             "noise_std": self.noise_std,
+            "weight_cap": self.weight_cap,
         }
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
@@ -135,6 +159,7 @@ class SecureRoundAnnouncement:
                 ints[key] = _count(doc, key)
             ints["precision_bits"] = _count(doc, "precision_bits")
             ints["modulus_bits"] = _count(doc, "modulus_bits")
+            ints["weight_cap"] = _count(doc, "weight_cap")
             floats = {key: _number(doc, key) for key in ("clip", "noise_std")}
             people = doc.get("participants")
             if not isinstance(people, dict) or not all(
@@ -158,6 +183,7 @@ class SecureRoundAnnouncement:
                 precision_bits=ints["precision_bits"],
                 modulus_bits=ints["modulus_bits"],
                 noise_std=floats["noise_std"],
+                weight_cap=ints["weight_cap"],
             )
             out.round_config()  # validates ranges, ids and threshold together
         except SecAggParameterError as exc:
