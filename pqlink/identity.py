@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import enum
 import errno
+import grp
 import hashlib
 import json
 import os
+import pwd
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -161,6 +163,23 @@ _MAX_KEY_FILE_SIZE = 16 * 1024 * 1024
 MAX_REGISTRY_FILE_SIZE = 64 * 1024 * 1024
 
 
+def _user_private_group(st: os.stat_result) -> bool:
+    """Whether a file's group is its owner's user-private group: the group of the owner's
+    name that is the owner's primary group and has no other member. Debian gives every user
+    one and a umask of 002, so files a user writes are group-writable; like Debian's OpenSSH
+    (its user-group-modes change), such a group's write bit is taken as the owner's alone."""
+    try:
+        owner = pwd.getpwuid(st.st_uid)
+        group = grp.getgrgid(st.st_gid)
+    except KeyError:
+        return False
+    return (
+        owner.pw_gid == st.st_gid
+        and group.gr_name == owner.pw_name
+        and all(member == owner.pw_name for member in group.gr_mem)
+    )
+
+
 def _read_checked(
     path: Path,
     what: str,
@@ -194,6 +213,8 @@ def _read_checked(
                 f"(uid {os.geteuid()}) or root"
             )
         bad = stat.S_IMODE(st.st_mode) & forbidden
+        if bad == stat.S_IWGRP and forbidden == _SHARED_FORBIDDEN and _user_private_group(st):
+            bad = 0  # the group holds only the owner: its write bit lets no one else in
         if bad:
             access = "access" if forbidden == _PRIVATE_FORBIDDEN else "write"
             raise KeyFileError(

@@ -3,6 +3,7 @@ mosquitto: config files, identities, enrolment, start/stop/kill, and reading the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,27 @@ def stored_count(setup: GatewaySetup) -> int:
         return int(db.execute("SELECT count(*) FROM vitals").fetchone()[0])
     finally:
         db.close()
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` mounted on `path` (a real full disk: ENOSPC), owned by this user.
+    Mounting needs root: as another user it goes through passwordless sudo, and without either
+    the test fails saying so."""
+    options = f"size={size},uid={os.geteuid()},gid={os.getegid()},mode=0700"
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    mount = subprocess.run(
+        [*sudo, "mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mount.returncode != 0:
+        pytest.fail(
+            f"mounting a {size} tmpfs needs root or passwordless sudo (mount said: "
+            f"{mount.stderr.strip() or mount.returncode})"
+        )
+    try:
+        yield path
+    finally:
+        subprocess.run([*sudo, "umount", "-l", str(path)], check=True)

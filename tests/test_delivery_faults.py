@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from .harness import (
     GatewaySetup,
     enroll,
     make_gateway,
+    small_tmpfs,
     stored_count,
     wait_until,
 )
@@ -292,11 +292,8 @@ def small_state(tmp_path: Path) -> Iterator[Path]:
     """The gateway's state directory on a real 8 MiB tmpfs."""
     state = tmp_path / "gw" / "state"
     state.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(state)], check=True)
-    try:
+    with small_tmpfs(state, "8m"):
         yield state
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=True)
 
 
 def test_disk_full_stops_acks_keeps_status_and_resumes(

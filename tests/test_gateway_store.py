@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import replace
@@ -32,6 +31,7 @@ from wire.rr import BeatClass, Rhythm, RRBatch, RRBeat
 from wire.vitals import Activity, EventLabel, VitalsSample
 
 from .conftest import Parties
+from .harness import small_tmpfs
 
 
 def _sample(seq: int, ts: int = 1_700_000_000_000) -> VitalsSample:
@@ -328,11 +328,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs: a real full disk (ENOSPC), not a simulated one."""
     mount = tmp_path / "small"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(mount, "1m"):
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_disk_full_is_reported_as_such_and_recovers(small_disk: Path) -> None:

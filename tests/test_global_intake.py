@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,8 @@ def test_halves_pair_in_either_order(parties: Parties, tmp_path: Path, body_firs
     assert split_delivery(frame) == (body, entry)
     opened = open_delivery(frame, parties.gateway, _senders(parties))
     assert opened.payload == b"global model 3"
-    left = sqlite3.connect(tmp_path / "s.db").execute("SELECT count(*) FROM global_parts")
-    assert left.fetchone()[0] == 0
+    with closing(sqlite3.connect(tmp_path / "s.db")) as con:
+        assert con.execute("SELECT count(*) FROM global_parts").fetchone()[0] == 0
     spool.close()
 
 

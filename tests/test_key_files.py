@@ -5,8 +5,11 @@ identity must not be writable by others; every failure is a KeyFileError naming 
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -81,21 +84,35 @@ def test_key_file_symlink_is_not_followed(tmp_path: Path, parties: Parties) -> N
     assert load_identity(real).public == parties.gateway.public
 
 
+def _privileged(*command: str) -> None:
+    """Run a command that needs root: directly as root, else through passwordless sudo; the
+    test fails saying so when neither is available."""
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    done = subprocess.run([*sudo, *command], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(command)} needs root or passwordless sudo: {done.stderr.strip()}")
+
+
 def test_files_of_another_owner_are_refused(tmp_path: Path, parties: Parties) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("changing a file's owner needs root")
     key, pub, reg = tmp_path / "gw.key", tmp_path / "gw.pub", tmp_path / "reg.json"
     save_identity(parties.gateway, key)
     save_public_identity(parties.gateway.public, pub)
     save_registry(parties.sensor_registry(), reg)
-    for path in (key, pub, reg):
-        os.chown(path, 4242, -1)
-    for load, path in ((load_identity, key), (load_public_identity, pub), (load_registry, reg)):
-        with pytest.raises(KeyFileError, match=r"owned by uid 4242, not by this user"):
-            load(path)
-    # root's own files are fine for any user; here root is the current user as well.
-    for path in (key, pub, reg):
-        os.chown(path, 0, -1)
+    _privileged("chown", "4242", str(key), str(pub), str(reg))
+    try:
+        for load, path in ((load_public_identity, pub), (load_registry, reg)):
+            with pytest.raises(KeyFileError, match=r"owned by uid 4242, not by this user"):
+                load(path)
+        # A key file is 0600: only root gets as far as its owner; anyone else cannot open it.
+        refusal = "owned by uid 4242" if os.geteuid() == 0 else "cannot open key file .*denied"
+        with pytest.raises(KeyFileError, match=refusal):
+            load_identity(key)
+        # root's own files are fine for any user
+        _privileged("chown", "0", str(key), str(pub), str(reg))
+        assert load_public_identity(pub) == parties.gateway.public
+        assert len(load_registry(reg)) == 2
+    finally:
+        _privileged("chown", str(os.geteuid()), str(key), str(pub), str(reg))
     assert load_identity(key).public == parties.gateway.public
 
 
@@ -115,12 +132,41 @@ def test_registry_written_0640_atomically_and_0600_on_request(
             save_registry(Registry(), path, mode=mode)
 
 
+def _shared_group(path: Path) -> None:
+    """Give the file a group that is nobody's private group (Debian's `nogroup`)."""
+    _privileged("chgrp", "nogroup", str(path))
+
+
+def test_group_write_in_the_owners_private_group_is_accepted(
+    tmp_path: Path, parties: Parties
+) -> None:
+    """Debian gives each user a private group and umask 002: files they write are 0664, and
+    the group's write bit lets no one else in. In any other group it is refused."""
+    me, group = pwd.getpwuid(os.geteuid()), grp.getgrgid(os.getegid())
+    assert group.gr_name == me.pw_name, "the test runs as a user whose primary group is its own"
+    assert set(group.gr_mem) <= {me.pw_name}
+    path, pub = tmp_path / "registry.json", tmp_path / "gw.pub"
+    save_registry(parties.sensor_registry(), path)
+    save_public_identity(parties.gateway.public, pub)
+    for p in (path, pub):
+        os.chmod(p, 0o664)
+    assert len(load_registry(path)) == 2
+    assert load_public_identity(pub) == parties.gateway.public
+    for p in (path, pub):
+        _shared_group(p)
+    with pytest.raises(KeyFileError, match="mode 0664: group or others can write"):
+        load_registry(path)
+    with pytest.raises(KeyFileError, match="mode 0664: group or others can write"):
+        load_public_identity(pub)
+
+
 @pytest.mark.parametrize("bit", [0o020, 0o002])
 def test_group_or_world_writable_registry_is_refused(
     tmp_path: Path, parties: Parties, bit: int
 ) -> None:
     path = tmp_path / "registry.json"
     save_registry(parties.sensor_registry(), path)
+    _shared_group(path)
     os.chmod(path, 0o644)
     assert len(load_registry(path)) == 2  # readable by all is fine: it holds public keys
     os.chmod(path, 0o644 | bit)
@@ -134,6 +180,7 @@ def test_group_or_world_writable_public_identity_is_refused(
 ) -> None:
     path = tmp_path / "gw.pub"
     save_public_identity(parties.gateway.public, path)
+    _shared_group(path)
     assert _mode(path) == 0o644
     assert load_public_identity(path) == parties.gateway.public
     os.chmod(path, 0o644 | bit)
@@ -150,7 +197,7 @@ def test_registry_through_a_symlink_is_checked_at_its_target(
     link = tmp_path / "gateways.json"
     link.symlink_to(real)
     assert len(load_registry(link)) == 2
-    os.chmod(real, 0o666)
+    os.chmod(real, 0o646)
     with pytest.raises(KeyFileError, match="group or others can write"):
         load_registry(link)
 

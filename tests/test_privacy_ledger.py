@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dp_accounting
@@ -51,12 +52,25 @@ def test_full_participation_is_the_plain_gaussian() -> None:
     assert epsilon_after(2.0, 1.0, 0, DELTA) == 0.0
 
 
-def _ledger(path: Path, budget: float | None) -> PrivacyLedger:
-    return PrivacyLedger(sqlite3.connect(path), PrivacyParameters(Z, Q, DELTA, budget))
+LedgerAt = Callable[[Path, float | None], PrivacyLedger]
 
 
-def test_ledger_records_cumulative_epsilon(tmp_path: Path) -> None:
-    ledger = _ledger(tmp_path / "coordinator.sqlite3", None)
+@pytest.fixture
+def ledger_at() -> Iterator[LedgerAt]:
+    """Ledgers on database files; their connections are closed when the test ends."""
+    opened: list[sqlite3.Connection] = []
+
+    def make(path: Path, budget: float | None) -> PrivacyLedger:
+        opened.append(sqlite3.connect(path))
+        return PrivacyLedger(opened[-1], PrivacyParameters(Z, Q, DELTA, budget))
+
+    yield make
+    for con in opened:
+        con.close()
+
+
+def test_ledger_records_cumulative_epsilon(tmp_path: Path, ledger_at: LedgerAt) -> None:
+    ledger = ledger_at(tmp_path / "coordinator.sqlite3", None)
     for round_id in range(1, 6):
         decision = ledger.check(round_id)
         assert decision.allowed
@@ -64,14 +78,14 @@ def test_ledger_records_cumulative_epsilon(tmp_path: Path) -> None:
         assert entry.epsilon == reference_rdp(Z, Q, round_id, DELTA)
     assert ledger.epsilon_spent() == reference_rdp(Z, Q, 5, DELTA)
     # durable: a new ledger on the same file continues where the last stopped
-    again = _ledger(tmp_path / "coordinator.sqlite3", None)
+    again = ledger_at(tmp_path / "coordinator.sqlite3", None)
     assert [e.round_id for e in again.entries()] == [1, 2, 3, 4, 5]
     assert again.check(6).epsilon_after == reference_rdp(Z, Q, 6, DELTA)
 
 
-def test_budget_exactly_at_the_limit_and_just_past_it(tmp_path: Path) -> None:
+def test_budget_exactly_at_the_limit_and_just_past_it(tmp_path: Path, ledger_at: LedgerAt) -> None:
     limit = reference_rdp(Z, Q, 3, DELTA)
-    ledger = _ledger(tmp_path / "a.sqlite3", limit)
+    ledger = ledger_at(tmp_path / "a.sqlite3", limit)
     for round_id in (1, 2, 3):  # the third lands exactly on the budget: allowed
         ledger.record(ledger.check(round_id))
     assert ledger.epsilon_spent() == limit
@@ -83,14 +97,14 @@ def test_budget_exactly_at_the_limit_and_just_past_it(tmp_path: Path) -> None:
         ledger.record(refused)
     assert len(ledger.entries()) == 3
     # a budget one ulp below the third round's epsilon refuses the third round
-    tight = _ledger(tmp_path / "b.sqlite3", math.nextafter(limit, 0.0))
+    tight = ledger_at(tmp_path / "b.sqlite3", math.nextafter(limit, 0.0))
     tight.record(tight.check(1))
     tight.record(tight.check(2))
     assert tight.check(3).verdict is Verdict.OVER_BUDGET
 
 
-def test_rounds_recorded_in_order_once(tmp_path: Path) -> None:
-    ledger = _ledger(tmp_path / "c.sqlite3", None)
+def test_rounds_recorded_in_order_once(tmp_path: Path, ledger_at: LedgerAt) -> None:
+    ledger = ledger_at(tmp_path / "c.sqlite3", None)
     ledger.record(ledger.check(5))
     with pytest.raises(PrivacyLedgerError, match="round 5 is not after round 5"):
         ledger.record(ledger.check(5))
