@@ -92,7 +92,7 @@ class PrivacyConfig:
     stage_timeout: float = 20.0  # seconds per secure stage (adverts wait a round_timeout)
     # secure rounds weigh updates by sample count up to this many (0: unweighted mean); the
     # cap bounds one gateway's weight, so the DP sensitivity holds whatever count it has
-    weight_cap: int = 1000
+    weight_cap: int = 0  # unweighted unless configured: see docs/secure-aggregation.md
 
 
 @dataclass(frozen=True)

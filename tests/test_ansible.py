@@ -217,9 +217,11 @@ def _inventory(path: Path) -> Path:
 
 
 def _prefix_vars(prefix: Path, controller: Path) -> dict[str, Any]:
-    """Prefix mode: no service manager, no apt, the current user as the service user."""
+    """Prefix mode: no service manager, no apt, the current user as the service user, and
+    no privilege escalation: every task runs as that user, who owns everything it installs."""
     user = pwd.getpwuid(os.getuid()).pw_name
     return {
+        "ansible_become": False,
         "iomt_gateway_prefix": str(prefix),
         "iomt_gateway_service_manager": "none",
         "iomt_gateway_install_apt": False,

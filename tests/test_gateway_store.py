@@ -313,6 +313,7 @@ def test_retention_runs_in_bounded_steps_and_truncates_the_wal(tmp_path: Path) -
     store.checkpoint()
     assert (tmp_path / "v.db-wal").stat().st_size == 0
     assert store.retention_step(now) == RetentionStep(0, done=True)
+    store.close()
 
 
 def test_handshake_floors_commit_with_the_sessions(tmp_path: Path) -> None:
@@ -320,7 +321,8 @@ def test_handshake_floors_commit_with_the_sessions(tmp_path: Path) -> None:
     store.commit([], handshake_floors={"dev-1": 5, "dev-2": 9})
     store.commit([], handshake_floors={"dev-1": 3})  # never lowered
     store.close()
-    assert VitalsStore(tmp_path / "v.db").handshake_floors() == {"dev-1": 5, "dev-2": 9}
+    with VitalsStore(tmp_path / "v.db") as reopened:
+        assert reopened.handshake_floors() == {"dev-1": 5, "dev-2": 9}
 
 
 @pytest.fixture

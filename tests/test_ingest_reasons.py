@@ -260,7 +260,10 @@ def test_an_accepted_record_refreshes_its_session(parties: Parties) -> None:
     entry.dirty = False
     out = proc.handle(REC, _seal(client.session, 7), 42.5, 123456)
     assert out == Accepted(
-        DEVICE, vitals_row(DEVICE, _sample(7), 123456), session_id=client.session.session_id
+        DEVICE,
+        vitals_row(DEVICE, _sample(7), 123456),
+        session_id=client.session.session_id,
+        record_id=(0, 7),  # (boot epoch, counter): what the acknowledgement names
     )
     assert (entry.last_seen, entry.dirty) == (42.5, True)
     assert entry.session.confirmed
@@ -287,7 +290,7 @@ def _decode_error(payload: bytes) -> str:
 def test_plaintext_baseline() -> None:
     proc = _processor(plaintext=True)
     out = proc.handle(REC, _sample(3).encode(), 0.0, 99)
-    assert out == Accepted(DEVICE, vitals_row(DEVICE, _sample(3), 99))
+    assert out == Accepted(DEVICE, vitals_row(DEVICE, _sample(3), 99), record_id=(0, 3))
     assert proc.accepted == 1
     bad = proc.handle(REC, b"not vitals", 0.0, 0)
     assert bad == Rejected(DEVICE, Reason.BAD_PAYLOAD, _decode_error(b"not vitals"))
@@ -317,6 +320,7 @@ def test_an_accepted_rr_batch_becomes_its_beat_rows(parties: Parties) -> None:
         DEVICE,
         beats=rr_beat_rows(DEVICE, batch, 4242),
         session_id=client.session.session_id,
+        record_id=(0, 3),
     )
     assert isinstance(out, Accepted)
     assert out.row is None
