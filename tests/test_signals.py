@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import statistics
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -416,15 +415,13 @@ def test_cohorts_have_their_own_typical_events() -> None:
 # -- speed ------------------------------------------------------------------------------------
 
 
-def test_five_hundred_devices_two_hundred_samples_each_is_fast() -> None:
-    # CPU time of this process, not wall time: other work on the machine must not fail it.
-    t0 = time.process_time()
+def test_five_hundred_devices_two_hundred_samples_each() -> None:
+    # How fast the generators are is measured by the benchmarks (bench/), not here: a timed
+    # unit test fails on a slow machine (or under emulation) without anything being wrong.
     gens = [
         VitalsGenerator(p, seed=n, start_ms=START_MS, event_rate_per_hour=2.0)
         for n, p in enumerate(make_profiles(500, 1))
     ]
-    total = sum(len(g.samples(200)) for g in gens)
-    elapsed = time.process_time() - t0
-    assert total == 100_000
-    # About 0.4 s on one CI core; the bound only catches an order-of-magnitude regression.
-    assert elapsed < 3.0, f"{elapsed:.2f} s"
+    samples = [g.samples(200) for g in gens]
+    assert sum(len(s) for s in samples) == 100_000
+    assert len({s[0].heart_rate for s in samples}) > 100  # 500 devices, not one repeated
