@@ -143,12 +143,20 @@ def test_heart_rate_must_match_the_intervals() -> None:
 
 @given(
     st.lists(st.integers(MIN_RR_MS, MAX_RR_MS), min_size=1, max_size=MAX_BEATS),
-    st.integers(0, 2**63),
+    st.integers(0, 2**63 - 1),
     st.sampled_from(list(Rhythm)),
 )
 def test_round_trip_property(rrs: list[int], seq: int, rhythm: Rhythm) -> None:
     batch = RRBatch(seq, 1_700_000_000_000, _beats(rrs, rhythm))
     assert RRBatch.decode(batch.encode()) == batch
+
+
+def test_sequence_number_limit_is_sqlites_largest_integer() -> None:
+    beats = _beats([800], Rhythm.NORMAL)
+    top = RRBatch(2**63 - 1, 1_700_000_000_000, beats)
+    assert RRBatch.decode(top.encode()) == top
+    with pytest.raises(ValueError, match=r"seq=9223372036854775808 is out of range"):
+        RRBatch(2**63, 1_700_000_000_000, beats)
 
 
 @given(st.binary(max_size=300))
