@@ -264,6 +264,21 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
+def wait_for_aggregator(ch: Any, conf: Path, workers: int) -> None:
+    """The coordinator's database exists and `workers` crypto workers consume the updates
+    queue (declared here first, with its arguments, so the passive checks can find it)."""
+    ch.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
+    _wait((conf.parent / "state" / "coordinator.sqlite3").exists, 60, "the coordinator")
+    _wait(
+        lambda: (
+            (ch.queue_declare(UPDATES_QUEUE, durable=True, passive=True).method.consumer_count or 0)
+            >= workers
+        ),
+        60,
+        "the crypto workers to consume",
+    )
+
+
 def full_rounds(
     tmp: Path,
     mqtt_port: int,
@@ -459,21 +474,7 @@ def crypto_processing(
         procs.spawn("coordinator", "aggregator.cli", "coordinator", "--config", str(conf))
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
-        ch.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
-        _wait((conf.parent / "state" / "coordinator.sqlite3").exists, 60, "the coordinator")
-        _wait(
-            lambda: (
-                (
-                    ch.queue_declare(
-                        UPDATES_QUEUE, durable=True, passive=True
-                    ).method.consumer_count
-                    or 0
-                )
-                >= workers
-            ),
-            60,
-            "the crypto workers to consume",
-        )
+        wait_for_aggregator(ch, conf, workers)
         durations = []
         for r in range(1, rounds + 1):
             t0 = time.time()

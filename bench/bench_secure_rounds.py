@@ -29,11 +29,20 @@ import pika
 
 from aggregator.coordinator import initial_weights
 from bench._timing import write
-from bench.bench_rounds import INIT, Procs, _aggregator, _rounds, _update, _vhost, _wait
+from bench.bench_rounds import (
+    INIT,
+    Procs,
+    _aggregator,
+    _rounds,
+    _update,
+    _vhost,
+    _wait,
+    wait_for_aggregator,
+)
 from gateway.secure_link import SecureLink, SecureRoundResult
 from pqlink import ContentType, Identity, PublicIdentity, Registry, Role, load_identity
 from testbed import RabbitMQ
-from wire.amqp import UPDATES_QUEUE, UPDATES_QUEUE_ARGUMENTS
+from wire.amqp import UPDATES_QUEUE
 from wire.envelopes import SealedCodec
 from wire.secagg import SecAggKind, SecureRoundAnnouncement
 
@@ -154,21 +163,7 @@ def plain_run(tmp: Path, rabbit: RabbitMQ, n: int, rounds: int, rep: int) -> dic
         _start(conf, procs)
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
-        ch.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
-        _wait((conf.parent / "state" / "coordinator.sqlite3").exists, 60, "the coordinator")
-        _wait(
-            lambda: (
-                (
-                    ch.queue_declare(
-                        UPDATES_QUEUE, durable=True, passive=True
-                    ).method.consumer_count
-                    or 0
-                )
-                >= 1
-            ),
-            60,
-            "the crypto worker to consume",
-        )
+        wait_for_aggregator(ch, conf, 1)
         for r in range(1, rounds + 1):
             t0 = time.time()
             for gw in gateways:
