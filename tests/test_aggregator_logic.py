@@ -356,3 +356,4 @@ def test_round_history_is_bounded_by_keep_rounds(tmp_path: Path) -> None:
     )
     assert (again.round, again.version) == (41, 40)  # the newest model survives pruning
     assert np.allclose(again.weights, 0.4)
+    again.close()

@@ -43,6 +43,9 @@ def test_proxy_cuts_and_heals_the_link(rabbitmq: RabbitMQ, vhost: str) -> None:
         assert proxy.connections == 2
 
 
+# A private RabbitMQ node's start and three paced rounds around the cut: about two minutes on a
+# quiet machine, more than the default per-test limit on a loaded one.
+@pytest.mark.timeout(900)
 def test_gateway_cut_mid_round_loses_and_double_counts_nothing(
     tmp_path: Path, rabbitmq: RabbitMQ
 ) -> None:
