@@ -378,12 +378,17 @@ class CoordinatorService:
         """Secure mode: each round announces the model, runs the SecAgg stages with bounded
         deadlines (adverts wait a round timeout: gateways train first) and applies the mean."""
         r, pc = self.rounds, self.config.privacy
+        # Declared once per connection, then only for newly enrolled gateways: a declaration
+        # is a broker round trip per queue and binding, and it used to open every round.
+        declared: set[str] = set()
         while not self.stop.is_set() and not self.done():
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
             names = [g.name for g in self.registry.active(Role.GATEWAY)]
-            declare_secagg_topology(channel, names)
+            if not declared or set(names) - declared:
+                declare_secagg_topology(channel, sorted(set(names) - declared))
+                declared.update(names)
             if not self._gate(fanout):
                 break
             self._publish_global(fanout)
