@@ -465,10 +465,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-dp", dest="dp", action="store_false", help="no noise and no privacy accounting"
     )
     parser.add_argument("--clip", type=float, default=1.0, help="L2 clip of each update")
-    # With a handful of gateways, noise that protects (z near 1) drowns the sum: the demo's
-    # default keeps the model useful and reports the (large) epsilon that buys.
+    # Gateway-level DP with three gateways: z = 1.0 (epsilon 12.3 after five rounds) drowned
+    # the sum (accuracy 0.50); z = 0.5 (epsilon 30.1) kept 0.86 against 0.89 without noise,
+    # where z = 0.02 spent an epsilon in the thousands. README, "Secure aggregation and DP".
     parser.add_argument(
-        "--noise-multiplier", type=float, default=0.02, help="DP noise std / clip on the sum"
+        "--noise-multiplier", type=float, default=0.5, help="DP noise std / clip on the sum"
     )
     parser.add_argument("--delta", type=float, default=1e-5, help="delta epsilon is stated at")
     args = parser.parse_args(argv)
