@@ -467,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clip", type=float, default=1.0, help="L2 clip of each update")
     # Gateway-level DP with three gateways: z = 1.0 (epsilon 12.3 after five rounds) drowned
     # the sum (accuracy 0.50); z = 0.5 (epsilon 30.1) kept 0.86 against 0.89 without noise,
-    # where z = 0.02 spent an epsilon in the thousands. README, "Secure aggregation and DP".
+    # where z = 0.02 spent an epsilon in the thousands (README, "Federated learning, and the demo").
     parser.add_argument(
         "--noise-multiplier", type=float, default=0.5, help="DP noise std / clip on the sum"
     )
