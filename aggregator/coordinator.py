@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from pqlink.secagg import AggregateResult
 from servicekit.backoff import Backoff
 from wire.amqp import GLOBAL_EXCHANGE, GLOBAL_KEYS_EXCHANGE, PARTIALS_QUEUE
 from wire.envelopes import envelope_codec
+from wire.feature_scaling import FeatureScaling, pooled_scaling
 from wire.fl import GlobalModel, RoundSettings
 from wire.model import WEIGHT_NAMES
 
@@ -89,6 +90,9 @@ class CoordinatorService:
             )
         weights = initial_weights(config.initial_weights)
         self.parameter_count = int(weights.size)
+        self._check_statistics(strategy.norm_bound)
+        self.scaling_path = config.state_dir / "feature_scaling.json"
+        self.scaling, self.statistics_round = self._load_scaling()
         self.rounds = RoundCoordinator(
             config.db_path,
             strategy,
@@ -115,6 +119,55 @@ class CoordinatorService:
         self._cpu_at_record = time.process_time()
         self.metrics = CoordinatorMetrics()
         self._update_gauges()
+
+    def _check_statistics(self, norm_bound: float | None) -> None:
+        """Refuse the settings under which a statistics round would not pool what it says."""
+        d, cfg = self.config.statistics.features, self.config
+        if d == 0:
+            return
+        if 2 * d > self.parameter_count:
+            raise ValueError(f"{d} features need {2 * d} coordinates; the model has fewer")
+        if norm_bound is not None and norm_bound < 1.0:
+            # the moment vector's norm is up to 1: a lower bound would rescale it
+            raise ValueError(
+                f"statistics rounds need strategy.norm_bound 0 or >= 1, not {norm_bound}"
+            )
+        if self.secure and cfg.privacy.weight_cap == 0:
+            raise ValueError(
+                "a secure statistics round needs privacy.weight_cap > 0 (a weighted mean)"
+            )
+        if not self.secure and cfg.training.noise_multiplier > 0:
+            # plain mode noises each gateway's training, not its moments: refuse, not leak
+            raise ValueError("statistics rounds with noise need secure aggregation")
+
+    def _load_scaling(self) -> tuple[FeatureScaling | None, int]:
+        if self.config.statistics.features == 0 or not self.scaling_path.exists():
+            return None, 0
+        doc = json.loads(self.scaling_path.read_text())
+        return FeatureScaling.from_json(doc["scaling"]), int(doc["round"])
+
+    def _save_scaling(self, scaling: FeatureScaling, round_: int) -> None:
+        tmp = self.scaling_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"round": round_, "scaling": scaling.to_json()}))
+        os.replace(tmp, self.scaling_path)
+        self.scaling, self.statistics_round = scaling, round_
+
+    @property
+    def statistics_pending(self) -> bool:
+        """Is the open round a statistics round (enabled, and no scaling pooled yet)?"""
+        return self.config.statistics.features > 0 and self.scaling is None
+
+    def round_settings(self, *, final: bool = False) -> RoundSettings:
+        """The open round's settings. Training rounds are numbered from the first one after
+        the statistics round, so that a learning-rate schedule spans the training rounds."""
+        r, st = self.rounds, self.config.statistics
+        if self.statistics_pending and not final:
+            return replace(
+                r.strategy.configure_round(1),
+                feature_stats=st.features,
+                feature_bound=st.feature_bound,
+            )
+        return r.strategy.configure_round(r.round - self.statistics_round, final=final)
 
     def _update_gauges(self) -> None:
         self.metrics.round.set(self.rounds.round)
@@ -145,7 +198,8 @@ class CoordinatorService:
             parameter_count=self.parameter_count,
             round=r.round,
             deadline_ms=int(r.deadline * 1000),
-            settings=r.strategy.configure_round(r.round, final=final),
+            settings=self.round_settings(final=final),
+            feature_scaling=self.scaling,
         )
 
     def global_broadcast(self, *, final: bool = False) -> SealedBroadcast:
@@ -350,11 +404,14 @@ class CoordinatorService:
         if reason is None:
             return
         t0 = time.perf_counter()
-        closed = self.rounds.close_round(reason)
+        if self.statistics_pending:
+            closed = self._close_plain_statistics(reason)
+        else:
+            closed = self.rounds.close_round(reason)
+            self.closed_rounds += 1
         seconds = time.perf_counter() - t0
         summary = self._privacy_summary(bool(closed.participants), 0)
         closed.privacy = summary.to_json()
-        self.closed_rounds += 1
         self.metrics.rounds_closed.labels(reason).inc()
         self.metrics.aggregation_seconds.observe(seconds)
         self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
@@ -371,6 +428,31 @@ class CoordinatorService:
         if self.done() or self._gate(fanout):
             self._publish_global(fanout, final=self.done())
         self._record(closed, seconds)
+
+    def _close_plain_statistics(self, reason: CloseReason) -> ClosedRound:
+        """Pool the statistics round's moments from the plain weighted sum; with nobody in it
+        the next round asks again."""
+        counted = self.rounds.counted()
+        pooled = self.rounds.pooled_moments()
+        report: dict[str, Any] = {"features": self.config.statistics.features}
+        if pooled is not None:
+            mean, total = pooled
+            self._pool(mean, 0.0, int(total), report)
+        return self.rounds.close_statistics_round(
+            reason, sorted(counted) if pooled else [], sum(counted.values()), report
+        )
+
+    def _pool(self, mean: Any, clip: float, count: int, report: dict[str, Any]) -> None:
+        st = self.config.statistics
+        scaling = pooled_scaling(mean, st.features, st.feature_bound, clip, count)
+        self._save_scaling(scaling, self.rounds.round)
+        report.update(scaling.to_json())
+        _LOG.info(
+            "feature_scaling_pooled round=%d features=%d windows=%d",
+            self.rounds.round,
+            st.features,
+            count,
+        )
 
     def _serve_secure(
         self, connection: pika.BlockingConnection, channel: BlockingChannel, fanout: BlockingChannel
@@ -391,6 +473,7 @@ class CoordinatorService:
                 _LOG.warning("secure aggregation needs two gateways, %d enrolled", len(names))
                 self.stop.wait(self.config.rounds.round_timeout)
                 continue
+            statistics = self.statistics_pending
             deadlines = StageDeadlines(
                 self.config.rounds.round_timeout,
                 pc.stage_timeout,
@@ -402,7 +485,7 @@ class CoordinatorService:
                 channel,
                 r.round,
                 names,
-                r.strategy.configure_round(r.round),
+                self.round_settings(),
                 self.parameter_count,
                 self.identity,
                 self.registry,
@@ -421,19 +504,31 @@ class CoordinatorService:
             self.metrics.dropouts_recovered.inc(report.dropouts_recovered)
             for _gateway, why, _detail in report.rejections:
                 self.metrics.rejected.labels(why).inc()
-            closed = r.close_secure_round(
-                CloseReason.QUORUM if mean is not None else CloseReason.DEADLINE,
-                mean,
-                survivors,
-                {**summary.to_json(), "stage_seconds": report.stage_seconds},
-            )
+            closing = CloseReason.QUORUM if mean is not None else CloseReason.DEADLINE
+            if statistics:
+                # the coordinator sees only the survivors' weighted mean of the moments
+                stats: dict[str, Any] = {"features": self.config.statistics.features}
+                if mean is not None:
+                    self._pool(mean, self.config.training.clip_norm, 0, stats)
+                stats["privacy"] = summary.to_json()
+                closed = r.close_statistics_round(closing, survivors, 0, stats)
+            else:
+                closed = r.close_secure_round(
+                    closing,
+                    mean,
+                    survivors,
+                    {**summary.to_json(), "stage_seconds": report.stage_seconds},
+                )
             closed.privacy = summary.to_json()
-            self._closed(fanout, closed, time.perf_counter() - t0)
+            self._closed(fanout, closed, time.perf_counter() - t0, counts=not statistics)
         channel.cancel()
         connection.close()
 
-    def _closed(self, channel: BlockingChannel, closed: ClosedRound, seconds: float) -> None:
-        self.closed_rounds += 1
+    def _closed(
+        self, channel: BlockingChannel, closed: ClosedRound, seconds: float, *, counts: bool = True
+    ) -> None:
+        # max_rounds counts training rounds: a statistics round is not one
+        self.closed_rounds += int(counts)
         self.metrics.rounds_closed.labels(closed.reason).inc()
         self.metrics.aggregation_seconds.observe(seconds)
         self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
