@@ -17,8 +17,11 @@ out once; predictions are pooled over folds). With --test: train on all of --tra
     python -m bench.bench_mitdb --train ../shared/datasets/mitdb-ds1 --gateways 3 \\
         --choices bench/results/mitdb_sim_nested.json --json bench/results/mitdb.json
 
---choices takes each fold's aggregator settings (server momentum, learning-rate decay) from a
+--choices takes each fold's aggregator settings (server momentum, learning-rate decay, and
+whether a statistics round pools the feature mean/std first: --federated-scaling) from a
 nested selection made on that fold's training records only by `bench.mitdb_sim --nested`.
+With the statistics round, every method sees the features standardised with the pooled
+statistics the coordinator published (the federated model as its gateways trained it).
 """
 
 from __future__ import annotations
