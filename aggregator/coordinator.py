@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -28,7 +29,7 @@ from aggregator.rounds import (
     RoundPolicy,
     quorum_for,
 )
-from aggregator.secure_round import StageDeadlines, declare_secagg_topology
+from aggregator.secure_round import SecureRoundReport, StageDeadlines, declare_secagg_topology
 from aggregator.secure_rounds import (
     PrivacyGate,
     RoundPrivacySummary,
@@ -43,9 +44,15 @@ from pqlink.secagg import AggregateResult
 from servicekit.backoff import Backoff
 from wire.amqp import GLOBAL_EXCHANGE, GLOBAL_KEYS_EXCHANGE, PARTIALS_QUEUE
 from wire.envelopes import envelope_codec
-from wire.feature_scaling import FeatureScaling, pooled_scaling
+from wire.feature_scaling import (
+    STATISTICS_PRECISION_BITS,
+    FeatureScaling,
+    pooled_scaling,
+    secure_resolution,
+)
 from wire.fl import GlobalModel, RoundSettings
 from wire.model import WEIGHT_NAMES
+from wire.weighting import NORM_FACTOR
 
 _LOG = logging.getLogger("aggregator.coordinator")
 
@@ -162,10 +169,12 @@ class CoordinatorService:
         the statistics round, so that a learning-rate schedule spans the training rounds."""
         r, st = self.rounds, self.config.statistics
         if self.statistics_pending and not final:
+            training = r.strategy.configure_round(1)
             return replace(
-                r.strategy.configure_round(1),
+                training,
                 feature_stats=st.features,
                 feature_bound=st.feature_bound,
+                precision_bits=max(training.precision_bits, STATISTICS_PRECISION_BITS),
             )
         return r.strategy.configure_round(r.round - self.statistics_round, final=final)
 
@@ -435,17 +444,28 @@ class CoordinatorService:
         counted = self.rounds.counted()
         pooled = self.rounds.pooled_moments()
         report: dict[str, Any] = {"features": self.config.statistics.features}
+        scaling = None
         if pooled is not None:
             mean, total = pooled
-            self._pool(mean, 0.0, int(total), report)
-        return self.rounds.close_statistics_round(
+            scaling = self._pool(mean, 0.0, int(total), report)
+        closed = self.rounds.close_statistics_round(
             reason, sorted(counted) if pooled else [], sum(counted.values()), report
         )
+        self._keep_scaling(scaling, closed.round)
+        return closed
 
-    def _pool(self, mean: Any, clip: float, count: int, report: dict[str, Any]) -> None:
+    def _pool(
+        self,
+        mean: Any,
+        clip: float,
+        count: int,
+        report: dict[str, Any],
+        std_floor: float = 0.0,
+    ) -> FeatureScaling:
         st = self.config.statistics
-        scaling = pooled_scaling(mean, st.features, st.feature_bound, clip, count)
-        self._save_scaling(scaling, self.rounds.round)
+        scaling = pooled_scaling(
+            mean, st.features, st.feature_bound, clip, count, std_floor=std_floor
+        )
         report.update(scaling.to_json())
         _LOG.info(
             "feature_scaling_pooled round=%d features=%d windows=%d",
@@ -453,6 +473,37 @@ class CoordinatorService:
             st.features,
             count,
         )
+        return scaling
+
+    def _pool_secure(
+        self,
+        report: SecureRoundReport,
+        outcome: AggregateResult,
+        mean: Any,
+        stats: dict[str, Any],
+    ) -> FeatureScaling:
+        """The pooled scaling of a secure statistics round, its deviations floored at what
+        the round's quantisation resolves. The capped window total is the weight sum the
+        weighted mean divides by: the coordinator learns it in any weighted round."""
+        a, st = report.announcement, self.config.statistics
+        unit = ((1 << a.precision_bits) - 1) / NORM_FACTOR / a.weight_cap
+        windows = max(float(outcome.signed_sum()[-1]) / unit, 1.0)
+        _, square_error = secure_resolution(
+            st.features,
+            st.feature_bound,
+            precision_bits=a.precision_bits,
+            cap=a.weight_cap,
+            windows=windows,
+            survivors=len(outcome.survivors),
+        )
+        stats["resolution_mean_square"] = square_error
+        return self._pool(mean, a.clip, round(windows), stats, math.sqrt(square_error))
+
+    def _keep_scaling(self, scaling: FeatureScaling | None, round_: int) -> None:
+        # Saved only once the round's close is committed: a crash in between leaves the next
+        # round a statistics round again, never late moment vectors taken for model updates.
+        if scaling is not None:
+            self._save_scaling(scaling, round_)
 
     def _serve_secure(
         self, connection: pika.BlockingConnection, channel: BlockingChannel, fanout: BlockingChannel
@@ -508,10 +559,12 @@ class CoordinatorService:
             if statistics:
                 # the coordinator sees only the survivors' weighted mean of the moments
                 stats: dict[str, Any] = {"features": self.config.statistics.features}
-                if mean is not None:
-                    self._pool(mean, self.config.training.clip_norm, 0, stats)
+                scaling = None
+                if mean is not None and isinstance(outcome, AggregateResult):
+                    scaling = self._pool_secure(report, outcome, mean, stats)
                 stats["privacy"] = summary.to_json()
                 closed = r.close_statistics_round(closing, survivors, 0, stats)
+                self._keep_scaling(scaling, closed.round)
             else:
                 closed = r.close_secure_round(
                     closing,

@@ -322,7 +322,9 @@ class FederationClient:
         self.log.event(Event.FEATURE_STATS_SENT, round=round_, windows=len(x))
         if received.model.settings.secure_aggregation:
             vector = self.learner.statistics_update(received, x)
-            await self._secure(round_, vector, len(x), {"windows": len(x), "energy_joules": 0.0})
+            await self._secure(
+                round_, vector, len(x), {"windows": len(x), "energy_joules": 0.0}, trained=False
+            )
             return
         update = await self._in(self._train_pool, self.learner.seal_statistics, received, x)
 
@@ -342,6 +344,8 @@ class FederationClient:
         delta: npt.NDArray[np.float32],
         samples: int,
         metrics: dict[str, Any],
+        *,
+        trained: bool = True,
     ) -> None:
         """Take part in the round's secure aggregation with the update: it leaves this
         gateway clipped, quantised, noised and masked (nothing goes through the spool: a
@@ -373,7 +377,7 @@ class FederationClient:
             lambda: link.run_round(self._secure_stop, after_round=round_ - 1),
         )
         await self._finish(round_)
-        self.counters["rounds_trained"] += 1
+        self.counters["rounds_trained"] += int(trained)  # a statistics round trains nothing
         self.counters["secure_rounds"] += 1
         self.counters["secure_rounds_aborted"] += int(result.aborted)
         self.counters["last_update"] = metrics

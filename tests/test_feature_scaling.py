@@ -16,6 +16,7 @@ from wire.feature_scaling import (
     moments_vector,
     pooled_of,
     pooled_scaling,
+    secure_resolution,
 )
 from wire.fl import GlobalModel, RoundSettings
 
@@ -60,6 +61,22 @@ def test_features_are_clipped_to_the_bound_before_their_moments() -> None:
     # a constant feature keeps a deviation of MIN_STD rather than 0
     const = pooled_scaling(moments_vector([[3.0], [3.0]], 10.0, 2), 1, 10.0)
     assert const.std == (MIN_STD,)
+
+
+def test_a_deviation_below_the_resolution_is_raised_to_it() -> None:
+    v = moments_vector([[1.0, 0.0], [1.0002, 3.0]], 10.0, 4)
+    plain = pooled_scaling(v, 2, 10.0)
+    assert plain.std[0] == pytest.approx(1e-4, rel=1e-6)
+    floored = pooled_scaling(v, 2, 10.0, std_floor=0.01)
+    assert floored.std == (0.01, plain.std[1])  # only the unresolved one moves
+    assert floored.mean == plain.mean
+
+
+def test_secure_resolution_known_answer() -> None:
+    # k q (cap / N) sqrt(2 d) B / clip with q / clip = sqrt(2) / (2^b - 1): b = 2 gives 1/3 x sqrt 2
+    mean, square = secure_resolution(2, 10.0, precision_bits=2, cap=100, windows=50.0, survivors=3)
+    assert mean == pytest.approx(3 * np.sqrt(2) / 3 * 2 * 2 * 10.0)
+    assert square == pytest.approx(mean * 10.0)
 
 
 def test_a_secure_moment_vector_fits_its_clip_exactly() -> None:

@@ -12,10 +12,14 @@ plain mode. Each coordinate lies in [-k / sqrt(2 d), k / sqrt(2 d)]. The update'
 gateway's window count, so the sample-weighted mean that both sums already compute
 (sum n_i v_i / sum n_i) is the vector of the POOLED moments: the coordinator decodes it into
 the pooled mean and the pooled (population) standard deviation and learns nothing per ward in
-secure mode. Secure mode quantises each coordinate to the round's precision_bits over
-[-clip, clip] (step 2 clip / 2^bits): after decoding, an error of at most
-sqrt(2 d) B / 2^bits on a mean and sqrt(2 d) B^2 / 2^bits on a mean square, plus the round's
-DP noise when noise_multiplier > 0.
+secure mode. Secure mode quantises each gateway's weighted vector (w_i v_i, w_i = min(n_i,
+cap) / cap, wire/weighting.py) with step q = sqrt(2) clip / (2^bits - 1); the weighted mean
+of k survivors is then within k q cap / N of the exact one per coordinate (N = sum of the
+capped window counts), which decodes to at most k q (cap / N) sqrt(2 d) B / clip on a mean
+and that times B on a mean square (`secure_resolution`), plus the round's DP noise when
+noise_multiplier > 0. The coordinator floors each deviation at the square root of the mean
+square's bound, so that a feature whose spread the round cannot resolve is not blown up.
+A statistics round is quantised to at least STATISTICS_PRECISION_BITS.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ SCALING_VERSION: Final = 1
 #: A feature constant over every window keeps its centred value 0 instead of dividing by 0.
 MIN_STD: Final = 1e-6
 MAX_FEATURES: Final = 4096
+#: A deviation comes from E[x^2] - E[x]^2: the statistics round needs finer steps than an
+#: update (the ring has room: 24 + log2(gateways) bits and the noise stay far below 64).
+STATISTICS_PRECISION_BITS: Final = 24
+_SQRT2: Final = math.sqrt(2.0)
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -126,14 +134,27 @@ def moments_vector(x: npt.ArrayLike, bound: float, dimension: int, clip_norm: fl
     return out
 
 
+def secure_resolution(
+    features: int, bound: float, *, precision_bits: int, cap: int, windows: float, survivors: int
+) -> tuple[float, float]:
+    """The largest error (mean, mean square) that a secure statistics round's quantisation
+    leaves on the pooled moments (module docstring); `windows` is the capped window total."""
+    q_over_clip = _SQRT2 / ((1 << precision_bits) - 1)
+    err = survivors * q_over_clip * cap / max(windows, 1.0) * math.sqrt(2 * features)
+    return err * bound, err * bound * bound
+
+
 def pooled_scaling(
     mean_vector: npt.ArrayLike,
     features: int,
     bound: float,
     clip_norm: float = 0.0,
     count: int = 0,
+    *,
+    std_floor: float = MIN_STD,
 ) -> FeatureScaling:
-    """The pooled mean/std from the sample-weighted mean of the gateways' moment vectors."""
+    """The pooled mean/std from the sample-weighted mean of the gateways' moment vectors;
+    a deviation below `std_floor` (what the round resolves) is raised to it."""
     v = np.asarray(mean_vector, dtype=np.float64).reshape(-1)
     if 2 * features > v.size:
         raise ValueError(f"{features} features need {2 * features} coordinates, got {v.size}")
@@ -141,7 +162,8 @@ def pooled_scaling(
     # a secure sum's quantisation and noise can leave a mean a hair outside the clip range
     mean = np.clip(v[:features] / k * bound, -bound, bound)
     meansq = np.clip(v[features : 2 * features] / k * bound * bound, 0.0, bound * bound)
-    std = np.maximum(np.sqrt(np.maximum(meansq - mean * mean, 0.0)), MIN_STD)
+    floor = max(std_floor, MIN_STD)
+    std = np.maximum(np.sqrt(np.maximum(meansq - mean * mean, 0.0)), floor)
     return FeatureScaling(tuple(map(float, mean)), tuple(map(float, std)), count)
 
 
