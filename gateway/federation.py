@@ -135,6 +135,7 @@ class FederationClient:
             "spool_depth": 0,
             "secure_rounds": 0,
             "secure_rounds_aborted": 0,
+            "statistics_rounds": 0,  # window moments sent instead of an update
         }
         # training + sealing of each answered round, for the metrics endpoint
         self.round_seconds = round_histogram(
@@ -320,6 +321,7 @@ class FederationClient:
         """A statistics round: the moments of the windows instead of an update, through the
         same sum (secure or plain) with the window count as weight; no training."""
         self.log.event(Event.FEATURE_STATS_SENT, round=round_, windows=len(x))
+        self.counters["statistics_rounds"] += 1
         if received.model.settings.secure_aggregation:
             vector = self.learner.statistics_update(received, x)
             await self._secure(

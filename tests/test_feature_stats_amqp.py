@@ -139,6 +139,7 @@ def test_a_statistics_round_pools_every_gateways_windows_then_training_uses_them
         # not resolve, divided by, would)
         losses = [d.status()["federation"]["last_update"]["loss_after"] for d in daemons]
         assert all(0.0 < loss < 5.0 for loss in losses), losses
+        assert [d.status()["federation"]["statistics_rounds"] for d in daemons] == [1, 1, 1]
     finally:
         for d in daemons:
             d.stop_quietly()
