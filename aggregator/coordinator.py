@@ -261,6 +261,15 @@ class CoordinatorService:
             (time.perf_counter() - t0) * 1000,
         )
 
+    def _observe(self, closed: ClosedRound, seconds: float) -> None:
+        # After the round's report is written: a scrape that sees the round closed finds its
+        # line in rounds.jsonl.
+        self.metrics.rounds_closed.labels(closed.reason).inc()
+        self.metrics.aggregation_seconds.observe(seconds)
+        self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
+        self.metrics.participants.set(len(closed.participants))
+        self._update_gauges()
+
     def _record(self, closed: ClosedRound, seconds: float) -> None:
         cpu = time.process_time()
         entry = {
@@ -421,11 +430,6 @@ class CoordinatorService:
         seconds = time.perf_counter() - t0
         summary = self._privacy_summary(bool(closed.participants), 0)
         closed.privacy = summary.to_json()
-        self.metrics.rounds_closed.labels(reason).inc()
-        self.metrics.aggregation_seconds.observe(seconds)
-        self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
-        self.metrics.participants.set(len(closed.participants))
-        self._update_gauges()
         _LOG.info(
             "round %d closed (%s): %d gateways, %d samples, model v%d",
             closed.round,
@@ -437,6 +441,7 @@ class CoordinatorService:
         if self.done() or self._gate(fanout):
             self._publish_global(fanout, final=self.done())
         self._record(closed, seconds)
+        self._observe(closed, seconds)
 
     def _close_plain_statistics(self, reason: CloseReason) -> ClosedRound:
         """Pool the statistics round's moments from the plain weighted sum; with nobody in it
@@ -587,11 +592,6 @@ class CoordinatorService:
     ) -> None:
         # max_rounds counts training rounds: a statistics round is not one
         self.closed_rounds += int(counts)
-        self.metrics.rounds_closed.labels(closed.reason).inc()
-        self.metrics.aggregation_seconds.observe(seconds)
-        self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
-        self.metrics.participants.set(len(closed.participants))
-        self._update_gauges()
         _LOG.info(
             "round %d closed (%s, %s): %d gateways, model v%d",
             closed.round,
@@ -601,5 +601,6 @@ class CoordinatorService:
             closed.version,
         )
         self._record(closed, seconds)
+        self._observe(closed, seconds)
         if self.done():
             self._publish_global(channel, final=True)

@@ -162,11 +162,12 @@ def _setup(
     agg_conf.write_text(
         f'[aggregator]\nid = "aggregator"\nstate_dir = "state"\n'
         f'[amqp]\nurl = "{amqp_url}"\n'
-        f"[rounds]\nquorum_fraction = 1.0\nround_timeout = 30.0\nmax_rounds = {args.rounds}\n"
+        f"[rounds]\nquorum_fraction = 1.0\nround_timeout = {args.round_timeout}\n"
+        f"max_rounds = {args.rounds}\n"
         f"[training]\nepochs = {args.epochs}\nbatch_size = 32\nlearning_rate = 0.1\n"
         f"{_privacy_settings(args)}"
         f'[strategy]\nname = "{args.strategy}"\n[metrics]\nport = 0\n'
-        f"[privacy]\ndelta = {args.delta}\nstage_timeout = 20.0\n"
+        f"[privacy]\ndelta = {args.delta}\nstage_timeout = {args.stage_timeout}\n"
     )
     _quiet(aggregator_main, "keygen", "--config", str(agg_conf))
     agg_pub = agg_dir / "state" / "identity.pub"
@@ -452,6 +453,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds allowed without a round closing"
+    )
+    # Rounds close at quorum (every gateway) the moment the last update is in: the deadlines
+    # only bound a round whose gateways stall, so they are generous for a loaded machine.
+    parser.add_argument(
+        "--round-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a round may wait for every gateway before it closes at its deadline",
+    )
+    parser.add_argument(
+        "--stage-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a secure-aggregation stage waits for the gateways' messages",
     )
     parser.add_argument("--out", default=str(ROOT / "out"), help="output directory")
     parser.add_argument("--amqp-url", help="use this RabbitMQ instead of starting a private one")
