@@ -67,7 +67,7 @@ if [ -z "$mirror" ]; then
 fi
 
 host_pkgs=(debootstrap)
-[ "$arch" = arm64 ] && [ "$(dpkg --print-architecture)" != arm64 ] && host_pkgs+=(qemu-user-static binfmt-support)
+[ "$arch" = arm64 ] && [ "$(dpkg --print-architecture)" != arm64 ] && host_pkgs+=(qemu-user-static binfmt-support python3-pip)
 missing=()
 for p in "${host_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -187,6 +187,19 @@ mount_all() {
     mount --bind /dev "$root/dev" && mounted+=("$root/dev")
     mount --bind /dev/pts "$root/dev/pts" && mounted+=("$root/dev/pts")
     mount -t tmpfs -o mode=1777 shm "$root/dev/shm" && mounted+=("$root/dev/shm")
+    if ((foreign)); then
+        # qemu-user passes the host's /proc/cpuinfo through (x86 fields on an aarch64 root,
+        # qemu 7.2); the cpuinfo library inside LiteRT parses it as an ARM one and crashes the
+        # interpreter's constructor (SIGSEGV). A real Pi's kernel reports its cores like this:
+        # a Raspberry Pi 4's Cortex-A72 (implementer 0x41, part 0xd08), ARMv8.0 features only.
+        local fake=$work/cpuinfo-aarch64
+        for core in 0 1 2 3; do
+            printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$core"
+            printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\n'
+            printf 'CPU part\t: 0xd08\nCPU revision\t: 3\n\n'
+        done >"$fake"
+        mount --bind "$fake" "$root/proc/cpuinfo" && mounted+=("$root/proc/cpuinfo")
+    fi
 }
 
 prepare_root() {
@@ -228,6 +241,24 @@ as_user() {
     chroot "$root" /usr/bin/env -i TERM=dumb /bin/su - debian -c "cd ~/iomt-gateway && $1"
 }
 
+test_reqs=('pytest>=8' 'pytest-timeout>=2.3' 'hypothesis>=6.100' 'setuptools>=77' 'wheel')
+fetch_wheels() {
+    local pyver reqs
+    pyver=$(chroot "$root" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    mapfile -t reqs < <(python3 -c 'import sys, tomllib
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["litert"]))' "$repo/pyproject.toml")
+    mkdir -p "$root/var/cache/iomt-wheels"
+    python3 -m pip download --isolated --quiet --cert /etc/ssl/certs/ca-certificates.crt \
+        --only-binary=:all: --implementation cp --python-version "$pyver" \
+        --abi "cp${pyver/./}" --abi abi3 --abi none \
+        --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
+        --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64 \
+        --platform manylinux_2_34_aarch64 --platform linux_aarch64 \
+        -d "$root/var/cache/iomt-wheels" "${reqs[@]}" "${test_reqs[@]}"
+    chmod -R a+rX "$root/var/cache/iomt-wheels"
+}
+
 if [ -n "$run_cmd" ]; then
     run_name=${run_cmd//[^A-Za-z0-9._-]/-}  # a file name: the log is named after the step
     step "${run_name:0:60}" as_user "$run_cmd"
@@ -252,15 +283,24 @@ gcc libc6-dev python3-dev python3-venv'
                 -cf "$toolchain_tar.tmp" . && mv "$toolchain_tar.tmp" "$toolchain_tar"
         fi
     fi
+    # pip under emulation spends most of its time in the package index's TLS sessions (and in
+    # retries when the index resets them): the host fetches the same aarch64 wheels from PyPI
+    # for the root's Python, and the root installs from that directory without the index.
+    step wheels-for-arch fetch_wheels
     step venv-and-extension as_user "python3 -m venv .venv && \
-.venv/bin/python -m pip install -q -e '.[litert]' 'pytest>=8' 'pytest-timeout>=2.3' 'hypothesis>=6.100' 'setuptools>=77'"
+.venv/bin/python -m pip install -q --no-index --find-links /var/cache/iomt-wheels \
+-e '.[litert]' $(printf "'%s' " "${test_reqs[@]}")"
     step extension-arch as_user ".venv/bin/python -c 'import platform, pqlink._ascon as a; \
 print(platform.machine(), a.__file__); assert platform.machine() == \"aarch64\"' && file -L pqlink/_ascon*.so 2>/dev/null || true"
     step ascon-kat as_user ".venv/bin/python -m pytest -q -p no:cacheprovider tests/test_ascon.py"
     independent
-    step unit-tests as_user ".venv/bin/python -m pytest -q -p no:cacheprovider \
+    # As root in the clone: the disk-full test mounts a small tmpfs, which the new user does
+    # through sudo elsewhere, and sudo cannot work under emulation (see above).
+    step unit-tests chroot "$root" /bin/sh -c "cd /home/debian/iomt-gateway && \
+.venv/bin/python -m pytest -q -p no:cacheprovider \
 tests/test_record.py tests/test_handshake.py tests/test_envelope.py tests/test_identity.py \
-tests/test_properties.py tests/test_energy.py tests/test_features.py tests/test_signals.py \
+tests/test_properties.py tests/test_shamir.py tests/test_signed_batch.py \
+tests/test_energy.py tests/test_features.py tests/test_signals.py \
 tests/test_gateway_store.py tests/test_gateway_config.py tests/test_gateway_ingest.py \
 tests/test_trainer.py"
 else
