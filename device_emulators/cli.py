@@ -53,6 +53,50 @@ def _positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
     return parse
 
 
+def _wearable_options() -> argparse.ArgumentParser:
+    """The options `run` and `replay` share: keys, the gateway, the broker and its TLS, the
+    session and acknowledgement timers, and the output."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--keys-dir", type=Path, required=True, help="where wearable keys live")
+    common.add_argument("--gateway-pub", type=Path, required=True, help="the gateway's .pub file")
+    common.add_argument("--host", default="127.0.0.1", help="the broker (default 127.0.0.1)")
+    common.add_argument("--port", type=int, default=1883, help="the broker's port (default 1883)")
+    common.add_argument("--topic-prefix", default="iomt", help="topic prefix (default iomt)")
+    common.add_argument(
+        "--rekey-records",
+        type=_positive(int),
+        default=1 << 16,
+        help="records sealed under one session key before a new handshake (default 65536)",
+    )
+    common.add_argument(
+        "--resend-after",
+        type=_positive(float),
+        default=60.0,
+        help="seconds without an acknowledgement before a record is sent again (default 60)",
+    )
+    common.add_argument(
+        "--no-wait-acks",
+        action="store_true",
+        help="with a record count: exit once everything was sent, acknowledged or not",
+    )
+    common.add_argument(
+        "--connect-timeout",
+        type=_positive(float),
+        default=30.0,
+        help="seconds to reach the broker before giving up (default 30)",
+    )
+    # The same TLS settings as the gateway's [mqtt] tls_* keys.
+    common.add_argument("--tls-ca", type=Path, help="TLS to the broker, verified against this CA")
+    common.add_argument("--tls-cert", type=Path, help="client certificate (PEM), with --tls-key")
+    common.add_argument("--tls-key", type=Path, help="the client certificate's key (PEM)")
+    common.add_argument(
+        "--tls-groups", help="TLS 1.3 key-exchange groups offered, e.g. X25519MLKEM768"
+    )
+    common.add_argument("--summary", type=Path, help="write a JSON summary here")
+    common.add_argument("--quiet", action="store_true", help="no progress lines")
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iomt-emulate", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -66,12 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     en.add_argument("--first", type=int, default=1, help="index of the first device")
     en.add_argument("--sig", choices=("ML-DSA-44", "ML-DSA-65"), default="ML-DSA-44")
 
-    run = sub.add_parser("run", help="run the wearables")
-    run.add_argument("--keys-dir", type=Path, required=True)
-    run.add_argument("--gateway-pub", type=Path, required=True, help="the gateway's .pub file")
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=1883)
-    run.add_argument("--topic-prefix", default="iomt")
+    common = _wearable_options()
+    run = sub.add_parser("run", parents=[common], help="run the wearables")
     run.add_argument("--devices", type=_positive(int), required=True)
     run.add_argument("--prefix", default="wearable")
     run.add_argument("--first", type=int, default=1)
@@ -98,7 +138,6 @@ def _parser() -> argparse.ArgumentParser:
         help="share of --cohort among the patients (default 0.7)",
     )
     run.add_argument("--devices-per-connection", type=_positive(int), default=50)
-    run.add_argument("--rekey-records", type=_positive(int), default=1 << 16)
     run.add_argument(
         "--buffer-hours",
         type=_positive(float),
@@ -106,60 +145,21 @@ def _parser() -> argparse.ArgumentParser:
         help="unacknowledged samples each wearable keeps, in hours at --rate (default 24)",
     )
     run.add_argument(
-        "--resend-after",
-        type=_positive(float),
-        default=60.0,
-        help="seconds without an acknowledgement before a sample is sent again (default 60)",
-    )
-    run.add_argument(
         "--give-up-after",
         type=_positive(int),
         help="a wearable stops after this many unanswered handshakes in a row (default never)",
     )
-    run.add_argument(
-        "--no-wait-acks",
-        action="store_true",
-        help="with --records: exit once every sample was sent, acknowledged or not",
-    )
-    run.add_argument("--connect-timeout", type=_positive(float), default=30.0)
-    run.add_argument("--summary", type=Path, help="write a JSON summary here")
-    # The same TLS settings as the gateway's [mqtt] tls_* keys.
-    run.add_argument("--tls-ca", type=Path, help="TLS to the broker, verified against this CA")
-    run.add_argument("--tls-cert", type=Path, help="client certificate (PEM), with --tls-key")
-    run.add_argument("--tls-key", type=Path, help="the client certificate's key (PEM)")
-    run.add_argument(
-        "--tls-groups", help="TLS 1.3 key-exchange groups offered, e.g. X25519MLKEM768"
-    )
-    run.add_argument("--quiet", action="store_true", help="no progress lines")
 
-    rp = sub.add_parser("replay", help="replay WFDB records as RR-interval wearables")
+    rp = sub.add_parser(
+        "replay", parents=[common], help="replay WFDB records as RR-interval wearables"
+    )
     rp.add_argument("--wfdb", type=Path, required=True, help="directory of NNN.atr/NNN.hea")
     rp.add_argument("--records", help="comma-separated record names (default: all in --wfdb)")
     rp.add_argument(
         "--speed", type=_positive(float), default=1.0, help="speed-up over recorded time"
     )
-    rp.add_argument("--keys-dir", type=Path, required=True)
-    rp.add_argument("--gateway-pub", type=Path, required=True, help="the gateway's .pub file")
-    rp.add_argument("--host", default="127.0.0.1")
-    rp.add_argument("--port", type=int, default=1883)
-    rp.add_argument("--topic-prefix", default="iomt")
     rp.add_argument("--prefix", default="patient", help="device id = <prefix>-<record>")
     rp.add_argument("--batches", type=_positive(int), help="RR batches per record, then exit")
-    rp.add_argument("--rekey-records", type=_positive(int), default=1 << 16)
-    rp.add_argument(
-        "--resend-after",
-        type=_positive(float),
-        default=60.0,
-        help="seconds without an acknowledgement before a batch is sent again (default 60)",
-    )
-    rp.add_argument(
-        "--no-wait-acks",
-        action="store_true",
-        help="exit once every batch was sent, acknowledged or not",
-    )
-    rp.add_argument("--connect-timeout", type=_positive(float), default=30.0)
-    rp.add_argument("--summary", type=Path, help="write a JSON summary here")
-    rp.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
 
@@ -309,6 +309,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _replay(args: argparse.Namespace) -> int:
+    tls_context = _tls_context(args)
     gateway = load_public_identity(args.gateway_pub)
     layout = TopicLayout(args.topic_prefix, gateway.name)
     # recorded time is anchored at the start of the replay: beat times stay those of the record
@@ -332,7 +333,9 @@ async def _replay(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    hub = MqttHub(args.host, args.port, f"iomt-replay-{args.prefix}-{origin_ms}")
+    hub = MqttHub(
+        args.host, args.port, f"iomt-replay-{args.prefix}-{origin_ms}", tls_context=tls_context
+    )
     for w in wearables:
         w.subscribe(hub)  # handshake responses, acknowledgements, unknown-session notices
     wait_acks = not args.no_wait_acks

@@ -22,7 +22,16 @@ from gateway.config import ConfigError, parse_config
 from servicekit.mqtt_tls import MqttTls, MqttTlsError, client_context
 from testbed.mosquitto import BrokerTls, Mosquitto
 
-from .harness import DaemonProcess, EmulatorProcess, enroll, make_gateway, stored_count, wait_until
+from .harness import (
+    DaemonProcess,
+    EmulatorProcess,
+    GatewaySetup,
+    enroll,
+    make_gateway,
+    stored_count,
+    wait_until,
+)
+from .test_replay import beat_count, write_record
 
 HYBRID = "X25519MLKEM768"
 PQ_TLS = ssl.OPENSSL_VERSION_INFO[:2] >= (3, 5)
@@ -133,20 +142,28 @@ def test_client_context_names_a_missing_ca(tmp_path: Path) -> None:
         client_context(MqttTls(tmp_path / "missing.pem"))
 
 
-def _gateway_over_tls(
-    tmp_path: Path, broker: Mosquitto, pki: BrokerTls, groups: str
-) -> tuple[int, str]:
-    """A gateway daemon and three wearables through the TLS listener, both offering only
-    `groups`; returns the stored record count and the daemon's log."""
+def _tls_gateway(root: Path, broker: Mosquitto, pki: BrokerTls, groups: str) -> GatewaySetup:
+    """A gateway set up to reach the broker only through its TLS listener, offering `groups`."""
     port = broker.tls_port
     assert port is not None
-    setup = make_gateway(tmp_path / "gw", port)
+    setup = make_gateway(root, port)
     text = setup.config_path.read_text()
     setup.config_path.write_text(
         text.replace(
             f"port = {port}\n", f'port = {port}\ntls_ca = "{pki.ca}"\ntls_groups = "{groups}"\n'
         )
     )
+    return setup
+
+
+def _gateway_over_tls(
+    tmp_path: Path, broker: Mosquitto, pki: BrokerTls, groups: str
+) -> tuple[int, str]:
+    """A gateway daemon and three wearables through the TLS listener, both offering only
+    `groups`; returns the stored record count and the daemon's log."""
+    setup = _tls_gateway(tmp_path / "gw", broker, pki, groups)
+    port = broker.tls_port
+    assert port is not None
     enroll(setup, 3)
     daemon = DaemonProcess(setup)
     try:
@@ -225,3 +242,36 @@ def test_broker_tls_with_the_hybrid_group_or_a_clear_error(
         # Classical TLS 1.3 to the same listener still works, with the group named.
         count, _log = _gateway_over_tls(tmp_path, tls_mosquitto, pki, "X25519")
         assert count == 60
+
+
+def test_replayed_recordings_reach_a_tls_only_broker(
+    tmp_path: Path, tls_mosquitto: Mosquitto, pki: BrokerTls, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`iomt-emulate replay` takes the same --tls-* options as `run`: a replayed patient
+    reaches a gateway through the TLS listener, and TLS options without a CA are refused."""
+    port = tls_mosquitto.tls_port
+    assert port is not None
+    groups = HYBRID if PQ_TLS else "X25519"
+    wfdb_dir = tmp_path / "wfdb"
+    wfdb_dir.mkdir()
+    expected = write_record(wfdb_dir)
+    setup = _tls_gateway(tmp_path / "gw", tls_mosquitto, pki, groups)
+    keys = ["--keys-dir", str(setup.keys_dir)]
+    enrolled = ["enroll", "--registry", str(setup.config.registry), *keys]
+    assert emulate_main([*enrolled, "--wfdb", str(wfdb_dir), "--prefix", "patient"]) == 0
+    replay = ["replay", "--wfdb", str(wfdb_dir), "--prefix", "patient", *keys]
+    replay += ["--gateway-pub", str(setup.gateway_pub), "--port", str(port), "--quiet"]
+    # a client certificate without a CA to verify the broker against: refused before connecting
+    assert emulate_main([*replay, "--tls-cert", str(pki.cert), "--tls-key", str(pki.key)]) == 2
+    assert "--tls-cert, --tls-key and --tls-groups need --tls-ca" in capsys.readouterr().err
+    daemon = DaemonProcess(setup)
+    try:
+        daemon.wait_connected(60)
+        tls = ["--tls-ca", str(pki.ca), "--tls-groups", groups]
+        assert emulate_main([*replay, *tls, "--speed", "1000", "--connect-timeout", "60"]) == 0
+        wait_until(
+            lambda: beat_count(setup) == len(expected), 60, "every replayed beat stored over TLS"
+        )
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()

@@ -209,7 +209,7 @@ def _beats(setup: GatewaySetup) -> list[tuple[int, int, int, int]]:
         db.close()
 
 
-def _beat_count(setup: GatewaySetup) -> int:
+def beat_count(setup: GatewaySetup) -> int:
     if not setup.config.db_path.exists():
         return 0
     try:
@@ -245,14 +245,14 @@ def test_replay_into_a_gateway_beside_vitals_exactly_once(
         vitals = EmulatorProcess(setup, mosquitto.port, 1, 150, 50.0)
         # 5 recorded minutes in about 10 s: long enough to kill the gateway in the middle
         replay = _replay(setup, wfdb_dir, mosquitto.port, 30.0)
-        wait_until(lambda: _beat_count(setup) >= 64, 60, "the first beats to be stored")
+        wait_until(lambda: beat_count(setup) >= 64, 60, "the first beats to be stored")
         daemon.kill()  # SIGKILL: unacknowledged records come back from the broker
-        assert _beat_count(setup) < len(expected), "the replay ended before the kill"
+        assert beat_count(setup) < len(expected), "the replay ended before the kill"
         daemon = DaemonProcess(setup)
         daemon.wait_connected()
         assert replay.wait(120) == 0, (setup.root / "replay.log").read_text()
         vitals.wait(120)
-        wait_until(lambda: _beat_count(setup) >= len(expected), 60, "every beat stored")
+        wait_until(lambda: beat_count(setup) >= len(expected), 60, "every beat stored")
         wait_until(lambda: stored_count(setup) >= 150, 60, "every vitals record stored")
         # records committed but not acknowledged before the kill come back: the replay window
         # refuses them, and nothing else is refused
