@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from functools import partial
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -188,8 +189,16 @@ class Uplink:
             await self._spool(self.spool.put_global, round_, body)
         else:
             broadcast_id, kind, round_or_none = part
+            # A body is not synced to disk: the stream keeps it after delivery, and a gateway
+            # restarting reads the newest again (an fsync costs milliseconds on the round's
+            # path). A key entry leaves its queue with the ack, so it is synced first.
             complete = await self._spool(
-                self.spool.put_global_part, broadcast_id, kind, body, round_or_none, join_delivery
+                partial(self.spool.put_global_part, synced=kind != "body"),
+                broadcast_id,
+                kind,
+                body,
+                round_or_none,
+                join_delivery,
             )
             if not complete:  # the other half is still on its way
                 await message.ack()
