@@ -96,6 +96,16 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class StatisticsConfig:
+    """Federated feature standardisation (wire/feature_scaling.py): with `features` d > 0 the
+    first round of a fresh coordinator is a statistics round over d features clipped to
+    `feature_bound`, and every later global model carries the pooled mean/std."""
+
+    features: int = 0  # 0: no statistics round, gateways keep their fixed scaling
+    feature_bound: float = 10.0  # the rhythm and vitals features' own clip (FEATURE_CLIP)
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """Benchmark-only: never in a deployment (updates and global models are not protected)."""
 
@@ -117,6 +127,7 @@ class AggregatorConfig:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     @property
@@ -148,6 +159,8 @@ _RULES: Final = Rules(
         "privacy.dropout_fraction": Range(0, 0.9),
         "privacy.stage_timeout": Range(0.1, 3600),
         "privacy.weight_cap": Range(0, 10**9, "an integer >= 0"),
+        "statistics.features": Range(0, 4096, "an integer in [0, 4096]"),
+        "statistics.feature_bound": Range(1e-3, 1e6),
         # What gateways accept in a round's settings is what the config may ask for.
         **{f"training.{k}": Range(lo, hi) for k, (lo, hi) in SETTING_RANGES.items()},
     },
@@ -166,6 +179,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> AggregatorConfig:
         "worker",
         "metrics",
         "privacy",
+        "statistics",
         "bench",
     }
     check_known("", doc, sections)
@@ -204,6 +218,7 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> AggregatorConfig:
         worker=parse_section(WorkerConfig, "worker", doc.get("worker", {}), _RULES),
         metrics=parse_section(MetricsConfig, "metrics", doc.get("metrics", {}), _RULES),
         privacy=parse_section(PrivacyConfig, "privacy", doc.get("privacy", {}), _RULES),
+        statistics=parse_section(StatisticsConfig, "statistics", doc.get("statistics", {}), _RULES),
         bench=parse_section(BenchConfig, "bench", doc.get("bench", {}), _RULES),
     )
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from aggregator.rounds import (
     RoundPolicy,
     quorum_for,
 )
-from aggregator.secure_round import StageDeadlines, declare_secagg_topology
+from aggregator.secure_round import SecureRoundReport, StageDeadlines, declare_secagg_topology
 from aggregator.secure_rounds import (
     PrivacyGate,
     RoundPrivacySummary,
@@ -43,8 +44,15 @@ from pqlink.secagg import AggregateResult
 from servicekit.backoff import Backoff
 from wire.amqp import GLOBAL_EXCHANGE, GLOBAL_KEYS_EXCHANGE, PARTIALS_QUEUE
 from wire.envelopes import envelope_codec
+from wire.feature_scaling import (
+    STATISTICS_PRECISION_BITS,
+    FeatureScaling,
+    pooled_scaling,
+    secure_resolution,
+)
 from wire.fl import GlobalModel, RoundSettings
 from wire.model import WEIGHT_NAMES
+from wire.weighting import NORM_FACTOR
 
 _LOG = logging.getLogger("aggregator.coordinator")
 
@@ -101,6 +109,9 @@ class CoordinatorService:
             )
         weights = initial_weights(config.initial_weights)
         self.parameter_count = int(weights.size)
+        self._check_statistics(strategy.norm_bound)
+        self.scaling_path = config.state_dir / "feature_scaling.json"
+        self.scaling, self.statistics_round = self._load_scaling()
         self.rounds = RoundCoordinator(
             config.db_path,
             strategy,
@@ -127,6 +138,57 @@ class CoordinatorService:
         self._cpu_at_record = time.process_time()
         self.metrics = CoordinatorMetrics()
         self._update_gauges()
+
+    def _check_statistics(self, norm_bound: float | None) -> None:
+        """Refuse the settings under which a statistics round would not pool what it says."""
+        d, cfg = self.config.statistics.features, self.config
+        if d == 0:
+            return
+        if 2 * d > self.parameter_count:
+            raise ValueError(f"{d} features need {2 * d} coordinates; the model has fewer")
+        if norm_bound is not None and norm_bound < 1.0:
+            # the moment vector's norm is up to 1: a lower bound would rescale it
+            raise ValueError(
+                f"statistics rounds need strategy.norm_bound 0 or >= 1, not {norm_bound}"
+            )
+        if self.secure and cfg.privacy.weight_cap == 0:
+            raise ValueError(
+                "a secure statistics round needs privacy.weight_cap > 0 (a weighted mean)"
+            )
+        if not self.secure and cfg.training.noise_multiplier > 0:
+            # plain mode noises each gateway's training, not its moments: refuse, not leak
+            raise ValueError("statistics rounds with noise need secure aggregation")
+
+    def _load_scaling(self) -> tuple[FeatureScaling | None, int]:
+        if self.config.statistics.features == 0 or not self.scaling_path.exists():
+            return None, 0
+        doc = json.loads(self.scaling_path.read_text())
+        return FeatureScaling.from_json(doc["scaling"]), int(doc["round"])
+
+    def _save_scaling(self, scaling: FeatureScaling, round_: int) -> None:
+        tmp = self.scaling_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"round": round_, "scaling": scaling.to_json()}))
+        os.replace(tmp, self.scaling_path)
+        self.scaling, self.statistics_round = scaling, round_
+
+    @property
+    def statistics_pending(self) -> bool:
+        """Is the open round a statistics round (enabled, and no scaling pooled yet)?"""
+        return self.config.statistics.features > 0 and self.scaling is None
+
+    def round_settings(self, *, final: bool = False) -> RoundSettings:
+        """The open round's settings. Training rounds are numbered from the first one after
+        the statistics round, so that a learning-rate schedule spans the training rounds."""
+        r, st = self.rounds, self.config.statistics
+        if self.statistics_pending and not final:
+            training = r.strategy.configure_round(1)
+            return replace(
+                training,
+                feature_stats=st.features,
+                feature_bound=st.feature_bound,
+                precision_bits=max(training.precision_bits, STATISTICS_PRECISION_BITS),
+            )
+        return r.strategy.configure_round(r.round - self.statistics_round, final=final)
 
     def _update_gauges(self) -> None:
         self.metrics.round.set(self.rounds.round)
@@ -157,7 +219,8 @@ class CoordinatorService:
             parameter_count=self.parameter_count,
             round=r.round,
             deadline_ms=int(r.deadline * 1000),
-            settings=r.strategy.configure_round(r.round, final=final),
+            settings=self.round_settings(final=final),
+            feature_scaling=self.scaling,
         )
 
     def global_broadcast(self, *, final: bool = False) -> SealedBroadcast:
@@ -357,11 +420,14 @@ class CoordinatorService:
         if reason is None:
             return
         t0 = time.perf_counter()
-        closed = self.rounds.close_round(reason)
+        if self.statistics_pending:
+            closed = self._close_plain_statistics(reason)
+        else:
+            closed = self.rounds.close_round(reason)
+            self.closed_rounds += 1
         seconds = time.perf_counter() - t0
         summary = self._privacy_summary(bool(closed.participants), 0)
         closed.privacy = summary.to_json()
-        self.closed_rounds += 1
         self.metrics.rounds_closed.labels(reason).inc()
         self.metrics.aggregation_seconds.observe(seconds)
         self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
@@ -378,6 +444,73 @@ class CoordinatorService:
         if self.done() or self._gate(fanout):
             self._publish_global(fanout, final=self.done())
         self._record(closed, seconds)
+
+    def _close_plain_statistics(self, reason: CloseReason) -> ClosedRound:
+        """Pool the statistics round's moments from the plain weighted sum; with nobody in it
+        the next round asks again."""
+        counted = self.rounds.counted()
+        pooled = self.rounds.pooled_moments()
+        report: dict[str, Any] = {"features": self.config.statistics.features}
+        scaling = None
+        if pooled is not None:
+            mean, total = pooled
+            scaling = self._pool(mean, 0.0, int(total), report)
+        closed = self.rounds.close_statistics_round(
+            reason, sorted(counted) if pooled else [], sum(counted.values()), report
+        )
+        self._keep_scaling(scaling, closed.round)
+        return closed
+
+    def _pool(
+        self,
+        mean: Any,
+        clip: float,
+        count: int,
+        report: dict[str, Any],
+        std_floor: float = 0.0,
+    ) -> FeatureScaling:
+        st = self.config.statistics
+        scaling = pooled_scaling(
+            mean, st.features, st.feature_bound, clip, count, std_floor=std_floor
+        )
+        report.update(scaling.to_json())
+        _LOG.info(
+            "feature_scaling_pooled round=%d features=%d windows=%d",
+            self.rounds.round,
+            st.features,
+            count,
+        )
+        return scaling
+
+    def _pool_secure(
+        self,
+        report: SecureRoundReport,
+        outcome: AggregateResult,
+        mean: Any,
+        stats: dict[str, Any],
+    ) -> FeatureScaling:
+        """The pooled scaling of a secure statistics round, its deviations floored at what
+        the round's quantisation resolves. The capped window total is the weight sum the
+        weighted mean divides by: the coordinator learns it in any weighted round."""
+        a, st = report.announcement, self.config.statistics
+        unit = ((1 << a.precision_bits) - 1) / NORM_FACTOR / a.weight_cap
+        windows = max(float(outcome.signed_sum()[-1]) / unit, 1.0)
+        _, square_error = secure_resolution(
+            st.features,
+            st.feature_bound,
+            precision_bits=a.precision_bits,
+            cap=a.weight_cap,
+            windows=windows,
+            survivors=len(outcome.survivors),
+        )
+        stats["resolution_mean_square"] = square_error
+        return self._pool(mean, a.clip, round(windows), stats, math.sqrt(square_error))
+
+    def _keep_scaling(self, scaling: FeatureScaling | None, round_: int) -> None:
+        # Saved only once the round's close is committed: a crash in between leaves the next
+        # round a statistics round again, never late moment vectors taken for model updates.
+        if scaling is not None:
+            self._save_scaling(scaling, round_)
 
     def _serve_secure(
         self, connection: pika.BlockingConnection, channel: BlockingChannel, fanout: BlockingChannel
@@ -398,6 +531,7 @@ class CoordinatorService:
                 _LOG.warning("secure aggregation needs two gateways, %d enrolled", len(names))
                 self.stop.wait(self.config.rounds.round_timeout)
                 continue
+            statistics = self.statistics_pending
             deadlines = StageDeadlines(
                 self.config.rounds.round_timeout,
                 pc.stage_timeout,
@@ -409,7 +543,7 @@ class CoordinatorService:
                 channel,
                 r.round,
                 names,
-                r.strategy.configure_round(r.round),
+                self.round_settings(),
                 self.parameter_count,
                 self.identity,
                 self.registry,
@@ -428,19 +562,33 @@ class CoordinatorService:
             self.metrics.dropouts_recovered.inc(report.dropouts_recovered)
             for _gateway, why, _detail in report.rejections:
                 self.metrics.rejected.labels(why).inc()
-            closed = r.close_secure_round(
-                CloseReason.QUORUM if mean is not None else CloseReason.DEADLINE,
-                mean,
-                survivors,
-                {**summary.to_json(), "stage_seconds": report.stage_seconds},
-            )
+            closing = CloseReason.QUORUM if mean is not None else CloseReason.DEADLINE
+            if statistics:
+                # the coordinator sees only the survivors' weighted mean of the moments
+                stats: dict[str, Any] = {"features": self.config.statistics.features}
+                scaling = None
+                if mean is not None and isinstance(outcome, AggregateResult):
+                    scaling = self._pool_secure(report, outcome, mean, stats)
+                stats["privacy"] = summary.to_json()
+                closed = r.close_statistics_round(closing, survivors, 0, stats)
+                self._keep_scaling(scaling, closed.round)
+            else:
+                closed = r.close_secure_round(
+                    closing,
+                    mean,
+                    survivors,
+                    {**summary.to_json(), "stage_seconds": report.stage_seconds},
+                )
             closed.privacy = summary.to_json()
-            self._closed(fanout, closed, time.perf_counter() - t0)
+            self._closed(fanout, closed, time.perf_counter() - t0, counts=not statistics)
         channel.cancel()
         connection.close()
 
-    def _closed(self, channel: BlockingChannel, closed: ClosedRound, seconds: float) -> None:
-        self.closed_rounds += 1
+    def _closed(
+        self, channel: BlockingChannel, closed: ClosedRound, seconds: float, *, counts: bool = True
+    ) -> None:
+        # max_rounds counts training rounds: a statistics round is not one
+        self.closed_rounds += int(counts)
         self.metrics.rounds_closed.labels(closed.reason).inc()
         self.metrics.aggregation_seconds.observe(seconds)
         self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))

@@ -46,6 +46,7 @@ class RoundOutcome(enum.StrEnum):
     QUORUM_TOO_FEW = "quorum_too_few"
     DEADLINE_TOO_FEW = "deadline_too_few"
     SECURE_ABORTED = "secure_aborted"  # too few survivors: nothing unmasked, model unchanged
+    STATISTICS = "statistics"  # a statistics round: feature moments pooled, model unchanged
 
     @classmethod
     def of(cls, reason: CloseReason, aggregated: bool) -> RoundOutcome:
@@ -229,7 +230,40 @@ class RoundCoordinator:
         aborted = RoundOutcome.SECURE_ABORTED if delta is None else None
         return self._close(reason, now, names, 0, given, {"privacy": privacy}, aborted)
 
-    def _close(  # noqa: PLR0917 -- the one place both kinds of round are closed
+    def pooled_moments(self) -> tuple[Vector, float] | None:
+        """The open round's sample-weighted mean update and its total weight, without applying
+        it (a statistics round's pooled moment vector); None if nobody contributed."""
+        acc = self.store.accumulator(self.round)
+        if acc is None or acc.total_weight <= 0:
+            return None
+        mean: Vector = (acc.weighted_sum / np.float32(acc.total_weight)).astype(np.float32)
+        return mean, acc.total_weight
+
+    def close_statistics_round(
+        self,
+        reason: CloseReason,
+        participants: Sequence[str],
+        samples: int,
+        report: dict[str, Any],
+        now: float | None = None,
+    ) -> ClosedRound:
+        """Close a statistics round: its sums went into the feature scaling, not the model."""
+
+        def unused() -> Vector:
+            raise ValueError("a statistics round changes no weights")
+
+        return self._close(
+            reason,
+            now,
+            sorted(participants),
+            samples,
+            unused,
+            {"feature_stats": report},
+            RoundOutcome.STATISTICS,
+            keep_model=True,
+        )
+
+    def _close(  # noqa: PLR0917 -- the one place every kind of round is closed
         self,
         reason: CloseReason,
         now: float | None,
@@ -238,12 +272,14 @@ class RoundCoordinator:
         aggregate: Callable[[], Vector],
         extra: dict[str, Any] | None = None,
         outcome_override: RoundOutcome | None = None,
+        *,
+        keep_model: bool = False,
     ) -> ClosedRound:
         now = time.time() if now is None else now
         norm = 0.0
         aggregated = bool(participants) and len(participants) >= self.policy.min_participants
         weights, version = self.weights, self.version
-        if aggregated:
+        if aggregated and not keep_model:
             delta = aggregate()
             norm = float(np.linalg.norm(delta))
             weights, version = (self.weights + delta).astype(np.float32), self.version + 1
@@ -261,7 +297,7 @@ class RoundCoordinator:
             samples,
             outcome,
             report,
-            LatestModel(version, weights) if aggregated else None,
+            LatestModel(version, weights) if aggregated and not keep_model else None,
         )
         self.store.close_round(record, next_round)
         self.weights, self.version = weights, version

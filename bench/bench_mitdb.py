@@ -17,8 +17,11 @@ out once; predictions are pooled over folds). With --test: train on all of --tra
     python -m bench.bench_mitdb --train ../shared/datasets/mitdb-ds1 --gateways 3 \\
         --choices bench/results/mitdb_sim_nested.json --json bench/results/mitdb.json
 
---choices takes each fold's aggregator settings (server momentum, learning-rate decay) from a
+--choices takes each fold's aggregator settings (server momentum, learning-rate decay, and
+whether a statistics round pools the feature mean/std first: --federated-scaling) from a
 nested selection made on that fold's training records only by `bench.mitdb_sim --nested`.
+With the statistics round, every method sees the features standardised with the pooled
+statistics the coordinator published (the federated model as its gateways trained it).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from device_emulators.replay import list_records, read_beats
 from gateway.af_rule import dash_af
 from gateway.rhythm import (
     CLASS_NAMES,
+    FEATURE_CLIP,
     RR_STRIDE,
     RR_WINDOW,
     RhythmClass,
@@ -61,6 +65,7 @@ from gateway.trainer import (
 )
 from testbed.mosquitto import Mosquitto
 from testbed.rabbitmq import RabbitMQ
+from wire.feature_scaling import FeatureScaling
 from wire.model import RHYTHM_INITIAL_WEIGHTS, RHYTHM_LAYOUT, RHYTHM_MODEL_PATH
 
 F32 = npt.NDArray[np.float32]
@@ -82,6 +87,8 @@ class Settings:
     server_momentum: float = 0.0
     server_learning_rate: float = 1.0
     lr_final_ratio: float = 1.0
+    # a statistics round before the first training round pools the feature mean/std
+    federated_scaling: bool = False
 
 
 def _quiet(fn: Any, *args: str) -> None:
@@ -250,9 +257,9 @@ def run_split(
     groups: list[list[str]],
     s: Settings,
     split: int,
-) -> tuple[F32, list[tuple[F32, I32]], dict[str, Any]]:
+) -> tuple[F32, list[tuple[F32, I32]], dict[str, Any], FeatureScaling | None]:
     """Federated rounds over the wards; returns the global model's flat weights, each ward's
-    stored windows, and the split's facts."""
+    stored windows, the split's facts and the pooled feature scaling (if the run pooled one)."""
     from aggregator.cli import main as aggregator_main  # noqa: PLC0415
     from device_emulators.cli import main as emulate_main  # noqa: PLC0415
     from gateway.cli import main as gateway_main  # noqa: PLC0415
@@ -272,9 +279,11 @@ def run_split(
         f'[strategy]\nname = "fedavgm"\nserver_momentum = {s.server_momentum}\n'
         f"server_learning_rate = {s.server_learning_rate}\n"
         f"lr_final_ratio = {s.lr_final_ratio}\n"
+        f"[statistics]\nfeatures = {RHYTHM_LAYOUT.features if s.federated_scaling else 0}\n"
+        f"feature_bound = {FEATURE_CLIP}\n"
     )
     _quiet(aggregator_main, "keygen", "--config", str(agg_conf))
-    gw_roots = []
+    gw_roots: list[Path] = []
     for g, records in enumerate(groups):
         gid = f"ward-{g + 1:02d}"
         gw = root / gid
@@ -341,9 +350,11 @@ def run_split(
         procs.stop()
     models = _models(agg / "state")
     closed = _rounds(agg_conf)
-    if not models or len(closed) < s.rounds:
+    statistics_rounds = int(s.federated_scaling)
+    if not models or len(closed) < s.rounds + statistics_rounds:
         raise RuntimeError(f"{len(closed)} of {s.rounds} rounds closed; see {root / 'logs'}")
     weights = models[max(models)]
+    scaling = _scaling(agg / "state") if s.federated_scaling else None
     task = TASKS["rhythm"]
     ward_windows = []
     for gw in gw_roots:
@@ -360,10 +371,18 @@ def run_split(
             for gw, (_, y) in zip(gw_roots, ward_windows, strict=True)
         },
         "rounds_closed": len(closed),
+        "statistics_rounds": statistics_rounds,
+        "feature_scaling": None if scaling is None else scaling.to_json(),
         "replay_seconds": round(replay_seconds, 1),
         "rounds_seconds": round(rounds_seconds, 1),
     }
-    return weights, ward_windows, facts
+    return weights, ward_windows, facts, scaling
+
+
+def _scaling(state: Path) -> FeatureScaling:
+    """The pooled mean/std the coordinator published with its global models."""
+    doc = json.loads((state / "feature_scaling.json").read_text())
+    return FeatureScaling.from_json(doc["scaling"])
 
 
 def _alive(daemons: list[Any], root: Path) -> bool:
@@ -389,19 +408,25 @@ def evaluate_split(
     ward_windows: list[tuple[F32, I32]],
     test: RhythmWindows,
     s: Settings,
+    scaling: FeatureScaling | None = None,
 ) -> dict[str, Any]:
-    """Predictions of every method on the held-out windows."""
+    """Predictions of every method on the held-out windows. With a pooled feature scaling,
+    every model sees features standardised with it (as bench.mitdb_sim does): the federated
+    one as its gateways do, central and local-only trained the same way."""
     federated = NumpyTrainer(unflatten(weights, RHYTHM_LAYOUT))
+    if scaling is not None:
+        ward_windows = [(scaling.apply(x), y) for x, y in ward_windows]
+    test_x = test.features if scaling is None else scaling.apply(test.features)
     pooled_x = np.concatenate([x for x, _ in ward_windows])
     pooled_y = np.concatenate([y for _, y in ward_windows])
     central = _train(pooled_x, pooled_y, s, s.seed)
     local = [_train(x, y, s, s.seed + 1 + g) for g, (x, y) in enumerate(ward_windows)]
     return {
-        "federated": _predict(federated, test.features),
-        "federated_af": _af_probability(federated, test.features),
-        "central": _predict(central, test.features),
-        "central_af": _af_probability(central, test.features),
-        "local_only": [_predict(m, test.features) for m in local],
+        "federated": _predict(federated, test_x),
+        "federated_af": _af_probability(federated, test_x),
+        "central": _predict(central, test_x),
+        "central_af": _af_probability(central, test_x),
+        "local_only": [_predict(m, test_x) for m in local],
         "rule": dash_af(test.rr_ms),
     }
 
@@ -532,6 +557,7 @@ _CHOSEN_FIELDS = {
     "epochs": "epochs",
     "rounds": "rounds",
     "learning_rate": "learning_rate",
+    "federated_scaling": "federated_scaling",
 }
 
 
@@ -552,7 +578,10 @@ def chosen_settings(
         if choices:
             raise ValueError(f"no nested choice for the fold holding out {list(held_out)}")
         return s
-    return replace(s, **{ours: config[theirs] for theirs, ours in _CHOSEN_FIELDS.items()})
+    return replace(
+        s,
+        **{ours: config[theirs] for theirs, ours in _CHOSEN_FIELDS.items() if theirs in config},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -574,6 +603,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=1.0,
         help="the gateways' learning rate decays to this share of it by the last round",
+    )
+    parser.add_argument(
+        "--federated-scaling",
+        action="store_true",
+        help="a statistics round pools the feature mean/std before the first training round",
     )
     parser.add_argument(
         "--choices",
@@ -602,6 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_momentum=args.server_momentum,
         server_learning_rate=args.server_learning_rate,
         lr_final_ratio=args.lr_final_ratio,
+        federated_scaling=args.federated_scaling,
     )
     choices = _load_choices(args.choices)
     t0 = time.monotonic()
@@ -623,16 +658,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 groups = wards(args.train, train, args.gateways)
                 print(f"split {n + 1}/{len(splits)}: wards {groups}, held out {test}", flush=True)
                 split_s = chosen_settings(s, choices, test)
-                weights, ward_windows, facts = run_split(
+                weights, ward_windows, facts, scaling = run_split(
                     work, mq, rabbit, args.train, groups, split_s, n
                 )
                 facts["strategy"] = {
                     "server_momentum": split_s.server_momentum,
                     "server_learning_rate": split_s.server_learning_rate,
                     "lr_final_ratio": split_s.lr_final_ratio,
+                    "federated_scaling": split_s.federated_scaling,
                 }
                 test_windows = record_windows(test_dir, test, RR_STRIDE)
-                predictions.append(evaluate_split(weights, ward_windows, test_windows, split_s))
+                predictions.append(
+                    evaluate_split(weights, ward_windows, test_windows, split_s, scaling)
+                )
                 labels.append(test_windows.labels)
                 split_facts.append({"test": test, **facts})
                 print(f"  {json.dumps(facts['ward_windows'])} windows/class per ward", flush=True)

@@ -7,6 +7,9 @@ the global weights with the round's settings and the round number as seed (as
 gateway/federation.py does), and the aggregator adds the sample-weighted mean of the deltas
 (aggregator/strategies.FedAvg), optionally through server momentum (FedAvgM). Secure
 aggregation and gateway-level DP are off in bench_mitdb's real run, so they are off here too.
+With `federated_scaling` the real system runs a statistics round first, so its training rounds
+are 2..41 (seeds one higher than here) and its pooled statistics pass a float32 sum: close to
+this twin, not bit for bit.
 
     python -m bench.mitdb_sim --train ../shared/datasets/mitdb-ds1 --json /tmp/sim.json
     python -m bench.mitdb_sim --train ../shared/datasets/mitdb-ds1 --nested --json PATH

@@ -135,6 +135,7 @@ class FederationClient:
             "spool_depth": 0,
             "secure_rounds": 0,
             "secure_rounds_aborted": 0,
+            "statistics_rounds": 0,  # window moments sent instead of an update
         }
         # training + sealing of each answered round, for the metrics endpoint
         self.round_seconds = round_histogram(
@@ -263,8 +264,14 @@ class FederationClient:
             self.log.event(Event.ROUND_SKIPPED, round=round_, reason="no_data", count=len(y))
             await self._finish(round_)
             return
+        if received.model.settings.feature_stats:
+            await self._statistics(round_, received, x)
+            return
         if received.model.settings.secure_aggregation:
-            await self._train_secure(round_, received, x, y)
+            delta, metrics = await self._in(
+                self._train_pool, self.learner.train_delta, received, x, y, round_
+            )
+            await self._secure(round_, delta, len(y), metrics)
             return
         update = await self._in(
             self._train_pool,
@@ -313,19 +320,43 @@ class FederationClient:
             backend=m["backend"],
         )
 
-    async def _train_secure(
+    async def _statistics(
+        self, round_: int, received: ReceivedGlobal, x: npt.NDArray[np.float32]
+    ) -> None:
+        """A statistics round: the moments of the windows instead of an update, through the
+        same sum (secure or plain) with the window count as weight; no training."""
+        self.log.event(Event.FEATURE_STATS_SENT, round=round_, windows=len(x))
+        self.counters["statistics_rounds"] += 1
+        if received.model.settings.secure_aggregation:
+            vector = self.learner.statistics_update(received, x)
+            await self._secure(
+                round_, vector, len(x), {"windows": len(x), "energy_joules": 0.0}, trained=False
+            )
+            return
+        update = await self._in(self._train_pool, self.learner.seal_statistics, received, x)
+
+        def spool_it() -> None:
+            with self.spool.transaction():
+                self.spool.put_update(round_, update.envelope, update.metrics["seal_seconds"])
+                self.spool.set_state(_LAST_ROUND, round_)
+                self.spool.done_global(round_)
+
+        await self._in(self.store_pool, spool_it)
+        self.counters["last_round"] = round_
+        self.uplink.wake()
+
+    async def _secure(
         self,
         round_: int,
-        received: ReceivedGlobal,
-        x: npt.NDArray[np.float32],
-        y: npt.NDArray[np.int32],
+        delta: npt.NDArray[np.float32],
+        samples: int,
+        metrics: dict[str, Any],
+        *,
+        trained: bool = True,
     ) -> None:
-        """Train, then take part in the round's secure aggregation with the update: it leaves
-        this gateway clipped, quantised, noised and masked (nothing goes through the spool:
-        a masked input is worthless once its round is over)."""
-        delta, metrics = await self._in(
-            self._train_pool, self.learner.train_delta, received, x, y, round_
-        )
+        """Take part in the round's secure aggregation with the update: it leaves this
+        gateway clipped, quantised, noised and masked (nothing goes through the spool: a
+        masked input is worthless once its round is over)."""
         registry_path = self.config.gateway_registry_path
         if not registry_path.exists():
             self.log.event(
@@ -345,7 +376,7 @@ class FederationClient:
             self.identity,
             self.learner.aggregator,
             load_registry(registry_path),
-            lambda _announcement: (delta.astype(np.float64), len(y)),
+            lambda _announcement: (delta.astype(np.float64), samples),
             codec=self.learner.codec,
         )
         result: SecureRoundResult = await self._in(
@@ -353,7 +384,7 @@ class FederationClient:
             lambda: link.run_round(self._secure_stop, after_round=round_ - 1),
         )
         await self._finish(round_)
-        self.counters["rounds_trained"] += 1
+        self.counters["rounds_trained"] += int(trained)  # a statistics round trains nothing
         self.counters["secure_rounds"] += 1
         self.counters["secure_rounds_aborted"] += int(result.aborted)
         self.counters["last_update"] = metrics
@@ -365,5 +396,5 @@ class FederationClient:
             aborted=result.aborted,
             sent=",".join(k.name.lower() for k in result.sent),
             refused=len(result.refused),
-            loss_after=round(metrics["loss_after"], 4),
+            loss_after=round(metrics.get("loss_after", 0.0), 4),
         )

@@ -28,6 +28,7 @@ from pqlink import (
     Registry,
 )
 from wire.envelopes import EnvelopeCodec, SealedCodec
+from wire.feature_scaling import moments_vector
 from wire.fl import GlobalModel, ModelUpdate, RoundSettings
 
 F32 = npt.NDArray[np.float32]
@@ -122,6 +123,17 @@ class FederatedLearner:
         vector = np.frombuffer(model.weights, dtype="<f4").astype(np.float32)
         if not np.all(np.isfinite(vector)):
             raise GlobalModelRejectedError("global model holds NaN or infinity")
+        features = self.trainer.layout.features
+        scaling = model.feature_scaling
+        if scaling is not None and scaling.features != features:
+            raise GlobalModelRejectedError(
+                f"feature scaling of {scaling.features} features, the model has {features}"
+            )
+        if model.settings.feature_stats not in {0, features}:
+            raise GlobalModelRejectedError(
+                f"statistics of {model.settings.feature_stats} features asked, "
+                f"the model has {features}"
+            )
         return ReceivedGlobal(
             model, version, unflatten(vector, self.trainer.layout), received_at, open_cpu
         )
@@ -133,6 +145,44 @@ class FederatedLearner:
 
     def apply(self, received: ReceivedGlobal) -> None:
         self.trainer.set_weights(received.weights)
+
+    @staticmethod
+    def model_input(received: ReceivedGlobal, x: F32) -> F32:
+        """Features as the global model takes them: standardised with the pooled mean/std it
+        carries, or as they are before any statistics round (training and inference alike)."""
+        scaling = received.model.feature_scaling
+        return x if scaling is None else scaling.apply(x)
+
+    def statistics_update(self, received: ReceivedGlobal, x: F32) -> F32:
+        """A statistics round's answer: the moments of this gateway's windows as an update
+        vector (wire/feature_scaling.py), whose weight is the window count."""
+        s = received.model.settings
+        clip = s.clip_norm if s.secure_aggregation else 0.0
+        vector = moments_vector(x, s.feature_bound, self.trainer.layout.parameter_count, clip)
+        return vector.astype(np.float32)
+
+    def seal_statistics(self, received: ReceivedGlobal, x: F32) -> TrainedUpdate:
+        """The statistics update sealed for the aggregator (plain rounds), as an update is."""
+        vector = self.statistics_update(received, x)
+        metrics: dict[str, Any] = {"windows": len(x), "feature_stats": True}
+        t1 = time.perf_counter()
+        cpu1 = time.thread_time()
+        payload = ModelUpdate(
+            vector.astype("<f4").tobytes(), self.trainer.layout.parameter_count, metrics
+        )
+        envelope = self.codec.seal(
+            self.identity,
+            [self.aggregator],
+            payload.encode(),
+            content_type=ContentType.MODEL_UPDATE,
+            round=received.model.round,
+            model_version=received.version,
+            sample_count=len(x),
+        )
+        metrics["seal_seconds"] = time.perf_counter() - t1
+        metrics["seal_cpu_seconds"] = time.thread_time() - cpu1
+        metrics["global_open_cpu_seconds"] = received.open_cpu_seconds
+        return TrainedUpdate(received.model.round, envelope, metrics)
 
     def train_and_seal(
         self,
@@ -179,7 +229,7 @@ class FederatedLearner:
         )
         t0 = time.perf_counter()
         cpu0 = time.thread_time()
-        result = fit(self.trainer, x, y, options, received.weights)
+        result = fit(self.trainer, self.model_input(received, x), y, options, received.weights)
         cpu = time.thread_time() - cpu0
         train_seconds = time.perf_counter() - t0
         layout = self.trainer.layout

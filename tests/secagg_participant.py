@@ -14,6 +14,7 @@ import numpy as np
 
 from gateway.secure_link import SecureLink
 from pqlink import load_identity, load_public_identity, load_registry
+from wire.feature_scaling import moments_vector
 from wire.secagg import SecAggKind, SecureRoundAnnouncement
 
 
@@ -28,10 +29,17 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--after-round", type=int, default=-1)
     p.add_argument("--die-after", choices=[k.name for k in SecAggKind], default=None)
+    p.add_argument("--windows", help="a statistics round: the moments of these (.npy) windows")
+    p.add_argument("--bound", type=float, default=10.0, help="the statistics round's clip")
     args = p.parse_args()
     out = Path(args.out)
 
     def update(a: SecureRoundAnnouncement) -> tuple[np.ndarray, int]:
+        if args.windows:  # as a gateway answers a statistics round (gateway/learning.py)
+            windows = np.load(args.windows)
+            v = moments_vector(windows, args.bound, a.dimension, a.clip)
+            np.save(out / "update.npy", v)
+            return v, len(windows)
         x = np.random.default_rng(args.seed).normal(0.0, 0.5, a.dimension)
         np.save(out / "update.npy", x)
         return x, args.samples

@@ -28,7 +28,7 @@ from wire.rr import (
 from wire.vitals import MAX_EPOCH
 
 from .harness import DaemonProcess, make_gateway, wait_until
-from .test_replay import _beat_count, _beats, _replay, write_record
+from .test_replay import _beats, _replay, beat_count, write_record
 
 OUTAGE_SECONDS = 4.0  # the fault itself: how long the gateway is down mid-stream
 
@@ -101,9 +101,9 @@ def test_rr_replay_through_a_daemon_down_mid_stream_stores_every_beat_once(
     try:
         daemon.wait_connected()
         replay = _replay(setup, wfdb_dir, mosquitto.port, 20.0)  # 5 recorded minutes in 15 s
-        wait_until(lambda: _beat_count(setup) >= 64, 60, "the first beats to be stored")
+        wait_until(lambda: beat_count(setup) >= 64, 60, "the first beats to be stored")
         assert daemon.terminate() == 0
-        stopped_beats = _beat_count(setup)
+        stopped_beats = beat_count(setup)
         assert stopped_beats < len(expected), "the replay ended before the outage"
         # While it is down its sessions are lost too: the wearable must handshake again and
         # resend, re-sealed, every batch not acknowledged (what the broker kept for the

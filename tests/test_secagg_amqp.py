@@ -41,6 +41,7 @@ from pqlink import (
 )
 from pqlink.secagg import AggregateResult, MaskedVector, RoundAborted, SecAggClient
 from wire.amqp import SECAGG_UP_QUEUE, UPDATES_QUEUE
+from wire.feature_scaling import pooled_of, pooled_scaling
 from wire.fl import RoundSettings
 from wire.reasons import Reason
 from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
@@ -88,6 +89,7 @@ class Bed:
         seed: int,
         die_after: str | None = None,
         samples: int = 100,
+        windows: Path | None = None,
     ) -> Path:
         out = self.root / f"r{round_}-{gw.name}"
         out.mkdir()
@@ -114,6 +116,8 @@ class Bed:
         ]
         if die_after:
             args += ["--die-after", die_after]
+        if windows is not None:
+            args += ["--windows", str(windows)]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         with (out / "log").open("wb") as log:
             self.procs.append(subprocess.Popen(args, stdout=log, stderr=log, env=env, cwd=ROOT))
@@ -130,12 +134,14 @@ class Bed:
         announcement: SecureRoundAnnouncement | None = None,
         samples: dict[str, int] | None = None,
         weight_cap: int = 0,
+        windows: dict[str, Path] | None = None,
+        settings: RoundSettings = SETTINGS,
     ) -> tuple[SecureRoundReport, dict[str, Path]]:
         die = die or {}
         samples = samples or {}
         if announcement is None:
             announcement = plan_round(
-                round_, [g.name for g in members], SETTINGS, 256, weight_cap=weight_cap
+                round_, [g.name for g in members], settings, 256, weight_cap=weight_cap
             )
         conn = pika.BlockingConnection(pika.URLParameters(self.url))
         try:
@@ -152,6 +158,7 @@ class Bed:
                     seed=1000 * round_ + i,
                     die_after=die.get(g.name),
                     samples=samples.get(g.name, 100),
+                    windows=(windows or {}).get(g.name),
                 )
                 for i, g in enumerate(members)
             }
@@ -272,6 +279,59 @@ def test_secure_weighted_mean_equals_the_plain_weighted_mean(bed: Bed) -> None:
     assert np.max(np.abs(secure_mean - fedavg)) < 4 * step
     # and it is not the unweighted mean (the test can fail)
     assert np.max(np.abs(secure_mean - np.mean(clipped, axis=0))) > 100 * step
+
+
+def test_a_secure_statistics_round_reveals_only_the_pooled_moments(bed: Bed) -> None:
+    """Three gateways' windows (40, 300 and 900 of them, below the weight cap) answer a
+    statistics round through the secure sum: the coordinator's pooled mean/std equals that of
+    all the windows within the stated quantisation, and a worker saw only masked vectors."""
+    members = bed.gateways[:3]
+    d, bound = 6, 10.0
+    rng = np.random.default_rng(11)
+    data = {
+        members[0].name: rng.normal(0.0, 1.0, (40, d)),
+        members[1].name: rng.normal(2.0, 3.0, (300, d)),
+        members[2].name: rng.normal(-1.0, 0.5, (900, d)),
+    }
+    paths = {}
+    for name, x in data.items():
+        paths[name] = bed.root / f"{name}-windows.npy"
+        np.save(paths[name], x)
+    settings = RoundSettings(
+        clip_norm=1.0,
+        secure_aggregation=True,
+        precision_bits=16,
+        feature_stats=d,
+        feature_bound=bound,
+    )
+    report, outs = bed.run_round(
+        1, members, samples={}, weight_cap=1000, windows=paths, settings=settings
+    )
+    assert isinstance(report.outcome, AggregateResult), report.outcome
+    a = report.announcement
+    mean = mean_update(report)
+    assert mean is not None
+    got = pooled_scaling(mean, d, bound, a.clip)
+    want = pooled_of(list(data.values()), bound)
+    # a quantisation unit of the weighted mean (as FedAvg's, above), times the moment
+    # vector's scale back to feature units: B sqrt(2d) / clip for a mean, B^2 for a square
+    step = NORM_FACTOR * a.clip / ((1 << a.precision_bits) - 1)
+    scale = np.sqrt(2 * d) / a.clip
+    assert np.max(np.abs(np.subtract(got.mean, want.mean))) < 4 * step * bound * scale
+    got_sq = np.square(got.std) + np.square(got.mean)
+    want_sq = np.square(want.std) + np.square(want.mean)
+    assert np.max(np.abs(got_sq - want_sq)) < 4 * step * bound**2 * scale
+    # not the unweighted mean of the wards' moments (the test can fail)
+    unweighted = pooled_scaling(
+        np.mean([np.load(o / "update.npy") for o in outs.values()], axis=0), d, bound, a.clip
+    )
+    assert np.max(np.abs(np.subtract(unweighted.mean, want.mean))) > 0.5
+    # a worker held each gateway's moments only masked: uniform, unlike the encoded input
+    bits = a.modulus_bits
+    for g in members:
+        encoded = np.load(outs[g.name] / "encoded.npy")
+        assert _chi2_top_bits(encoded, bits) > CHI2_15_P001
+        assert _chi2_top_bits(bed.folder.seen[g.name].vector, bits) < CHI2_15_P001
 
 
 def test_dropouts_after_key_sharing_are_recovered(bed: Bed) -> None:

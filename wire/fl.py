@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Final
 
 from pqlink import DecodeError
+from wire.feature_scaling import FeatureScaling
 
 _MAGIC_UPDATE = b"IMU1"
 _MAGIC_GLOBAL = b"IMG1"
@@ -29,7 +30,13 @@ SETTING_RANGES: Final[dict[str, tuple[float, float]]] = {
     "clip_norm": (0, 1e6),
     "noise_multiplier": (0, 100),
     "precision_bits": (1, 30),
+    "feature_stats": (0, 4096),
+    "feature_bound": (1e-3, 1e6),
 }
+
+#: Settings added after version 1 of the payload: sent only when not at their default, so that
+#: a peer that predates them still decodes every round that does not use them.
+_OPTIONAL: Final = {"feature_stats": 0, "feature_bound": 10.0}
 
 #: Settings that are switches, not numbers.
 _FLAGS: Final = frozenset({"final", "secure_aggregation"})
@@ -41,7 +48,9 @@ class RoundSettings:
     `final` tells gateways to apply the model and stop training. With `secure_aggregation`
     the update is clipped to `clip_norm`, quantised to `precision_bits`, noised (its share of
     `noise_multiplier` * clip) and masked: the per-round protocol parameters (participants,
-    threshold, ring bits) follow in a SecureRoundAnnouncement."""
+    threshold, ring bits) follow in a SecureRoundAnnouncement. `feature_stats` d > 0 makes
+    the round a statistics round: gateways do not train, they report the moments of their
+    windows' d features clipped to `feature_bound` (wire/feature_scaling.py)."""
 
     epochs: int = 1
     batch_size: int = 32
@@ -52,6 +61,8 @@ class RoundSettings:
     final: bool = False
     secure_aggregation: bool = False
     precision_bits: int = 16
+    feature_stats: int = 0
+    feature_bound: float = 10.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -74,7 +85,11 @@ class RoundSettings:
             raise ValueError("round setting secure_aggregation needs clip_norm > 0")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for key, default in _OPTIONAL.items():
+            if out[key] == default:
+                del out[key]
+        return out
 
     @classmethod
     def from_json(cls, obj: object) -> RoundSettings:
@@ -152,13 +167,16 @@ class ModelUpdate:
 @dataclass(frozen=True, slots=True)
 class GlobalModel:
     """The aggregator's model for `round` (float32 little-endian weights) and the settings
-    gateways use to train for that round."""
+    gateways use to train for that round; `feature_scaling`, once a statistics round has
+    pooled it, the mean/std every gateway standardises its features with (absent before,
+    and then the payload is byte for byte what a peer without it sends)."""
 
     weights: bytes
     parameter_count: int
     round: int
     deadline_ms: int
     settings: RoundSettings = field(default_factory=RoundSettings)
+    feature_scaling: FeatureScaling | None = None
 
     def encode(self) -> bytes:
         if self.round < 0 or self.deadline_ms < 0:
@@ -168,12 +186,14 @@ class GlobalModel:
             "deadline_ms": self.deadline_ms,
             "settings": self.settings.to_json(),
         }
+        if self.feature_scaling is not None:
+            meta["feature_scaling"] = self.feature_scaling.to_json()
         return _encode(_MAGIC_GLOBAL, self.weights, self.parameter_count, meta)
 
     @classmethod
     def decode(cls, data: bytes) -> GlobalModel:
         vector, count, meta = _decode(_MAGIC_GLOBAL, data, "global model")
-        unknown = set(meta) - {"round", "deadline_ms", "settings"}
+        unknown = set(meta) - {"round", "deadline_ms", "settings", "feature_scaling"}
         if unknown:
             raise DecodeError(f"global model: unknown metadata {sorted(unknown)}")
         counts: list[int] = []
@@ -184,4 +204,12 @@ class GlobalModel:
             counts.append(value)
         if "settings" not in meta:
             raise DecodeError("global model: metadata lacks settings")
-        return cls(vector, count, counts[0], counts[1], RoundSettings.from_json(meta["settings"]))
+        scaling = meta.get("feature_scaling")
+        return cls(
+            vector,
+            count,
+            counts[0],
+            counts[1],
+            RoundSettings.from_json(meta["settings"]),
+            None if scaling is None else FeatureScaling.from_json(scaling),
+        )

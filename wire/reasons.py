@@ -63,6 +63,7 @@ class Event(enum.StrEnum):
     DAEMON_STARTED = "daemon_started"
     DAEMON_STOPPED = "daemon_stopped"
     DAEMON_STOPPING = "daemon_stopping"
+    FEATURE_STATS_SENT = "feature_stats_sent"
     GLOBAL_APPLIED = "global_applied"
     GLOBAL_REJECTED = "global_rejected"
     INSECURE_BENCHMARK_MODE = "insecure_benchmark_mode"
