@@ -11,8 +11,10 @@ of it, per gateway."""
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import pika
 from aggregator.coordinator import initial_weights, publish_broadcast
 from aggregator.worker import PERSISTENT, declare_topology
 from bench._timing import write
-from pqlink import ContentType, Identity, Role, seal_envelope
+from pqlink import ContentType, Identity, PublicIdentity, Role, seal_envelope
 from pqlink.broadcast import seal_broadcast
 from testbed import RabbitMQ
 from wire.amqp import GLOBAL_EXCHANGE, GLOBAL_STREAM, gateway_queue
@@ -30,6 +32,8 @@ from wire.fl import GlobalModel, RoundSettings
 from wire.model import DEFAULT_INITIAL_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Announcements timed per fleet size.
+ANNOUNCE_REPEATS = 10
 
 
 def _drain(channel: Any, queue: str) -> int:
@@ -64,6 +68,28 @@ def _stream_messages(rabbit: RabbitMQ, vhost: str) -> int:
     return next(int(p[1]) for p in rows if p and p[0] == GLOBAL_STREAM)
 
 
+def _announce_times(
+    channel: Any,
+    aggregator: Identity,
+    recipients: list[PublicIdentity],
+    model: bytes,
+    repeats: int = ANNOUNCE_REPEATS,
+) -> tuple[list[float], list[float]]:
+    """Seconds to seal a broadcast for every recipient and to publish and commit it, per
+    announcement (the queues keep their newest entries, the stream its bodies)."""
+    seal_s, publish_s = [], []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        sealed = seal_broadcast(
+            aggregator, recipients, model, content_type=ContentType.GLOBAL_MODEL, round=2 + r
+        )
+        t1 = time.perf_counter()
+        publish_broadcast(channel, sealed)
+        publish_s.append(time.perf_counter() - t1)
+        seal_s.append(t1 - t0)
+    return seal_s, publish_s
+
+
 def measure(
     rabbit: RabbitMQ, aggregator: Identity, fleet: list[Identity], model: bytes
 ) -> dict[str, Any]:
@@ -93,6 +119,7 @@ def measure(
         channel.basic_publish(GLOBAL_EXCHANGE, "", envelope, PERSISTENT)
         channel.tx_commit()
         envelope_out = [_read_stream(conn, 1) for _ in fleet]
+        seal_s, publish_s = _announce_times(channel, aggregator, recipients, model)
     finally:
         conn.close()
         rabbit.ctl("delete_vhost", vhost)
@@ -111,6 +138,11 @@ def measure(
             "into_broker_per_gateway": broadcast_in / n,
             "out_of_broker_per_gateway": statistics.mean(broadcast_out),
             "total_per_round": broadcast_in + sum(broadcast_out),
+            # the coordinator's announcement without the fleet running: sealing for every
+            # gateway, then publishing body and entries in one committed transaction
+            "seal_ms_median": round(statistics.median(seal_s) * 1000, 2),
+            "publish_commit_ms_median": round(statistics.median(publish_s) * 1000, 2),
+            "announce_repeats": len(seal_s),
         },
         "envelope": {
             "envelope_bytes": len(envelope),
@@ -151,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     envelope_ratio = per_gateway(large, "envelope") / per_gateway(small, "envelope")
     doc = {
+        "load_average": list(os.getloadavg()),
         "model_parameters": int(weights.size),
         "bytes": "AMQP message bodies into and out of the broker, framing excluded",
         "results": list(results.values()),
@@ -163,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in results.values():
         print(
             f"{r['gateways']:>4} gateways: broadcast {per_gateway(r, 'broadcast'):9.0f} B/gateway, "
-            f"envelope {per_gateway(r, 'envelope'):9.0f} B/gateway"
+            f"envelope {per_gateway(r, 'envelope'):9.0f} B/gateway; announcement: seal "
+            f"{r['broadcast']['seal_ms_median']} ms, publish and commit "
+            f"{r['broadcast']['publish_commit_ms_median']} ms"
         )
     print(f"per-gateway ratio {ratio:.3f} (envelope {envelope_ratio:.2f}; budget 1.2)")
     write("fanout", doc, args.out)
