@@ -268,6 +268,15 @@ class CoordinatorService:
             (time.perf_counter() - t0) * 1000,
         )
 
+    def _observe(self, closed: ClosedRound, seconds: float) -> None:
+        # After the round's report is written: a scrape that sees the round closed finds its
+        # line in rounds.jsonl.
+        self.metrics.rounds_closed.labels(closed.reason).inc()
+        self.metrics.aggregation_seconds.observe(seconds)
+        self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
+        self.metrics.participants.set(len(closed.participants))
+        self._update_gauges()
+
     def _record(self, closed: ClosedRound, seconds: float) -> None:
         cpu = time.process_time()
         entry = {
@@ -428,11 +437,6 @@ class CoordinatorService:
         seconds = time.perf_counter() - t0
         summary = self._privacy_summary(bool(closed.participants), 0)
         closed.privacy = summary.to_json()
-        self.metrics.rounds_closed.labels(reason).inc()
-        self.metrics.aggregation_seconds.observe(seconds)
-        self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
-        self.metrics.participants.set(len(closed.participants))
-        self._update_gauges()
         _LOG.info(
             "round %d closed (%s): %d gateways, %d samples, model v%d",
             closed.round,
@@ -444,6 +448,7 @@ class CoordinatorService:
         if self.done() or self._gate(fanout):
             self._publish_global(fanout, final=self.done())
         self._record(closed, seconds)
+        self._observe(closed, seconds)
 
     def _close_plain_statistics(self, reason: CloseReason) -> ClosedRound:
         """Pool the statistics round's moments from the plain weighted sum; with nobody in it
@@ -518,12 +523,17 @@ class CoordinatorService:
         """Secure mode: each round announces the model, runs the SecAgg stages with bounded
         deadlines (adverts wait a round timeout: gateways train first) and applies the mean."""
         r, pc = self.rounds, self.config.privacy
+        # Declared once per connection, then only for newly enrolled gateways: a declaration
+        # is a broker round trip per queue and binding, and it used to open every round.
+        declared: set[str] = set()
         while not self.stop.is_set() and not self.done():
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
             names = [g.name for g in self.registry.active(Role.GATEWAY)]
-            declare_secagg_topology(channel, names)
+            if not declared or set(names) - declared:
+                declare_secagg_topology(channel, sorted(set(names) - declared))
+                declared.update(names)
             if not self._gate(fanout):
                 break
             self._publish_global(fanout)
@@ -589,11 +599,6 @@ class CoordinatorService:
     ) -> None:
         # max_rounds counts training rounds: a statistics round is not one
         self.closed_rounds += int(counts)
-        self.metrics.rounds_closed.labels(closed.reason).inc()
-        self.metrics.aggregation_seconds.observe(seconds)
-        self.metrics.round_seconds.observe(max(0.0, closed.closed_at - closed.opened_at))
-        self.metrics.participants.set(len(closed.participants))
-        self._update_gauges()
         _LOG.info(
             "round %d closed (%s, %s): %d gateways, model v%d",
             closed.round,
@@ -603,5 +608,6 @@ class CoordinatorService:
             closed.version,
         )
         self._record(closed, seconds)
+        self._observe(closed, seconds)
         if self.done():
             self._publish_global(channel, final=True)

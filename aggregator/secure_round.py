@@ -30,7 +30,9 @@ from pqlink.secagg import (
     choose_parameters,
     distributed_noise_std,
     modulus_bits_for,
+    peek_header,
 )
+from pqlink.signed_batch import sign_batch
 from wire.amqp import (
     MASKED_PARTIALS_QUEUE,
     SECAGG_EXCHANGE,
@@ -43,7 +45,13 @@ from wire.amqp import (
 from wire.envelopes import EnvelopeCodec, SealedCodec
 from wire.fl import RoundSettings
 from wire.reasons import Reason, reason_for
-from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
+from wire.secagg import (
+    SELF_SIGNED_KINDS,
+    SecAggFrame,
+    SecAggKind,
+    SecureRoundAnnouncement,
+    is_bare_frame,
+)
 
 _LOG = logging.getLogger("aggregator.secure_round")
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
@@ -175,8 +183,23 @@ class SecureRound:
             round=self.announcement.round,
         )
 
+    def sign_stage(self, kind: SecAggKind, bundles: dict[int, bytes]) -> dict[str, bytes]:
+        """One stage's frames by gateway name, signed once for all of them."""
+        a = self.announcement
+        items = [
+            (a.name_of(u), SecAggFrame(kind, a.round, body).encode())
+            for u, body in sorted(bundles.items())
+        ]
+        return sign_batch(self.identity, items, content_type=ContentType.SECAGG, round=a.round)
+
     def receive(self, envelope: bytes) -> None:
-        """One sealed protocol message from a gateway; refused ones are recorded, not raised."""
+        """One protocol message from a gateway; refused ones are recorded, not raised. Adverts
+        and ciphertext lists may come as bare frames: each carries its sender's own ML-DSA
+        signature, which the server checks and the neighbours check again, and nothing in
+        them is secret, so an envelope around them would only sign them a second time."""
+        if is_bare_frame(envelope):
+            self._receive_bare(envelope)
+            return
         try:
             opened = self.codec.open(envelope, self.identity, self.gateways)
         except PqlinkError as exc:
@@ -204,6 +227,29 @@ class SecureRound:
             if handler is None:
                 raise UnexpectedSenderError(f"{frame.kind.name} does not travel to the server")
             handler(u, frame.body)
+        except (SecAggError, SecAggStateError, DecodeError) as exc:
+            self.reject(who, secagg_reason(exc), str(exc))
+
+    def _receive_bare(self, data: bytes) -> None:
+        who = "-"
+        try:
+            frame = SecAggFrame.decode(data)
+            if frame.kind not in SELF_SIGNED_KINDS:
+                self.reject(who, Reason.WRONG_TYPE, f"{frame.kind.name} without an envelope")
+                return
+            if frame.round != self.announcement.round:
+                raise WrongRoundError(f"frame of round {frame.round}")
+            # the claimed sender picks the key the message's own signature must verify under
+            u = peek_header(frame.body).sender
+            try:
+                who = self.announcement.name_of(u)
+            except KeyError:
+                raise UnexpectedSenderError(f"client {u} is not a participant") from None
+            s = self.server
+            if frame.kind is SecAggKind.ADVERT:
+                s.receive_advert(u, frame.body)
+            else:
+                s.receive_key_agreement(u, frame.body)
         except (SecAggError, SecAggStateError, DecodeError) as exc:
             self.reject(who, secagg_reason(exc), str(exc))
 
@@ -273,27 +319,23 @@ class SecureRoundRunner:
         self._out: BlockingChannel | None = None
 
     def _send(self, bundles: dict[int, bytes], kind: SecAggKind) -> None:
-        """A stage's frames. One body for everyone (announcement, unmasking request, abort)
-        goes out as one envelope sealed to all of them: one signature, not one per gateway.
-        Bundles that differ go one envelope each: addressing all of them to everyone would
-        move n times the bytes (at 50 gateways, megabytes of adverts per stage). No publisher
-        confirms: waiting for each (a quorum-queue commit) cost more than the protocol, and a
-        lost frame makes its gateway miss the stage, a dropout the round survives."""
+        """A stage's frames, all under one signature (pqlink.signed_batch): each gateway gets
+        its own bundle with a Merkle path to the signed root, so a stage costs one ML-DSA
+        signature whatever the number of gateways, and each gateway receives only its own
+        bytes. Nothing sent down needs secrecy: announcements, unmasking requests and adverts
+        are public, KEM ciphertexts are too, and shares are encrypted end to end under pair
+        keys the coordinator does not hold. No publisher confirms: waiting for each (a
+        quorum-queue commit) cost more than the protocol, and a lost frame makes its gateway
+        miss the stage, a dropout the round survives."""
         if not bundles:
             return
         if self._out is None:
             self._out = self.channel.connection.channel()
         t0 = time.monotonic()
-        a = self.round.announcement
-        names = {u: a.name_of(u) for u in bundles}
-        if len(set(bundles.values())) == 1:
-            envelope = self.round.seal(sorted(names.values()), kind, next(iter(bundles.values())))
-            sealed = dict.fromkeys(names.values(), envelope)
-        else:
-            sealed = {names[u]: self.round.seal([names[u]], kind, b) for u, b in bundles.items()}
-        for name, envelope in sorted(sealed.items()):
-            self.round.report.bytes_down += len(envelope)
-            self._out.basic_publish(SECAGG_EXCHANGE, name, envelope, _PERSISTENT)
+        sealed = self.round.sign_stage(kind, bundles)
+        for name, frame in sorted(sealed.items()):
+            self.round.report.bytes_down += len(frame)
+            self._out.basic_publish(SECAGG_EXCHANGE, name, frame, _PERSISTENT)
         seconds = self.round.report.stage_seconds
         key = f"send_{kind.name.lower()}"
         seconds[key] = seconds.get(key, 0.0) + time.monotonic() - t0

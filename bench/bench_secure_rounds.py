@@ -19,8 +19,6 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +38,9 @@ from bench.bench_rounds import (
     wait_for_aggregator,
 )
 from gateway.secure_link import SecureLink, SecureRoundResult
-from pqlink import ContentType, Identity, PublicIdentity, Registry, Role, load_identity
+from pqlink import Identity, Registry, Role, load_identity
 from testbed import RabbitMQ
 from wire.amqp import UPDATES_QUEUE
-from wire.envelopes import SealedCodec
 from wire.secagg import SecAggKind, SecureRoundAnnouncement
 
 SAMPLES = 100  # each gateway's sample count (the secure rounds are sample-weighted)
@@ -52,36 +49,6 @@ CLIP = 1.0
 
 class _Vanished(Exception):  # noqa: N818 -- not an error: the way a bench gateway dies
     """Raised out of a gateway's round to drop its connection without a word."""
-
-
-@dataclass
-class CountingCodec(SealedCodec):
-    """The real sealed envelopes, with the bytes this gateway sent per round counted."""
-
-    sent: dict[int, int] = field(default_factory=dict)
-
-    def seal(
-        self,
-        sender: Identity,
-        recipients: Sequence[PublicIdentity],
-        payload: bytes,
-        *,
-        content_type: ContentType,
-        round: int,
-        model_version: int = 0,
-        sample_count: int = 0,
-    ) -> bytes:
-        out = super().seal(
-            sender,
-            recipients,
-            payload,
-            content_type=content_type,
-            round=round,
-            model_version=model_version,
-            sample_count=sample_count,
-        )
-        self.sent[round] = self.sent.get(round, 0) + len(out)
-        return out
 
 
 def _fleet(root: Path, n: int) -> tuple[list[Identity], list[Path], Registry]:
@@ -198,7 +165,7 @@ def secure_run(
     agg = load_identity(conf.parent / "state" / "identity.key")
     vanishing = {g.name for g in gateways[: round(vanish_fraction * n)]}
     stop = threading.Event()
-    codecs = {g.name: CountingCodec() for g in gateways}
+    links: dict[str, SecureLink] = {}
     ready = {g.name: threading.Event() for g in gateways}
     results: dict[str, list[SecureRoundResult]] = {g.name: [] for g in gateways}
     rng = np.random.default_rng(rep)
@@ -213,9 +180,8 @@ def secure_run(
         def update(_a: SecureRoundAnnouncement) -> tuple[np.ndarray, int]:
             return x, SAMPLES
 
-        link = SecureLink(
-            url, gw, agg.public, registry, update, codec=codecs[gw.name], on_sent=sent
-        )
+        link = SecureLink(url, gw, agg.public, registry, update, on_sent=sent)
+        links[gw.name] = link  # counts the bytes it publishes, envelopes and bare frames
         for r in range(1, rounds + 1):
             try:
                 res = link.run_round(
@@ -245,7 +211,7 @@ def secure_run(
     stages = [_find(rep_, "stage_seconds") or {} for rep_ in reports]
     survivors = [g.name for g in gateways if g.name not in vanishing]
     per_round_bytes = [
-        codecs[name].sent.get(r, 0) for name in survivors for r in range(1, rounds + 1)
+        links[name].bytes_sent.get(r, 0) for name in survivors for r in range(1, rounds + 1)
     ]
     return {
         "round_seconds": [b - a for a, b in spans],

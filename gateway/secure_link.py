@@ -16,6 +16,7 @@ from pika.exchange_type import ExchangeType
 
 from gateway.secure_update import SecureRoundRefusedError, SecureUpdateSession
 from pqlink import ContentType, DecodeError, Identity, PqlinkError, PublicIdentity, Registry
+from pqlink.signed_batch import is_batch_item, open_batch_item
 from wire.amqp import (
     SECAGG_EXCHANGE,
     SECAGG_QUEUE_ARGUMENTS,
@@ -26,7 +27,7 @@ from wire.amqp import (
     secagg_queue,
 )
 from wire.envelopes import EnvelopeCodec, SealedCodec
-from wire.secagg import SecAggFrame, SecAggKind, SecureRoundAnnouncement
+from wire.secagg import SELF_SIGNED_KINDS, SecAggFrame, SecAggKind, SecureRoundAnnouncement
 
 _LOG = logging.getLogger("gateway.secure_link")
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
@@ -80,22 +81,31 @@ class SecureLink:
         self.update = update
         self.codec = codec or SealedCodec()
         self.on_sent = on_sent
+        self.bytes_sent: dict[int, int] = {}  # by round: what this gateway published
         self._after = -1
 
     def _send(
         self, channel: BlockingChannel, frame: SecAggFrame, result: SecureRoundResult
     ) -> None:
+        """Adverts and ciphertext lists go bare (their own signature says who sent them and
+        nothing in them is secret); the rest sealed to the aggregator. No publisher confirms:
+        a lost frame makes this gateway a dropout of the round, which the round survives, and
+        waiting for a quorum commit per frame cost more than the protocol's own work."""
         masked = frame.kind is SecAggKind.MASKED_INPUT
-        envelope = self.codec.seal(
-            self.me,
-            [self.aggregator],
-            frame.encode(),
-            content_type=ContentType.MASKED_INPUT if masked else ContentType.SECAGG,
-            round=frame.round,
-            sample_count=1 if masked else 0,
-        )
+        if frame.kind in SELF_SIGNED_KINDS:
+            data = frame.encode()
+        else:
+            data = self.codec.seal(
+                self.me,
+                [self.aggregator],
+                frame.encode(),
+                content_type=ContentType.MASKED_INPUT if masked else ContentType.SECAGG,
+                round=frame.round,
+                sample_count=1 if masked else 0,
+            )
         queue = UPDATES_QUEUE if masked else SECAGG_UP_QUEUE
-        channel.basic_publish("", queue, envelope, _PERSISTENT)
+        channel.basic_publish("", queue, data, _PERSISTENT)
+        self.bytes_sent[frame.round] = self.bytes_sent.get(frame.round, 0) + len(data)
         result.sent.append(frame.kind)
         if self.on_sent is not None:
             self.on_sent(frame.kind)
@@ -118,7 +128,6 @@ class SecureLink:
         connection = pika.BlockingConnection([pika.URLParameters(u) for u in broker_urls(self.url)])
         try:
             channel = connection.channel()
-            channel.confirm_delivery()
             declare_gateway_secagg(channel, self.me.name)
             channel.basic_qos(prefetch_count=8)
             if on_ready is not None:
@@ -150,11 +159,17 @@ class SecureLink:
         result: SecureRoundResult,
     ) -> SecureUpdateSession | None:
         try:
-            opened = self.codec.open(body, self.me, self.senders)
-            if opened.content_type is not ContentType.SECAGG:
-                raise DecodeError(f"content type {opened.content_type.name}")
-            frame = SecAggFrame.decode(opened.payload)
-            if frame.round != opened.round:
+            # the coordinator signs each stage once for all gateways (pqlink.signed_batch)
+            if is_batch_item(body):
+                item = open_batch_item(body, self.me.name, self.senders)
+                content_type, payload, round_ = item.content_type, item.payload, item.round
+            else:
+                opened = self.codec.open(body, self.me, self.senders)
+                content_type, payload, round_ = opened.content_type, opened.payload, opened.round
+            if content_type is not ContentType.SECAGG:
+                raise DecodeError(f"content type {content_type.name}")
+            frame = SecAggFrame.decode(payload)
+            if frame.round != round_:
                 raise DecodeError("frame round differs from the signed metadata")
         except PqlinkError as exc:
             self._refused(result, "envelope", str(exc))

@@ -39,3 +39,15 @@ def xof128(message: _BytesLike, length: int, /) -> bytes:
 def cxof128(message: _BytesLike, customization: _BytesLike, length: int, /) -> bytes:
     """Return `length` bytes of Ascon-CXOF128 output under a customization string of at most
     256 bytes; ValueError if it is longer or length is negative."""
+
+def cxof128_accumulate(
+    total: memoryview | bytearray,
+    seeds: list[bytes],
+    customization: _BytesLike,
+    signs: list[int],
+    word_bytes: int,
+    /,
+) -> None:
+    """Add (sign 1) or subtract (sign -1), modulo 2^64, len(total) // 8 little-endian words of
+    word_bytes (4 or 8) bytes of Ascon-CXOF128(seed, customization) per seed into total, a
+    writable buffer of uint64; ValueError on a bad width, sign or customization."""

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from pqlink._secagg_codec import word_bytes
 from pqlink._secagg_graph import SecAggParameterError
-from pqlink.ascon import cxof128
+from pqlink.ascon import cxof128, cxof128_accumulate
 
 U64Vector = npt.NDArray[np.uint64]
 _MASK_CUSTOMIZATION = b"iomt-secagg mask v1 "
@@ -160,3 +160,21 @@ def expand_mask(
     words = np.frombuffer(raw, dtype="<u4" if width == 4 else "<u8").astype(np.uint64)
     # 2^k divides 2^32 or 2^64, so the low k bits of a uniform word are uniform.
     return words & np.uint64(_low_mask(modulus_bits))
+
+
+def accumulate_masks(
+    total: U64Vector,
+    seeds: list[bytes],
+    signs: list[int],
+    *,
+    round_id: int,
+    purpose: bytes,
+    modulus_bits: int,
+) -> None:
+    """Add (+1) or subtract (-1) the masks `expand_mask` gives for `seeds` into `total` in
+    place, modulo 2^64 (reduce modulo 2^k once at the end: 2^k divides 2^64). One C call for
+    all of them: the same words as expand_mask, without a vector per mask."""
+    if total.dtype != np.uint64 or not total.flags.c_contiguous:
+        raise ValueError("total must be a contiguous uint64 vector")
+    z = _MASK_CUSTOMIZATION + purpose + round_id.to_bytes(8, "big")
+    cxof128_accumulate(total.data, seeds, z, signs, word_bytes(modulus_bits))

@@ -43,6 +43,7 @@ from pqlink._secagg_codec import (
 from pqlink._secagg_encoding import (
     InputEncoding,
     U64Vector,
+    accumulate_masks,
     distributed_noise_std,
     expand_mask,
     modulus_bits_for,
@@ -454,10 +455,15 @@ class SecAggClient:
         x = np.asarray(encoded)
         if x.dtype != np.uint64 or x.shape != (enc.dimension,):
             raise SecAggStateError(f"input must be a uint64 vector of length {enc.dimension}")
-        y = x + _self_mask(self._self_seed, self.config)
-        for v in sorted(self._held):
-            mask = _pair_mask(self._pairs[v].mask_seed, self.config)
-            y = y + mask if v > self.client_id else y - mask
+        y = x.copy()
+        held = sorted(self._held)
+        rid, bits = self.config.round_id, enc.modulus_bits
+        accumulate_masks(
+            y, [self._self_seed], [1], round_id=rid, purpose=b"self", modulus_bits=bits
+        )
+        seeds = [self._pairs[v].mask_seed for v in held]
+        signs = [1 if v > self.client_id else -1 for v in held]
+        accumulate_masks(y, seeds, signs, round_id=rid, purpose=b"pair", modulus_bits=bits)
         y &= _ring_mask(self.config)
         self.state = ClientState.INPUT_SENT
         rid = self.config.round_id
@@ -796,8 +802,19 @@ class SecAggServer:
         for u in self._survivors:
             if u in self._c.inputs:
                 total += self._c.inputs[u]
-            total -= _self_mask(seeds[(u, ShareKind.SELF_MASK)], config)
+        bits = config.encoding.modulus_bits
+        self_seeds = [seeds[(u, ShareKind.SELF_MASK)] for u in self._survivors]
+        accumulate_masks(
+            total,
+            self_seeds,
+            [-1] * len(self_seeds),
+            round_id=rid,
+            purpose=b"self",
+            modulus_bits=bits,
+        )
         survivors = set(self._survivors)
+        pair_seeds: list[bytes] = []
+        pair_signs: list[int] = []
         for u in self._dropped:
             pair_seed = seeds[(u, ShareKind.PAIR_KEY)]
             for v, escrowed in self._c.shares[u].escrow:
@@ -809,9 +826,13 @@ class SecAggServer:
                     mask_seed = decrypt(key, _ZERO_NONCE, _escrow_ad(rid, u, v), escrowed)
                 except AuthenticationError:
                     return self._abort("unmask", "bad_escrow", f"escrow of {u} for {v}")
-                mask = _pair_mask(mask_seed, config)
+                pair_seeds.append(mask_seed)
                 # v added +mask if u > v, -mask if u < v: take it back out
-                total = total - mask if u > v else total + mask
+                pair_signs.append(-1 if u > v else 1)
+        # all orphaned pair masks in one C call (hundreds of them at 50 gateways)
+        accumulate_masks(
+            total, pair_seeds, pair_signs, round_id=rid, purpose=b"pair", modulus_bits=bits
+        )
         total &= _ring_mask(config)
         return AggregateResult(rid, total, self._survivors, self._dropped, config.encoding)
 

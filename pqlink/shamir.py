@@ -102,15 +102,30 @@ def split_secret(
 @functools.lru_cache(maxsize=256)
 def _lagrange_at_zero(indices: tuple[int, ...]) -> tuple[int, ...]:
     """The Lagrange weights that interpolate at 0 from these points. They depend on the
-    indices only, and one unmasking recovers many seeds from the same holders: cached."""
-    weights = []
+    indices only, and one unmasking recovers many seeds from the same holders: cached.
+
+    w_i = prod_{j != i} x_j / prod_{j != i} (x_j - x_i) = P / (x_i prod_{j != i} (x_j - x_i)),
+    with P the product of all points. The denominators are products of small integers, exact
+    without reduction; all of them are inverted with one modular inversion (Montgomery's
+    trick): a field inversion costs as much as hundreds of multiplications."""
+    product = 1
+    for x in indices:
+        product *= x
+    dens = []
     for i, x_i in enumerate(indices):
-        num, den = 1, 1
+        den = x_i
         for j, x_j in enumerate(indices):
             if i != j:
-                num = num * x_j % PRIME
-                den = den * (x_j - x_i) % PRIME
-        weights.append(num * pow(den, -1, PRIME) % PRIME)
+                den *= x_j - x_i
+        dens.append(den % PRIME)
+    prefix = [1]
+    for den in dens:
+        prefix.append(prefix[-1] * den % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)  # of the product of every denominator
+    weights = [0] * len(indices)
+    for i in range(len(indices) - 1, -1, -1):
+        weights[i] = product * inverse * prefix[i] % PRIME
+        inverse = inverse * dens[i] % PRIME
     return tuple(weights)
 
 

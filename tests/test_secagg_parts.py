@@ -23,6 +23,8 @@ from pqlink._secagg_codec import (
     decode_bundle,
     peek_header,
 )
+from pqlink._secagg_encoding import accumulate_masks
+from pqlink.ascon import CXOF_MAX_CUSTOMIZATION, cxof128, cxof128_accumulate
 from pqlink.secagg import (
     COMPLETE_GRAPH_UP_TO,
     InputEncoding,
@@ -276,6 +278,47 @@ def test_mask_expansion_is_the_cxof_stream() -> None:
     assert not np.array_equal(m32, expand_mask(b"s" * 32, 10, b"self", 5, 20))
     assert not np.array_equal(m32, expand_mask(b"s" * 32, 9, b"pair", 5, 20))
     assert np.array_equal(expand_mask(b"s" * 32, 9, b"self", 3, 20), m32[:3])
+
+
+@pytest.mark.parametrize("bits", [20, 32, 33, 40, 64])
+def test_accumulated_masks_equal_the_expanded_ones_exactly(bits: int) -> None:
+    """The C accumulation adds and subtracts the very words expand_mask gives, modulo 2^k
+    once reduced, for 4-byte (k <= 32) and 8-byte words."""
+    rng = np.random.default_rng(bits)
+    seeds = [bytes(rng.integers(0, 256, 32, dtype=np.uint8)) for _ in range(9)]
+    signs = [1, -1, -1, 1, 1, -1, 1, -1, 1]
+    start = rng.integers(0, 1 << 62, 300, dtype=np.uint64)
+    want = start.copy()
+    for seed, sign in zip(seeds, signs, strict=True):
+        m = expand_mask(seed, 11, b"pair", 300, bits)
+        want = want + m if sign > 0 else want - m
+    got = start.copy()
+    accumulate_masks(got, seeds, signs, round_id=11, purpose=b"pair", modulus_bits=bits)
+    ring = np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(2**64 - 1)
+    assert np.array_equal(got & ring, want & ring)
+    accumulate_masks(got, [], [], round_id=11, purpose=b"pair", modulus_bits=bits)
+    assert np.array_equal(got & ring, want & ring)  # nothing to add: unchanged
+
+
+def test_accumulation_refuses_bad_arguments() -> None:
+    total = np.zeros(4, dtype=np.uint64)
+    z_max = b"z" * CXOF_MAX_CUSTOMIZATION
+    cxof128_accumulate(total.data, [b"s"], z_max, [1], 8)  # customization at its limit
+    assert np.array_equal(total, np.frombuffer(cxof128(b"s", z_max, 32), "<u8"))
+    with pytest.raises(ValueError, match="customization"):
+        cxof128_accumulate(total.data, [b"s"], z_max + b"z", [1], 8)
+    with pytest.raises(ValueError, match="word_bytes"):
+        cxof128_accumulate(total.data, [b"s"], b"", [1], 5)
+    with pytest.raises(ValueError, match="sign"):
+        cxof128_accumulate(total.data, [b"s"], b"", [2], 8)
+    with pytest.raises(ValueError, match="differ"):
+        cxof128_accumulate(total.data, [b"s"], b"", [1, 1], 8)
+    with pytest.raises(ValueError, match="uint64"):
+        cxof128_accumulate(bytearray(12), [b"s"], b"", [1], 8)
+    with pytest.raises(ValueError, match="contiguous uint64"):
+        accumulate_masks(
+            np.zeros(4, np.int64), [b"s"], [1], round_id=1, purpose=b"", modulus_bits=8
+        )
 
 
 def test_round_config_min_survivors_must_exceed_the_threshold() -> None:

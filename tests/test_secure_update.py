@@ -11,6 +11,8 @@ from aggregator.secure_round import SecureRound, plan_round
 from gateway.secure_update import SecureRoundRefusedError, SecureUpdateSession
 from pqlink import ContentType, Identity, Registry, Role, seal_envelope
 from pqlink._secagg_codec import UnmaskRequest
+from pqlink.secagg import AggregateResult, SecAggClient
+from pqlink.signed_batch import open_batch_item
 from wire.fl import RoundSettings
 from wire.reasons import Reason
 from wire.secagg import SecAggFrame, SecAggKind
@@ -117,3 +119,86 @@ def test_frames_of_another_round_are_refused_by_the_session(
     step = s.handle(SecAggFrame(SecAggKind.ADVERTS, 3, b""))
     assert [r.reason for r in step.rejected] == ["wrong_round"]
     assert not step.finished
+
+
+def test_bare_adverts_and_ciphertext_lists_are_checked_by_their_own_signature(
+    parties: tuple[Identity, list[Identity], Registry],
+) -> None:
+    """Adverts and ciphertext lists travel without an envelope: the coordinator takes the
+    sender from the message and its own ML-DSA signature must verify under that sender's key;
+    only those two kinds may come bare. The round completes with the exact sum."""
+    agg, gws, registry = parties
+    a = plan_round(2, [g.name for g in gws], SETTINGS, 16)
+    secure = SecureRound(a, agg, registry)
+    sessions = {g.name: SecureUpdateSession(a, g, registry) for g in gws}
+    by_name = {g.name: g for g in gws}
+    rng = np.random.default_rng(9)
+    for s in sessions.values():
+        s.set_update(rng.normal(0, 0.3, 16))
+    adverts = {g.name: sessions[g.name].start() for g in gws}
+    config, id1 = a.round_config(), a.participants[gws[1].name]
+    impostor = Identity.generate("impostor", Role.GATEWAY).signing_key
+    forged = SecAggClient(config, id1, impostor, {}).advertise()  # claims gw1, not its key
+    stale = SecAggClient(
+        plan_round(1, [g.name for g in gws], SETTINGS, 16).round_config(),
+        id1,
+        gws[1].signing_key,
+        {},
+    ).advertise()
+    secure.receive(SecAggFrame(SecAggKind.ADVERT, 2, forged).encode())
+    secure.receive(SecAggFrame(SecAggKind.ADVERT, 1, stale).encode())
+    secure.receive(SecAggFrame(SecAggKind.SHARE_KEYS, 2, b"x").encode())  # must be sealed
+    secure.receive(SecAggFrame(SecAggKind.ADVERT, 2, b"\x00").encode())  # truncated
+    for f in adverts.values():
+        secure.receive(f.encode())
+    secure.receive(adverts[gws[0].name].encode())  # replayed
+    assert [(w, r) for w, r, _ in secure.report.rejections] == [
+        (gws[1].name, Reason.FORGED),
+        ("-", Reason.WRONG_ROUND),
+        ("-", Reason.WRONG_TYPE),
+        ("-", Reason.MALFORMED),
+        (gws[0].name, Reason.REPLAY),
+    ]
+    server = secure.server
+    assert server.heard == 3
+    coordinator = Registry()
+    coordinator.enroll(agg.public)
+
+    def deliver(kind: SecAggKind, bundles: dict[int, bytes]) -> list[SecAggFrame]:
+        """Through the real signed batch, one signature for the stage."""
+        frames = secure.sign_stage(kind, bundles)
+        out = []
+        for name, data in frames.items():
+            item = open_batch_item(data, name, coordinator)
+            step = sessions[name].handle(SecAggFrame.decode(item.payload))
+            assert step.rejected == []
+            out += step.outgoing
+        return out
+
+    bundles = server.close_adverts()
+    assert isinstance(bundles, dict)
+    for frame in deliver(SecAggKind.ADVERTS, bundles):
+        assert frame.kind is SecAggKind.KEY_AGREEMENT
+        secure.receive(frame.encode())
+    assert server.heard == 3
+    assert len(secure.report.rejections) == 5
+    for frame in deliver(SecAggKind.CIPHERTEXTS, server.close_key_agreement()):
+        sender = a.name_of(int.from_bytes(frame.body[10:12], "big"))
+        secure.receive(_up(by_name[sender], agg, frame))
+    shares = server.close_shares()
+    assert isinstance(shares, dict)
+    for frame in deliver(SecAggKind.SHARES, shares):
+        u = int.from_bytes(frame.body[10:12], "big")
+        server.receive_masked_input(u, frame.body)
+    request = server.close_inputs()
+    assert isinstance(request, bytes)
+    for frame in deliver(SecAggKind.UNMASK_REQUEST, dict.fromkeys(server.survivors, request)):
+        secure.receive(
+            _up(by_name[a.name_of(int.from_bytes(frame.body[10:12], "big"))], agg, frame)
+        )
+    result = server.finish()
+    assert isinstance(result, AggregateResult)
+    encoded = [s.encoded for s in sessions.values() if s.encoded is not None]
+    assert len(encoded) == 3
+    want = np.sum(encoded, axis=0, dtype=np.uint64)
+    assert np.array_equal(result.total, want & np.uint64((1 << a.modulus_bits) - 1))

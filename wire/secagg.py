@@ -9,7 +9,7 @@ import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pqlink import DecodeError
 from pqlink.secagg import InputEncoding, RoundConfig, SecAggParameterError
@@ -38,10 +38,21 @@ class SecAggKind(enum.IntEnum):
     UNMASK_RESPONSE = 20
 
 
+#: Gateway messages that carry their sender's own ML-DSA signature and nothing secret: they
+#: travel as bare frames (the signature inside says who sent them), all others in envelopes.
+SELF_SIGNED_KINDS: Final = frozenset({SecAggKind.ADVERT, SecAggKind.KEY_AGREEMENT})
+
+
+def is_bare_frame(data: bytes) -> bool:
+    """Whether a message claims to be a bare frame rather than an envelope (nothing checked)."""
+    return data[: len(_MAGIC)] == _MAGIC
+
+
 @dataclass(frozen=True, slots=True)
 class SecAggFrame:
-    """One message of one secure round; it always travels inside a sealed envelope, whose
-    signature says who sent it."""
+    """One message of one secure round. Down, inside a signed batch (pqlink.signed_batch);
+    up, inside a sealed envelope, or bare for the SELF_SIGNED_KINDS; either way a signature
+    says who sent it."""
 
     kind: SecAggKind
     round: int
