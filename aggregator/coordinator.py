@@ -70,6 +70,18 @@ def initial_weights(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
     return np.concatenate(parts).astype(np.float32)
 
 
+def publish_broadcast(channel: BlockingChannel, sealed: SealedBroadcast) -> None:
+    """Publish a sealed broadcast on a channel in transaction mode: the body once, into the
+    global-model stream every gateway reads, and each key entry to its gateway's queue."""
+    # One transaction for the body and every entry: one round trip to the broker for the
+    # whole fan-out, where a confirm per message would cost one per gateway. The body goes
+    # first: a gateway holding an entry can always find its body in the stream.
+    channel.basic_publish(GLOBAL_EXCHANGE, "", sealed.body, PERSISTENT)
+    for gateway, entry in sealed.entries.items():
+        channel.basic_publish(GLOBAL_KEYS_EXCHANGE, gateway, entry, PERSISTENT)
+    channel.tx_commit()
+
+
 class CoordinatorService:
     """Couples a RoundCoordinator to RabbitMQ (pika, one blocking connection)."""
 
@@ -244,12 +256,7 @@ class CoordinatorService:
         cpu0 = time.thread_time()
         sealed = self.global_broadcast(final=final)
         self.last_seal_cpu = time.thread_time() - cpu0
-        # One transaction for the body and every entry: one round trip to the broker for the
-        # whole fan-out, where a confirm per message would cost one per gateway.
-        for gateway, entry in sealed.entries.items():
-            channel.basic_publish(GLOBAL_KEYS_EXCHANGE, gateway, entry, PERSISTENT)
-        channel.basic_publish(GLOBAL_EXCHANGE, "", sealed.body, PERSISTENT)
-        channel.tx_commit()
+        publish_broadcast(channel, sealed)
         self.last_published_at = time.time()
         entry_bytes = sum(map(len, sealed.entries.values()))
         _LOG.info(

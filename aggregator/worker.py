@@ -35,6 +35,8 @@ from wire.amqp import (
     GATEWAY_QUEUE_ARGUMENTS,
     GLOBAL_EXCHANGE,
     GLOBAL_KEYS_EXCHANGE,
+    GLOBAL_STREAM,
+    GLOBAL_STREAM_ARGUMENTS,
     MASKED_PARTIALS_QUEUE,
     PARTIALS_QUEUE,
     PARTIALS_QUEUE_ARGUMENTS,
@@ -201,11 +203,18 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
     channel.queue_declare(PARTIALS_QUEUE, durable=True, arguments=PARTIALS_QUEUE_ARGUMENTS)
     channel.queue_declare(MASKED_PARTIALS_QUEUE, durable=True, arguments=SECAGG_QUEUE_ARGUMENTS)
     declare_dead_letters(channel)
+    declare_global_stream(channel)
     for gw in gateway_ids:
         queue = gateway_queue(gw)
         channel.queue_declare(queue, durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS)
-        channel.queue_bind(queue, GLOBAL_EXCHANGE)
         channel.queue_bind(queue, GLOBAL_KEYS_EXCHANGE, routing_key=gw)
+
+
+def declare_global_stream(channel: BlockingChannel) -> None:
+    """The stream of global-model bodies on the fanout: one stored copy per round, read by
+    every gateway (the gateways declare the same)."""
+    channel.queue_declare(GLOBAL_STREAM, durable=True, arguments=GLOBAL_STREAM_ARGUMENTS)
+    channel.queue_bind(GLOBAL_STREAM, GLOBAL_EXCHANGE)
 
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)  # persistent

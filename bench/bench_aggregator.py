@@ -221,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/)")
     ap.add_argument("--profile", type=Path, default=None, help="cProfile every process into DIR")
+    ap.add_argument(
+        "--broker-memory-mib",
+        type=int,
+        default=512,
+        help="the private broker's memory watermark: each gateway has a quorum queue of its "
+        "own (a Raft member each), so 5,000 gateways need a few GiB",
+    )
     args = ap.parse_args(argv)
     load_start = os.getloadavg()
     weights = initial_weights(DEFAULT_INITIAL_WEIGHTS)
@@ -237,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         _quiet("keygen", "--config", str(conf))
         aggregator = load_identity(shared / "identity.key")
-        with RabbitMQ(tmp / "rabbitmq") as rabbit:
+        with RabbitMQ(tmp / "rabbitmq", memory_mib=args.broker_memory_mib) as rabbit:
             for n in args.gateways:
                 t0 = time.perf_counter()
                 fleet = [Identity.generate(f"gw-{i:05d}", Role.GATEWAY) for i in range(n)]
@@ -307,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             "autogroup": autogroup.read_text().strip() if autogroup.exists() else None,
         },
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
+        "broker_memory_mib": args.broker_memory_mib,
         "results": results,
         "budgets": budgets,
         "within_budget": all(b["ok"] for b in budgets) if budgets else None,

@@ -284,7 +284,12 @@ class FederationClient:
         )
 
         def spool_it() -> None:
-            with self.spool.transaction():  # one sync to disk, and never half of it
+            # Never half of it, and not synced to disk on the round's path: the process dying
+            # loses nothing; power lost before the next synced commit (the upload's
+            # confirmation syncs the log) rolls back to the global model still in the inbox,
+            # so the gateway trains again, and an update that reached the broker twice is
+            # counted once by the coordinator.
+            with self.spool.transaction(synced=False):
                 self.spool.put_update(round_, update.envelope, update.metrics["seal_seconds"])
                 self.spool.set_state(_LAST_ROUND, round_)
                 self.spool.done_global(round_)

@@ -86,15 +86,27 @@ class Spool:
         )
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Writes inside commit together: one sync to disk instead of one per write."""
-        self._db.execute("BEGIN IMMEDIATE")
+    def transaction(self, *, synced: bool = True) -> Iterator[None]:
+        """Writes inside commit together: one sync to disk instead of one per write. Unsynced,
+        the commit survives the process but not the machine losing power, until the next
+        synced commit (which syncs the log it follows) - for what a peer can give again."""
+        if not synced:
+            self._db.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        finally:
+            if not synced:
+                self._db.execute("PRAGMA synchronous=FULL")
+
+    def synchronous(self) -> int:
+        """SQLite's synchronous level now (2 = FULL: every commit synced)."""
+        return int(self._db.execute("PRAGMA synchronous").fetchone()[0])
 
     def put_global_part(
         self,
@@ -103,11 +115,14 @@ class Spool:
         frame: bytes,
         round_: int | None,
         join: Callable[[bytes, bytes], bytes],
+        *,
+        synced: bool = True,
     ) -> bool:
         """Keep one half ("body" or "entry") of a global-model broadcast; once both halves are
-        here, put `join(body, entry)` in the inbox under the body's round. True if it did."""
+        here, put `join(body, entry)` in the inbox under the body's round. True if it did.
+        `synced=False` for a half the broker keeps after delivering it (see transaction)."""
         db = self._db
-        with self.transaction():
+        with self.transaction(synced=synced):
             db.execute(
                 "INSERT OR REPLACE INTO global_parts VALUES (?,?,?,?,?)",
                 (broadcast_id, kind, round_, frame, time.time()),

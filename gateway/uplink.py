@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from functools import partial
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -26,6 +27,9 @@ from wire.amqp import (
     GATEWAY_QUEUE_ARGUMENTS,
     GLOBAL_EXCHANGE,
     GLOBAL_KEYS_EXCHANGE,
+    GLOBAL_STREAM,
+    GLOBAL_STREAM_ARGUMENTS,
+    GLOBAL_STREAM_OFFSET,
     UPDATES_QUEUE,
     UPDATES_QUEUE_ARGUMENTS,
     broker_urls,
@@ -141,15 +145,25 @@ class Uplink:
         exchange = await channel.declare_exchange(
             GLOBAL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
         )
+        stream = await channel.declare_queue(
+            GLOBAL_STREAM, durable=True, arguments=GLOBAL_STREAM_ARGUMENTS
+        )
+        await stream.bind(exchange)
         queue = await channel.declare_queue(
             gateway_queue(self.gateway_id), durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS
         )
-        await queue.bind(exchange)
         keys = await channel.declare_exchange(
             GLOBAL_KEYS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
         )
         await queue.bind(keys, routing_key=self.gateway_id)
-        async with queue.iterator() as messages:
+        # Bodies from the shared stream, key entries from our own queue; either half may come
+        # first, the spool pairs them by broadcast id.
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._drain(queue, {}))
+            tg.create_task(self._drain(stream, {"x-stream-offset": GLOBAL_STREAM_OFFSET}))
+
+    async def _drain(self, queue: aio_pika.abc.AbstractQueue, arguments: dict[str, str]) -> None:
+        async with queue.iterator(arguments=arguments) as messages:
             async for message in messages:
                 await self._received(message)
 
@@ -157,7 +171,7 @@ class Uplink:
         body = bytes(message.body)
         part: tuple[bytes, str, int | None] | None = None
         try:
-            if body[:1] == bytes((BODY_TYPE,)):  # the broadcast body, from the fanout
+            if body[:1] == bytes((BODY_TYPE,)):  # the broadcast body, from the stream
                 meta = peek_broadcast(body)
                 part = (meta.broadcast_id, "body", meta.round)
             elif body[:1] == bytes((ENTRY_TYPE,)):  # this gateway's key entry, addressed to it
@@ -175,8 +189,16 @@ class Uplink:
             await self._spool(self.spool.put_global, round_, body)
         else:
             broadcast_id, kind, round_or_none = part
+            # A body is not synced to disk: the stream keeps it after delivery, and a gateway
+            # restarting reads the newest again (an fsync costs milliseconds on the round's
+            # path). A key entry leaves its queue with the ack, so it is synced first.
             complete = await self._spool(
-                self.spool.put_global_part, broadcast_id, kind, body, round_or_none, join_delivery
+                partial(self.spool.put_global_part, synced=kind != "body"),
+                broadcast_id,
+                kind,
+                body,
+                round_or_none,
+                join_delivery,
             )
             if not complete:  # the other half is still on its way
                 await message.ack()

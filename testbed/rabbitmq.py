@@ -34,7 +34,12 @@ class RabbitMQ:
     """Call the real server script directly (never the /usr/sbin wrappers, which switch user)."""
 
     def __init__(
-        self, workdir: Path, *, amqp_port: int | None = None, plugins: tuple[str, ...] = ()
+        self,
+        workdir: Path,
+        *,
+        amqp_port: int | None = None,
+        plugins: tuple[str, ...] = (),
+        memory_mib: int = 512,
     ) -> None:
         self.server = require_binary(SERVER, "rabbitmq-server")
         self.epmd_binary = require_binary("epmd", "erlang-base")
@@ -48,7 +53,9 @@ class RabbitMQ:
         for sub in ("home", "mnesia", "log"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
         (workdir / "rabbitmq.conf").write_text(
-            "vm_memory_high_watermark.absolute = 512MiB\n"
+            # The memory alarm blocks publishers: a test broker stays small unless a benchmark
+            # of thousands of queues asks for more.
+            f"vm_memory_high_watermark.absolute = {memory_mib}MiB\n"
             "disk_free_limit.absolute = 50MB\n"
             "log.console = false\n"
         )

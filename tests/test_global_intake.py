@@ -51,11 +51,14 @@ def test_halves_pair_in_either_order(parties: Parties, tmp_path: Path, body_firs
     if not body_first:
         halves.reverse()
     spool = Spool(tmp_path / "s.db")
-    assert spool.put_global_part(*halves[0], join_delivery) is False
+    # As the uplink keeps them: the body unsynced (the broker's stream keeps it), the entry
+    # synced.
+    synced = [h[1] != "body" for h in halves]
+    assert spool.put_global_part(*halves[0], join_delivery, synced=synced[0]) is False
     assert spool.take_global() is None  # half a broadcast is not a global model yet
     spool.close()
-    spool = Spool(tmp_path / "s.db")  # a restart in between loses nothing
-    assert spool.put_global_part(*halves[1], join_delivery) is True
+    spool = Spool(tmp_path / "s.db")  # a process restart in between loses nothing
+    assert spool.put_global_part(*halves[1], join_delivery, synced=synced[1]) is True
     taken = spool.take_global()
     assert taken is not None
     round_, frame = taken
@@ -113,3 +116,22 @@ def test_delivery_frame_is_checked() -> None:
         split_delivery(join_delivery(b"body", b"entry")[:7])
     with pytest.raises(DecodeError, match="version 2"):
         split_delivery(b"\x07\x02" + join_delivery(b"b", b"e")[2:])
+
+
+def test_unsynced_transaction_leaves_commits_synced(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    assert spool.synchronous() == 2  # FULL
+    with spool.transaction(synced=False):
+        spool.put_global(1, b"global")
+    assert spool.synchronous() == 2  # the next commit is synced again
+
+    def fails() -> None:
+        with spool.transaction(synced=False):
+            spool.put_global(2, b"global")
+            raise RuntimeError("failed inside")
+
+    with pytest.raises(RuntimeError, match="failed inside"):
+        fails()
+    assert spool.synchronous() == 2
+    assert spool.take_global() == (1, b"global")  # the failed one rolled back
+    spool.close()

@@ -9,11 +9,26 @@ from typing import Any, Final
 UPDATES_QUEUE: Final = "iomt.updates"
 #: Durable queue of partial sums from the crypto workers to the coordinator.
 PARTIALS_QUEUE: Final = "iomt.partials"
-#: Fanout exchange of signed global models; each gateway has its own durable queue on it.
+#: Fanout exchange of signed global-model bodies, bound to GLOBAL_STREAM alone: the body is
+#: stored once however many gateways read it.
 GLOBAL_EXCHANGE: Final = "iomt.global"
 #: Direct exchange of each gateway's key entry of a global-model broadcast (routing key: the
-#: gateway id), bound to the same gateway queue as the fanout.
+#: gateway id), bound to that gateway's own queue.
 GLOBAL_KEYS_EXCHANGE: Final = "iomt.global.keys"
+#: The replicated stream of global-model bodies every gateway reads (RabbitMQ 3.9+ streams: an
+#: append-only log that consumers read without removing, from an offset they choose). A
+#: gateway attaches at "last", the newest chunk, so one back after an hour offline starts at
+#: the newest model and never replays the history.
+GLOBAL_STREAM: Final = "iomt.global.models"
+#: Attach offset of a gateway's stream consumer (see GLOBAL_STREAM).
+GLOBAL_STREAM_OFFSET: Final = "last"
+#: Retention by size, in whole segments: far more than the newest body (a few KB each), far
+#: less than a history. Every client declares the stream with these exact arguments.
+GLOBAL_STREAM_ARGUMENTS: Final[dict[str, Any]] = {
+    "x-queue-type": "stream",
+    "x-max-length-bytes": 8 * 1024 * 1024,
+    "x-stream-max-segment-size-bytes": 1024 * 1024,
+}
 #: Quorum queues: replicated over the broker's nodes (Raft), so a node lost mid-round loses
 #: neither a queued update nor an unacknowledged one (RabbitMQ 3.8+, the only replicated type
 #: left in 4.x). Every client declares a queue with these exact arguments.
@@ -46,9 +61,9 @@ UPDATES_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {
     "x-overflow": "reject-publish",
 }
 PARTIALS_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-queue-type": "quorum"}
-#: Only the newest global models matter to a gateway that was offline: a bounded quorum queue
-#: dropping its oldest (quorum queues support x-max-length with drop-head). Four messages hold
-#: the newest two rounds' broadcast halves (body and key entry).
+#: A gateway's own queue holds only its key entries of global-model broadcasts (the bodies are
+#: in GLOBAL_STREAM). Only the newest matter to a gateway that was offline: a bounded quorum
+#: queue dropping its oldest (quorum queues support x-max-length with drop-head).
 GATEWAY_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {
     "x-queue-type": "quorum",
     "x-max-length": 4,
@@ -66,7 +81,7 @@ def broker_urls(setting: str) -> list[str]:
 
 
 def gateway_queue(gateway_id: str) -> str:
-    """The durable queue bound to the global exchange for one gateway."""
+    """The durable queue of one gateway's key entries (bound to GLOBAL_KEYS_EXCHANGE)."""
     return f"iomt.gateway.{gateway_id}"
 
 
