@@ -165,11 +165,19 @@ class FederatedLearner:
         """The statistics update sealed for the aggregator (plain rounds), as an update is."""
         vector = self.statistics_update(received, x)
         metrics: dict[str, Any] = {"windows": len(x), "feature_stats": True}
+        metrics["global_open_cpu_seconds"] = received.open_cpu_seconds
+        return self._seal(received, vector, len(x), metrics)
+
+    def _seal(
+        self, received: ReceivedGlobal, vector: F32, samples: int, metrics: dict[str, Any]
+    ) -> TrainedUpdate:
+        """`vector` as a signed, sealed update to the aggregator, carrying `metrics`."""
         t1 = time.perf_counter()
         cpu1 = time.thread_time()
         payload = ModelUpdate(
             vector.astype("<f4").tobytes(), self.trainer.layout.parameter_count, metrics
         )
+        # The seal time cannot be inside the sealed metrics; the envelope is timed around it.
         envelope = self.codec.seal(
             self.identity,
             [self.aggregator],
@@ -177,11 +185,10 @@ class FederatedLearner:
             content_type=ContentType.MODEL_UPDATE,
             round=received.model.round,
             model_version=received.version,
-            sample_count=len(x),
+            sample_count=samples,
         )
         metrics["seal_seconds"] = time.perf_counter() - t1
         metrics["seal_cpu_seconds"] = time.thread_time() - cpu1
-        metrics["global_open_cpu_seconds"] = received.open_cpu_seconds
         return TrainedUpdate(received.model.round, envelope, metrics)
 
     def train_and_seal(
@@ -196,24 +203,7 @@ class FederatedLearner:
         carries (sealed, for the aggregator's report) include `extra_metrics`."""
         delta, metrics = self.train_delta(received, x, y, seed, extra_metrics)
         metrics["global_open_cpu_seconds"] = received.open_cpu_seconds
-        t1 = time.perf_counter()
-        cpu1 = time.thread_time()
-        payload = ModelUpdate(
-            delta.astype("<f4").tobytes(), self.trainer.layout.parameter_count, metrics
-        )
-        # The seal time cannot be inside the sealed metrics; the envelope is timed around it.
-        envelope = self.codec.seal(
-            self.identity,
-            [self.aggregator],
-            payload.encode(),
-            content_type=ContentType.MODEL_UPDATE,
-            round=received.model.round,
-            model_version=received.version,
-            sample_count=len(y),
-        )
-        metrics["seal_seconds"] = time.perf_counter() - t1
-        metrics["seal_cpu_seconds"] = time.thread_time() - cpu1
-        return TrainedUpdate(received.model.round, envelope, metrics)
+        return self._seal(received, delta, len(y), metrics)
 
     def train_delta(
         self,
