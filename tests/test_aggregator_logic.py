@@ -323,7 +323,7 @@ def test_example_aggregator_config_shows_the_defaults() -> None:
     assert parsed.training == dataclasses.replace(
         minimal.training,
         clip_norm=2.0,
-        noise_multiplier=0.3,
+        noise_multiplier=0.5,
         secure_aggregation=True,
         precision_bits=16,
     )
