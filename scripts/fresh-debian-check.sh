@@ -301,8 +301,16 @@ print(platform.machine(), a.__file__); assert platform.machine() == \"aarch64\"'
 tests/test_record.py tests/test_handshake.py tests/test_envelope.py tests/test_identity.py \
 tests/test_properties.py tests/test_shamir.py tests/test_signed_batch.py \
 tests/test_energy.py tests/test_features.py tests/test_signals.py \
-tests/test_gateway_store.py tests/test_gateway_config.py tests/test_gateway_ingest.py \
-tests/test_trainer.py"
+tests/test_gateway_store.py tests/test_gateway_config.py tests/test_gateway_ingest.py"
+    # The trainer's tests in two steps: LiteRT's training signature has crashed the emulated
+    # process (SIGSEGV inside the interpreter, qemu 7.2 and 10.0, with or without XNNPACK),
+    # which would hide every result after it; the NumPy twin's tests run on their own.
+    independent
+    step trainer-numpy chroot "$root" /bin/sh -c "cd /home/debian/iomt-gateway && \
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/test_trainer.py -k 'not lite'"
+    independent
+    step trainer-litert chroot "$root" /bin/sh -c "cd /home/debian/iomt-gateway && \
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/test_trainer.py -k 'lite'"
 else
     step make-demo as_user "make demo"
     # The two commands are independent: the tests run (and are reported) whatever the demo did.
