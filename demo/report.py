@@ -48,6 +48,10 @@ class RoundRow:
     round_ms: float
     update_bytes: int
     energy_j: float
+    # The gateways' own figures (windows, timings, bytes, energy) reached the coordinator: in a
+    # plain round they travel sealed with each update; a secure round's coordinator learns
+    # only the sum, so its row has none of them.
+    gateway_side: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,6 +183,7 @@ def evaluate_rounds(
                 **split,
                 update_bytes=int(sum(x.get("update_bytes", 0) for x in m)),
                 energy_j=float(sum(x.get("energy_joules", 0.0) for x in m)),
+                gateway_side=any(m) or not e["participants"],
             )
         )
     return Evaluation(rows, _central_accuracy(stores, x_test, y_test, central_epochs))
@@ -203,11 +208,38 @@ _COLUMNS = (  # header, unit, width, format, attribute
 )
 
 
+#: Columns only the gateways know: a secure round's row shows a dash there, not a zero.
+_GATEWAY_SIDE = frozenset(
+    {
+        "windows",
+        "redistribution_ms",
+        "window_ms",
+        "training_ms",
+        "sealing_ms",
+        "transport_ms",
+        "opening_ms",
+        "update_bytes",
+        "energy_j",
+    }
+)
+
+
+def _cell(row: RoundRow, attribute: str, width: int, fmt: str) -> str:
+    if not row.gateway_side and attribute in _GATEWAY_SIDE:
+        return f"{'-':>{width}}"
+    return f"{getattr(row, attribute):>{width}{fmt}}"
+
+
 def table(rows: list[RoundRow], central: float) -> str:
     head = " ".join(f"{h:>{w}}" for h, _, w, _, _ in _COLUMNS)
     unit = " ".join(f"{u:>{w}}" for _, u, w, _, _ in _COLUMNS)
     lines = [head, unit, "-" * len(head)]
-    lines += [" ".join(f"{getattr(r, a):>{w}{f}}" for _, _, w, f, a in _COLUMNS) for r in rows]
+    lines += [" ".join(_cell(r, a, w, f) for _, _, w, f, a in _COLUMNS) for r in rows]
+    if not all(r.gateway_side for r in rows):
+        lines.append(
+            "-: a secure round's coordinator learns only the sum, not each gateway's windows, "
+            "timings, bytes or energy ('other' is the rest of the round)"
+        )
     lines.append(f"centrally trained model on the pooled data: accuracy {central:.3f}")
     return "\n".join(lines)
 
