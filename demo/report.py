@@ -208,20 +208,9 @@ _COLUMNS = (  # header, unit, width, format, attribute
 )
 
 
-#: Columns only the gateways know: a secure round's row shows a dash there, not a zero.
-_GATEWAY_SIDE = frozenset(
-    {
-        "windows",
-        "redistribution_ms",
-        "window_ms",
-        "training_ms",
-        "sealing_ms",
-        "transport_ms",
-        "opening_ms",
-        "update_bytes",
-        "energy_j",
-    }
-)
+#: Columns only the gateways know: a secure round's row shows a dash there, not a zero. Every
+#: latency stage but the coordinator's aggregation, and the per-gateway counts.
+_GATEWAY_SIDE = (frozenset(_STAGES) - {"aggregation_ms"}) | {"windows", "update_bytes", "energy_j"}
 
 
 def _cell(row: RoundRow, attribute: str, width: int, fmt: str) -> str:
