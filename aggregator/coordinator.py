@@ -9,7 +9,8 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, replace
+from collections import deque
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,14 @@ from aggregator.secure_rounds import (
     run_secure_round,
 )
 from aggregator.strategies import make_strategy
-from aggregator.worker import PERSISTENT, broker_parameters, declare_topology
+from aggregator.worker import (
+    PERSISTENT,
+    STOP_CHECK_SECONDS,
+    Received,
+    broker_parameters,
+    collect_into,
+    declare_topology,
+)
 from pqlink import ContentType, Identity, Registry, Role, load_registry
 from pqlink.broadcast import SealedBroadcast, seal_broadcast
 from pqlink.secagg import AggregateResult
@@ -279,8 +287,10 @@ class CoordinatorService:
 
     def _record(self, closed: ClosedRound, seconds: float) -> None:
         cpu = time.process_time()
+        # The fields as they are: asdict() would deep-copy every gateway's metrics first, for
+        # a line that is only serialised.
         entry = {
-            **asdict(closed),
+            **{f.name: getattr(closed, f.name) for f in fields(closed)},
             "aggregation_seconds": seconds,
             "published_at": self.last_published_at,
             # CPU since the previous round's report (folding this round, closing it and
@@ -367,17 +377,20 @@ class CoordinatorService:
             return
         # (Re-)announce the open round: gateways ignore rounds they already answered.
         self._publish_global(fanout)
-        partials = channel.consume(PARTIALS_QUEUE, inactivity_timeout=0.02)
-        for method, _props, body in partials:
-            batch: list[tuple[int, bytes]] = []
-            if method is not None and body is not None and method.delivery_tag is not None:
-                batch.append((method.delivery_tag, body))
+        # Woken by a partial, by the round's deadline or, at the latest, to look at the stop
+        # and reload flags: no polling interval while a round waits for its partials.
+        inbox: deque[Received] = deque()
+        tag = channel.basic_consume(PARTIALS_QUEUE, collect_into(inbox), auto_ack=False)
+        while True:
+            wait = 0.0 if inbox else self._wait_seconds()
+            # types-pika says int; pika takes any non-negative number of seconds.
+            connection.process_data_events(time_limit=wait)  # type: ignore[arg-type]
             # What pika holds already joins this batch: one commit and one ack for all of it.
-            while batch and channel.get_waiting_message_count() and len(batch) < _BATCH_MAX:
-                more, _more_props, more_body = next(partials)
-                if more is None or more_body is None or more.delivery_tag is None:
-                    break
-                batch.append((more.delivery_tag, more_body))
+            batch: list[tuple[int, bytes]] = []
+            while inbox and len(batch) < _BATCH_MAX:
+                method, _props, body = inbox.popleft()
+                if method.delivery_tag is not None:
+                    batch.append((method.delivery_tag, body))
             while batch and not self.done():
                 batch = self._accept_batch(channel, batch)
                 self._maybe_close(fanout)
@@ -389,8 +402,14 @@ class CoordinatorService:
                 declare_topology(channel, [g.name for g in self.registry.active(Role.GATEWAY)])
             if self.stop.is_set() or self.done():
                 break
-        channel.cancel()
+        channel.basic_cancel(tag)
         connection.close()
+
+    def _wait_seconds(self) -> float:
+        """How long the consumer may block: until the open round's deadline, and at most
+        STOP_CHECK_SECONDS (the stop and reload flags are looked at in between). A
+        millisecond at least: a deadline just passed is closed on the next pass, not spun on."""
+        return max(0.001, min(STOP_CHECK_SECONDS, self.rounds.deadline - time.time()))
 
     def _accept_batch(
         self, channel: BlockingChannel, batch: list[tuple[int, bytes]]

@@ -249,10 +249,12 @@ def broker_parameters(setting: str, heartbeat: int) -> list[pika.URLParameters]:
 STOP_CHECK_SECONDS = 0.5
 
 
-_Received = tuple[Basic.Deliver, pika.BasicProperties, bytes]
+Received = tuple[Basic.Deliver, pika.BasicProperties, bytes]
 
 
-def _collector(box: deque[_Received]) -> Callable[..., None]:
+def collect_into(box: deque[Received]) -> Callable[..., None]:
+    """A basic_consume callback that only queues what pika delivers, for the caller's loop."""
+
     def on_message(
         _ch: BlockingChannel, method: Basic.Deliver, props: pika.BasicProperties, body: bytes
     ) -> None:
@@ -345,8 +347,8 @@ def run_worker(
             # arriving while this one is checked, where a window of one batch leaves the
             # worker idle for a broker round trip after every fold.
             channel.basic_qos(prefetch_count=max(prefetch, 2 * batch_max))
-            inbox: deque[_Received] = deque()
-            channel.basic_consume(UPDATES_QUEUE, _collector(inbox), auto_ack=False)
+            inbox: deque[Received] = deque()
+            channel.basic_consume(UPDATES_QUEUE, collect_into(inbox), auto_ack=False)
             batch: list[_Held] = []
             oldest = 0.0
             while not stop.is_set():

@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 INIT = DEFAULT_INITIAL_WEIGHTS
 WARMUP_ROUNDS = 2
 TICKS = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
 
 
 def _env() -> dict[str, str]:
@@ -172,87 +173,99 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def _worker_cpu_per_round(
-    conf: Path,
-    coordinator: subprocess.Popen[bytes],
-    workers: list[subprocess.Popen[bytes]],
-    rounds: int,
-) -> dict[int, float]:
-    """Wait for the coordinator to finish its rounds; the crypto workers' CPU seconds (both
-    together) between one round's close and the next's, keyed by round."""
-    out: dict[int, float] = {}
-    last = sum(_cpu(w.pid) for w in workers)
-    seen = 0
-    deadline = time.monotonic() + 300
-    while coordinator.poll() is None and seen < rounds:
-        if time.monotonic() > deadline:
-            raise RuntimeError("timed out waiting for the rounds")
-        closed = len(_rounds(conf))
-        if closed > seen:
-            now = sum(_cpu(w.pid) for w in workers)
-            if closed == seen + 1:  # a round whose close was seen alone: its own CPU
-                out[closed] = now - last
-            seen, last = closed, now
-        time.sleep(0.01)  # poll interval of a bounded wait (CPU read as each round closes)
-    coordinator.wait(60)
-    return out
+def _cpu_total(pids: list[int]) -> float:
+    return sum(_cpu(pid) for pid in pids)
 
 
-def _pq_share(conf: Path, worker_cpu: dict[int, float], gw_dirs: list[Path]) -> dict[str, Any]:
+def _broker_pid(pidfile: Path | None) -> int | None:
+    """The RabbitMQ node's process, for its CPU per round (None if it cannot be read)."""
+    try:
+        return int(pidfile.read_text().strip()) if pidfile is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_rounds(
+    conf: Path, coordinator: subprocess.Popen[bytes], rounds: int, timeout: float
+) -> None:
+    """Until `rounds` rounds are in the coordinator's report (or it exited)."""
+    report = conf.parent / "state" / "rounds.jsonl"
+
+    def reported() -> int:
+        return len(report.read_text().splitlines()) if report.exists() else 0
+
+    _wait(lambda: coordinator.poll() is not None or reported() >= rounds, timeout, "the rounds")
+
+
+def _pq_share(
+    conf: Path, worker_cpu: float, gw_dirs: list[Path], gateway_cpu: dict[str, float]
+) -> dict[str, Any]:
     """The post-quantum CPU on the round's critical path as a share of each party's own
     round CPU: per gateway (opening the global model, sealing its update, against its CPU
     from model received to update spooled) and for the aggregator (workers verifying and
     opening every update, the coordinator sealing the next broadcast, against the workers'
-    and the coordinator's CPU over the round)."""
+    and the coordinator's CPU over the steady rounds). `worker_cpu`: both workers' CPU over
+    the steady rounds; `gateway_cpu`: each gateway process's CPU over them, every thread."""
     report = conf.parent / "state" / "rounds.jsonl"
-    rows = [json.loads(line) for line in report.read_text().splitlines()]
-    aggregator = []
-    for r in rows[WARMUP_ROUNDS:]:
-        cpu = worker_cpu.get(r["round"])
-        if cpu is None or not r["metrics"]:
-            continue
-        opened = sum(m["worker_open_cpu_seconds"] for m in r["metrics"].values())
-        crypto = opened + r["announce_seal_cpu_seconds"]
-        total = cpu + r["coordinator_cpu_seconds"]
-        seconds = r["closed_at"] - r["opened_at"]
-        aggregator.append(
-            {
-                "round": r["round"],
-                "crypto_cpu_s": crypto,
-                "round_cpu_s": total,
-                "share": crypto / total if total else None,
-                "share_of_round_time": crypto / seconds if seconds > 0 else None,
-            }
-        )
+    rows = [json.loads(line) for line in report.read_text().splitlines()][WARMUP_ROUNDS:]
+    rows = [r for r in rows if r["metrics"]]
+    opened = [m["worker_open_cpu_seconds"] for r in rows for m in r["metrics"].values()]
+    seal = [r["announce_seal_cpu_seconds"] for r in rows]
+    coordinator = [r["coordinator_cpu_seconds"] for r in rows]
+    crypto = sum(opened) + sum(seal)
+    total = worker_cpu + sum(coordinator)
     gateways = {}
     for d in gw_dirs:
         status = json.loads((d / "state" / "status.json").read_text())["federation"]
-        crypto, total = status["crypto_cpu_seconds_total"], status["round_cpu_seconds_total"]
+        crypto_gw, total_gw = status["crypto_cpu_seconds_total"], status["round_cpu_seconds_total"]
         gateways[d.name] = {
             "rounds": status["rounds_trained"],
-            "crypto_cpu_s": crypto,
-            "round_cpu_s": total,
-            "share": crypto / total if total else None,
+            "crypto_cpu_s": crypto_gw,
+            "round_cpu_s": total_gw,
+            "share": crypto_gw / total_gw if total_gw else None,
         }
     shares = [g["share"] for g in gateways.values() if g["share"] is not None]
-    agg = [a["share"] for a in aggregator if a["share"] is not None]
-    agg_time = [a["share_of_round_time"] for a in aggregator if a["share_of_round_time"]]
-    steady = [r["closed_at"] - r["opened_at"] for r in rows[WARMUP_ROUNDS:]]
+    steady = [r["closed_at"] - r["opened_at"] for r in rows]
     per_round = [g["crypto_cpu_s"] / g["rounds"] for g in gateways.values() if g["rounds"]]
+    path_cpu = [g["round_cpu_s"] / g["rounds"] for g in gateways.values() if g["rounds"]]
+    n = len(rows)
+    process_cpu = [c / n for c in gateway_cpu.values()] if n else []
+    trained = [m for r in rows for m in r["metrics"].values()]
     return {
         # shares of each party's own round CPU (independent of how many share the cores)
         "gateway_median_share": statistics.median(shares) if shares else None,
         "gateway_max_share": max(shares) if shares else None,
-        "aggregator_median_share": statistics.median(agg) if agg else None,
+        "aggregator_share": crypto / total if total else None,
         # the same crypto CPU against the round's wall time on this machine
         "gateway_median_share_of_round_time": (
             statistics.median(per_round) / statistics.median(steady)
             if per_round and steady
             else None
         ),
-        "aggregator_median_share_of_round_time": statistics.median(agg_time) if agg_time else None,
+        "steady_rounds": n,
+        "gateway_cpu_per_round_s": {
+            "crypto_median": statistics.median(per_round) if per_round else None,
+            # model received to update spooled, every thread (the share's denominator)
+            "received_to_spooled_median": statistics.median(path_cpu) if path_cpu else None,
+            # the whole process over the steady rounds: also taking both halves of the
+            # broadcast off the broker and publishing the update
+            "process_median": statistics.median(process_cpu) if process_cpu else None,
+            "training_median": statistics.median(m["cpu_seconds"] for m in trained)
+            if trained
+            else None,
+            "windows_median": statistics.median(m["window_cpu_seconds"] for m in trained)
+            if trained
+            else None,
+        },
+        "aggregator_cpu": {
+            "updates": len(opened),
+            "crypto_per_update_s": sum(opened) / len(opened) if opened else None,
+            "non_crypto_per_update_s": (worker_cpu - sum(opened)) / len(opened) if opened else None,
+            "coordinator_seal_per_round_s": sum(seal) / n if n else None,
+            "coordinator_other_per_round_s": (sum(coordinator) - sum(seal)) / n if n else None,
+            "workers_per_round_s": worker_cpu / n if n else None,
+        },
         "gateways": gateways,
-        "aggregator_rounds": aggregator,
     }
 
 
@@ -289,12 +302,15 @@ def full_rounds(
     plaintext: bool,
     windows_per_gateway: int,
     run: int = 0,
+    wearables: int = 4,
+    broker_pidfile: Path | None = None,
 ) -> dict[str, Any]:
-    """Real gateway daemons with stored vitals, the coordinator and two workers."""
+    """Real gateway daemons with stored vitals from `wearables` devices each, the
+    coordinator and two workers."""
     root = tmp / f"{'plain' if plaintext else 'sealed'}-{run}"
     procs = Procs(root / "logs")
     gw_dirs = []
-    samples = windows_per_gateway * 30 // 4
+    samples = windows_per_gateway * 30 // wearables
     start_ms = int((time.time() - 3 * 3600) * 1000)
     for g in range(gateways):
         d = root / f"gw-{g:02d}"
@@ -311,7 +327,7 @@ def full_rounds(
         _quiet(gateway_main, "keygen", "--config", str(conf))
         save_registry(Registry(), d / "state" / "registry.json")  # no wearable is enrolled
         with VitalsStore(d / "state" / "vitals.sqlite3") as store:
-            for n, profile in enumerate(make_profiles(4, 100 + g)):
+            for n, profile in enumerate(make_profiles(wearables, 100 + g)):
                 gen = VitalsGenerator(
                     profile, seed=g * 10 + n, start_ms=start_ms, event_rate_per_hour=30
                 )
@@ -349,7 +365,20 @@ def full_rounds(
         coordinator = procs.spawn(
             "coordinator", "aggregator.cli", "coordinator", "--config", str(conf)
         )
-        worker_cpu = _worker_cpu_per_round(conf, coordinator, workers, rounds)
+        gw_pids = {d.name: p.pid for d, p in zip(gw_dirs, procs.items, strict=False)}
+        worker_pids = [w.pid for w in workers]
+        broker = _broker_pid(broker_pidfile)
+        # CPU read once the warm-up rounds are reported and again once the coordinator is
+        # done: no reads while the steady rounds run, the machine's cores are all theirs.
+        _wait_rounds(conf, coordinator, WARMUP_ROUNDS, 300)
+        gw0 = {name: _cpu(pid) for name, pid in gw_pids.items()}
+        w0 = _cpu_total(worker_pids)
+        b0 = _cpu(broker) if broker else 0.0
+        if coordinator.wait(300) != 0:
+            raise RuntimeError(f"the coordinator failed; see {root / 'logs'}")
+        gateway_cpu = {name: _cpu(pid) - gw0[name] for name, pid in gw_pids.items()}
+        worker_cpu = _cpu_total(worker_pids) - w0
+        broker_cpu = (_cpu(broker) - b0) if broker else None
     finally:
         procs.stop()
     closed = _rounds(conf)
@@ -364,8 +393,12 @@ def full_rounds(
         # the first rounds also pay for connections, imports and cold caches
         "steady_round_seconds": latencies[WARMUP_ROUNDS:],
         "phase_seconds": _phases(conf),
-        "pq_share": _pq_share(conf, worker_cpu, gw_dirs),
-        "samples_per_gateway": samples * 4,
+        "pq_share": _pq_share(conf, worker_cpu, gw_dirs, gateway_cpu),
+        "broker_cpu_per_round_s": (
+            broker_cpu / (len(latencies) - WARMUP_ROUNDS) if broker_cpu is not None else None
+        ),
+        "samples_per_gateway": samples * wearables,
+        "wearables_per_gateway": wearables,
         "windows_per_gateway": windows_per_gateway,
     }
 
@@ -425,11 +458,9 @@ def compare_rounds(
                 for name, _ in PHASES
             },
             "pq_share": {
-                f"{who}_median_share": statistics.median(
-                    r["pq_share"][f"{who}_median_share"] for r in results
-                )
-                for who in ("gateway", "aggregator")
-                if all(r["pq_share"][f"{who}_median_share"] is not None for r in results)
+                key: statistics.median(r["pq_share"][key] for r in results)
+                for key in ("gateway_median_share", "aggregator_share")
+                if all(r["pq_share"][key] is not None for r in results)
             },
         }
 
@@ -533,16 +564,51 @@ def _quartiles(xs: list[float]) -> dict[str, float]:
     }
 
 
-def fleet_sizes(sizes: list[int], rounds: int, windows: int, out: str | None) -> dict[str, Any]:
+def _fleet_entry(r: dict[str, Any]) -> dict[str, Any]:
+    steady = r["steady_round_seconds"]
+    pq = r["pq_share"]
+    process = pq["gateway_cpu_per_round_s"]["process_median"]
+    return {
+        "gateways": r["gateways"],
+        "wearables_per_gateway": r["wearables_per_gateway"],
+        "windows_per_gateway": r["windows_per_gateway"],
+        "rounds_counted": len(steady),
+        **_quartiles(steady),
+        "median_phase_seconds": {
+            name: statistics.median(r["phase_seconds"][name]) for name, _ in PHASES
+        },
+        # all gateways share this machine's two cores: their CPU alone bounds the round
+        "gateway_process_cpu_per_round_s": process,
+        "gateways_cpu_over_2_cores_s": process * r["gateways"] / CORES if process else None,
+        "broker_cpu_per_round_s": r["broker_cpu_per_round_s"],
+        "round_seconds": r["round_seconds"],
+        "pq_share": pq,
+    }
+
+
+def fleet_sizes(
+    sizes: list[int],
+    rounds: int,
+    windows: int,
+    out: str | None,
+    *,
+    reference: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """Sealed rounds at each fleet size in turn, each on a fresh virtual host of one broker
-    pair; all gateways share this machine's cores, so the medians include that contention."""
+    pair; all gateways share this machine's cores, so the medians include that contention.
+    `reference` (wearables, windows): one more fleet of the smallest size whose gateways
+    each hold that many wearables and train that many windows, for its post-quantum share."""
     load_start = os.getloadavg()
     fleets = []
+    ref: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="iomt-fleet-") as d:
         tmp = Path(d)
         with Mosquitto(tmp / "mosquitto") as mq, RabbitMQ(tmp / "rabbitmq") as rabbit:
-            for n in sizes:
-                url = _vhost(rabbit, f"fleet-{n}")
+            runs: list[tuple[str, int, int, int]] = [("fleet", n, 4, windows) for n in sizes]
+            if reference is not None:
+                runs.append(("reference", min(sizes), *reference))
+            for kind, n, wearables, win in runs:
+                url = _vhost(rabbit, f"{kind}-{n}")
                 r = full_rounds(
                     tmp,
                     mq.port,
@@ -550,28 +616,23 @@ def fleet_sizes(sizes: list[int], rounds: int, windows: int, out: str | None) ->
                     n,
                     rounds,
                     plaintext=False,
-                    windows_per_gateway=windows,
-                    run=n,
+                    windows_per_gateway=win,
+                    run=n if kind == "fleet" else 10_000 + n,
+                    wearables=wearables,
+                    broker_pidfile=rabbit.workdir / "rabbitmq.pid",
                 )
-                steady = r["steady_round_seconds"]
-                fleets.append(
-                    {
-                        "gateways": n,
-                        "rounds_counted": len(steady),
-                        **_quartiles(steady),
-                        "median_phase_seconds": {
-                            name: statistics.median(r["phase_seconds"][name]) for name, _ in PHASES
-                        },
-                        "round_seconds": r["round_seconds"],
-                        "pq_share": r["pq_share"],
-                    }
-                )
+                entry = _fleet_entry(r)
+                if kind == "fleet":
+                    fleets.append(entry)
+                else:
+                    ref = entry
                 pq = r["pq_share"]
                 print(
-                    f"  {n} gateways: median of {len(steady)} rounds "
-                    f"{statistics.median(steady) * 1000:.0f} ms; post-quantum share of the "
-                    f"round CPU: gateway median {pq['gateway_median_share']}, aggregator "
-                    f"median {pq['aggregator_median_share']}",
+                    f"  {kind}: {n} gateways, {wearables} wearables and {win} windows each: "
+                    f"median of {entry['rounds_counted']} rounds "
+                    f"{entry['median_round_seconds'] * 1000:.0f} ms; post-quantum share of the "
+                    f"round CPU: gateway median {pq['gateway_median_share']:.3f}, aggregator "
+                    f"{pq['aggregator_share']:.3f}",
                     flush=True,
                 )
     medians = {f["gateways"]: f["median_round_seconds"] for f in fleets}
@@ -580,23 +641,34 @@ def fleet_sizes(sizes: list[int], rounds: int, windows: int, out: str | None) ->
         for n, limit in ((10, 0.1), (100, 0.8))
         if n in medians
     ]
+    labelled = [(f"{f['gateways']}_gateways", f) for f in fleets]
+    if ref is not None:
+        labelled.append(
+            (
+                f"reference_gateway_{ref['wearables_per_gateway']}_wearables_"
+                f"{ref['windows_per_gateway']}_windows",
+                ref,
+            )
+        )
     budgets += [
         {
-            "name": f"pq_share_{f['gateways']}_gateways_{who}",
-            "value": f["pq_share"][f"{who}_median_share"],
+            "name": f"pq_share_{label}_{who}",
+            "value": f["pq_share"][key],
             "limit": 0.10,
         }
-        for f in fleets
-        for who in ("gateway", "aggregator")
+        for label, f in labelled
+        for who, key in (("gateway", "gateway_median_share"), ("aggregator", "aggregator_share"))
     ]
     for b in budgets:
         b["ok"] = b["value"] is not None and b["value"] < b["limit"]
     doc = {
         "crypto": "sealed and signed: ML-KEM-768+X25519, ML-DSA-65, Ascon-AEAD128",
+        "model_parameters": int(initial_weights(INIT).size),
         "budgets": budgets,
         "windows_per_gateway": windows,
         "warmup_rounds_left_out": WARMUP_ROUNDS,
         "fleets": fleets,
+        "reference_gateway": ref,
         "median_round_seconds": {str(f["gateways"]): f["median_round_seconds"] for f in fleets},
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
     }
@@ -621,9 +693,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--crypto-gateways", type=int, default=50)
     parser.add_argument("--crypto-rounds", type=int, default=6, help="rounds per worker run")
+    parser.add_argument(
+        "--reference",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=None,
+        help="WEARABLES,WINDOWS: with a list of fleet sizes, also a fleet of the smallest size "
+        "whose gateways hold that many wearables and train that many windows (e.g. 20,500)",
+    )
     args = parser.parse_args(argv)
     if len(args.gateways) > 1:
-        fleet_sizes(args.gateways, args.rounds, args.windows, args.out)
+        fleet_sizes(args.gateways, args.rounds, args.windows, args.out, reference=args.reference)
         return 0
     args.gateways = args.gateways[0]
     with tempfile.TemporaryDirectory(prefix="iomt-rounds-") as d:

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -21,9 +21,15 @@ from gateway.energy import (
     Decision,
     EnergyPolicy,
     EnergyPolicyConfig,
+    ScheduleDecision,
     read_energy,
 )
-from gateway.learning import FederatedLearner, GlobalModelRejectedError, ReceivedGlobal
+from gateway.learning import (
+    FederatedLearner,
+    GlobalModelRejectedError,
+    ReceivedGlobal,
+    TrainedUpdate,
+)
 from gateway.spool import Spool
 from gateway.store import VitalsStore
 from gateway.tasks import TASKS
@@ -41,6 +47,16 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _LAST_ROUND = "last_round"
+
+
+class _Trained(NamedTuple):
+    """What the trainer thread hands back for a round: its windows, how long they took to
+    gather, and the spooled update (None when the round was not a plain training round)."""
+
+    x: npt.NDArray[np.float32]
+    y: npt.NDArray[np.int32]
+    window_seconds: float
+    update: TrainedUpdate | None
 
 
 class FederationClient:
@@ -200,10 +216,20 @@ class FederationClient:
         await self._in(self.store_pool, commit)
         self.counters["last_round"] = round_
 
+    def _open(self, envelope: bytes) -> tuple[ReceivedGlobal, ScheduleDecision | None]:
+        """Trainer thread: open and apply the global model, and the energy policy's first
+        decision on it (psutil reads files: not on the event loop). One hand-off for all
+        three, where each used to cost the event loop a round trip of its own."""
+        received = self.learner.open_global(envelope)
+        self.learner.apply(received)
+        if received.model.settings.final:
+            return received, None
+        return received, self.learner.decide(read_energy(), received, time.time())
+
     async def _round(self, round_: int, envelope: bytes, stop: asyncio.Event) -> None:
         cpu0 = time.process_time()  # the round's CPU on this gateway, every thread
         try:
-            received = await self._in(self._train_pool, self.learner.open_global, envelope)
+            received, decision = await self._in(self._train_pool, self._open, envelope)
         except (PqlinkError, GlobalModelRejectedError) as exc:
             self.counters["globals_rejected"] += 1
             self.log.event(
@@ -211,16 +237,14 @@ class FederationClient:
             )
             await self._in(self.store_pool, self.spool.done_global, round_)
             return
-        await self._in(self._train_pool, self.learner.apply, received)
         self.counters["model_version"] = received.version
         self.counters["last_global_round"] = round_
         self.counters["last_global_received_at"] = received.received_at
         self.log.event(Event.GLOBAL_APPLIED, round=round_, version=received.version)
-        if received.model.settings.final:
+        if decision is None:  # the final model: applied, nothing to train
             await self._finish(round_)
             return
         while True:
-            decision = self.learner.decide(read_energy(), received, time.time())
             if decision.decision is Decision.TRAIN_NOW:
                 break
             if decision.decision is Decision.SKIP:
@@ -241,6 +265,10 @@ class FederationClient:
                 await asyncio.wait_for(stop.wait(), self.config.learning.defer_check_interval)
             if stop.is_set():
                 return
+            decision = await self._in(
+                self._train_pool,
+                lambda: self.learner.decide(read_energy(), received, time.time()),
+            )
         await self._train(round_, received, cpu0)
 
     def _windows(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], float]:
@@ -255,46 +283,62 @@ class FederationClient:
             x, y = self.task.windows(self.store, self.config.learning.max_samples_per_device)
         return x, y, time.thread_time() - cpu0
 
-    async def _train(self, round_: int, received: ReceivedGlobal, cpu0: float) -> None:
+    def _spool_update(self, round_: int, update: TrainedUpdate) -> None:
+        """Store thread. Never half of it, and not synced to disk on the round's path: the
+        process dying loses nothing; power lost before the next synced commit (the upload's
+        confirmation syncs the log) rolls back to the global model still in the inbox, so the
+        gateway trains again, and an update that reached the broker twice is counted once by
+        the coordinator."""
+        with self.spool.transaction(synced=False):
+            self.spool.put_update(round_, update.envelope, update.metrics["seal_seconds"])
+            self.spool.set_state(_LAST_ROUND, round_)
+            self.spool.done_global(round_)
+
+    def _train_and_spool(self, round_: int, received: ReceivedGlobal) -> _Trained:
+        """Trainer thread: the windows (from the store thread), local training, the sealed
+        update, and the update spooled (store thread again). The store work is handed to the
+        store thread from here and waited for, so a plain round costs the event loop one
+        hand-off instead of three. Returns without training when the round is not a plain
+        training round (too few windows, a statistics or a secure round)."""
         t0 = time.monotonic()
-        x, y, window_cpu = await self._in(self.store_pool, self._windows)
+        x, y, window_cpu = self.store_pool.submit(self._windows).result()
         window_seconds = time.monotonic() - t0
-        if len(y) < self.config.learning.min_windows:
-            self.counters["rounds_skipped"] += 1
-            self.log.event(Event.ROUND_SKIPPED, round=round_, reason="no_data", count=len(y))
-            await self._finish(round_)
-            return
-        if received.model.settings.feature_stats:
-            await self._statistics(round_, received, x)
-            return
-        if received.model.settings.secure_aggregation:
-            delta, metrics = await self._in(
-                self._train_pool, self.learner.train_delta, received, x, y, round_
-            )
-            await self._secure(round_, delta, len(y), metrics)
-            return
-        update = await self._in(
-            self._train_pool,
-            self.learner.train_and_seal,
+        settings = received.model.settings
+        if (
+            len(y) < self.config.learning.min_windows
+            or settings.feature_stats
+            or settings.secure_aggregation
+        ):
+            return _Trained(x, y, window_seconds, None)
+        update = self.learner.train_and_seal(
             received,
             x,
             y,
             round_,
             {"window_seconds": window_seconds, "window_cpu_seconds": window_cpu},
         )
+        self.store_pool.submit(self._spool_update, round_, update).result()
+        return _Trained(x, y, window_seconds, update)
 
-        def spool_it() -> None:
-            # Never half of it, and not synced to disk on the round's path: the process dying
-            # loses nothing; power lost before the next synced commit (the upload's
-            # confirmation syncs the log) rolls back to the global model still in the inbox,
-            # so the gateway trains again, and an update that reached the broker twice is
-            # counted once by the coordinator.
-            with self.spool.transaction(synced=False):
-                self.spool.put_update(round_, update.envelope, update.metrics["seal_seconds"])
-                self.spool.set_state(_LAST_ROUND, round_)
-                self.spool.done_global(round_)
-
-        await self._in(self.store_pool, spool_it)
+    async def _train(self, round_: int, received: ReceivedGlobal, cpu0: float) -> None:
+        t0 = time.monotonic()
+        trained = await self._in(self._train_pool, self._train_and_spool, round_, received)
+        x, y, window_seconds, update = trained
+        if update is None:
+            if len(y) < self.config.learning.min_windows:
+                self.counters["rounds_skipped"] += 1
+                self.log.event(Event.ROUND_SKIPPED, round=round_, reason="no_data", count=len(y))
+                await self._finish(round_)
+                return
+            if received.model.settings.feature_stats:
+                await self._statistics(round_, received, x)
+                return
+            delta, metrics = await self._in(
+                self._train_pool, self.learner.train_delta, received, x, y, round_
+            )
+            await self._secure(round_, delta, len(y), metrics)
+            return
+        self.uplink.wake()  # spooled: publish it before the bookkeeping below
         self.counters["last_round"] = round_
         self.counters["rounds_trained"] += 1
         self.counters["last_update"] = update.metrics
@@ -306,7 +350,6 @@ class FederationClient:
         )
         self.counters["round_cpu_seconds_total"] += time.process_time() - cpu0
         self.round_seconds.observe(time.monotonic() - t0)
-        self.uplink.wake()
         m = update.metrics
         self.log.event(
             Event.ROUND_TRAINED,

@@ -77,6 +77,12 @@ class Spool:
     def confirmed(self, update_id: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE id = ?", (update_id,))
 
+    def confirmed_then_pending(self, update_id: int, limit: int = 100) -> list[Outgoing]:
+        """`confirmed`, then `pending_updates`: the uplink's one store-thread call per
+        confirmation, where two would each cost the event loop a hand-off."""
+        self.confirmed(update_id)
+        return self.pending_updates(limit)
+
     def depth(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
 

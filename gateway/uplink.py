@@ -208,28 +208,33 @@ class Uplink:
 
     async def _publish_loop(self, channel: AbstractChannel) -> None:
         await channel.declare_queue(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
+        pending = await self._spool(self.spool.pending_updates)
         while True:
-            pending = await self._spool(self.spool.pending_updates)
             assert isinstance(pending, list)
-            for item in pending:
-                # With publisher confirms, publish() returns once the broker has it durably.
-                # Headers are not authenticated: they carry timings for reports, nothing else.
-                # Integers: AMQP field tables carry floats as 32-bit in aiormq, too coarse here.
-                headers = {
-                    "seal_us": round(item.seal_seconds * 1e6),
-                    "published_at_us": round(time.time() * 1e6),
-                }
-                await channel.default_exchange.publish(
-                    aio_pika.Message(
-                        item.envelope,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        headers=headers,
-                    ),
-                    routing_key=UPDATES_QUEUE,
-                )
-                await self._spool(self.spool.confirmed, item.id)
-                self.published += 1
-                self.log.event(Event.UPDATE_CONFIRMED, round=item.round, bytes=len(item.envelope))
-            self._wake.clear()
             if not pending:
+                # Cleared only after a read found nothing: an update spooled after that read
+                # wakes us again (its wake comes after the read's result on this loop).
+                self._wake.clear()
                 await self._wake.wait()
+                pending = await self._spool(self.spool.pending_updates)
+                continue
+            item = pending[0]
+            # With publisher confirms, publish() returns once the broker has it durably.
+            # Headers are not authenticated: they carry timings for reports, nothing else.
+            # Integers: AMQP field tables carry floats as 32-bit in aiormq, too coarse here.
+            headers = {
+                "seal_us": round(item.seal_seconds * 1e6),
+                "published_at_us": round(time.time() * 1e6),
+            }
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    item.envelope,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    headers=headers,
+                ),
+                routing_key=UPDATES_QUEUE,
+            )
+            # Deleted from the outbox and the rest read in one store-thread call.
+            pending = await self._spool(self.spool.confirmed_then_pending, item.id)
+            self.published += 1
+            self.log.event(Event.UPDATE_CONFIRMED, round=item.round, bytes=len(item.envelope))
