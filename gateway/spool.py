@@ -79,8 +79,15 @@ class Spool:
 
     def confirmed_then_pending(self, update_id: int, limit: int = 100) -> list[Outgoing]:
         """`confirmed`, then `pending_updates`: the uplink's one store-thread call per
-        confirmation, where two would each cost the event loop a hand-off."""
-        self.confirmed(update_id)
+        confirmation, where two would each cost the event loop a hand-off.
+
+        The deletion is not synced to disk: the broker holds the update durably already, and
+        power lost before the next synced commit (the next broadcast's key entry) at worst
+        publishes it again, which the coordinator counts once. A sync here came at the moment
+        every gateway of a round finishes, each one queueing behind the others' and the
+        broker's syncs on a shared disk."""
+        with self.transaction(synced=False):
+            self.confirmed(update_id)
         return self.pending_updates(limit)
 
     def depth(self) -> int:

@@ -16,6 +16,7 @@ def test_confirmation_hands_back_the_rest_in_order(tmp_path: Path) -> None:
         assert [(u.id, u.round, u.envelope) for u in rest] == [(second, 2, b"update two")]
         assert spool.confirmed_then_pending(second) == []
         assert spool.depth() == 0
+        assert spool.synchronous() == 2  # FULL again for the commits that need a sync
 
 
 def test_confirming_an_unknown_id_removes_nothing(tmp_path: Path) -> None:
