@@ -168,6 +168,17 @@ def _phases(conf: Path) -> dict[str, list[float]]:
     return out
 
 
+def _announce_seconds(conf: Path) -> dict[str, float]:
+    """Median wall seconds of the steady rounds' announcements: sealing, then publishing and
+    committing (the coordinator's report)."""
+    report = conf.parent / "state" / "rounds.jsonl"
+    rows = [json.loads(line) for line in report.read_text().splitlines()][WARMUP_ROUNDS:]
+    return {
+        part: statistics.median(r[f"announce_{part}_seconds"] for r in rows)
+        for part in ("seal", "publish")
+    }
+
+
 def _cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
@@ -422,6 +433,7 @@ def full_rounds(
         "broker_cpu_per_round_s": (
             broker_cpu / (len(latencies) - WARMUP_ROUNDS) if broker_cpu is not None else None
         ),
+        "announce_seconds": _announce_seconds(conf),
         "samples_per_gateway": samples * wearables,
         "wearables_per_gateway": wearables,
         "windows_per_gateway": windows_per_gateway,
@@ -602,6 +614,8 @@ def _fleet_entry(r: dict[str, Any]) -> dict[str, Any]:
         "median_phase_seconds": {
             name: statistics.median(r["phase_seconds"][name]) for name, _ in PHASES
         },
+        # inside the announcement: sealing the broadcast, then publishing and committing it
+        "median_announce_seconds": r["announce_seconds"],
         # all gateways share this machine's two cores: their CPU alone bounds the round
         "gateway_process_cpu_per_round_s": process,
         "gateways_cpu_over_2_cores_s": process * r["gateways"] / CORES if process else None,
