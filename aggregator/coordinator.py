@@ -66,8 +66,6 @@ _LOG = logging.getLogger("aggregator.coordinator")
 
 #: Partials applied in one transaction at most (a bound on what one commit holds).
 _BATCH_MAX = 256
-#: Key entries of a global-model broadcast committed together at most (publish_broadcast).
-ANNOUNCE_CHUNK = 10
 
 
 def initial_weights(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -80,29 +78,18 @@ def initial_weights(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
     return np.concatenate(parts).astype(np.float32)
 
 
-def publish_broadcast(
-    channel: BlockingChannel, sealed: SealedBroadcast, chunk: int = ANNOUNCE_CHUNK
-) -> None:
+def publish_broadcast(channel: BlockingChannel, sealed: SealedBroadcast) -> None:
     """Publish a sealed broadcast on a channel in transaction mode: the body once, into the
-    global-model stream every gateway reads, and each key entry to its gateway's queue, in
-    transactions of the body and at most `chunk` entries each."""
-    # A transaction is one round trip to the broker for many messages, where a confirm per
-    # message would cost one per gateway; but its commit waits for every queue in it and
-    # delivers nothing before, so one transaction for a whole fleet held every gateway back
-    # until the last of a hundred quorum queues had committed. In chunks, the first gateways
-    # start while the next entries commit. The body goes first: a gateway holding an entry
-    # can always find its body in the stream. A coordinator failing between two commits
-    # announces the round again once reconnected, and gateways skip a round already answered.
+    global-model stream every gateway reads, and each key entry to its gateway's queue."""
+    # One transaction for the body and every entry: one round trip to the broker for the
+    # whole fan-out, where a confirm per message would cost one per gateway. The body goes
+    # first: a gateway holding an entry can always find its body in the stream. (Transactions
+    # of a few entries each, so that the first gateways could start while the rest commit,
+    # gained nothing measurable: the commits' latencies added up.)
     channel.basic_publish(GLOBAL_EXCHANGE, "", sealed.body, PERSISTENT)
-    pending = 0
     for gateway, entry in sealed.entries.items():
         channel.basic_publish(GLOBAL_KEYS_EXCHANGE, gateway, entry, PERSISTENT)
-        pending += 1
-        if pending == chunk:
-            channel.tx_commit()
-            pending = 0
-    if pending or not sealed.entries:
-        channel.tx_commit()
+    channel.tx_commit()
 
 
 class CoordinatorService:

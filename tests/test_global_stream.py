@@ -13,7 +13,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from aggregator.coordinator import publish_broadcast
 from aggregator.worker import declare_topology
-from pqlink import ContentType, Identity, Registry, Role
+from pqlink import ContentType, Registry
 from pqlink.broadcast import (
     BODY_TYPE,
     ENTRY_TYPE,
@@ -125,48 +125,3 @@ def test_gateway_back_online_opens_the_newest_model(
         # Every gateway verifies the one signed body with its own newest entry.
         opened = open_delivery(join_delivery(body, entries[-1]), gw, senders)
         assert opened.payload == b"global model %d" % ROUNDS
-
-
-class _CountingChannel:
-    """The real channel, counting the transactions committed through it."""
-
-    def __init__(self, channel: BlockingChannel) -> None:
-        self.channel = channel
-        self.commits = 0
-
-    def basic_publish(
-        self, exchange: str, routing_key: str, body: bytes, properties: pika.BasicProperties
-    ) -> None:
-        self.channel.basic_publish(exchange, routing_key, body, properties)
-
-    def tx_commit(self) -> None:
-        self.commits += 1
-        self.channel.tx_commit()
-
-
-@pytest.mark.parametrize(("gateways", "commits"), [(2, 1), (3, 2)])
-def test_entries_commit_in_chunks(
-    channel: BlockingChannel, parties: Parties, vhost: str, gateways: int, commits: int
-) -> None:
-    """With chunks of two entries, two gateways' entries go in one transaction with the body
-    and a third one's in a second; every gateway's entry is in its queue either way."""
-    names = [f"chunk-gw-{i}" for i in range(gateways)]
-    recipients = [Identity.generate(name, Role.GATEWAY) for name in names]
-    declare_topology(channel, names)
-    channel.tx_select()
-    sealed = seal_broadcast(
-        parties.aggregator,
-        [r.public for r in recipients],
-        b"global model",
-        content_type=ContentType.GLOBAL_MODEL,
-        round=1,
-    )
-    counting = _CountingChannel(channel)
-    publish_broadcast(cast("BlockingChannel", counting), sealed, chunk=2)
-    assert counting.commits == commits
-    for name in names:
-        frame = _get(channel, gateway_queue(name))
-        assert frame is not None
-        assert frame[0] == ENTRY_TYPE
-        assert _get(channel, gateway_queue(name)) is None  # one entry, not one per chunk
-    assert peek_broadcast(_newest_body(channel)).round == 1
