@@ -543,11 +543,10 @@ class CoordinatorService:
                 continue
             statistics = self.statistics_pending
             deadlines = StageDeadlines(
-                self.config.rounds.round_timeout,
-                pc.stage_timeout,
-                pc.stage_timeout,
-                pc.stage_timeout,
-                pc.stage_timeout,
+                adverts=self.config.rounds.round_timeout,
+                key_shares=pc.stage_timeout,
+                inputs=pc.stage_timeout,
+                unmask=pc.stage_timeout,
             )
             report = run_secure_round(
                 channel,
@@ -587,7 +586,11 @@ class CoordinatorService:
                     closing,
                     mean,
                     survivors,
-                    {**summary.to_json(), "stage_seconds": report.stage_seconds},
+                    {
+                        **summary.to_json(),
+                        "stage_seconds": report.stage_seconds,
+                        "exchanges": report.exchanges,
+                    },
                 )
             closed.privacy = summary.to_json()
             self._closed(fanout, closed, time.perf_counter() - t0, counts=not statistics)

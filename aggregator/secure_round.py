@@ -120,8 +120,7 @@ class StageDeadlines:
     the inputs stage also covers local training."""
 
     adverts: float = 10.0
-    key_agreement: float = 10.0
-    shares: float = 10.0
+    key_shares: float = 10.0
     inputs: float = 60.0
     unmask: float = 10.0
 
@@ -135,6 +134,8 @@ class SecureRoundReport:
     rejections: list[tuple[str, Reason, str]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     bytes_down: int = 0
+    # stages in which the coordinator waited for the gateways: each costs a network round trip
+    exchanges: int = 0
 
     @property
     def dropouts_recovered(self) -> int:
@@ -194,9 +195,10 @@ class SecureRound:
 
     def receive(self, envelope: bytes) -> None:
         """One protocol message from a gateway; refused ones are recorded, not raised. Adverts
-        and ciphertext lists may come as bare frames: each carries its sender's own ML-DSA
-        signature, which the server checks and the neighbours check again, and nothing in
-        them is secret, so an envelope around them would only sign them a second time."""
+        and key-and-share messages may come as bare frames: each carries its sender's own ML-DSA
+        signature, which the server checks and the neighbours check again, and what is secret
+        in them (shares, escrowed halves) is encrypted end to end under keys the coordinator
+        does not hold, so an envelope around them would only sign them a second time."""
         if is_bare_frame(envelope):
             self._receive_bare(envelope)
             return
@@ -219,8 +221,7 @@ class SecureRound:
             s = self.server
             handlers = {
                 SecAggKind.ADVERT: s.receive_advert,
-                SecAggKind.KEY_AGREEMENT: s.receive_key_agreement,
-                SecAggKind.SHARE_KEYS: s.receive_shares,
+                SecAggKind.SHARE_KEYS: s.receive_key_shares,
                 SecAggKind.UNMASK_RESPONSE: s.receive_unmask_response,
             }
             handler = handlers.get(frame.kind)
@@ -249,7 +250,7 @@ class SecureRound:
             if frame.kind is SecAggKind.ADVERT:
                 s.receive_advert(u, frame.body)
             else:
-                s.receive_key_agreement(u, frame.body)
+                s.receive_key_shares(u, frame.body)
         except (SecAggError, SecAggStateError, DecodeError) as exc:
             self.reject(who, secagg_reason(exc), str(exc))
 
@@ -323,8 +324,8 @@ class SecureRoundRunner:
         its own bundle with a Merkle path to the signed root, so a stage costs one ML-DSA
         signature whatever the number of gateways, and each gateway receives only its own
         bytes. Nothing sent down needs secrecy: announcements, unmasking requests and adverts
-        are public, KEM ciphertexts are too, and shares are encrypted end to end under pair
-        keys the coordinator does not hold. No publisher confirms: waiting for each (a
+        are public, KEM ciphertexts are too, and shares are encrypted end to end under keys
+        the coordinator does not hold. No publisher confirms: waiting for each (a
         quorum-queue commit) cost more than the protocol, and a lost frame makes its gateway
         miss the stage, a dropout the round survives."""
         if not bundles:
@@ -341,6 +342,7 @@ class SecureRoundRunner:
         seconds[key] = seconds.get(key, 0.0) + time.monotonic() - t0
 
     def _collect(self, stage: str, timeout: float) -> None:
+        self.round.report.exchanges += 1
         t0 = time.monotonic()
         s = self.round.server
         if s.heard < s.awaited:
@@ -369,10 +371,8 @@ class SecureRoundRunner:
         if isinstance(bundles, RoundAborted):
             return self._aborted(bundles)
         self._send(bundles, SecAggKind.ADVERTS)
-        self._collect("key_agreement", d.key_agreement)
-        self._send(s.close_key_agreement(), SecAggKind.CIPHERTEXTS)
-        self._collect("shares", d.shares)
-        shares = s.close_shares()
+        self._collect("key_shares", d.key_shares)
+        shares = s.close_key_shares()
         if isinstance(shares, RoundAborted):
             return self._aborted(shares)
         self._send(shares, SecAggKind.SHARES)
@@ -397,6 +397,7 @@ class SecureRoundRunner:
         return r.report
 
     def _collect_inputs(self, timeout: float) -> None:
+        self.round.report.exchanges += 1
         t0 = time.monotonic()
         s = self.round.server
         with contextlib.closing(_bodies(self.channel, MASKED_PARTIALS_QUEUE, t0 + timeout)) as it:

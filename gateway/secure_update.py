@@ -119,12 +119,9 @@ class SecureUpdateSession:
         try:
             if frame.kind is SecAggKind.ADVERTS:
                 self._each(frame, c.receive_advert, step)
-                step.outgoing.append(self._out(SecAggKind.KEY_AGREEMENT, c.key_agreement()))
-            elif frame.kind is SecAggKind.CIPHERTEXTS:
-                self._each(frame, c.receive_ciphertext, step)
-                step.outgoing.append(self._out(SecAggKind.SHARE_KEYS, c.share_keys()))
+                step.outgoing.append(self._out(SecAggKind.SHARE_KEYS, c.key_shares()))
             elif frame.kind is SecAggKind.SHARES:
-                self._each(frame, c.receive_shares, step)
+                self._each(frame, c.receive_key_shares, step)
                 if self.encoded is None:
                     raise SecureRoundRefusedError("no update to contribute")
                 step.outgoing.append(

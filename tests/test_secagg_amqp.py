@@ -170,7 +170,9 @@ class Bed:
             )
             secure = SecureRound(announcement, self.aggregator, self.registry)
             report = SecureRoundRunner(
-                ch, secure, deadlines or StageDeadlines(30.0, 20.0, 20.0, 5.0, 20.0)
+                ch,
+                secure,
+                deadlines or StageDeadlines(adverts=30.0, key_shares=20.0, inputs=5.0, unmask=20.0),
             ).run()
         finally:
             conn.close()
@@ -361,7 +363,7 @@ def test_too_few_survivors_abort_and_the_next_round_proceeds(bed: Bed) -> None:
             continue
         r = _result(outs[g.name])
         assert r["aborted"] is True
-        assert r["sent"] == ["ADVERT", "KEY_AGREEMENT", "SHARE_KEYS", "MASKED_INPUT"]
+        assert r["sent"] == ["ADVERT", "SHARE_KEYS", "MASKED_INPUT"]
     report2, outs2 = bed.run_round(2, members)
     assert isinstance(report2.outcome, AggregateResult)
     encoded = [np.load(outs2[g.name] / "encoded.npy") for g in members]

@@ -26,21 +26,21 @@ class SecAggKind(enum.IntEnum):
     # coordinator -> gateway
     ANNOUNCEMENT = 1  # SecureRoundAnnouncement (JSON)
     ADVERTS = 2  # bundle of neighbours' adverts
-    CIPHERTEXTS = 3  # bundle of ciphertexts encapsulated to this gateway
-    SHARES = 4  # bundle of shares encrypted to this gateway
+    # 3 carried the ciphertexts of the former separate key-agreement stage
+    SHARES = 4  # bundle of neighbours' keys and shares for this gateway
     UNMASK_REQUEST = 5
     ABORTED = 6  # the round stopped: discard its state, reveal nothing more
     # gateway -> coordinator
     ADVERT = 16
-    KEY_AGREEMENT = 17
-    SHARE_KEYS = 18
+    # 17 carried the former separate key agreement
+    SHARE_KEYS = 18  # per neighbour: encapsulations, sealed shares, escrowed half
     MASKED_INPUT = 19
     UNMASK_RESPONSE = 20
 
 
 #: Gateway messages that carry their sender's own ML-DSA signature and nothing secret: they
 #: travel as bare frames (the signature inside says who sent them), all others in envelopes.
-SELF_SIGNED_KINDS: Final = frozenset({SecAggKind.ADVERT, SecAggKind.KEY_AGREEMENT})
+SELF_SIGNED_KINDS: Final = frozenset({SecAggKind.ADVERT, SecAggKind.SHARE_KEYS})
 
 
 def is_bare_frame(data: bytes) -> bool:
