@@ -7,9 +7,12 @@ and the coordinator's CPU as a share of that time.
 Every worker consumes before the updates are committed to the queue in one transaction. Each
 fleet size has its own virtual host (its first run creates every gateway's queue: a cold
 coordinator start-up; later runs are warm) and each run its own coordinator state; the
-aggregator identity, registry and sealed updates are shared. Worker counts are alternated
-between fleet sizes. The coordinator's CPU is split into folding (until the round is closed)
-and announcing the next round (sealing and publishing the broadcast to every gateway)."""
+aggregator identity, registry and sealed updates are shared. Per fleet size, a first run
+(with the fewest workers) pays the cold start and is reported apart; then every worker count
+runs --repeats times, the order reversed at each repeat (1, 2, 4, then 4, 2, 1, ...), and each
+count's median is compared. The coordinator's CPU is split into folding (until the round is
+closed) and announcing the next round (sealing and publishing the broadcast to every
+gateway)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import json
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +54,23 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def _cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _broker_cpu(rabbit: RabbitMQ) -> float:
+    """CPU seconds of the broker's Erlang VM (the beam process of its process group)."""
+    if rabbit.proc is None:
+        raise RuntimeError("the broker is not running")
+    group, total = rabbit.proc.pid, 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # its process group: the broker's own
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
 
 
 def _quiet(*args: str) -> None:
@@ -153,6 +174,9 @@ def one_run(
         # Every worker consumes before the first update is visible, so that none starts
         # late and the round's time is the workers' and the coordinator's alone.
         _wait(lambda: consumers(UPDATES_QUEUE) >= workers, 300, "the workers to consume")
+        worker_pids = [p.pid for p in procs[1:]]
+        workers_cpu0 = sum(_cpu(pid) for pid in worker_pids)
+        broker_cpu0 = _broker_cpu(rabbit)
         ch.tx_select()
         for frame in frames:
             ch.basic_publish("", UPDATES_QUEUE, frame, pika.BasicProperties(delivery_mode=2))
@@ -166,6 +190,8 @@ def one_run(
                 raise RuntimeError("timed out waiting for round 1 to close")
             time.sleep(0.005)  # poll interval: the coordinator's CPU is read as it closes
         fold_cpu = _cpu(coordinator.pid) - coordinator_cpu0
+        workers_cpu = sum(_cpu(pid) for pid in worker_pids) - workers_cpu0
+        broker_cpu = _broker_cpu(rabbit) - broker_cpu0
         report_path = state / "rounds.jsonl"
         # The report line is written after the next round is announced to every gateway.
         _wait(
@@ -201,6 +227,13 @@ def one_run(
             "coordinator_fold_cpu_s": round(fold_cpu, 3),
             "coordinator_share": round(fold_cpu / seconds, 4),
             "coordinator_announce_cpu_s": round(coordinator_cpu - fold_cpu, 3),
+            # CPU seconds of every worker and of the broker from the updates' commit to the
+            # round closed (the broker's from the commit on); against 2 cores x wall time
+            "workers_cpu_s": round(workers_cpu, 3),
+            "broker_cpu_s": round(broker_cpu, 3),
+            "cpu_used_of_all_cores": round(
+                (workers_cpu + broker_cpu + fold_cpu) / ((os.cpu_count() or 1) * seconds), 3
+            ),
             "coordinator_startup_s": round(startup, 3),
         }
     finally:
@@ -215,10 +248,37 @@ def one_run(
                 p.wait()
 
 
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per fleet size and worker count, the warm runs' median, spread and throughput (the
+    cold start is left out: it is the broker creating queues, not the round)."""
+    groups: dict[tuple[int, int], list[float]] = {}
+    for r in results:
+        if r["coordinator_start"] == "warm":
+            groups.setdefault((r["gateways"], r["workers"]), []).append(r["seconds"])
+    out = []
+    for (n, w), seconds in sorted(groups.items()):
+        median = statistics.median(seconds)
+        out.append(
+            {
+                "gateways": n,
+                "workers": w,
+                "runs": len(seconds),
+                "median_seconds": round(median, 4),
+                "min_seconds": round(min(seconds), 4),
+                "max_seconds": round(max(seconds), 4),
+                "updates_per_s_per_worker": round(n / median / w, 1),
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gateways", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="runs per worker count after the cold start"
+    )
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/)")
     ap.add_argument("--profile", type=Path, default=None, help="cProfile every process into DIR")
     ap.add_argument(
@@ -270,13 +330,19 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     )
                 print(f"{n} gateways enrolled and sealed in {time.perf_counter() - t0:.1f} s")
-                order = args.workers
                 vhost = _vhost(rabbit)
-                for i, w in enumerate(order):
-                    r = one_run(rabbit, vhost, tmp / f"n{n}-w{w}", shared, frames, w, args.profile)
-                    r["coordinator_start"] = "cold" if i == 0 else "warm"
+                runs = [(0, min(args.workers))]  # the cold start: creates every queue
+                order = list(args.workers)
+                for rep in range(1, args.repeats + 1):
+                    runs += [(rep, w) for w in order]
+                    order = order[::-1]
+                for rep, w in runs:
+                    where = tmp / f"n{n}-w{w}-r{rep}"
+                    r = one_run(rabbit, vhost, where, shared, frames, w, args.profile)
+                    r["coordinator_start"] = "cold" if rep == 0 else "warm"
+                    r["repeat"] = rep
                     print(
-                        f"N={n:>5} workers={w}: {r['seconds']:.2f} s, "
+                        f"N={n:>5} workers={w} run {rep}: {r['seconds']:.2f} s, "
                         f"{r['updates_per_s_per_worker']:.0f} updates/s/worker, "
                         f"coordinator share {r['coordinator_share']}, "
                         f"checking share {r['worker_checking_share']}, "
@@ -285,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     results.append({"gateways": n, **r})
                 rabbit.ctl("delete_vhost", vhost)
-                args.workers = order[::-1]  # alternate the order between fleet sizes
-    by = {(r["gateways"], r["workers"]): r["seconds"] for r in results}
+    summary = summarise(results)
+    by = {(m["gateways"], m["workers"]): m["median_seconds"] for m in summary}
     budgets = []
     if (1000, 2) in by:
         budgets.append(
@@ -315,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "broker_memory_mib": args.broker_memory_mib,
+        "repeats": args.repeats,
+        "summary": summary,
         "results": results,
         "budgets": budgets,
         "within_budget": all(b["ok"] for b in budgets) if budgets else None,
