@@ -18,6 +18,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
+from aggregator.adverts_ahead import AdvertsAhead
 from aggregator.config import AggregatorConfig
 from aggregator.metrics import CoordinatorMetrics
 from aggregator.partials import Partial, PartialError
@@ -526,6 +527,9 @@ class CoordinatorService:
         # Declared once per connection, then only for newly enrolled gateways: a declaration
         # is a broker round trip per queue and binding, and it used to open every round.
         declared: set[str] = set()
+        # adverts the gateways send for the next round with their answers; a new connection
+        # (or process) starts without any, so its first round opens with the full setup
+        ahead = AdvertsAhead()
         while not self.stop.is_set() and not self.done():
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
@@ -559,6 +563,7 @@ class CoordinatorService:
                 dropout_fraction=pc.dropout_fraction,
                 deadlines=deadlines,
                 weight_cap=pc.weight_cap,
+                ahead=ahead,
             )
             t0 = time.perf_counter()
             mean = mean_update(report)
@@ -590,6 +595,7 @@ class CoordinatorService:
                         **summary.to_json(),
                         "stage_seconds": report.stage_seconds,
                         "exchanges": report.exchanges,
+                        "pipelined": report.pipelined,
                     },
                 )
             closed.privacy = summary.to_json()

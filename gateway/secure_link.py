@@ -16,6 +16,7 @@ from pika.exchange_type import ExchangeType
 
 from gateway.secure_update import SecureRoundRefusedError, SecureUpdateSession
 from pqlink import ContentType, DecodeError, Identity, PqlinkError, PublicIdentity, Registry
+from pqlink.secagg import RoundKeys
 from pqlink.signed_batch import is_batch_item, open_batch_item
 from wire.amqp import (
     SECAGG_EXCHANGE,
@@ -27,10 +28,17 @@ from wire.amqp import (
     secagg_queue,
 )
 from wire.envelopes import EnvelopeCodec, SealedCodec
-from wire.secagg import SELF_SIGNED_KINDS, SecAggFrame, SecAggKind, SecureRoundAnnouncement
+from wire.secagg import (
+    SELF_SIGNED_KINDS,
+    AnnouncedAdverts,
+    SecAggFrame,
+    SecAggKind,
+    SecureRoundAnnouncement,
+)
 
 _LOG = logging.getLogger("gateway.secure_link")
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
+_BYTES_ROUNDS_KEPT = 64
 
 #: the round's update (flat, before clipping) and the number of samples it was trained on
 UpdateSource = Callable[[SecureRoundAnnouncement], tuple[npt.NDArray[np.float64], int]]
@@ -83,11 +91,13 @@ class SecureLink:
         self.on_sent = on_sent
         self.bytes_sent: dict[int, int] = {}  # by round: what this gateway published
         self._after = -1
+        # keys made for the next round, whose advert went out with this round's answer
+        self._ahead: RoundKeys | None = None
 
     def _send(
         self, channel: BlockingChannel, frame: SecAggFrame, result: SecureRoundResult
     ) -> None:
-        """Adverts and ciphertext lists go bare (their own signature says who sent them and
+        """Adverts and key-and-share messages go bare (their own signature says who sent them and
         nothing in them is secret); the rest sealed to the aggregator. No publisher confirms:
         a lost frame makes this gateway a dropout of the round, which the round survives, and
         waiting for a quorum commit per frame cost more than the protocol's own work."""
@@ -106,6 +116,8 @@ class SecureLink:
         queue = UPDATES_QUEUE if masked else SECAGG_UP_QUEUE
         channel.basic_publish("", queue, data, _PERSISTENT)
         self.bytes_sent[frame.round] = self.bytes_sent.get(frame.round, 0) + len(data)
+        if len(self.bytes_sent) > _BYTES_ROUNDS_KEPT:  # one link serves every round
+            del self.bytes_sent[min(self.bytes_sent)]
         result.sent.append(frame.kind)
         if self.on_sent is not None:
             self.on_sent(frame.kind)
@@ -174,29 +186,8 @@ class SecureLink:
         except PqlinkError as exc:
             self._refused(result, "envelope", str(exc))
             return session
-        if frame.kind is SecAggKind.ANNOUNCEMENT:
-            if session is not None:
-                self._refused(result, "announcement", "a round is already running")
-                return session
-            if frame.round <= self._after:
-                self._refused(result, "announcement", f"round {frame.round} is over")
-                return None
-            try:
-                announcement = SecureRoundAnnouncement.decode(frame.body)
-                session = SecureUpdateSession(announcement, self.me, self.peers)
-            except (DecodeError, SecureRoundRefusedError) as exc:
-                self._refused(result, "announcement", str(exc))
-                return None
-            result.round = announcement.round
-            update, samples = self.update(announcement)
-            try:
-                session.set_update(update, samples)
-            except SecureRoundRefusedError as exc:
-                self._refused(result, "announcement", str(exc))
-                return None
-            result.encoded = session.encoded
-            self._send(channel, session.start(), result)
-            return session
+        if frame.kind in (SecAggKind.ANNOUNCEMENT, SecAggKind.ANNOUNCED_ADVERTS):
+            return self._join(channel, frame, session, result)
         if session is None:
             self._refused(result, frame.kind.name, "no round announced")
             return None
@@ -210,7 +201,64 @@ class SecureLink:
         if step.finished:
             result.finished = True
             result.aborted = frame.kind is SecAggKind.ABORTED
+            if frame.kind is SecAggKind.UNMASK_REQUEST and step.outgoing:
+                # idle until the next round: its keys and advert now, off its critical path
+                self._ahead, advert = session.keys_ahead()
+                self._send(channel, advert, result)
         return session
+
+    def _join(
+        self,
+        channel: BlockingChannel,
+        frame: SecAggFrame,
+        session: SecureUpdateSession | None,
+        result: SecureRoundResult,
+    ) -> SecureUpdateSession | None:
+        """A round's opening: a plain announcement (fresh keys, advert sent now) or a
+        pipelined one (the keys made ahead for exactly this round, neighbours' adverts in)."""
+        what = "announcement"
+        if session is not None:
+            self._refused(result, what, "a round is already running")
+            return session
+        # keys made ahead serve at most one round, and only the pipelined opening of it
+        ahead, self._ahead = self._ahead, None
+        if frame.round <= self._after:
+            self._refused(result, what, f"round {frame.round} is over")
+            return None
+        pipelined = frame.kind is SecAggKind.ANNOUNCED_ADVERTS
+        try:
+            if pipelined:
+                opening = AnnouncedAdverts.decode(frame.body)
+                announcement, adverts = opening.announcement, opening.adverts
+                if ahead is None or ahead.round_id != announcement.round:
+                    raise SecureRoundRefusedError(
+                        f"no keys made ahead for round {announcement.round}"
+                    )
+            else:
+                announcement, adverts, ahead = SecureRoundAnnouncement.decode(frame.body), b"", None
+            if announcement.round != frame.round:
+                raise DecodeError(f"announcement of round {announcement.round} in {frame.round}")
+            session = SecureUpdateSession(announcement, self.me, self.peers, advertised=ahead)
+        except (DecodeError, SecureRoundRefusedError) as exc:
+            self._refused(result, what, str(exc))
+            return None
+        result.round = announcement.round
+        update, samples = self.update(announcement)
+        try:
+            session.set_update(update, samples)
+        except SecureRoundRefusedError as exc:
+            self._refused(result, what, str(exc))
+            return None
+        result.encoded = session.encoded
+        if not pipelined:
+            self._send(channel, session.start(), result)
+            return session
+        step = session.handle(SecAggFrame(SecAggKind.ADVERTS, frame.round, adverts))
+        for r in step.rejected:
+            self._refused(result, r.kind.name, f"{r.reason}: {r.detail}")
+        for out in step.outgoing:
+            self._send(channel, out, result)
+        return None if step.finished else session
 
     def _refused(self, result: SecureRoundResult, what: str, detail: str) -> None:
         result.refused.append(f"{what}: {detail}")

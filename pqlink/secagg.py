@@ -78,6 +78,7 @@ __all__ = [
     "ReplayedMessageError",
     "RoundAborted",
     "RoundConfig",
+    "RoundKeys",
     "SecAggClient",
     "SecAggError",
     "SecAggEvent",
@@ -87,6 +88,7 @@ __all__ = [
     "UnexpectedSenderError",
     "UnmaskRefusedError",
     "WrongRoundError",
+    "check_advert",
     "choose_parameters",
     "decode_bundle",
     "distributed_noise_std",
@@ -216,8 +218,10 @@ def _commitment(label: bytes, round_id: int, owner: int, seed: bytes) -> bytes:
     return hash256(b"iomt-secagg commit " + label + _rid(round_id) + _id(owner) + seed)
 
 
-def _advert_context(round_id: int, sender: int, graph_seed: bytes) -> bytes:
-    return b"iomt-secagg advert" + _rid(round_id) + _id(sender) + graph_seed
+def _advert_context(round_id: int, sender: int) -> bytes:
+    # the round and the sender, not the round's graph: an advert may be made before its
+    # round is announced (pipelined with the previous round's answer)
+    return b"iomt-secagg advert" + _rid(round_id) + _id(sender)
 
 
 def _key_shares_context(round_id: int, sender: int, graph_seed: bytes) -> bytes:
@@ -299,6 +303,55 @@ def _vector_bytes(v: U64Vector, modulus_bits: int) -> bytes:
 # --- client -----------------------------------------------------------------------------------
 
 
+class RoundKeys:
+    """One client's fresh secrets for one round (hybrid share key pair, self-mask seed,
+    pair-key seed and the mask key pair derived from it) and their signed advert. Made when
+    the round is announced, or ahead of it while the client is idle; used for that round
+    only, by one SecAggClient, then dropped."""
+
+    __slots__ = ("advert", "client_id", "kem", "mask_kem", "pair_seed", "round_id", "self_seed")
+
+    def __init__(self, round_id: int, client_id: int, identity: SigningKey) -> None:
+        if not 0 <= round_id < 1 << 64 or not 1 <= client_id <= 0xFFFF:
+            raise SecAggParameterError(f"round {round_id} or client id {client_id} out of range")
+        self.round_id = round_id
+        self.client_id = client_id
+        self.kem = HybridPrivateKey.generate()
+        self.self_seed = secrets.token_bytes(32)
+        self.pair_seed = secrets.token_bytes(32)
+        self.mask_kem = _mask_key(self.pair_seed, round_id, client_id)
+        advert = Advert(
+            round_id,
+            client_id,
+            self.kem.public_key().raw,
+            self.mask_kem.public_key().raw,
+            _commitment(b"self", round_id, client_id, self.self_seed),
+            _commitment(b"pair", round_id, client_id, self.pair_seed),
+            b"",
+        )
+        signature = identity.sign(advert.signed_part(), _advert_context(round_id, client_id))
+        self.advert = dataclasses.replace(advert, signature=signature).to_bytes()
+
+    def __repr__(self) -> str:
+        return f"RoundKeys(round={self.round_id}, client={self.client_id}, <secret>)"
+
+
+def check_advert(data: bytes, round_id: int, key: VerifyKey) -> int:
+    """The sender id of an advert for `round_id` signed under `key` (for a coordinator that
+    keeps adverts sent ahead of their round); WrongRoundError, ForgedMessageError or
+    MalformedMessageError otherwise."""
+    advert = Advert.from_bytes(data)
+    if advert.round_id != round_id:
+        raise WrongRoundError(f"advert of round {advert.round_id}, expected {round_id}")
+    _verify_advert(advert, key)
+    try:
+        HybridPublicKey(advert.public_key)
+        HybridPublicKey(advert.mask_key)
+    except DecodeError as exc:
+        raise MalformedMessageError(f"advert of {advert.sender}: {exc}") from None
+    return advert.sender
+
+
 class ClientState(enum.Enum):
     START = "start"
     ADVERTISED = "advertised"  # collecting neighbours' adverts
@@ -318,20 +371,31 @@ class SecAggClient:
         client_id: int,
         identity: SigningKey,
         peers: Mapping[int, VerifyKey],
+        *,
+        advertised: RoundKeys | None = None,
     ) -> None:
+        """`advertised`: keys made ahead whose advert has already gone out; the client then
+        starts collecting its neighbours' adverts."""
         if client_id not in config.participants:
             raise SecAggStateError(f"client {client_id} is not a participant of the round")
+        keys = advertised or RoundKeys(config.round_id, client_id, identity)
+        if (keys.round_id, keys.client_id) != (config.round_id, client_id):
+            raise SecAggStateError(
+                f"keys made for client {keys.client_id} of round {keys.round_id}, not for "
+                f"client {client_id} of round {config.round_id}"
+            )
         self.config = config
         self.client_id = client_id
-        self.state = ClientState.START
+        self.state = ClientState.START if advertised is None else ClientState.ADVERTISED
         self._identity = identity
         self._peers = peers
         graph = neighbour_graph(config.participants, config.degree, config.graph_seed)
         self.neighbours = graph[client_id]
-        self._kem = HybridPrivateKey.generate()
-        self._self_seed = secrets.token_bytes(32)
-        self._pair_seed = secrets.token_bytes(32)
-        self._mask_kem = _mask_key(self._pair_seed, config.round_id, client_id)
+        self._advert = keys.advert
+        self._kem = keys.kem
+        self._self_seed = keys.self_seed
+        self._pair_seed = keys.pair_seed
+        self._mask_kem = keys.mask_kem
         self._adverts: dict[int, Advert] = {}
         self._keys: dict[int, tuple[HybridPublicKey, HybridPublicKey]] = {}
         self._halves: dict[int, bytes] = {}  # neighbour -> this client's half of the pair seed
@@ -342,26 +406,14 @@ class SecAggClient:
     # round 0
     def advertise(self) -> bytes:
         self._expect(ClientState.START)
-        rid = self.config.round_id
-        advert = Advert(
-            rid,
-            self.client_id,
-            self._kem.public_key().raw,
-            self._mask_kem.public_key().raw,
-            _commitment(b"self", rid, self.client_id, self._self_seed),
-            _commitment(b"pair", rid, self.client_id, self._pair_seed),
-            b"",
-        )
-        context = _advert_context(rid, self.client_id, self.config.graph_seed)
-        signature = self._identity.sign(advert.signed_part(), context)
         self.state = ClientState.ADVERTISED
-        return dataclasses.replace(advert, signature=signature).to_bytes()
+        return self._advert
 
     def receive_advert(self, data: bytes) -> None:
         self._expect(ClientState.ADVERTISED)
         advert = Advert.from_bytes(data)
         self._check_peer_message(advert.round_id, advert.sender, self._adverts)
-        _verify_advert(advert, self._peers[advert.sender], self.config.graph_seed)
+        _verify_advert(advert, self._peers[advert.sender])
         try:
             keys = HybridPublicKey(advert.public_key), HybridPublicKey(advert.mask_key)
         except DecodeError as exc:
@@ -534,8 +586,8 @@ class SecAggClient:
             raise ReplayedMessageError(f"second message from {sender} in this stage")
 
 
-def _verify_advert(advert: Advert, key: VerifyKey, graph_seed: bytes) -> None:
-    context = _advert_context(advert.round_id, advert.sender, graph_seed)
+def _verify_advert(advert: Advert, key: VerifyKey) -> None:
+    context = _advert_context(advert.round_id, advert.sender)
     try:
         key.verify(advert.signature, advert.signed_part(), context)
     except SignatureError:
@@ -586,7 +638,7 @@ class SecAggServer:
         self._expect(ServerState.ADVERTS)
         advert = Advert.from_bytes(data)
         self._check(advert.round_id, sender, advert.sender, self._c.adverts)
-        _verify_advert(advert, self._keys[sender], self.config.graph_seed)
+        _verify_advert(advert, self._keys[sender])
         self._c.adverts[sender] = advert
         self._c.advert_bytes[sender] = bytes(data)
 
