@@ -217,6 +217,7 @@ def secure_run(
         "round_seconds": [b - a for a, b in spans],
         "stage_seconds": stages,
         "exchanges": [_find(rep_, "exchanges") for rep_ in reports],
+        "pipelined": [_find(rep_, "pipelined") for rep_ in reports],
         "recovery_seconds": [s.get("unmask", 0.0) + s.get("finish", 0.0) for s in stages],
         "dropouts_recovered": [_find(rep_, "dropouts_recovered") for rep_ in reports],
         "aggregated": [_find(rep_, "secure_aggregation") is not None for rep_ in reports],
