@@ -241,6 +241,10 @@ class SecureLink:
             session = SecureUpdateSession(announcement, self.me, self.peers, advertised=ahead)
         except (DecodeError, SecureRoundRefusedError) as exc:
             self._refused(result, what, str(exc))
+            if pipelined:
+                # no keys for it (say, restarted since it sent its advert): this round goes
+                # on without this gateway, which joins the next one through the full setup
+                result.round, result.finished = frame.round, True
             return None
         result.round = announcement.round
         update, samples = self.update(announcement)
@@ -258,7 +262,10 @@ class SecureLink:
             self._refused(result, r.kind.name, f"{r.reason}: {r.detail}")
         for out in step.outgoing:
             self._send(channel, out, result)
-        return None if step.finished else session
+        if step.finished:  # it could not take part after all: this round is over for it
+            result.finished = True
+            return None
+        return session
 
     def _refused(self, result: SecureRoundResult, what: str, detail: str) -> None:
         result.refused.append(f"{what}: {detail}")

@@ -531,3 +531,39 @@ def test_a_gateway_that_missed_a_round_joins_the_next_by_the_full_setup(bed: Bed
     for g in first:
         r = json.loads((outs[g.name] / "result-2.json").read_text())
         assert r["sent"] == ["ADVERT", "SHARE_KEYS", "MASKED_INPUT", "UNMASK_RESPONSE", "ADVERT"]
+
+
+def test_a_gateway_restarted_between_rounds_sits_out_the_pipelined_one(bed: Bed) -> None:
+    members = bed.gateways[:4]
+    conn = pika.BlockingConnection(pika.URLParameters(bed.url))
+    try:
+        ch = conn.channel()
+        declare_topology(ch)
+        declare_secagg_topology(ch, [g.name for g in bed.gateways])
+    finally:
+        conn.close()
+    # gw03 takes part in round 1 and sends its advert for round 2, then its process ends
+    outs = {
+        g.name: bed.spawn(g, 1, seed=i, rounds=1 if i == 3 else 2) for i, g in enumerate(members)
+    }
+    bed.ready(outs)
+    first = bed.coordinate(plan_round(1, [g.name for g in members], SETTINGS, 256))
+    _exact(first, [outs[g.name] for g in members])
+    bed.procs[3].wait(60)
+    # a new process for gw03, without the keys its advert for round 2 was made with
+    restarted = bed.spawn(members[3], 2, seed=3)
+    bed.ready({members[3].name: restarted})
+    quick = StageDeadlines(adverts=5.0, key_shares=5.0, inputs=5.0, unmask=20.0)
+    second = bed.coordinate(plan_round(2, [g.name for g in members], SETTINGS, 256), quick)
+    for p in bed.procs:
+        p.wait(60)
+    assert second.pipelined
+    result = second.outcome
+    assert isinstance(result, AggregateResult), result
+    survivors = [outs[g.name] for g in members[:3]]
+    encoded = [np.load(o / "encoded-2.npy") for o in survivors]
+    assert np.array_equal(result.total, _ring_sum(encoded, second.announcement.modulus_bits))
+    assert len(result.survivors) == 3
+    r = json.loads((restarted / "result.json").read_text())
+    assert r["sent"] == []
+    assert r["refused"] == ["announcement: no keys made ahead for round 2"]
