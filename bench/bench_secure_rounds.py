@@ -182,16 +182,19 @@ def secure_run(
 
         link = SecureLink(url, gw, agg.public, registry, update, on_sent=sent)
         links[gw.name] = link  # counts the bytes it publishes, envelopes and bare frames
-        for r in range(1, rounds + 1):
-            try:
-                res = link.run_round(
-                    stop, after_round=r - 1, timeout=300.0, on_ready=ready[gw.name].set
-                )
-            except _Vanished:
-                return
-            results[gw.name].append(res)
-            if stop.is_set():
-                return
+        try:
+            for r in range(1, rounds + 1):
+                try:
+                    res = link.run_round(
+                        stop, after_round=r - 1, timeout=300.0, on_ready=ready[gw.name].set
+                    )
+                except _Vanished:
+                    return
+                results[gw.name].append(res)
+                if stop.is_set():
+                    return
+        finally:
+            link.close()
 
     threads = [threading.Thread(target=gateway, args=(g,), daemon=True) for g in gateways]
     procs = Procs(root / "logs")

@@ -178,6 +178,8 @@ class FederationClient:
             # Also when the uplink or the learner failed: the spool's handle is closed.
             self._train_pool.shutdown()
             self._secure_pool.shutdown()
+            if self._secure_link is not None:  # its pool thread is done with it
+                self._secure_link.close()
             await self._in(self.store_pool, self.spool.close)
 
     async def _learn(self, stop: asyncio.Event) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import AMQPError
 from pika.exchange_type import ExchangeType
 
 from gateway.secure_update import SecureRoundRefusedError, SecureUpdateSession
@@ -67,7 +69,8 @@ def declare_gateway_secagg(channel: BlockingChannel, gateway_id: str) -> None:
 
 
 class SecureLink:
-    """One gateway's secure rounds over a blocking pika connection (run it in a thread)."""
+    """One gateway's secure rounds over a blocking pika connection (run it in a thread, one
+    round at a time; `close` it when done)."""
 
     def __init__(
         self,
@@ -93,6 +96,8 @@ class SecureLink:
         self._after = -1
         # keys made for the next round, whose advert went out with this round's answer
         self._ahead: RoundKeys | None = None
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
 
     def _send(
         self, channel: BlockingChannel, frame: SecAggFrame, result: SecureRoundResult
@@ -136,12 +141,8 @@ class SecureLink:
         result = SecureRoundResult()
         self._after = after_round
         session: SecureUpdateSession | None = None
-        # every node of the setting, tried in turn (a cluster node lost moves us to the next)
-        connection = pika.BlockingConnection([pika.URLParameters(u) for u in broker_urls(self.url)])
+        channel = self._open_channel()
         try:
-            channel = connection.channel()
-            declare_gateway_secagg(channel, self.me.name)
-            channel.basic_qos(prefetch_count=8)
             if on_ready is not None:
                 on_ready()
             deadline = threading.Event()
@@ -159,9 +160,41 @@ class SecureLink:
                 channel.cancel()
             finally:
                 timer.cancel()
-        finally:
-            connection.close()
+        except BaseException:
+            self.close()  # a connection that failed mid-round is not reused
+            raise
         return result
+
+    def _open_channel(self) -> BlockingChannel:
+        """The link's channel, kept from round to round: a new connection, its declarations
+        and its QoS cost a dozen broker round trips, which a round would otherwise wait for.
+        One that died while the gateway was idle (missed heartbeats) is replaced."""
+        if self._channel is not None and self._connection is not None:
+            try:
+                self._connection.process_data_events(0)
+                if self._channel.is_open:
+                    return self._channel
+            except AMQPError:
+                pass
+            self.close()
+        # every node of the setting, tried in turn (a cluster node lost moves us to the next)
+        connection = pika.BlockingConnection([pika.URLParameters(u) for u in broker_urls(self.url)])
+        try:
+            channel = connection.channel()
+            declare_gateway_secagg(channel, self.me.name)
+            channel.basic_qos(prefetch_count=8)
+        except BaseException:
+            connection.close()
+            raise
+        self._connection, self._channel = connection, channel
+        return channel
+
+    def close(self) -> None:
+        """Close the link's connection, if any (the next round opens a new one)."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(AMQPError):
+                connection.close()
 
     def _handle(
         self,

@@ -62,7 +62,15 @@ def main() -> int:
     )
 
     after = args.after_round
-    for _ in range(args.rounds):
+    try:
+        _rounds(link, args.rounds, after, out)
+    finally:
+        link.close()
+    return 0
+
+
+def _rounds(link: SecureLink, rounds: int, after: int, out: Path) -> None:
+    for _ in range(rounds):
         result = link.run_round(
             threading.Event(),
             after_round=after,
@@ -85,7 +93,6 @@ def main() -> int:
         if result.round < 0:
             break
         after = result.round
-    return 0
 
 
 if __name__ == "__main__":
