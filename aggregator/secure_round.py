@@ -466,7 +466,7 @@ class SecureRoundRunner:
         s = r.server
         for u, data in sorted(kept.items()):
             try:
-                s.receive_advert(u, data)
+                s.receive_advert(u, data, ahead=True)
             except (SecAggError, SecAggStateError, DecodeError) as exc:
                 r.reject(a.name_of(u), secagg_reason(exc), str(exc))
                 return False

@@ -96,6 +96,8 @@ class SecureLink:
         self._after = -1
         # keys made for the next round, whose advert went out with this round's answer
         self._ahead: RoundKeys | None = None
+        # ... made while waiting for the unmasking request, their advert not sent yet
+        self._made_ahead: tuple[RoundKeys, SecAggFrame] | None = None
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
 
@@ -231,12 +233,18 @@ class SecureLink:
             self._refused(result, r.kind.name, f"{r.reason}: {r.detail}")
         for out in step.outgoing:
             self._send(channel, out, result)
+        if any(out.kind is SecAggKind.MASKED_INPUT for out in step.outgoing):
+            # idle until the unmasking request: the next round's keys now, off the critical
+            # path of both rounds
+            self._made_ahead = session.keys_ahead()
         if step.finished:
             result.finished = True
             result.aborted = frame.kind is SecAggKind.ABORTED
-            if frame.kind is SecAggKind.UNMASK_REQUEST and step.outgoing:
-                # idle until the next round: its keys and advert now, off its critical path
-                self._ahead, advert = session.keys_ahead()
+            made, self._made_ahead = self._made_ahead, None
+            if frame.kind is SecAggKind.UNMASK_REQUEST and step.outgoing and made is not None:
+                # the advert travels right after the answer: only a round that completes
+                # for this gateway leads to a pipelined one
+                self._ahead, advert = made
                 self._send(channel, advert, result)
         return session
 
@@ -254,7 +262,7 @@ class SecureLink:
             self._refused(result, what, "a round is already running")
             return session
         # keys made ahead serve at most one round, and only the pipelined opening of it
-        ahead, self._ahead = self._ahead, None
+        ahead, self._ahead, self._made_ahead = self._ahead, None, None
         if frame.round <= self._after:
             self._refused(result, what, f"round {frame.round} is over")
             return None

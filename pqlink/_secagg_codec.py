@@ -145,7 +145,8 @@ def _wrap(exc: Exception) -> MalformedMessageError:
 class Advert:
     """Round 0: a client's two fresh hybrid public keys (one for share keys, one, derived
     from its pair-key seed, for pair-mask halves) and commitments to its two seeds, signed
-    with its ML-DSA identity; forwarded verbatim to its neighbours."""
+    with its ML-DSA identity; forwarded verbatim to its neighbours. `ahead`: made before its
+    round was announced (for a pipelined opening), so not bound to the round's graph seed."""
 
     round_id: int
     sender: int
@@ -154,11 +155,13 @@ class Advert:
     self_commitment: bytes
     pair_commitment: bytes
     signature: bytes
+    ahead: bool = False
 
     def signed_part(self) -> bytes:
         return (
             Header(Kind.ADVERT, self.round_id, self.sender)
             .write()
+            .u8(int(self.ahead))
             .raw(self.public_key)
             .raw(self.mask_key)
             .raw(self.self_commitment)
@@ -173,15 +176,20 @@ class Advert:
     def from_bytes(cls, data: bytes) -> Advert:
         head, r = _read_header(data, Kind.ADVERT)
         try:
+            flag = r.u8("made ahead")
+            if flag > 1:
+                raise MalformedMessageError(f"advert: made-ahead flag {flag}")
             pk = r.raw(HYBRID_PUBLIC_KEY_SIZE, "public key")
             mask_key = r.raw(HYBRID_PUBLIC_KEY_SIZE, "mask key")
             c_self = r.raw(COMMITMENT_SIZE, "self commitment")
             c_pair = r.raw(COMMITMENT_SIZE, "pair commitment")
             sig = r.raw(_signature_length(r), "signature")
             r.end()
+        except MalformedMessageError:
+            raise
         except DecodeError as exc:
             raise _wrap(exc) from None
-        return cls(head.round_id, head.sender, pk, mask_key, c_self, c_pair, sig)
+        return cls(head.round_id, head.sender, pk, mask_key, c_self, c_pair, sig, bool(flag))
 
 
 def _signature_length(r: Reader) -> int:

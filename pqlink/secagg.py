@@ -218,10 +218,12 @@ def _commitment(label: bytes, round_id: int, owner: int, seed: bytes) -> bytes:
     return hash256(b"iomt-secagg commit " + label + _rid(round_id) + _id(owner) + seed)
 
 
-def _advert_context(round_id: int, sender: int) -> bytes:
-    # the round and the sender, not the round's graph: an advert may be made before its
-    # round is announced (pipelined with the previous round's answer)
-    return b"iomt-secagg advert" + _rid(round_id) + _id(sender)
+def _advert_context(round_id: int, sender: int, graph_seed: bytes | None) -> bytes:
+    # An advert made when its round is announced binds the round's graph seed; one made
+    # ahead (pipelined with the previous round's answer) cannot, and says so: a coordinator
+    # then takes each kind only for its own kind of opening, never a stale one for a fresh.
+    bound = b"ahead" if graph_seed is None else b"graph" + graph_seed
+    return b"iomt-secagg advert" + _rid(round_id) + _id(sender) + bound
 
 
 def _key_shares_context(round_id: int, sender: int, graph_seed: bytes) -> bytes:
@@ -311,7 +313,14 @@ class RoundKeys:
 
     __slots__ = ("advert", "client_id", "kem", "mask_kem", "pair_seed", "round_id", "self_seed")
 
-    def __init__(self, round_id: int, client_id: int, identity: SigningKey) -> None:
+    def __init__(
+        self,
+        round_id: int,
+        client_id: int,
+        identity: SigningKey,
+        graph_seed: bytes | None = None,
+    ) -> None:
+        """`graph_seed`: the announced round's, or None for keys made ahead of the round."""
         if not 0 <= round_id < 1 << 64 or not 1 <= client_id <= 0xFFFF:
             raise SecAggParameterError(f"round {round_id} or client id {client_id} out of range")
         self.round_id = round_id
@@ -328,8 +337,10 @@ class RoundKeys:
             _commitment(b"self", round_id, client_id, self.self_seed),
             _commitment(b"pair", round_id, client_id, self.pair_seed),
             b"",
+            ahead=graph_seed is None,
         )
-        signature = identity.sign(advert.signed_part(), _advert_context(round_id, client_id))
+        context = _advert_context(round_id, client_id, graph_seed)
+        signature = identity.sign(advert.signed_part(), context)
         self.advert = dataclasses.replace(advert, signature=signature).to_bytes()
 
     def __repr__(self) -> str:
@@ -343,7 +354,9 @@ def check_advert(data: bytes, round_id: int, key: VerifyKey) -> int:
     advert = Advert.from_bytes(data)
     if advert.round_id != round_id:
         raise WrongRoundError(f"advert of round {advert.round_id}, expected {round_id}")
-    _verify_advert(advert, key)
+    if not advert.ahead:
+        raise WrongRoundError(f"advert of {advert.sender} was made for a full setup")
+    _verify_advert(advert, key, None)
     try:
         HybridPublicKey(advert.public_key)
         HybridPublicKey(advert.mask_key)
@@ -378,7 +391,7 @@ class SecAggClient:
         starts collecting its neighbours' adverts."""
         if client_id not in config.participants:
             raise SecAggStateError(f"client {client_id} is not a participant of the round")
-        keys = advertised or RoundKeys(config.round_id, client_id, identity)
+        keys = advertised or RoundKeys(config.round_id, client_id, identity, config.graph_seed)
         if (keys.round_id, keys.client_id) != (config.round_id, client_id):
             raise SecAggStateError(
                 f"keys made for client {keys.client_id} of round {keys.round_id}, not for "
@@ -413,7 +426,7 @@ class SecAggClient:
         self._expect(ClientState.ADVERTISED)
         advert = Advert.from_bytes(data)
         self._check_peer_message(advert.round_id, advert.sender, self._adverts)
-        _verify_advert(advert, self._peers[advert.sender])
+        _verify_advert(advert, self._peers[advert.sender], self.config.graph_seed)
         try:
             keys = HybridPublicKey(advert.public_key), HybridPublicKey(advert.mask_key)
         except DecodeError as exc:
@@ -586,8 +599,9 @@ class SecAggClient:
             raise ReplayedMessageError(f"second message from {sender} in this stage")
 
 
-def _verify_advert(advert: Advert, key: VerifyKey) -> None:
-    context = _advert_context(advert.round_id, advert.sender)
+def _verify_advert(advert: Advert, key: VerifyKey, graph_seed: bytes | None) -> None:
+    """Under the context its kind says: made ahead, or bound to the round's graph seed."""
+    context = _advert_context(advert.round_id, advert.sender, None if advert.ahead else graph_seed)
     try:
         key.verify(advert.signature, advert.signed_part(), context)
     except SignatureError:
@@ -634,11 +648,17 @@ class SecAggServer:
         self._dropped: tuple[int, ...] = ()
 
     # round 0
-    def receive_advert(self, sender: int, data: bytes) -> None:
+    def receive_advert(self, sender: int, data: bytes, *, ahead: bool = False) -> None:
+        """`ahead`: the round opens with adverts made ahead of it (pipelined); otherwise
+        only adverts made for this announcement (bound to its graph seed) are taken, so that
+        a stale advert made ahead, still queued, cannot stand in for a fresh one."""
         self._expect(ServerState.ADVERTS)
         advert = Advert.from_bytes(data)
         self._check(advert.round_id, sender, advert.sender, self._c.adverts)
-        _verify_advert(advert, self._keys[sender])
+        if advert.ahead != ahead:
+            kind = "made ahead" if advert.ahead else "made for a full setup"
+            raise WrongRoundError(f"advert of {sender} {kind}: not this opening's kind")
+        _verify_advert(advert, self._keys[sender], self.config.graph_seed)
         self._c.adverts[sender] = advert
         self._c.advert_bytes[sender] = bytes(data)
 

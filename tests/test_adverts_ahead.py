@@ -47,7 +47,13 @@ def test_a_round_on_keys_made_ahead_sums_exactly() -> None:
     clients = {}
     for u in config.participants:
         ahead = RoundKeys(config.round_id, u, h.identity(u))  # made while idle
-        server.receive_advert(u, ahead.advert)
+        fresh = RoundKeys(config.round_id, u, h.identity(u), config.graph_seed)
+        # each kind of advert only for its own kind of opening
+        with pytest.raises(WrongRoundError, match="made for a full setup"):
+            server.receive_advert(u, fresh.advert, ahead=True)
+        with pytest.raises(WrongRoundError, match="made ahead"):
+            server.receive_advert(u, ahead.advert)
+        server.receive_advert(u, ahead.advert, ahead=True)
         clients[u] = SecAggClient(config, u, h.identity(u), keys, advertised=ahead)
     r = h.Round(config, server, clients)
     bundles = server.close_adverts()
@@ -83,6 +89,9 @@ def test_an_advert_ahead_is_checked_for_its_round_and_signature() -> None:
         check_advert(ahead.advert, 9, h.identity(2).public_key())
     with pytest.raises(ForgedMessageError):
         check_advert(ahead.advert, 8, h.identity(3).public_key())
+    bound = RoundKeys(8, 2, h.identity(2), b"\x42" * 32)
+    with pytest.raises(WrongRoundError, match="made for a full setup"):
+        check_advert(bound.advert, 8, h.identity(2).public_key())
 
 
 def test_kept_adverts_serve_only_their_round() -> None:
@@ -157,3 +166,21 @@ def test_a_gateway_without_keys_for_the_round_refuses_a_pipelined_opening(
         SecureUpdateSession(a, gws[0], registry, advertised=made)
     opening = AnnouncedAdverts(a, b"bundle")
     assert AnnouncedAdverts.decode(opening.encode()) == opening
+
+
+def test_a_stale_advert_made_ahead_cannot_stand_in_for_a_fresh_one(
+    parties: tuple[Identity, list[Identity], Registry],
+) -> None:
+    # the round opens with the full setup while an advert made ahead for it is still queued:
+    # refused, and the gateway's fresh advert (bound to this announcement) is taken
+    agg, gws, registry = parties
+    a = plan_round(4, [g.name for g in gws], SETTINGS, 16)
+    secure = SecureRound(a, agg, registry, ahead=AdvertsAhead())
+    u0 = a.participants[gws[0].name]
+    stale = RoundKeys(4, u0, gws[0].signing_key)
+    secure.receive(SecAggFrame(SecAggKind.ADVERT, 4, stale.advert).encode())
+    assert [(w, r) for w, r, _ in secure.report.rejections] == [(gws[0].name, Reason.WRONG_ROUND)]
+    assert secure.server.heard == 0
+    fresh = SecureUpdateSession(a, gws[0], registry).start()
+    secure.receive(fresh.encode())
+    assert secure.server.heard == 1
