@@ -644,6 +644,9 @@ class SecAggServer:
         self._c = _Collected()
         # owner -> who holds its shares, i.e. the neighbours it masks with
         self._holders: dict[int, frozenset[int]] = {}
+        # dropped owner -> its pair-key seed shares so far, and its pair seeds once rebuilt
+        self._pair_shares: dict[int, list[Share]] = {}
+        self._rebuilt: dict[int, list[tuple[int, bytes]]] = {}
         self._survivors: tuple[int, ...] = ()
         self._dropped: tuple[int, ...] = ()
 
@@ -819,6 +822,11 @@ class SecAggServer:
             if share.index != sender:
                 raise ForgedMessageError(f"response of {sender}: share at index {share.index}")
         self._c.responses[sender] = msg
+        for owner, kind, share in msg.shares:
+            if kind is ShareKind.PAIR_KEY and owner not in self._rebuilt:
+                self._pair_shares.setdefault(owner, []).append(share)
+                if len(self._pair_shares[owner]) == self.config.threshold:
+                    self._rebuild_early(owner)
 
     def finish(self) -> AggregateResult | RoundAborted:
         """Recover the seeds, remove every mask, return the exact sum; or abort if some seed
@@ -832,7 +840,7 @@ class SecAggServer:
                 collected.setdefault((owner, kind), []).append(share)
         seeds: dict[tuple[int, ShareKind], bytes] = {}
         wanted = [(u, ShareKind.SELF_MASK) for u in self._survivors]
-        wanted += [(u, ShareKind.PAIR_KEY) for u in self._dropped]
+        wanted += [(u, ShareKind.PAIR_KEY) for u in self._dropped if u not in self._rebuilt]
         for owner, kind in wanted:
             try:
                 # in index order, so that owners with the same holders share Lagrange weights
@@ -870,9 +878,13 @@ class SecAggServer:
         pair_seeds: list[bytes] = []
         pair_signs: list[int] = []
         for u in self._dropped:
-            rebuilt = self._pair_seeds_of_dropped(u, seeds[(u, ShareKind.PAIR_KEY)])
-            if isinstance(rebuilt, RoundAborted):
-                return rebuilt
+            rebuilt = (
+                self._rebuilt[u]
+                if u in self._rebuilt
+                else self._pair_seeds_of_dropped(u, seeds[(u, ShareKind.PAIR_KEY)])
+            )
+            if isinstance(rebuilt, tuple):
+                return self._abort("unmask", *rebuilt)
             for v, mask_seed in rebuilt:
                 pair_seeds.append(mask_seed)
                 # v added +mask if u > v, -mask if u < v: take it back out
@@ -886,14 +898,15 @@ class SecAggServer:
 
     def _pair_seeds_of_dropped(
         self, u: int, pair_key_seed: bytes
-    ) -> list[tuple[int, bytes]] | RoundAborted:
+    ) -> list[tuple[int, bytes]] | tuple[str, str]:
         """The seeds dropped client u shares with its surviving mask partners: its own halves
         from its escrow, theirs by decapsulating what they sent it with its mask key, rebuilt
-        from the recovered pair-key seed and checked against the advertised public key."""
+        from the recovered pair-key seed and checked against the advertised public key; or
+        (reason, detail) of the failure."""
         rid = self.config.round_id
         mask_kem = _mask_key(pair_key_seed, rid, u)
         if mask_kem.public_key().raw != self._c.adverts[u].mask_key:
-            return self._abort("unmask", "bad_share", f"client {u}: mask key not advertised")
+            return "bad_share", f"client {u}: mask key not advertised"
         own = {e.recipient: e for e in self._c.key_shares[u].entries}
         out: list[tuple[int, bytes]] = []
         for v in sorted(self._holders[u] & set(self._survivors)):
@@ -901,16 +914,33 @@ class SecAggServer:
             try:
                 mine = decrypt(key, _ZERO_NONCE, _escrow_ad(rid, u, v), own[v].escrow)
             except AuthenticationError:
-                return self._abort("unmask", "bad_escrow", f"escrow of {u} for {v}")
+                return "bad_escrow", f"escrow of {u} for {v}"
             theirs_entry = next(e for e in self._c.key_shares[v].entries if e.recipient == u)
             try:
                 shared = mask_kem.decapsulate(theirs_entry.mask_ciphertext)
             except DecodeError:
-                return self._abort("unmask", "bad_escrow", f"mask ciphertext of {v} for {u}")
+                return "bad_escrow", f"mask ciphertext of {v} for {u}"
             theirs = _mask_half(shared, rid, v, u, theirs_entry.mask_ciphertext)
             halves = (mine, theirs) if u < v else (theirs, mine)
             out.append((v, _pair_seed(rid, min(u, v), max(u, v), *halves)))
         return out
+
+    def _rebuild_early(self, owner: int) -> None:
+        """A dropped client's pair seeds as soon as t shares of its pair-key seed are in,
+        while the server still waits for the other survivors' answers: the decapsulations
+        leave the recovery step's critical path. Any failure here is left to `finish`, which
+        tries again with every share and aborts if it must."""
+        t, rid = self.config.threshold, self.config.round_id
+        held = sorted(self._pair_shares.get(owner, []), key=lambda share: share.index)
+        try:
+            seed = recover_secret(held, t)
+        except (NotEnoughSharesError, InvalidShareError):
+            return
+        if _commitment(b"pair", rid, owner, seed) != self._c.adverts[owner].pair_commitment:
+            return
+        rebuilt = self._pair_seeds_of_dropped(owner, seed)
+        if isinstance(rebuilt, list):
+            self._rebuilt[owner] = rebuilt
 
     def _abort(self, stage: str, reason: str, detail: str) -> RoundAborted:
         self.state = ServerState.DONE

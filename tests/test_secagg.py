@@ -16,6 +16,7 @@ from pqlink._secagg_codec import (
     ForwardedKeyShares,
     KeyShares,
     UnmaskRequest,
+    UnmaskResponse,
     digest_list_bytes,
 )
 from pqlink.ascon import decrypt
@@ -38,7 +39,7 @@ from pqlink.secagg import (
     _share_nonce,
     decode_bundle,
 )
-from pqlink.shamir import SHARE_SIZE
+from pqlink.shamir import PRIME, SHARE_SIZE, Share
 from tests import secagg_harness as h
 
 
@@ -91,6 +92,50 @@ def test_twenty_percent_dropouts_after_key_sharing_recovered_exactly() -> None:
     assert len(result.survivors) == 40
     want = np.sum([q for u, q in plain.items() if u not in dropped], axis=0)
     assert np.array_equal(result.signed_sum(), want)
+
+
+def test_dropped_pair_seeds_are_rebuilt_as_soon_as_t_shares_are_in() -> None:
+    config = h.make_config(6, threshold=3, min_survivors=4, dimension=32)
+    r = h.start(config)
+    h.through_shares(r)
+    ring, plain = h.random_inputs(config, np.random.default_rng(11))
+    for u in (1, 2, 3, 4, 5):  # 6 dropped after sharing
+        r.server.receive_masked_input(u, r.clients[u].masked_input(ring[u]))
+    request = r.server.close_inputs()
+    assert isinstance(request, bytes)
+    for u in (1, 2):  # t - 1 answers: nothing rebuilt yet
+        r.server.receive_unmask_response(u, r.clients[u].unmask(request))
+    assert 6 not in r.server._rebuilt
+    r.server.receive_unmask_response(3, r.clients[3].unmask(request))  # the t-th
+    assert [v for v, _ in r.server._rebuilt[6]] == [1, 2, 3, 4, 5]
+    for u in (4, 5):
+        r.server.receive_unmask_response(u, r.clients[u].unmask(request))
+    result = r.server.finish()
+    assert isinstance(result, AggregateResult)
+    assert np.array_equal(result.signed_sum(), sum(plain[u] for u in (1, 2, 3, 4, 5)))
+
+
+def test_a_bad_share_among_the_first_t_is_left_to_finish_which_aborts() -> None:
+    config = h.make_config(6, threshold=3, min_survivors=4, dimension=32)
+    r = h.start(config)
+    h.through_shares(r)
+    ring, _ = h.random_inputs(config, np.random.default_rng(12))
+    for u in (1, 2, 3, 4, 5):
+        r.server.receive_masked_input(u, r.clients[u].masked_input(ring[u]))
+    request = r.server.close_inputs()
+    assert isinstance(request, bytes)
+    answer = UnmaskResponse.from_bytes(r.clients[1].unmask(request))
+    shares = tuple(
+        (o, k, Share(sh.index, (sh.value + 1) % PRIME) if o == 6 else sh)
+        for o, k, sh in answer.shares
+    )
+    r.server.receive_unmask_response(1, dataclasses.replace(answer, shares=shares).to_bytes())
+    for u in (2, 3, 4, 5):
+        r.server.receive_unmask_response(u, r.clients[u].unmask(request))
+    assert 6 not in r.server._rebuilt
+    result = r.server.finish()
+    assert isinstance(result, RoundAborted)
+    assert (result.stage, result.reason) == ("unmask", "bad_share")
 
 
 def test_noisy_inputs_sum_exactly_with_their_noise() -> None:
