@@ -19,6 +19,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
+from aggregator.adverts_ahead import AdvertsAhead
 from aggregator.config import AggregatorConfig
 from aggregator.metrics import CoordinatorMetrics
 from aggregator.partials import Partial, PartialError
@@ -554,6 +555,9 @@ class CoordinatorService:
         # Declared once per connection, then only for newly enrolled gateways: a declaration
         # is a broker round trip per queue and binding, and it used to open every round.
         declared: set[str] = set()
+        # adverts the gateways send for the next round with their answers; a new connection
+        # (or process) starts without any, so its first round opens with the full setup
+        ahead = AdvertsAhead()
         while not self.stop.is_set() and not self.done():
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
@@ -571,11 +575,10 @@ class CoordinatorService:
                 continue
             statistics = self.statistics_pending
             deadlines = StageDeadlines(
-                self.config.rounds.round_timeout,
-                pc.stage_timeout,
-                pc.stage_timeout,
-                pc.stage_timeout,
-                pc.stage_timeout,
+                adverts=self.config.rounds.round_timeout,
+                key_shares=pc.stage_timeout,
+                inputs=pc.stage_timeout,
+                unmask=pc.stage_timeout,
             )
             report = run_secure_round(
                 channel,
@@ -588,6 +591,7 @@ class CoordinatorService:
                 dropout_fraction=pc.dropout_fraction,
                 deadlines=deadlines,
                 weight_cap=pc.weight_cap,
+                ahead=ahead,
             )
             t0 = time.perf_counter()
             mean = mean_update(report)
@@ -615,7 +619,12 @@ class CoordinatorService:
                     closing,
                     mean,
                     survivors,
-                    {**summary.to_json(), "stage_seconds": report.stage_seconds},
+                    {
+                        **summary.to_json(),
+                        "stage_seconds": report.stage_seconds,
+                        "exchanges": report.exchanges,
+                        "pipelined": report.pipelined,
+                    },
                 )
             closed.privacy = summary.to_json()
             self._closed(fanout, closed, time.perf_counter() - t0, counts=not statistics)

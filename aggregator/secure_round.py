@@ -15,6 +15,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exchange_type import ExchangeType
 
+from aggregator.adverts_ahead import AdvertsAhead
 from aggregator.masked import MaskedPartial, MaskedPartialError
 from pqlink import ContentType, DecodeError, Identity, PqlinkError, Registry
 from pqlink.secagg import (
@@ -47,6 +48,7 @@ from wire.fl import RoundSettings
 from wire.reasons import Reason, reason_for
 from wire.secagg import (
     SELF_SIGNED_KINDS,
+    AnnouncedAdverts,
     SecAggFrame,
     SecAggKind,
     SecureRoundAnnouncement,
@@ -117,13 +119,15 @@ def secagg_reason(exc: PqlinkError) -> Reason:
 @dataclass(frozen=True, slots=True)
 class StageDeadlines:
     """Seconds each stage waits for the participants before it closes with whoever answered;
-    the inputs stage also covers local training."""
+    the inputs stage also covers local training. `adverts_ahead`: how long a round whose
+    participants sent adverts ahead waits for the last of them before it falls back to the
+    full setup."""
 
     adverts: float = 10.0
-    key_agreement: float = 10.0
-    shares: float = 10.0
+    key_shares: float = 10.0
     inputs: float = 60.0
     unmask: float = 10.0
+    adverts_ahead: float = 0.5
 
 
 @dataclass
@@ -135,6 +139,9 @@ class SecureRoundReport:
     rejections: list[tuple[str, Reason, str]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     bytes_down: int = 0
+    # stages in which the coordinator waited for the gateways: each costs a network round trip
+    exchanges: int = 0
+    pipelined: bool = False  # opened with adverts sent ahead: no advert exchange
 
     @property
     def dropouts_recovered(self) -> int:
@@ -151,16 +158,26 @@ class SecureRound:
         identity: Identity,
         gateways: Registry,
         codec: EnvelopeCodec | None = None,
+        *,
+        ahead: AdvertsAhead | None = None,
     ) -> None:
+        """`ahead`: where adverts for the next round, sent with this round's answers, are kept
+        (and from which this round's own may come)."""
         self.announcement = announcement
         self.identity = identity
         self.gateways = gateways
         self.codec = codec or SealedCodec()
-        keys = {
+        self.ahead = ahead
+        self._verify_keys = {
             u: gateways.lookup(name).verify_key for name, u in announcement.participants.items()
         }
-        self.server = SecAggServer(announcement.round_config(), keys)
+        self.server = SecAggServer(announcement.round_config(), self._verify_keys)
         self.report = SecureRoundReport(announcement)
+
+    def restart_setup(self) -> None:
+        """A fresh server for the full setup, when a pipelined opening could not complete:
+        the adverts it was given are dropped with it, and every gateway advertises anew."""
+        self.server = SecAggServer(self.announcement.round_config(), self._verify_keys)
 
     def reject(self, who: str, reason: Reason, detail: str) -> None:
         self.report.rejections.append((who, reason, detail))
@@ -194,9 +211,10 @@ class SecureRound:
 
     def receive(self, envelope: bytes) -> None:
         """One protocol message from a gateway; refused ones are recorded, not raised. Adverts
-        and ciphertext lists may come as bare frames: each carries its sender's own ML-DSA
-        signature, which the server checks and the neighbours check again, and nothing in
-        them is secret, so an envelope around them would only sign them a second time."""
+        and key-and-share messages may come as bare frames: each carries its sender's own ML-DSA
+        signature, which the server checks and the neighbours check again, and what is secret
+        in them (shares, escrowed halves) is encrypted end to end under keys the coordinator
+        does not hold, so an envelope around them would only sign them a second time."""
         if is_bare_frame(envelope):
             self._receive_bare(envelope)
             return
@@ -219,8 +237,7 @@ class SecureRound:
             s = self.server
             handlers = {
                 SecAggKind.ADVERT: s.receive_advert,
-                SecAggKind.KEY_AGREEMENT: s.receive_key_agreement,
-                SecAggKind.SHARE_KEYS: s.receive_shares,
+                SecAggKind.SHARE_KEYS: s.receive_key_shares,
                 SecAggKind.UNMASK_RESPONSE: s.receive_unmask_response,
             }
             handler = handlers.get(frame.kind)
@@ -237,7 +254,8 @@ class SecureRound:
             if frame.kind not in SELF_SIGNED_KINDS:
                 self.reject(who, Reason.WRONG_TYPE, f"{frame.kind.name} without an envelope")
                 return
-            if frame.round != self.announcement.round:
+            ahead = frame.kind is SecAggKind.ADVERT and frame.round == self.announcement.round + 1
+            if frame.round != self.announcement.round and not (ahead and self.ahead is not None):
                 raise WrongRoundError(f"frame of round {frame.round}")
             # the claimed sender picks the key the message's own signature must verify under
             u = peek_header(frame.body).sender
@@ -245,11 +263,36 @@ class SecureRound:
                 who = self.announcement.name_of(u)
             except KeyError:
                 raise UnexpectedSenderError(f"client {u} is not a participant") from None
+            if ahead and self.ahead is not None:
+                self.ahead.offer(frame.round, who, self._verify_keys[u], frame.body)
+                return
             s = self.server
             if frame.kind is SecAggKind.ADVERT:
                 s.receive_advert(u, frame.body)
             else:
-                s.receive_key_agreement(u, frame.body)
+                s.receive_key_shares(u, frame.body)
+        except (SecAggError, SecAggStateError, DecodeError) as exc:
+            self.reject(who, secagg_reason(exc), str(exc))
+
+    def receive_ahead(self, data: bytes) -> None:
+        """An advert for this round sent ahead, still queued when the round opens; anything
+        else is refused (no stage of this round is open yet)."""
+        who = "-"
+        try:
+            if not is_bare_frame(data):
+                raise SecAggStateError("only adverts sent ahead are taken before the opening")
+            frame = SecAggFrame.decode(data)
+            if frame.kind is not SecAggKind.ADVERT:
+                raise SecAggStateError(f"{frame.kind.name} before the round opened")
+            if frame.round != self.announcement.round:
+                raise WrongRoundError(f"advert of round {frame.round}")
+            u = peek_header(frame.body).sender
+            try:
+                who = self.announcement.name_of(u)
+            except KeyError:
+                raise UnexpectedSenderError(f"client {u} is not a participant") from None
+            if self.ahead is not None:
+                self.ahead.offer(frame.round, who, self._verify_keys[u], frame.body)
         except (SecAggError, SecAggStateError, DecodeError) as exc:
             self.reject(who, secagg_reason(exc), str(exc))
 
@@ -323,8 +366,8 @@ class SecureRoundRunner:
         its own bundle with a Merkle path to the signed root, so a stage costs one ML-DSA
         signature whatever the number of gateways, and each gateway receives only its own
         bytes. Nothing sent down needs secrecy: announcements, unmasking requests and adverts
-        are public, KEM ciphertexts are too, and shares are encrypted end to end under pair
-        keys the coordinator does not hold. No publisher confirms: waiting for each (a
+        are public, KEM ciphertexts are too, and shares are encrypted end to end under keys
+        the coordinator does not hold. No publisher confirms: waiting for each (a
         quorum-queue commit) cost more than the protocol, and a lost frame makes its gateway
         miss the stage, a dropout the round survives."""
         if not bundles:
@@ -341,6 +384,7 @@ class SecureRoundRunner:
         seconds[key] = seconds.get(key, 0.0) + time.monotonic() - t0
 
     def _collect(self, stage: str, timeout: float) -> None:
+        self.round.report.exchanges += 1
         t0 = time.monotonic()
         s = self.round.server
         if s.heard < s.awaited:
@@ -360,19 +404,22 @@ class SecureRoundRunner:
             self._out = None
 
     def _run(self) -> SecureRoundReport:
-        r, s, d = self.round, self.round.server, self.deadlines
+        r, d = self.round, self.deadlines
         a = r.announcement
-        everyone = {u: a.encode() for u in a.participants.values()}
-        self._send(everyone, SecAggKind.ANNOUNCEMENT)
-        self._collect("adverts", d.adverts)
-        bundles = s.close_adverts()
-        if isinstance(bundles, RoundAborted):
-            return self._aborted(bundles)
-        self._send(bundles, SecAggKind.ADVERTS)
-        self._collect("key_agreement", d.key_agreement)
-        self._send(s.close_key_agreement(), SecAggKind.CIPHERTEXTS)
-        self._collect("shares", d.shares)
-        shares = s.close_shares()
+        if not self._open_pipelined():
+            r.restart_setup()
+            everyone = {u: a.encode() for u in a.participants.values()}
+            self._send(everyone, SecAggKind.ANNOUNCEMENT)
+            self._collect("adverts", d.adverts)
+            bundles = r.server.close_adverts()
+            if isinstance(bundles, RoundAborted):
+                return self._aborted(bundles)
+            self._send(bundles, SecAggKind.ADVERTS)
+        s = r.server
+        # pipelined, the gateways train between the opening and their keys and shares: that
+        # stage then waits as long as the adverts stage would have
+        self._collect("key_shares", d.adverts if r.report.pipelined else d.key_shares)
+        shares = s.close_key_shares()
         if isinstance(shares, RoundAborted):
             return self._aborted(shares)
         self._send(shares, SecAggKind.SHARES)
@@ -388,6 +435,9 @@ class SecureRoundRunner:
         if isinstance(outcome, RoundAborted):
             return self._aborted(outcome)
         r.report.outcome = outcome
+        if r.ahead is not None:
+            # the survivors' adverts for the next round follow their answers
+            r.ahead.expect(a.round + 1)
         _LOG.info(
             "secagg_round_aggregated round=%d survivors=%d dropped=%d",
             a.round,
@@ -396,7 +446,59 @@ class SecureRoundRunner:
         )
         return r.report
 
+    def _open_pipelined(self) -> bool:
+        """Open the round with the adverts its participants sent ahead, if every one of them
+        did (waiting `adverts_ahead` for the last ones to come in): the announcement and the
+        neighbours' adverts go out together and the advert exchange is skipped."""
+        r = self.round
+        a = r.announcement
+        if r.ahead is None:
+            return False
+        if r.ahead.round != a.round:
+            r.ahead.expire()
+            return False
+        if r.ahead.missing(a.participants):
+            # this round's adverts come in as its own: the queue holds what was sent ahead
+            self._collect_ahead(self.deadlines.adverts_ahead)
+        kept = r.ahead.take(a.round, a.participants)
+        if kept is None:
+            return False
+        s = r.server
+        for u, data in sorted(kept.items()):
+            try:
+                s.receive_advert(u, data, ahead=True)
+            except (SecAggError, SecAggStateError, DecodeError) as exc:
+                r.reject(a.name_of(u), secagg_reason(exc), str(exc))
+                return False
+        bundles = s.close_adverts()
+        if isinstance(bundles, RoundAborted):
+            return False
+        r.report.pipelined = True
+        self._send(
+            {u: AnnouncedAdverts(a, body).encode() for u, body in bundles.items()},
+            SecAggKind.ANNOUNCED_ADVERTS,
+        )
+        _LOG.info("secagg_round_pipelined round=%d gateways=%d", a.round, len(bundles))
+        return True
+
+    def _collect_ahead(self, timeout: float) -> None:
+        """Adverts sent ahead for this round still in the queue (no request goes out: not an
+        exchange); the round's own frames are not expected yet."""
+        t0 = time.monotonic()
+        r = self.round
+        ahead = r.ahead
+        if ahead is None:
+            return
+        participants = r.announcement.participants
+        with contextlib.closing(_bodies(self.channel, SECAGG_UP_QUEUE, t0 + timeout)) as it:
+            for body in it:
+                r.receive_ahead(body)
+                if not ahead.missing(participants):
+                    break
+        r.report.stage_seconds["adverts_ahead"] = time.monotonic() - t0
+
     def _collect_inputs(self, timeout: float) -> None:
+        self.round.report.exchanges += 1
         t0 = time.monotonic()
         s = self.round.server
         with contextlib.closing(_bodies(self.channel, MASKED_PARTIALS_QUEUE, t0 + timeout)) as it:
@@ -414,6 +516,9 @@ class SecureRoundRunner:
     def _aborted(self, aborted: RoundAborted) -> SecureRoundReport:
         a = self.round.announcement
         self.round.report.outcome = aborted
+        if self.round.ahead is not None:
+            # after an abort the next round opens with the full setup
+            self.round.ahead.expire()
         _LOG.warning(
             "secagg_round_aborted round=%d stage=%s reason=%s detail=%s",
             a.round,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from pika.adapters.blocking_connection import BlockingChannel
 
+from aggregator.adverts_ahead import AdvertsAhead
 from aggregator.privacy import BudgetDecision, PrivacyLedger, PrivacyParameters
 from aggregator.secure_round import (
     SecureRound,
@@ -113,6 +114,7 @@ def run_secure_round(  # noqa: PLR0917 -- the round's parts, each needed once
     dropout_fraction: float,
     deadlines: StageDeadlines,
     weight_cap: int = 0,
+    ahead: AdvertsAhead | None = None,
 ) -> SecureRoundReport:
     announcement = plan_round(
         round_id,
@@ -122,7 +124,7 @@ def run_secure_round(  # noqa: PLR0917 -- the round's parts, each needed once
         dropout_fraction=dropout_fraction,
         weight_cap=weight_cap,
     )
-    secure = SecureRound(announcement, identity, registry)
+    secure = SecureRound(announcement, identity, registry, ahead=ahead)
     return SecureRoundRunner(channel, secure, deadlines).run()
 
 

@@ -121,8 +121,7 @@ def secure_mean(
                 raise RuntimeError(f"{a.name_of(u)} refused: {step.rejected}")
             for frame in step.outgoing:
                 receive = {
-                    SecAggKind.KEY_AGREEMENT: server.receive_key_agreement,
-                    SecAggKind.SHARE_KEYS: server.receive_shares,
+                    SecAggKind.SHARE_KEYS: server.receive_key_shares,
                     SecAggKind.MASKED_INPUT: server.receive_masked_input,
                     SecAggKind.UNMASK_RESPONSE: server.receive_unmask_response,
                 }[frame.kind]
@@ -131,8 +130,7 @@ def secure_mean(
     adverts = server.close_adverts()
     assert isinstance(adverts, dict)
     deliver(adverts, SecAggKind.ADVERTS)
-    deliver(server.close_key_agreement(), SecAggKind.CIPHERTEXTS)
-    shares = server.close_shares()
+    shares = server.close_key_shares()
     assert isinstance(shares, dict)
     deliver(shares, SecAggKind.SHARES)
     request = server.close_inputs()

@@ -101,15 +101,11 @@ def secure_round(
     assert isinstance(bundles, dict)
     fan_out(bundles, "receive_advert")
     for u, c in clients.items():
-        msg = meter.client(u, c.key_agreement)
-        meter.server(partial(server.receive_key_agreement, u, msg))
-    fan_out(meter.server(server.close_key_agreement), "receive_ciphertext")
-    for u, c in clients.items():
-        msg = meter.client(u, c.share_keys)
-        meter.server(partial(server.receive_shares, u, msg))
-    bundles = meter.server(server.close_shares)
+        msg = meter.client(u, c.key_shares)
+        meter.server(partial(server.receive_key_shares, u, msg))
+    bundles = meter.server(server.close_key_shares)
     assert isinstance(bundles, dict)
-    fan_out(bundles, "receive_shares")
+    fan_out(bundles, "receive_key_shares")
     for u, c in clients.items():
         if u in dropped:
             continue

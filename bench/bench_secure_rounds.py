@@ -182,16 +182,19 @@ def secure_run(
 
         link = SecureLink(url, gw, agg.public, registry, update, on_sent=sent)
         links[gw.name] = link  # counts the bytes it publishes, envelopes and bare frames
-        for r in range(1, rounds + 1):
-            try:
-                res = link.run_round(
-                    stop, after_round=r - 1, timeout=300.0, on_ready=ready[gw.name].set
-                )
-            except _Vanished:
-                return
-            results[gw.name].append(res)
-            if stop.is_set():
-                return
+        try:
+            for r in range(1, rounds + 1):
+                try:
+                    res = link.run_round(
+                        stop, after_round=r - 1, timeout=300.0, on_ready=ready[gw.name].set
+                    )
+                except _Vanished:
+                    return
+                results[gw.name].append(res)
+                if stop.is_set():
+                    return
+        finally:
+            link.close()
 
     threads = [threading.Thread(target=gateway, args=(g,), daemon=True) for g in gateways]
     procs = Procs(root / "logs")
@@ -216,6 +219,8 @@ def secure_run(
     return {
         "round_seconds": [b - a for a, b in spans],
         "stage_seconds": stages,
+        "exchanges": [_find(rep_, "exchanges") for rep_ in reports],
+        "pipelined": [_find(rep_, "pipelined") for rep_ in reports],
         "recovery_seconds": [s.get("unmask", 0.0) + s.get("finish", 0.0) for s in stages],
         "dropouts_recovered": [_find(rep_, "dropouts_recovered") for rep_ in reports],
         "aggregated": [_find(rep_, "secure_aggregation") is not None for rep_ in reports],
@@ -283,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
                 "secure": statistics.median(r["bytes_sent_per_gateway"] for r in secure),
             },
             "secure_stage_seconds": secure[-1]["stage_seconds"][-1],
+            # gateway <-> coordinator exchanges on a steady-state round's critical path
+            "secure_exchanges_per_round": statistics.median(
+                x for r in secure for x in r["exchanges"][1:] if x is not None
+            ),
             "runs": {"plain": plain, "secure": secure},
         },
         "fifty_gateways": {"gateways": args.large, **large, "recovery_step_s": recovery},

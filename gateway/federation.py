@@ -43,7 +43,7 @@ from wire.envelopes import envelope_codec
 from wire.reasons import Event
 
 if TYPE_CHECKING:
-    from gateway.secure_link import SecureRoundResult
+    from gateway.secure_link import SecureLink, SecureRoundResult
 
 T = TypeVar("T")
 _LAST_ROUND = "last_round"
@@ -134,6 +134,8 @@ class FederationClient:
         # a secure round blocks on its stages: it gets its own thread and stop flag
         self._secure_pool = ThreadPoolExecutor(1, thread_name_prefix="secagg")
         self._secure_stop = threading.Event()
+        # one link for all secure rounds: it keeps the keys it made ahead for the next one
+        self._secure_link: SecureLink | None = None
         self.counters: dict[str, Any] = {
             "rounds_trained": 0,
             "rounds_skipped": 0,
@@ -192,6 +194,8 @@ class FederationClient:
             # Also when the uplink or the learner failed: the spool's handle is closed.
             self._train_pool.shutdown()
             self._secure_pool.shutdown()
+            if self._secure_link is not None:  # its pool thread is done with it
+                self._secure_link.close()
             await self._in(self.store_pool, self.spool.close)
 
     async def _learn(self, stop: asyncio.Event) -> None:
@@ -422,14 +426,22 @@ class FederationClient:
         # arithmetic are memory a gateway in plain rounds never needs.
         from gateway.secure_link import SecureLink  # noqa: PLC0415
 
-        link = SecureLink(
-            self.config.uplink.amqp_url or "",
-            self.identity,
-            self.learner.aggregator,
-            load_registry(registry_path),
-            lambda _announcement: (delta.astype(np.float64), samples),
-            codec=self.learner.codec,
-        )
+        def update(_announcement: object) -> tuple[npt.NDArray[np.float64], int]:
+            return delta.astype(np.float64), samples
+
+        link = self._secure_link
+        if link is None:
+            link = self._secure_link = SecureLink(
+                self.config.uplink.amqp_url or "",
+                self.identity,
+                self.learner.aggregator,
+                load_registry(registry_path),
+                update,
+                codec=self.learner.codec,
+            )
+        else:
+            link.peers = load_registry(registry_path)  # enrolments change between rounds
+            link.update = update
         result: SecureRoundResult = await self._in(
             self._secure_pool,
             lambda: link.run_round(self._secure_stop, after_round=round_ - 1),

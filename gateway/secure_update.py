@@ -13,6 +13,7 @@ from gateway.errors import GatewayError
 from pqlink import DecodeError, Identity, Registry, Role
 from pqlink.secagg import (
     RoundConfig,
+    RoundKeys,
     SecAggClient,
     SecAggError,
     SecAggEvent,
@@ -70,8 +71,15 @@ class SecureUpdateSession:
     update clipped, quantised, noised and masked once the round reaches the input stage."""
 
     def __init__(
-        self, announcement: SecureRoundAnnouncement, me: Identity, peers: Registry
+        self,
+        announcement: SecureRoundAnnouncement,
+        me: Identity,
+        peers: Registry,
+        *,
+        advertised: RoundKeys | None = None,
     ) -> None:
+        """`advertised`: the keys this gateway made ahead for this round and whose advert it
+        sent with its previous answer (a pipelined round starts at the neighbours' adverts)."""
         config, my_id = join_round(announcement, me, peers)
         self.announcement = announcement
         self.config = config
@@ -82,7 +90,11 @@ class SecureUpdateSession:
             if name != me.name
         }
         keys[my_id] = me.public.verify_key
-        self.client = SecAggClient(config, my_id, me.signing_key, keys)
+        try:
+            self.client = SecAggClient(config, my_id, me.signing_key, keys, advertised=advertised)
+        except SecAggStateError as exc:
+            raise SecureRoundRefusedError(str(exc)) from None
+        self._me = me
         self.encoded: npt.NDArray[np.uint64] | None = None
         self._update: npt.NDArray[np.float64] | None = None
         self._rng = np.random.default_rng()
@@ -93,6 +105,12 @@ class SecureUpdateSession:
 
     def start(self) -> SecAggFrame:
         return SecAggFrame(SecAggKind.ADVERT, self.round, self.client.advertise())
+
+    def keys_ahead(self) -> tuple[RoundKeys, SecAggFrame]:
+        """Fresh keys for the next round, made while idle, and their advert to send now; the
+        coordinator uses them only if it opens that very round pipelined."""
+        keys = RoundKeys(self.round + 1, self.client_id, self._me.signing_key)
+        return keys, SecAggFrame(SecAggKind.ADVERT, keys.round_id, keys.advert)
 
     def set_update(self, update: npt.ArrayLike, samples: int = 0) -> None:
         """The flat update to contribute (before clipping) and how many samples it was
@@ -119,12 +137,9 @@ class SecureUpdateSession:
         try:
             if frame.kind is SecAggKind.ADVERTS:
                 self._each(frame, c.receive_advert, step)
-                step.outgoing.append(self._out(SecAggKind.KEY_AGREEMENT, c.key_agreement()))
-            elif frame.kind is SecAggKind.CIPHERTEXTS:
-                self._each(frame, c.receive_ciphertext, step)
-                step.outgoing.append(self._out(SecAggKind.SHARE_KEYS, c.share_keys()))
+                step.outgoing.append(self._out(SecAggKind.SHARE_KEYS, c.key_shares()))
             elif frame.kind is SecAggKind.SHARES:
-                self._each(frame, c.receive_shares, step)
+                self._each(frame, c.receive_key_shares, step)
                 if self.encoded is None:
                     raise SecureRoundRefusedError("no update to contribute")
                 step.outgoing.append(

@@ -20,13 +20,13 @@ from pqlink.ascon import hash256
 from pqlink.keys import HYBRID_CIPHERTEXT_SIZE, HYBRID_PUBLIC_KEY_SIZE
 from pqlink.shamir import SHARE_SIZE, InvalidShareError, Share
 
-VERSION = 1
+VERSION = 2
 COMMITMENT_SIZE = 32
 DIGEST_SIZE = 32
 SEED_SIZE = 32
 #: Two Shamir shares (self-mask seed, pair-key seed) under a 16-byte Ascon tag.
 SHARE_CIPHERTEXT_SIZE = 2 * SHARE_SIZE + 16
-#: One pair-mask seed under a 16-byte Ascon tag.
+#: One half of a pair-mask seed under a 16-byte Ascon tag.
 ESCROW_CIPHERTEXT_SIZE = SEED_SIZE + 16
 MAX_SIGNATURE_SIZE = 4627  # ML-DSA-87, the largest parameter set
 MAX_CLIENTS = 0xFFFF
@@ -78,14 +78,13 @@ class SecAggStateError(LocalProtocolError):
 
 class Kind(enum.IntEnum):
     ADVERT = 1
-    KEY_AGREEMENT = 2
-    FORWARDED_CIPHERTEXT = 3
-    SHARES = 4
-    FORWARDED_SHARES = 5
+    # 2-5 carried the four messages of the former separate ciphertext and share stages
     MASKED_INPUT = 6
     UNMASK_REQUEST = 7
     UNMASK_RESPONSE = 8
     BUNDLE = 9
+    KEY_SHARES = 10
+    FORWARDED_KEY_SHARES = 11
 
 
 class ShareKind(enum.IntEnum):
@@ -144,21 +143,27 @@ def _wrap(exc: Exception) -> MalformedMessageError:
 
 @dataclass(frozen=True, slots=True)
 class Advert:
-    """Round 0: a client's fresh hybrid public key and commitments to its two seeds, signed
-    with its ML-DSA identity; forwarded verbatim to its neighbours."""
+    """Round 0: a client's two fresh hybrid public keys (one for share keys, one, derived
+    from its pair-key seed, for pair-mask halves) and commitments to its two seeds, signed
+    with its ML-DSA identity; forwarded verbatim to its neighbours. `ahead`: made before its
+    round was announced (for a pipelined opening), so not bound to the round's graph seed."""
 
     round_id: int
     sender: int
     public_key: bytes
+    mask_key: bytes
     self_commitment: bytes
     pair_commitment: bytes
     signature: bytes
+    ahead: bool = False
 
     def signed_part(self) -> bytes:
         return (
             Header(Kind.ADVERT, self.round_id, self.sender)
             .write()
+            .u8(int(self.ahead))
             .raw(self.public_key)
+            .raw(self.mask_key)
             .raw(self.self_commitment)
             .raw(self.pair_commitment)
             .getvalue()
@@ -171,14 +176,20 @@ class Advert:
     def from_bytes(cls, data: bytes) -> Advert:
         head, r = _read_header(data, Kind.ADVERT)
         try:
+            flag = r.u8("made ahead")
+            if flag > 1:
+                raise MalformedMessageError(f"advert: made-ahead flag {flag}")
             pk = r.raw(HYBRID_PUBLIC_KEY_SIZE, "public key")
+            mask_key = r.raw(HYBRID_PUBLIC_KEY_SIZE, "mask key")
             c_self = r.raw(COMMITMENT_SIZE, "self commitment")
             c_pair = r.raw(COMMITMENT_SIZE, "pair commitment")
             sig = r.raw(_signature_length(r), "signature")
             r.end()
+        except MalformedMessageError:
+            raise
         except DecodeError as exc:
             raise _wrap(exc) from None
-        return cls(head.round_id, head.sender, pk, c_self, c_pair, sig)
+        return cls(head.round_id, head.sender, pk, mask_key, c_self, c_pair, sig, bool(flag))
 
 
 def _signature_length(r: Reader) -> int:
@@ -196,74 +207,99 @@ def _check_ids(ids: Sequence[int], field: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class KeyAgreement:
-    """Round 1: the sender's encapsulations to its higher-numbered neighbours, signed once
-    over their digests so that each recipient can check its own without the others."""
+class KeyShareEntry:
+    """What a client sends one neighbour in the key-and-share stage: two encapsulations to
+    the neighbour's advertised keys (one for the share key, one for its half of the pair-mask
+    seed), its two Shamir shares under the share key, and its half escrowed for the server
+    under a key only its pair-key seed opens."""
+
+    recipient: int
+    share_ciphertext: bytes  # KEM ciphertext to the neighbour's share key
+    mask_ciphertext: bytes  # KEM ciphertext to the neighbour's mask key
+    shares: bytes
+    escrow: bytes
+
+    def write(self, w: Writer) -> Writer:
+        w.u16(self.recipient).raw(self.share_ciphertext).raw(self.mask_ciphertext)
+        return w.raw(self.shares).raw(self.escrow)
+
+    def digest(self) -> bytes:
+        return hash256(self.write(Writer()).getvalue())
+
+    @classmethod
+    def read(cls, r: Reader) -> KeyShareEntry:
+        return cls(
+            r.u16("recipient"),
+            r.raw(HYBRID_CIPHERTEXT_SIZE, "share-key ciphertext"),
+            r.raw(HYBRID_CIPHERTEXT_SIZE, "mask-key ciphertext"),
+            r.raw(SHARE_CIPHERTEXT_SIZE, "shares"),
+            r.raw(ESCROW_CIPHERTEXT_SIZE, "escrow"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyShares:
+    """Round 1: one entry per neighbour, signed once over the entries' digests so that each
+    recipient can check its own entry without seeing the others."""
 
     round_id: int
     sender: int
-    ciphertexts: tuple[tuple[int, bytes], ...]
+    entries: tuple[KeyShareEntry, ...]
     signature: bytes
 
     def digests(self) -> tuple[tuple[int, bytes], ...]:
-        return tuple((v, hash256(ct)) for v, ct in self.ciphertexts)
+        return tuple((e.recipient, e.digest()) for e in self.entries)
 
     def to_bytes(self) -> bytes:
-        w = Header(Kind.KEY_AGREEMENT, self.round_id, self.sender).write()
-        w.u16(len(self.ciphertexts))
-        for v, ct in self.ciphertexts:
-            w.u16(v).raw(ct)
+        w = Header(Kind.KEY_SHARES, self.round_id, self.sender).write().u16(len(self.entries))
+        for e in self.entries:
+            e.write(w)
         return w.u16(len(self.signature)).raw(self.signature).getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> KeyAgreement:
-        head, r = _read_header(data, Kind.KEY_AGREEMENT)
+    def from_bytes(cls, data: bytes) -> KeyShares:
+        head, r = _read_header(data, Kind.KEY_SHARES)
         try:
-            count = r.u16("count")
-            cts = tuple(
-                (r.u16("recipient"), r.raw(HYBRID_CIPHERTEXT_SIZE, "ciphertext"))
-                for _ in range(count)
-            )
+            entries = tuple(KeyShareEntry.read(r) for _ in range(r.u16("count")))
             sig = r.raw(_signature_length(r), "signature")
             r.end()
         except DecodeError as exc:
             raise _wrap(exc) from None
-        _check_ids([v for v, _ in cts], "recipients")
-        return cls(head.round_id, head.sender, cts, sig)
+        _check_ids([e.recipient for e in entries], "recipients")
+        return cls(head.round_id, head.sender, entries, sig)
 
 
 def digest_list_bytes(round_id: int, sender: int, digests: Sequence[tuple[int, bytes]]) -> bytes:
-    """What a key agreement's signature covers."""
-    w = Header(Kind.KEY_AGREEMENT, round_id, sender).write().u16(len(digests))
+    """What a key-and-share message's signature covers."""
+    w = Header(Kind.KEY_SHARES, round_id, sender).write().u16(len(digests))
     for v, d in digests:
         w.u16(v).raw(d)
     return w.getvalue()
 
 
 @dataclass(frozen=True, slots=True)
-class ForwardedCiphertext:
-    """Round 1, server to recipient: one ciphertext with the sender's signed digest list."""
+class ForwardedKeyShares:
+    """Round 1, server to recipient: the entry one neighbour addressed to it, with that
+    neighbour's signed digest list."""
 
     round_id: int
     sender: int
-    recipient: int
-    ciphertext: bytes
+    entry: KeyShareEntry
     digests: tuple[tuple[int, bytes], ...]
     signature: bytes
 
     def to_bytes(self) -> bytes:
-        w = Header(Kind.FORWARDED_CIPHERTEXT, self.round_id, self.sender).write()
-        w.u16(self.recipient).raw(self.ciphertext).u16(len(self.digests))
+        w = Header(Kind.FORWARDED_KEY_SHARES, self.round_id, self.sender).write()
+        self.entry.write(w).u16(len(self.digests))
         for v, d in self.digests:
             w.u16(v).raw(d)
         return w.u16(len(self.signature)).raw(self.signature).getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> ForwardedCiphertext:
-        head, r = _read_header(data, Kind.FORWARDED_CIPHERTEXT)
+    def from_bytes(cls, data: bytes) -> ForwardedKeyShares:
+        head, r = _read_header(data, Kind.FORWARDED_KEY_SHARES)
         try:
-            recipient = r.u16("recipient")
-            ct = r.raw(HYBRID_CIPHERTEXT_SIZE, "ciphertext")
+            entry = KeyShareEntry.read(r)
             count = r.u16("digest count")
             digests = tuple(
                 (r.u16("recipient"), r.raw(DIGEST_SIZE, "digest")) for _ in range(count)
@@ -273,76 +309,12 @@ class ForwardedCiphertext:
         except DecodeError as exc:
             raise _wrap(exc) from None
         _check_ids([v for v, _ in digests], "digests")
-        return cls(head.round_id, head.sender, recipient, ct, digests, sig)
-
-
-@dataclass(frozen=True, slots=True)
-class SharesMessage:
-    """Round 2: for each neighbour its two shares under the pair's share key, and for each
-    neighbour the pair-mask seed escrowed under a key derived from the sender's pair-key seed."""
-
-    round_id: int
-    sender: int
-    shares: tuple[tuple[int, bytes], ...]
-    escrow: tuple[tuple[int, bytes], ...]
-
-    def to_bytes(self) -> bytes:
-        w = Header(Kind.SHARES, self.round_id, self.sender).write().u16(len(self.shares))
-        for v, ct in self.shares:
-            w.u16(v).raw(ct)
-        w.u16(len(self.escrow))
-        for v, ct in self.escrow:
-            w.u16(v).raw(ct)
-        return w.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> SharesMessage:
-        head, r = _read_header(data, Kind.SHARES)
-        try:
-            n = r.u16("share count")
-            shares = tuple(
-                (r.u16("recipient"), r.raw(SHARE_CIPHERTEXT_SIZE, "share")) for _ in range(n)
-            )
-            m = r.u16("escrow count")
-            escrow = tuple(
-                (r.u16("neighbour"), r.raw(ESCROW_CIPHERTEXT_SIZE, "escrow")) for _ in range(m)
-            )
-            r.end()
-        except DecodeError as exc:
-            raise _wrap(exc) from None
-        _check_ids([v for v, _ in shares], "shares")
-        _check_ids([v for v, _ in escrow], "escrow")
-        return cls(head.round_id, head.sender, shares, escrow)
-
-
-@dataclass(frozen=True, slots=True)
-class ForwardedShares:
-    """Round 2, server to recipient: the share ciphertext one neighbour addressed to it."""
-
-    round_id: int
-    sender: int
-    recipient: int
-    ciphertext: bytes
-
-    def to_bytes(self) -> bytes:
-        w = Header(Kind.FORWARDED_SHARES, self.round_id, self.sender).write()
-        return w.u16(self.recipient).raw(self.ciphertext).getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ForwardedShares:
-        head, r = _read_header(data, Kind.FORWARDED_SHARES)
-        try:
-            recipient = r.u16("recipient")
-            ct = r.raw(SHARE_CIPHERTEXT_SIZE, "share")
-            r.end()
-        except DecodeError as exc:
-            raise _wrap(exc) from None
-        return cls(head.round_id, head.sender, recipient, ct)
+        return cls(head.round_id, head.sender, entry, digests, sig)
 
 
 @dataclass(frozen=True, slots=True)
 class MaskedInput:
-    """Round 3: the masked vector, little-endian words of `word_bytes` (4 or 8)."""
+    """Round 2: the masked vector, little-endian words of `word_bytes` (4 or 8)."""
 
     round_id: int
     sender: int
@@ -379,7 +351,7 @@ def word_bytes(modulus_bits: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class UnmaskRequest:
-    """Round 4, server to survivors: who survived (their self-mask seeds are wanted) and who
+    """Round 3, server to survivors: who survived (their self-mask seeds are wanted) and who
     dropped after sharing keys (their pair-key seeds are wanted)."""
 
     round_id: int
@@ -413,7 +385,7 @@ class UnmaskRequest:
 
 @dataclass(frozen=True, slots=True)
 class UnmaskResponse:
-    """Round 4: the shares the sender holds of each requested seed."""
+    """Round 3: the shares the sender holds of each requested seed."""
 
     round_id: int
     sender: int

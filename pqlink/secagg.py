@@ -1,9 +1,10 @@
 """Post-quantum secure aggregation (SecAgg / SecAgg+ with a hybrid KEM): sans-IO state
 machines for a client (gateway) and the server (coordinator), bytes in and bytes out.
 
-Round 0 adverts (signed fresh hybrid keys and seed commitments), round 1 key agreement
-(the lower id encapsulates to the higher), round 2 encrypted Shamir shares and escrowed pair
-seeds, round 3 masked inputs, round 4 unmasking. docs/secure-aggregation.md has the design."""
+Round 0 adverts (signed fresh hybrid keys and seed commitments), round 1 keys and shares in
+one signed message per client (both sides of a pair encapsulate to each other; Shamir shares
+under the key the sender encapsulated; mask halves escrowed), round 2 masked inputs, round 3
+unmasking. docs/secure-aggregation.md has the design."""
 
 from __future__ import annotations
 
@@ -19,16 +20,15 @@ from pqlink._errors import AuthenticationError, DecodeError, ErrorReason, Signat
 from pqlink._secagg_codec import (
     Advert,
     ForgedMessageError,
-    ForwardedCiphertext,
-    ForwardedShares,
-    KeyAgreement,
+    ForwardedKeyShares,
+    KeyShareEntry,
+    KeyShares,
     MalformedMessageError,
     MaskedInput,
     ReplayedMessageError,
     SecAggError,
     SecAggStateError,
     ShareKind,
-    SharesMessage,
     UnexpectedSenderError,
     UnmaskRefusedError,
     UnmaskRequest,
@@ -78,6 +78,7 @@ __all__ = [
     "ReplayedMessageError",
     "RoundAborted",
     "RoundConfig",
+    "RoundKeys",
     "SecAggClient",
     "SecAggError",
     "SecAggEvent",
@@ -87,6 +88,7 @@ __all__ = [
     "UnexpectedSenderError",
     "UnmaskRefusedError",
     "WrongRoundError",
+    "check_advert",
     "choose_parameters",
     "decode_bundle",
     "distributed_noise_std",
@@ -216,31 +218,52 @@ def _commitment(label: bytes, round_id: int, owner: int, seed: bytes) -> bytes:
     return hash256(b"iomt-secagg commit " + label + _rid(round_id) + _id(owner) + seed)
 
 
-def _advert_context(round_id: int, sender: int, graph_seed: bytes) -> bytes:
-    return b"iomt-secagg advert" + _rid(round_id) + _id(sender) + graph_seed
+def _advert_context(round_id: int, sender: int, graph_seed: bytes | None) -> bytes:
+    # An advert made when its round is announced binds the round's graph seed; one made
+    # ahead (pipelined with the previous round's answer) cannot, and says so: a coordinator
+    # then takes each kind only for its own kind of opening, never a stale one for a fresh.
+    bound = b"ahead" if graph_seed is None else b"graph" + graph_seed
+    return b"iomt-secagg advert" + _rid(round_id) + _id(sender) + bound
 
 
-def _ciphertexts_context(round_id: int, sender: int, graph_seed: bytes) -> bytes:
-    return b"iomt-secagg kem" + _rid(round_id) + _id(sender) + graph_seed
+def _key_shares_context(round_id: int, sender: int, graph_seed: bytes) -> bytes:
+    return b"iomt-secagg key shares" + _rid(round_id) + _id(sender) + graph_seed
 
 
-@dataclass(frozen=True, slots=True)
-class _PairKeys:
-    mask_seed: bytes
-    share_key: bytes
+def _direction(round_id: int, sender: int, recipient: int, ciphertext: bytes) -> bytes:
+    return _rid(round_id) + _id(sender) + _id(recipient) + hash256(ciphertext)
 
 
-def _pair_keys(shared: bytes, round_id: int, low: int, high: int, ciphertext: bytes) -> _PairKeys:
-    prk = hkdf_extract(b"iomt-secagg pair v1", shared)
-    context = _rid(round_id) + _id(low) + _id(high) + hash256(ciphertext)
-    return _PairKeys(
-        expand_label(prk, "secagg mask", context, 32),
-        expand_label(prk, "secagg share", context, 16),
-    )
+def _share_key(shared: bytes, round_id: int, sender: int, recipient: int, ct: bytes) -> bytes:
+    """The key of the shares `sender` sends `recipient`: from the secret it encapsulated."""
+    prk = hkdf_extract(b"iomt-secagg share v2", shared)
+    return expand_label(prk, "secagg share", _direction(round_id, sender, recipient, ct), 16)
+
+
+def _mask_half(shared: bytes, round_id: int, sender: int, recipient: int, ct: bytes) -> bytes:
+    """`sender`'s half of the pair-mask seed: from the secret it encapsulated to the
+    recipient's mask key, bound to the direction and the ciphertext."""
+    prk = hkdf_extract(b"iomt-secagg half v2", shared)
+    return expand_label(prk, "secagg mask half", _direction(round_id, sender, recipient, ct), 32)
+
+
+def _pair_seed(round_id: int, low: int, high: int, half_low: bytes, half_high: bytes) -> bytes:
+    """The pair-mask seed: both directions' halves (each an X-Wing secret, ML-KEM-768 and
+    X25519 combined, and transcript-bound), so that neither side alone chooses it."""
+    prk = hkdf_extract(b"iomt-secagg pair v2", half_low + half_high)
+    return expand_label(prk, "secagg mask", _rid(round_id) + _id(low) + _id(high), 32)
+
+
+def _mask_key(pair_seed: bytes, round_id: int, owner: int) -> HybridPrivateKey:
+    """The mask key pair is derived from the pair-key seed, so that the t shares that rebuild
+    a dropped client's seed also rebuild its decapsulation key, and nothing else: its share
+    key pair stays random, so the shares it received stay sealed."""
+    seed = expand_label(pair_seed, "secagg mask key", _rid(round_id) + _id(owner), 32)
+    return HybridPrivateKey.from_xwing_seed(seed)
 
 
 def _share_nonce(sender: int, recipient: int) -> bytes:
-    # One key per pair, one message per direction: the direction makes the nonce unique.
+    # One key per direction, one message under it: the direction makes the nonce unique anyway.
     return _id(sender) + _id(recipient) + bytes(12)
 
 
@@ -282,11 +305,70 @@ def _vector_bytes(v: U64Vector, modulus_bits: int) -> bytes:
 # --- client -----------------------------------------------------------------------------------
 
 
+class RoundKeys:
+    """One client's fresh secrets for one round (hybrid share key pair, self-mask seed,
+    pair-key seed and the mask key pair derived from it) and their signed advert. Made when
+    the round is announced, or ahead of it while the client is idle; used for that round
+    only, by one SecAggClient, then dropped."""
+
+    __slots__ = ("advert", "client_id", "kem", "mask_kem", "pair_seed", "round_id", "self_seed")
+
+    def __init__(
+        self,
+        round_id: int,
+        client_id: int,
+        identity: SigningKey,
+        graph_seed: bytes | None = None,
+    ) -> None:
+        """`graph_seed`: the announced round's, or None for keys made ahead of the round."""
+        if not 0 <= round_id < 1 << 64 or not 1 <= client_id <= 0xFFFF:
+            raise SecAggParameterError(f"round {round_id} or client id {client_id} out of range")
+        self.round_id = round_id
+        self.client_id = client_id
+        self.kem = HybridPrivateKey.generate()
+        self.self_seed = secrets.token_bytes(32)
+        self.pair_seed = secrets.token_bytes(32)
+        self.mask_kem = _mask_key(self.pair_seed, round_id, client_id)
+        advert = Advert(
+            round_id,
+            client_id,
+            self.kem.public_key().raw,
+            self.mask_kem.public_key().raw,
+            _commitment(b"self", round_id, client_id, self.self_seed),
+            _commitment(b"pair", round_id, client_id, self.pair_seed),
+            b"",
+            ahead=graph_seed is None,
+        )
+        context = _advert_context(round_id, client_id, graph_seed)
+        signature = identity.sign(advert.signed_part(), context)
+        self.advert = dataclasses.replace(advert, signature=signature).to_bytes()
+
+    def __repr__(self) -> str:
+        return f"RoundKeys(round={self.round_id}, client={self.client_id}, <secret>)"
+
+
+def check_advert(data: bytes, round_id: int, key: VerifyKey) -> int:
+    """The sender id of an advert for `round_id` signed under `key` (for a coordinator that
+    keeps adverts sent ahead of their round); WrongRoundError, ForgedMessageError or
+    MalformedMessageError otherwise."""
+    advert = Advert.from_bytes(data)
+    if advert.round_id != round_id:
+        raise WrongRoundError(f"advert of round {advert.round_id}, expected {round_id}")
+    if not advert.ahead:
+        raise WrongRoundError(f"advert of {advert.sender} was made for a full setup")
+    _verify_advert(advert, key, None)
+    try:
+        HybridPublicKey(advert.public_key)
+        HybridPublicKey(advert.mask_key)
+    except DecodeError as exc:
+        raise MalformedMessageError(f"advert of {advert.sender}: {exc}") from None
+    return advert.sender
+
+
 class ClientState(enum.Enum):
     START = "start"
     ADVERTISED = "advertised"  # collecting neighbours' adverts
-    KEYS_SENT = "keys_sent"  # collecting ciphertexts from lower neighbours
-    SHARES_SENT = "shares_sent"  # collecting neighbours' shares
+    KEYS_SENT = "keys_sent"  # collecting neighbours' keys and shares
     INPUT_SENT = "input_sent"  # waiting for the unmasking request
     DONE = "done"
 
@@ -302,42 +384,43 @@ class SecAggClient:
         client_id: int,
         identity: SigningKey,
         peers: Mapping[int, VerifyKey],
+        *,
+        advertised: RoundKeys | None = None,
     ) -> None:
+        """`advertised`: keys made ahead whose advert has already gone out; the client then
+        starts collecting its neighbours' adverts."""
         if client_id not in config.participants:
             raise SecAggStateError(f"client {client_id} is not a participant of the round")
+        keys = advertised or RoundKeys(config.round_id, client_id, identity, config.graph_seed)
+        if (keys.round_id, keys.client_id) != (config.round_id, client_id):
+            raise SecAggStateError(
+                f"keys made for client {keys.client_id} of round {keys.round_id}, not for "
+                f"client {client_id} of round {config.round_id}"
+            )
         self.config = config
         self.client_id = client_id
-        self.state = ClientState.START
+        self.state = ClientState.START if advertised is None else ClientState.ADVERTISED
         self._identity = identity
         self._peers = peers
         graph = neighbour_graph(config.participants, config.degree, config.graph_seed)
         self.neighbours = graph[client_id]
-        self._kem = HybridPrivateKey.generate()
-        self._self_seed = secrets.token_bytes(32)
-        self._pair_seed = secrets.token_bytes(32)
+        self._advert = keys.advert
+        self._kem = keys.kem
+        self._self_seed = keys.self_seed
+        self._pair_seed = keys.pair_seed
+        self._mask_kem = keys.mask_kem
         self._adverts: dict[int, Advert] = {}
-        self._keys: dict[int, HybridPublicKey] = {}
-        self._pairs: dict[int, _PairKeys] = {}
-        self._ciphertexts_from: set[int] = set()
+        self._keys: dict[int, tuple[HybridPublicKey, HybridPublicKey]] = {}
+        self._halves: dict[int, bytes] = {}  # neighbour -> this client's half of the pair seed
+        self._pairs: dict[int, bytes] = {}  # neighbour -> pair-mask seed
         self._held: dict[int, tuple[Share, Share]] = {}  # neighbour -> (self share, pair share)
         self.events: list[SecAggEvent] = []
 
     # round 0
     def advertise(self) -> bytes:
         self._expect(ClientState.START)
-        rid = self.config.round_id
-        advert = Advert(
-            rid,
-            self.client_id,
-            self._kem.public_key().raw,
-            _commitment(b"self", rid, self.client_id, self._self_seed),
-            _commitment(b"pair", rid, self.client_id, self._pair_seed),
-            b"",
-        )
-        context = _advert_context(rid, self.client_id, self.config.graph_seed)
-        signature = self._identity.sign(advert.signed_part(), context)
         self.state = ClientState.ADVERTISED
-        return dataclasses.replace(advert, signature=signature).to_bytes()
+        return self._advert
 
     def receive_advert(self, data: bytes) -> None:
         self._expect(ClientState.ADVERTISED)
@@ -345,112 +428,98 @@ class SecAggClient:
         self._check_peer_message(advert.round_id, advert.sender, self._adverts)
         _verify_advert(advert, self._peers[advert.sender], self.config.graph_seed)
         try:
-            key = HybridPublicKey(advert.public_key)
+            keys = HybridPublicKey(advert.public_key), HybridPublicKey(advert.mask_key)
         except DecodeError as exc:
             raise MalformedMessageError(f"advert of {advert.sender}: {exc}") from None
         self._adverts[advert.sender] = advert
-        self._keys[advert.sender] = key
+        self._keys[advert.sender] = keys
 
     # round 1
-    def key_agreement(self) -> bytes:
+    def key_shares(self) -> bytes:
+        """One signed message: for each advertised neighbour, an encapsulation to each of its
+        two keys, this client's shares under the first secret, and its half of the pair seed
+        (from the second) escrowed under its pair-key seed for the server's recovery."""
         self._expect(ClientState.ADVERTISED)
-        rid, me = self.config.round_id, self.client_id
-        cts: list[tuple[int, bytes]] = []
-        for v in sorted(self._keys):
-            if v > me:
-                enc = self._keys[v].encapsulate()
-                self._pairs[v] = _pair_keys(enc.shared_secret, rid, me, v, enc.ciphertext)
-                cts.append((v, enc.ciphertext))
-        unsigned = KeyAgreement(rid, me, tuple(cts), b"")
-        signed = digest_list_bytes(rid, me, unsigned.digests())
-        signature = self._identity.sign(
-            signed, _ciphertexts_context(rid, me, self.config.graph_seed)
-        )
-        self.state = ClientState.KEYS_SENT
-        return KeyAgreement(rid, me, tuple(cts), signature).to_bytes()
-
-    def receive_ciphertext(self, data: bytes) -> None:
-        self._expect(ClientState.KEYS_SENT)
-        msg = ForwardedCiphertext.from_bytes(data)
-        self._check_round(msg.round_id)
-        if msg.recipient != self.client_id:
-            raise UnexpectedSenderError(f"ciphertext addressed to {msg.recipient}")
-        if msg.sender not in self._keys or msg.sender > self.client_id:
-            raise UnexpectedSenderError(f"no ciphertext expected from {msg.sender}")
-        if msg.sender in self._ciphertexts_from:
-            raise ReplayedMessageError(f"second ciphertext from {msg.sender}")
-        signed = digest_list_bytes(msg.round_id, msg.sender, msg.digests)
-        context = _ciphertexts_context(msg.round_id, msg.sender, self.config.graph_seed)
-        try:
-            self._peers[msg.sender].verify(msg.signature, signed, context)
-        except SignatureError:
-            raise ForgedMessageError(f"ciphertext list of {msg.sender} not signed by it") from None
-        if dict(msg.digests).get(self.client_id) != hash256(msg.ciphertext):
-            raise ForgedMessageError(f"ciphertext from {msg.sender} is not the one it signed")
-        try:
-            shared = self._kem.decapsulate(msg.ciphertext)
-        except DecodeError as exc:
-            raise MalformedMessageError(f"ciphertext from {msg.sender}: {exc}") from None
-        self._ciphertexts_from.add(msg.sender)
-        rid = self.config.round_id
-        self._pairs[msg.sender] = _pair_keys(
-            shared, rid, msg.sender, self.client_id, msg.ciphertext
-        )
-
-    # round 2
-    def share_keys(self) -> bytes:
-        self._expect(ClientState.KEYS_SENT)
         rid, me, t = self.config.round_id, self.client_id, self.config.threshold
-        holders = sorted(self._pairs)
+        holders = sorted(self._keys)
         if len(holders) < t:
             raise InsufficientNeighboursError(
-                f"{len(holders)} neighbours completed key agreement, threshold {t}"
+                f"{len(holders)} neighbours advertised keys, threshold {t}"
             )
         b_shares = split_secret(self._self_seed, t, len(holders), indices=holders)
         p_shares = split_secret(self._pair_seed, t, len(holders), indices=holders)
-        shares = []
-        escrow = []
+        entries = []
         for v, b_share, p_share in zip(holders, b_shares, p_shares, strict=True):
-            pair = self._pairs[v]
+            share_kem, mask_kem = self._keys[v]
+            for_shares, for_mask = share_kem.encapsulate(), mask_kem.encapsulate()
+            key = _share_key(for_shares.shared_secret, rid, me, v, for_shares.ciphertext)
             plaintext = b_share.to_bytes() + p_share.to_bytes()
-            shares.append(
-                (v, encrypt(pair.share_key, _share_nonce(me, v), _share_ad(rid, me, v), plaintext))
+            sealed = encrypt(key, _share_nonce(me, v), _share_ad(rid, me, v), plaintext)
+            half = _mask_half(for_mask.shared_secret, rid, me, v, for_mask.ciphertext)
+            self._halves[v] = half
+            escrow_key = _escrow_key(self._pair_seed, rid, me, v)
+            escrow = encrypt(escrow_key, _ZERO_NONCE, _escrow_ad(rid, me, v), half)
+            entries.append(
+                KeyShareEntry(v, for_shares.ciphertext, for_mask.ciphertext, sealed, escrow)
             )
-            key = _escrow_key(self._pair_seed, rid, me, v)
-            escrow.append((v, encrypt(key, _ZERO_NONCE, _escrow_ad(rid, me, v), pair.mask_seed)))
-        self.state = ClientState.SHARES_SENT
-        return SharesMessage(rid, me, tuple(shares), tuple(escrow)).to_bytes()
+        unsigned = KeyShares(rid, me, tuple(entries), b"")
+        signed = digest_list_bytes(rid, me, unsigned.digests())
+        signature = self._identity.sign(
+            signed, _key_shares_context(rid, me, self.config.graph_seed)
+        )
+        self.state = ClientState.KEYS_SENT
+        return dataclasses.replace(unsigned, signature=signature).to_bytes()
 
-    def receive_shares(self, data: bytes) -> None:
-        self._expect(ClientState.SHARES_SENT)
-        msg = ForwardedShares.from_bytes(data)
+    def receive_key_shares(self, data: bytes) -> None:
+        """A neighbour's entry for this client: its shares, and its half of the pair seed."""
+        self._expect(ClientState.KEYS_SENT)
+        msg = ForwardedKeyShares.from_bytes(data)
         self._check_round(msg.round_id)
-        if msg.recipient != self.client_id:
-            raise UnexpectedSenderError(f"shares addressed to {msg.recipient}")
-        if msg.sender not in self._pairs:
-            raise UnexpectedSenderError(f"no shares expected from {msg.sender}")
-        if msg.sender in self._held:
-            raise ReplayedMessageError(f"second shares from {msg.sender}")
-        key = self._pairs[msg.sender].share_key
-        ad = _share_ad(msg.round_id, msg.sender, self.client_id)
+        entry, u, me = msg.entry, msg.sender, self.client_id
+        if entry.recipient != me:
+            raise UnexpectedSenderError(f"keys and shares addressed to {entry.recipient}")
+        # a pair masks only if both sides encapsulated to each other
+        if u not in self._halves:
+            raise UnexpectedSenderError(f"no keys and shares expected from {u}")
+        if u in self._held:
+            raise ReplayedMessageError(f"second keys and shares from {u}")
+        signed = digest_list_bytes(msg.round_id, u, msg.digests)
+        context = _key_shares_context(msg.round_id, u, self.config.graph_seed)
         try:
-            plain = decrypt(key, _share_nonce(msg.sender, self.client_id), ad, msg.ciphertext)
+            self._peers[u].verify(msg.signature, signed, context)
+        except SignatureError:
+            raise ForgedMessageError(f"keys and shares of {u} not signed by it") from None
+        if dict(msg.digests).get(me) != entry.digest():
+            raise ForgedMessageError(f"keys and shares from {u} are not the ones it signed")
+        rid = self.config.round_id
+        try:
+            for_shares = self._kem.decapsulate(entry.share_ciphertext)
+            for_mask = self._mask_kem.decapsulate(entry.mask_ciphertext)
+        except DecodeError as exc:
+            raise MalformedMessageError(f"ciphertext from {u}: {exc}") from None
+        key = _share_key(for_shares, rid, u, me, entry.share_ciphertext)
+        try:
+            plain = decrypt(key, _share_nonce(u, me), _share_ad(rid, u, me), entry.shares)
         except AuthenticationError:
-            raise ForgedMessageError(f"shares from {msg.sender} do not authenticate") from None
+            raise ForgedMessageError(f"shares from {u} do not authenticate") from None
         try:
             b_share = Share.from_bytes(plain[: len(plain) // 2])
             p_share = Share.from_bytes(plain[len(plain) // 2 :])
         except InvalidShareError as exc:
-            raise ForgedMessageError(f"shares from {msg.sender}: {exc}") from None
-        if b_share.index != self.client_id or p_share.index != self.client_id:
-            raise ForgedMessageError(f"shares from {msg.sender} are not at this client's index")
-        self._held[msg.sender] = (b_share, p_share)
+            raise ForgedMessageError(f"shares from {u}: {exc}") from None
+        if b_share.index != me or p_share.index != me:
+            raise ForgedMessageError(f"shares from {u} are not at this client's index")
+        theirs = _mask_half(for_mask, rid, u, me, entry.mask_ciphertext)
+        mine = self._halves[u]
+        low, high = (u, me) if u < me else (me, u)
+        self._pairs[u] = _pair_seed(rid, low, high, *((theirs, mine) if u < me else (mine, theirs)))
+        self._held[u] = (b_share, p_share)
 
-    # round 3
+    # round 2
     def masked_input(self, encoded: U64Vector) -> bytes:
         """y = x + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv) mod 2^k, over the
-        neighbours whose shares arrived (exactly those that will mask with this client)."""
-        self._expect(ClientState.SHARES_SENT)
+        neighbours whose keys and shares arrived (exactly those that will mask with it)."""
+        self._expect(ClientState.KEYS_SENT)
         enc = self.config.encoding
         x = np.asarray(encoded)
         if x.dtype != np.uint64 or x.shape != (enc.dimension,):
@@ -461,7 +530,7 @@ class SecAggClient:
         accumulate_masks(
             y, [self._self_seed], [1], round_id=rid, purpose=b"self", modulus_bits=bits
         )
-        seeds = [self._pairs[v].mask_seed for v in held]
+        seeds = [self._pairs[v] for v in held]
         signs = [1 if v > self.client_id else -1 for v in held]
         accumulate_masks(y, seeds, signs, round_id=rid, purpose=b"pair", modulus_bits=bits)
         y &= _ring_mask(self.config)
@@ -470,7 +539,7 @@ class SecAggClient:
         vector = _vector_bytes(y, enc.modulus_bits)
         return MaskedInput(rid, self.client_id, enc.modulus_bits, enc.dimension, vector).to_bytes()
 
-    # round 4
+    # round 3
     def unmask(self, data: bytes) -> bytes:
         """Answer the server's one unmasking request, or refuse it (UnmaskRefusedError, and a
         `secagg_unmask_refused` event in `events`)."""
@@ -530,8 +599,9 @@ class SecAggClient:
             raise ReplayedMessageError(f"second message from {sender} in this stage")
 
 
-def _verify_advert(advert: Advert, key: VerifyKey, graph_seed: bytes) -> None:
-    context = _advert_context(advert.round_id, advert.sender, graph_seed)
+def _verify_advert(advert: Advert, key: VerifyKey, graph_seed: bytes | None) -> None:
+    """Under the context its kind says: made ahead, or bound to the round's graph seed."""
+    context = _advert_context(advert.round_id, advert.sender, None if advert.ahead else graph_seed)
     try:
         key.verify(advert.signature, advert.signed_part(), context)
     except SignatureError:
@@ -543,8 +613,7 @@ def _verify_advert(advert: Advert, key: VerifyKey, graph_seed: bytes) -> None:
 
 class ServerState(enum.Enum):
     ADVERTS = "adverts"
-    CIPHERTEXTS = "ciphertexts"
-    SHARES = "shares"
+    KEY_SHARES = "key_shares"
     INPUTS = "inputs"
     UNMASKING = "unmasking"
     DONE = "done"
@@ -554,8 +623,7 @@ class ServerState(enum.Enum):
 class _Collected:
     adverts: dict[int, Advert] = field(default_factory=dict)
     advert_bytes: dict[int, bytes] = field(default_factory=dict)
-    key_agreements: dict[int, KeyAgreement] = field(default_factory=dict)
-    shares: dict[int, SharesMessage] = field(default_factory=dict)
+    key_shares: dict[int, KeyShares] = field(default_factory=dict)
     inputs: dict[int, U64Vector] = field(default_factory=dict)
     # partial sums folded by crypto workers: the server never sees these clients one by one
     summed: set[int] = field(default_factory=set)
@@ -574,15 +642,25 @@ class SecAggServer:
         self._keys = verify_keys
         self._graph = neighbour_graph(config.participants, config.degree, config.graph_seed)
         self._c = _Collected()
-        self._holders: dict[int, frozenset[int]] = {}  # owner -> who holds its shares
+        # owner -> who holds its shares, i.e. the neighbours it masks with
+        self._holders: dict[int, frozenset[int]] = {}
+        # dropped owner -> its pair-key seed shares so far, and its pair seeds once rebuilt
+        self._pair_shares: dict[int, list[Share]] = {}
+        self._rebuilt: dict[int, list[tuple[int, bytes]]] = {}
         self._survivors: tuple[int, ...] = ()
         self._dropped: tuple[int, ...] = ()
 
     # round 0
-    def receive_advert(self, sender: int, data: bytes) -> None:
+    def receive_advert(self, sender: int, data: bytes, *, ahead: bool = False) -> None:
+        """`ahead`: the round opens with adverts made ahead of it (pipelined); otherwise
+        only adverts made for this announcement (bound to its graph seed) are taken, so that
+        a stale advert made ahead, still queued, cannot stand in for a fresh one."""
         self._expect(ServerState.ADVERTS)
         advert = Advert.from_bytes(data)
         self._check(advert.round_id, sender, advert.sender, self._c.adverts)
+        if advert.ahead != ahead:
+            kind = "made ahead" if advert.ahead else "made for a full setup"
+            raise WrongRoundError(f"advert of {sender} {kind}: not this opening's kind")
         _verify_advert(advert, self._keys[sender], self.config.graph_seed)
         self._c.adverts[sender] = advert
         self._c.advert_bytes[sender] = bytes(data)
@@ -592,7 +670,7 @@ class SecAggServer:
         present = set(self._c.adverts)
         if len(present) < self.config.min_survivors:
             return self._abort("adverts", "too_few_clients", f"{len(present)} adverts")
-        self.state = ServerState.CIPHERTEXTS
+        self.state = ServerState.KEY_SHARES
         rid = self.config.round_id
         return {
             u: encode_bundle(
@@ -602,73 +680,55 @@ class SecAggServer:
         }
 
     # round 1
-    def receive_key_agreement(self, sender: int, data: bytes) -> None:
-        self._expect(ServerState.CIPHERTEXTS)
-        msg = KeyAgreement.from_bytes(data)
-        self._check(msg.round_id, sender, msg.sender, self._c.key_agreements)
+    def receive_key_shares(self, sender: int, data: bytes) -> None:
+        self._expect(ServerState.KEY_SHARES)
+        msg = KeyShares.from_bytes(data)
+        self._check(msg.round_id, sender, msg.sender, self._c.key_shares)
         if sender not in self._c.adverts:
             raise UnexpectedSenderError(f"client {sender} sent no advert")
-        for v, _ in msg.ciphertexts:
-            if v <= sender or v not in self._graph[sender] or v not in self._c.adverts:
-                raise UnexpectedSenderError(f"client {sender} may not encapsulate to {v}")
+        for e in msg.entries:
+            if e.recipient not in self._graph[sender] or e.recipient not in self._c.adverts:
+                raise UnexpectedSenderError(f"client {sender} may not share with {e.recipient}")
+        if len(msg.entries) < self.config.threshold:
+            raise MalformedMessageError(f"client {sender} shared with fewer than t neighbours")
         signed = digest_list_bytes(msg.round_id, sender, msg.digests())
-        context = _ciphertexts_context(msg.round_id, sender, self.config.graph_seed)
+        context = _key_shares_context(msg.round_id, sender, self.config.graph_seed)
         try:
             self._keys[sender].verify(msg.signature, signed, context)
         except SignatureError:
-            raise ForgedMessageError(f"ciphertext list of {sender} not signed by it") from None
-        self._c.key_agreements[sender] = msg
+            raise ForgedMessageError(f"keys and shares of {sender} not signed by it") from None
+        self._c.key_shares[sender] = msg
 
-    def close_key_agreement(self) -> dict[int, bytes]:
-        self._expect(ServerState.CIPHERTEXTS)
-        rid = self.config.round_id
-        out: dict[int, list[bytes]] = {u: [] for u in self._c.key_agreements}
-        for u, msg in sorted(self._c.key_agreements.items()):
-            digests = msg.digests()
-            for v, ct in msg.ciphertexts:
-                if v in out:
-                    fwd = ForwardedCiphertext(rid, u, v, ct, digests, msg.signature)
-                    out[v].append(fwd.to_bytes())
-        self.state = ServerState.SHARES
-        return {u: encode_bundle(rid, items) for u, items in out.items()}
-
-    # round 2
-    def receive_shares(self, sender: int, data: bytes) -> None:
-        self._expect(ServerState.SHARES)
-        msg = SharesMessage.from_bytes(data)
-        self._check(msg.round_id, sender, msg.sender, self._c.shares)
-        if sender not in self._c.key_agreements:
-            raise UnexpectedSenderError(f"client {sender} took no part in key agreement")
-        recipients = {v for v, _ in msg.shares}
-        if recipients != {v for v, _ in msg.escrow} or not recipients <= self._graph[sender]:
-            raise MalformedMessageError(f"shares of {sender} do not match its escrow or graph")
-        if len(recipients) < self.config.threshold:
-            raise MalformedMessageError(f"client {sender} shared with fewer than t neighbours")
-        self._c.shares[sender] = msg
-        self._holders[sender] = frozenset(recipients)
-
-    def close_shares(self) -> dict[int, bytes] | RoundAborted:
-        self._expect(ServerState.SHARES)
-        present = set(self._c.shares)
+    def close_key_shares(self) -> dict[int, bytes] | RoundAborted:
+        """Each entry to its recipient when both sides of the pair addressed each other (the
+        pairs that will mask); abort if fewer than min_survivors took part."""
+        self._expect(ServerState.KEY_SHARES)
+        present = self._c.key_shares
         if len(present) < self.config.min_survivors:
-            return self._abort("shares", "too_few_clients", f"{len(present)} sent shares")
+            return self._abort("key_shares", "too_few_clients", f"{len(present)} sent keys")
         rid = self.config.round_id
+        addressed = {u: {e.recipient for e in msg.entries} for u, msg in present.items()}
         out: dict[int, list[bytes]] = {u: [] for u in sorted(present)}
-        for u, msg in sorted(self._c.shares.items()):
-            for v, ct in msg.shares:
-                if v in out:
-                    out[v].append(ForwardedShares(rid, u, v, ct).to_bytes())
+        for u, msg in sorted(present.items()):
+            digests = msg.digests()
+            mutual = []
+            for e in msg.entries:
+                v = e.recipient
+                if v in present and u in addressed[v]:
+                    out[v].append(ForwardedKeyShares(rid, u, e, digests, msg.signature).to_bytes())
+                    mutual.append(v)
+            self._holders[u] = frozenset(mutual)
         self.state = ServerState.INPUTS
         return {u: encode_bundle(rid, items) for u, items in out.items()}
 
-    # round 3
+    # round 2
     def receive_masked_input(self, sender: int, data: bytes) -> None:
         self._expect(ServerState.INPUTS)
         msg = MaskedInput.from_bytes(data)
         self._check(msg.round_id, sender, msg.sender, self._c.inputs)
         if sender in self._c.summed:
             raise ReplayedMessageError(f"input of client {sender} counted already")
-        if sender not in self._c.shares:
+        if sender not in self._c.key_shares:
             raise UnexpectedSenderError(f"client {sender} sent no shares")
         enc = self.config.encoding
         if (msg.modulus_bits, msg.dimension) != (enc.modulus_bits, enc.dimension):
@@ -697,7 +757,7 @@ class SecAggServer:
         if not ids or len(set(ids)) != len(ids):
             raise MalformedMessageError(f"partial sum of senders {ids}: empty or repeated")
         for u in ids:
-            if u not in self._c.shares:
+            if u not in self._c.key_shares:
                 raise UnexpectedSenderError(f"client {u} sent no shares")
             if u in self._c.inputs or u in self._c.summed:
                 raise ReplayedMessageError(f"input of client {u} counted already")
@@ -711,7 +771,7 @@ class SecAggServer:
         if len(survivors) < self.config.min_survivors:
             return self._abort("inputs", "too_few_survivors", f"{len(survivors)} inputs")
         self._survivors = survivors
-        self._dropped = tuple(sorted(set(self._c.shares) - set(survivors)))
+        self._dropped = tuple(sorted(set(self._c.key_shares) - set(survivors)))
         self.state = ServerState.UNMASKING
         return UnmaskRequest(self.config.round_id, survivors, self._dropped).to_bytes()
 
@@ -721,8 +781,7 @@ class SecAggServer:
         c = self._c
         return {
             ServerState.ADVERTS: len(c.adverts),
-            ServerState.CIPHERTEXTS: len(c.key_agreements),
-            ServerState.SHARES: len(c.shares),
+            ServerState.KEY_SHARES: len(c.key_shares),
             ServerState.INPUTS: len(c.inputs) + len(c.summed),
             ServerState.UNMASKING: len(c.responses),
         }.get(self.state, 0)
@@ -733,9 +792,8 @@ class SecAggServer:
         c = self._c
         return {
             ServerState.ADVERTS: len(self.config.participants),
-            ServerState.CIPHERTEXTS: len(c.adverts),
-            ServerState.SHARES: len(c.key_agreements),
-            ServerState.INPUTS: len(c.shares),
+            ServerState.KEY_SHARES: len(c.adverts),
+            ServerState.INPUTS: len(c.key_shares),
             ServerState.UNMASKING: len(self._survivors),
         }.get(self.state, 0)
 
@@ -747,7 +805,7 @@ class SecAggServer:
     def dropped(self) -> tuple[int, ...]:
         return self._dropped
 
-    # round 4
+    # round 3
     def receive_unmask_response(self, sender: int, data: bytes) -> None:
         self._expect(ServerState.UNMASKING)
         msg = UnmaskResponse.from_bytes(data)
@@ -764,6 +822,11 @@ class SecAggServer:
             if share.index != sender:
                 raise ForgedMessageError(f"response of {sender}: share at index {share.index}")
         self._c.responses[sender] = msg
+        for owner, kind, share in msg.shares:
+            if kind is ShareKind.PAIR_KEY and owner not in self._rebuilt:
+                self._pair_shares.setdefault(owner, []).append(share)
+                if len(self._pair_shares[owner]) == self.config.threshold:
+                    self._rebuild_early(owner)
 
     def finish(self) -> AggregateResult | RoundAborted:
         """Recover the seeds, remove every mask, return the exact sum; or abort if some seed
@@ -777,7 +840,7 @@ class SecAggServer:
                 collected.setdefault((owner, kind), []).append(share)
         seeds: dict[tuple[int, ShareKind], bytes] = {}
         wanted = [(u, ShareKind.SELF_MASK) for u in self._survivors]
-        wanted += [(u, ShareKind.PAIR_KEY) for u in self._dropped]
+        wanted += [(u, ShareKind.PAIR_KEY) for u in self._dropped if u not in self._rebuilt]
         for owner, kind in wanted:
             try:
                 # in index order, so that owners with the same holders share Lagrange weights
@@ -812,20 +875,17 @@ class SecAggServer:
             purpose=b"self",
             modulus_bits=bits,
         )
-        survivors = set(self._survivors)
         pair_seeds: list[bytes] = []
         pair_signs: list[int] = []
         for u in self._dropped:
-            pair_seed = seeds[(u, ShareKind.PAIR_KEY)]
-            for v, escrowed in self._c.shares[u].escrow:
-                # v masked with u only if u's shares reached it, i.e. u addressed v
-                if v not in survivors:
-                    continue
-                key = _escrow_key(pair_seed, rid, u, v)
-                try:
-                    mask_seed = decrypt(key, _ZERO_NONCE, _escrow_ad(rid, u, v), escrowed)
-                except AuthenticationError:
-                    return self._abort("unmask", "bad_escrow", f"escrow of {u} for {v}")
+            rebuilt = (
+                self._rebuilt[u]
+                if u in self._rebuilt
+                else self._pair_seeds_of_dropped(u, seeds[(u, ShareKind.PAIR_KEY)])
+            )
+            if isinstance(rebuilt, tuple):
+                return self._abort("unmask", *rebuilt)
+            for v, mask_seed in rebuilt:
                 pair_seeds.append(mask_seed)
                 # v added +mask if u > v, -mask if u < v: take it back out
                 pair_signs.append(-1 if u > v else 1)
@@ -835,6 +895,52 @@ class SecAggServer:
         )
         total &= _ring_mask(config)
         return AggregateResult(rid, total, self._survivors, self._dropped, config.encoding)
+
+    def _pair_seeds_of_dropped(
+        self, u: int, pair_key_seed: bytes
+    ) -> list[tuple[int, bytes]] | tuple[str, str]:
+        """The seeds dropped client u shares with its surviving mask partners: its own halves
+        from its escrow, theirs by decapsulating what they sent it with its mask key, rebuilt
+        from the recovered pair-key seed and checked against the advertised public key; or
+        (reason, detail) of the failure."""
+        rid = self.config.round_id
+        mask_kem = _mask_key(pair_key_seed, rid, u)
+        if mask_kem.public_key().raw != self._c.adverts[u].mask_key:
+            return "bad_share", f"client {u}: mask key not advertised"
+        own = {e.recipient: e for e in self._c.key_shares[u].entries}
+        out: list[tuple[int, bytes]] = []
+        for v in sorted(self._holders[u] & set(self._survivors)):
+            key = _escrow_key(pair_key_seed, rid, u, v)
+            try:
+                mine = decrypt(key, _ZERO_NONCE, _escrow_ad(rid, u, v), own[v].escrow)
+            except AuthenticationError:
+                return "bad_escrow", f"escrow of {u} for {v}"
+            theirs_entry = next(e for e in self._c.key_shares[v].entries if e.recipient == u)
+            try:
+                shared = mask_kem.decapsulate(theirs_entry.mask_ciphertext)
+            except DecodeError:
+                return "bad_escrow", f"mask ciphertext of {v} for {u}"
+            theirs = _mask_half(shared, rid, v, u, theirs_entry.mask_ciphertext)
+            halves = (mine, theirs) if u < v else (theirs, mine)
+            out.append((v, _pair_seed(rid, min(u, v), max(u, v), *halves)))
+        return out
+
+    def _rebuild_early(self, owner: int) -> None:
+        """A dropped client's pair seeds as soon as t shares of its pair-key seed are in,
+        while the server still waits for the other survivors' answers: the decapsulations
+        leave the recovery step's critical path. Any failure here is left to `finish`, which
+        tries again with every share and aborts if it must."""
+        t, rid = self.config.threshold, self.config.round_id
+        held = sorted(self._pair_shares.get(owner, []), key=lambda share: share.index)
+        try:
+            seed = recover_secret(held, t)
+        except (NotEnoughSharesError, InvalidShareError):
+            return
+        if _commitment(b"pair", rid, owner, seed) != self._c.adverts[owner].pair_commitment:
+            return
+        rebuilt = self._pair_seeds_of_dropped(owner, seed)
+        if isinstance(rebuilt, list):
+            self._rebuilt[owner] = rebuilt
 
     def _abort(self, stage: str, reason: str, detail: str) -> RoundAborted:
         self.state = ServerState.DONE

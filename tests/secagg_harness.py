@@ -82,7 +82,7 @@ def deliver(bundles: dict[int, bytes], receive: dict[int, object]) -> None:
 
 
 def through_shares(r: Round, *, absent: frozenset[int] = frozenset()) -> None:
-    """Rounds 0-2 for every client not in `absent`."""
+    """Rounds 0-1 for every client not in `absent`."""
     live = [u for u in r.config.participants if u not in absent]
     for u in live:
         r.server.receive_advert(u, r.clients[u].advertise())
@@ -90,19 +90,16 @@ def through_shares(r: Round, *, absent: frozenset[int] = frozenset()) -> None:
     assert not isinstance(bundles, RoundAborted), bundles
     deliver(bundles, {u: r.clients[u].receive_advert for u in live})
     for u in live:
-        r.server.receive_key_agreement(u, r.clients[u].key_agreement())
-    deliver(r.server.close_key_agreement(), {u: r.clients[u].receive_ciphertext for u in live})
-    for u in live:
-        r.server.receive_shares(u, r.clients[u].share_keys())
-    bundles = r.server.close_shares()
+        r.server.receive_key_shares(u, r.clients[u].key_shares())
+    bundles = r.server.close_key_shares()
     assert not isinstance(bundles, RoundAborted), bundles
-    deliver(bundles, {u: r.clients[u].receive_shares for u in live})
+    deliver(bundles, {u: r.clients[u].receive_key_shares for u in live})
 
 
 def finish(
     r: Round, inputs: dict[int, np.ndarray], *, dropped: frozenset[int] = frozenset()
 ) -> AggregateResult | RoundAborted:
-    """Rounds 3-4: clients in `dropped` vanish after sharing keys."""
+    """Rounds 2-3: clients in `dropped` vanish after sharing keys."""
     for u, x in inputs.items():
         if u not in dropped:
             r.server.receive_masked_input(u, r.clients[u].masked_input(x))

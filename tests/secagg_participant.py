@@ -1,5 +1,6 @@
 """A gateway's secure-aggregation side as its own process, for tests that SIGKILL it: takes
-part in one round with a seeded update and writes what it encoded and how the round ended."""
+part in one or more rounds with a seeded update and writes what it encoded and how each round
+ended (the last round also under the round-less file names)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--after-round", type=int, default=-1)
+    p.add_argument("--rounds", type=int, default=1, help="consecutive rounds, one link")
     p.add_argument("--die-after", choices=[k.name for k in SecAggKind], default=None)
     p.add_argument("--windows", help="a statistics round: the moments of these (.npy) windows")
     p.add_argument("--bound", type=float, default=10.0, help="the statistics round's clip")
@@ -59,16 +61,23 @@ def main() -> int:
         on_sent=sent,
     )
 
-    result = link.run_round(
-        threading.Event(),
-        after_round=args.after_round,
-        timeout=240.0,
-        on_ready=(out / "ready").touch,
-    )
-    if result.encoded is not None:
-        np.save(out / "encoded.npy", result.encoded)
-    (out / "result.json").write_text(
-        json.dumps(
+    after = args.after_round
+    try:
+        _rounds(link, args.rounds, after, out)
+    finally:
+        link.close()
+    return 0
+
+
+def _rounds(link: SecureLink, rounds: int, after: int, out: Path) -> None:
+    for _ in range(rounds):
+        result = link.run_round(
+            threading.Event(),
+            after_round=after,
+            timeout=240.0,
+            on_ready=(out / "ready").touch,
+        )
+        doc = json.dumps(
             {
                 "round": result.round,
                 "finished": result.finished,
@@ -77,8 +86,13 @@ def main() -> int:
                 "sent": [k.name for k in result.sent],
             }
         )
-    )
-    return 0
+        for suffix in ("", f"-{result.round}"):
+            if result.encoded is not None:
+                np.save(out / f"encoded{suffix}.npy", result.encoded)
+            (out / f"result{suffix}.json").write_text(doc)
+        if result.round < 0:
+            break
+        after = result.round
 
 
 if __name__ == "__main__":

@@ -10,13 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pqlink._errors import AuthenticationError
 from pqlink._secagg_codec import (
     Advert,
-    ForwardedCiphertext,
-    ForwardedShares,
-    KeyAgreement,
+    ForwardedKeyShares,
+    KeyShares,
     UnmaskRequest,
+    UnmaskResponse,
+    digest_list_bytes,
 )
+from pqlink.ascon import decrypt
 from pqlink.secagg import (
     AggregateResult,
     ForgedMessageError,
@@ -29,8 +32,14 @@ from pqlink.secagg import (
     UnexpectedSenderError,
     UnmaskRefusedError,
     WrongRoundError,
+    _key_shares_context,
+    _mask_key,
+    _share_ad,
+    _share_key,
+    _share_nonce,
     decode_bundle,
 )
+from pqlink.shamir import PRIME, SHARE_SIZE, Share
 from tests import secagg_harness as h
 
 
@@ -83,6 +92,50 @@ def test_twenty_percent_dropouts_after_key_sharing_recovered_exactly() -> None:
     assert len(result.survivors) == 40
     want = np.sum([q for u, q in plain.items() if u not in dropped], axis=0)
     assert np.array_equal(result.signed_sum(), want)
+
+
+def test_dropped_pair_seeds_are_rebuilt_as_soon_as_t_shares_are_in() -> None:
+    config = h.make_config(6, threshold=3, min_survivors=4, dimension=32)
+    r = h.start(config)
+    h.through_shares(r)
+    ring, plain = h.random_inputs(config, np.random.default_rng(11))
+    for u in (1, 2, 3, 4, 5):  # 6 dropped after sharing
+        r.server.receive_masked_input(u, r.clients[u].masked_input(ring[u]))
+    request = r.server.close_inputs()
+    assert isinstance(request, bytes)
+    for u in (1, 2):  # t - 1 answers: nothing rebuilt yet
+        r.server.receive_unmask_response(u, r.clients[u].unmask(request))
+    assert 6 not in r.server._rebuilt
+    r.server.receive_unmask_response(3, r.clients[3].unmask(request))  # the t-th
+    assert [v for v, _ in r.server._rebuilt[6]] == [1, 2, 3, 4, 5]
+    for u in (4, 5):
+        r.server.receive_unmask_response(u, r.clients[u].unmask(request))
+    result = r.server.finish()
+    assert isinstance(result, AggregateResult)
+    assert np.array_equal(result.signed_sum(), sum(plain[u] for u in (1, 2, 3, 4, 5)))
+
+
+def test_a_bad_share_among_the_first_t_is_left_to_finish_which_aborts() -> None:
+    config = h.make_config(6, threshold=3, min_survivors=4, dimension=32)
+    r = h.start(config)
+    h.through_shares(r)
+    ring, _ = h.random_inputs(config, np.random.default_rng(12))
+    for u in (1, 2, 3, 4, 5):
+        r.server.receive_masked_input(u, r.clients[u].masked_input(ring[u]))
+    request = r.server.close_inputs()
+    assert isinstance(request, bytes)
+    answer = UnmaskResponse.from_bytes(r.clients[1].unmask(request))
+    shares = tuple(
+        (o, k, Share(sh.index, (sh.value + 1) % PRIME) if o == 6 else sh)
+        for o, k, sh in answer.shares
+    )
+    r.server.receive_unmask_response(1, dataclasses.replace(answer, shares=shares).to_bytes())
+    for u in (2, 3, 4, 5):
+        r.server.receive_unmask_response(u, r.clients[u].unmask(request))
+    assert 6 not in r.server._rebuilt
+    result = r.server.finish()
+    assert isinstance(result, RoundAborted)
+    assert (result.stage, result.reason) == ("unmask", "bad_share")
 
 
 def test_noisy_inputs_sum_exactly_with_their_noise() -> None:
@@ -242,10 +295,10 @@ def test_advert_from_wrong_or_unknown_sender_rejected() -> None:
         r.server.receive_advert(5, stranger.advertise())
 
 
-# --- ciphertexts -----------------------------------------------------------------------------
+# --- keys and shares -------------------------------------------------------------------------
 
 
-def _after_key_agreement(round_id: int = 7) -> tuple[h.Round, dict[int, list[bytes]]]:
+def _sent_key_shares(round_id: int = 7) -> tuple[h.Round, dict[int, bytes]]:
     config = h.make_config(4, round_id=round_id, threshold=2, min_survivors=3)
     r = h.start(config)
     for u, c in r.clients.items():
@@ -253,27 +306,72 @@ def _after_key_agreement(round_id: int = 7) -> tuple[h.Round, dict[int, list[byt
     bundles = r.server.close_adverts()
     assert isinstance(bundles, dict)
     h.deliver(bundles, {u: c.receive_advert for u, c in r.clients.items()})
-    for u, c in r.clients.items():
-        r.server.receive_key_agreement(u, c.key_agreement())
-    forwarded = {u: list(decode_bundle(b)[1]) for u, b in r.server.close_key_agreement().items()}
-    return r, forwarded
+    return r, {u: c.key_shares() for u, c in r.clients.items()}
 
 
-def test_forged_ciphertext_rejected() -> None:
-    r, fwd = _after_key_agreement()
+def _after_key_shares(round_id: int = 7) -> tuple[h.Round, dict[int, list[bytes]]]:
+    r, sent = _sent_key_shares(round_id)
+    for u, msg in sent.items():
+        r.server.receive_key_shares(u, msg)
+    bundles = r.server.close_key_shares()
+    assert isinstance(bundles, dict)
+    return r, {u: list(decode_bundle(b)[1]) for u, b in bundles.items()}
+
+
+def _resigned(msg: KeyShares) -> bytes:
+    """The message signed by its own sender again: what a malicious sender can produce."""
+    signed = digest_list_bytes(msg.round_id, msg.sender, msg.digests())
+    context = _key_shares_context(msg.round_id, msg.sender, b"\x42" * 32)
+    signature = h.identity(msg.sender).sign(signed, context)
+    return dataclasses.replace(msg, signature=signature).to_bytes()
+
+
+def test_forged_key_shares_rejected_by_client() -> None:
+    r, fwd = _after_key_shares()
     item = fwd[4][0]  # from client 1 to client 4
-    msg = ForwardedCiphertext.from_bytes(item)
-    assert (msg.sender, msg.recipient) == (1, 4)
-    swapped = dataclasses.replace(msg, ciphertext=flip(msg.ciphertext, 5)).to_bytes()
-    with pytest.raises(ForgedMessageError, match="not the one it signed"):
-        r.clients[4].receive_ciphertext(swapped)
+    msg = ForwardedKeyShares.from_bytes(item)
+    assert (msg.sender, msg.entry.recipient) == (1, 4)
+    e = msg.entry
+    for entry in (
+        dataclasses.replace(e, share_ciphertext=flip(e.share_ciphertext, 5)),
+        dataclasses.replace(e, mask_ciphertext=flip(e.mask_ciphertext, 5)),
+        dataclasses.replace(e, shares=flip(e.shares, 5)),
+        dataclasses.replace(e, escrow=flip(e.escrow, 5)),
+    ):
+        swapped = dataclasses.replace(msg, entry=entry).to_bytes()
+        with pytest.raises(ForgedMessageError, match="not the ones it signed"):
+            r.clients[4].receive_key_shares(swapped)
     resigned = dataclasses.replace(msg, signature=flip(msg.signature, 0)).to_bytes()
     with pytest.raises(ForgedMessageError, match="not signed by it"):
-        r.clients[4].receive_ciphertext(resigned)
-    r.clients[4].receive_ciphertext(item)
+        r.clients[4].receive_key_shares(resigned)
+    # the server relabelling who sent it: the signature is checked under the other's key
+    relabelled = dataclasses.replace(msg, sender=2).to_bytes()
+    with pytest.raises(ForgedMessageError, match="not signed by it"):
+        r.clients[4].receive_key_shares(relabelled)
+    r.clients[4].receive_key_shares(item)
 
 
-def test_forged_key_agreement_rejected_by_server() -> None:
+def test_shares_that_do_not_authenticate_rejected() -> None:
+    # a sender that signs shares which do not open under the key it encapsulated
+    r, sent = _sent_key_shares()
+    msg = KeyShares.from_bytes(sent[1])
+    for index in (0, 70, len(msg.entries[0].shares) - 1):
+        entries = list(msg.entries)
+        bad = entries[2]  # for client 4
+        entries[2] = dataclasses.replace(bad, shares=flip(bad.shares, index))
+        forged = _resigned(dataclasses.replace(msg, entries=tuple(entries)))
+        r.server.receive_key_shares(1, forged)  # the server cannot tell: the shares are sealed
+        for u in (2, 3, 4):
+            r.server.receive_key_shares(u, sent[u])
+        bundles = r.server.close_key_shares()
+        assert isinstance(bundles, dict)
+        item = decode_bundle(bundles[4])[1][0]
+        with pytest.raises(ForgedMessageError, match="do not authenticate"):
+            r.clients[4].receive_key_shares(item)
+        r, sent = _sent_key_shares()
+
+
+def test_forged_key_shares_rejected_by_server() -> None:
     config = h.make_config(3, threshold=1, min_survivors=2)
     r = h.start(config)
     for u, c in r.clients.items():
@@ -281,75 +379,106 @@ def test_forged_key_agreement_rejected_by_server() -> None:
     bundles = r.server.close_adverts()
     assert isinstance(bundles, dict)
     h.deliver(bundles, {u: c.receive_advert for u, c in r.clients.items()})
-    ka = KeyAgreement.from_bytes(r.clients[1].key_agreement())
-    v, ct = ka.ciphertexts[0]
-    tampered = dataclasses.replace(ka, ciphertexts=((v, flip(ct, 9)), *ka.ciphertexts[1:]))
-    with pytest.raises(ForgedMessageError):
-        r.server.receive_key_agreement(1, tampered.to_bytes())
-    r.server.receive_key_agreement(1, ka.to_bytes())
+    ks = KeyShares.from_bytes(r.clients[1].key_shares())
+    first = ks.entries[0]
+    bad = dataclasses.replace(first, share_ciphertext=flip(first.share_ciphertext, 9))
+    tampered = dataclasses.replace(ks, entries=(bad, *ks.entries[1:]))
+    with pytest.raises(ForgedMessageError, match="not signed by it"):
+        r.server.receive_key_shares(1, tampered.to_bytes())
+    with pytest.raises(UnexpectedSenderError, match="claims to be 1"):
+        r.server.receive_key_shares(2, ks.to_bytes())
+    r.server.receive_key_shares(1, ks.to_bytes())
     with pytest.raises(ReplayedMessageError):
-        r.server.receive_key_agreement(1, ka.to_bytes())
+        r.server.receive_key_shares(1, ks.to_bytes())
 
 
-def test_replayed_ciphertext_rejected() -> None:
-    r, fwd = _after_key_agreement()
-    r.clients[4].receive_ciphertext(fwd[4][0])
+def test_key_shares_to_a_non_neighbour_rejected_by_server() -> None:
+    r, sent = _sent_key_shares()
+    msg = KeyShares.from_bytes(sent[1])
+    stray = dataclasses.replace(msg.entries[0], recipient=9)
+    with pytest.raises(UnexpectedSenderError, match="may not share with 9"):
+        r.server.receive_key_shares(1, _resigned(dataclasses.replace(msg, entries=(stray,))))
+    # fewer entries than the threshold (2): exactly 2 are taken, 1 is refused
+    short = dataclasses.replace(msg, entries=msg.entries[:1])
+    with pytest.raises(MalformedMessageError, match="fewer than t"):
+        r.server.receive_key_shares(1, _resigned(short))
+    r.server.receive_key_shares(1, _resigned(dataclasses.replace(msg, entries=msg.entries[:2])))
+
+
+def test_replayed_key_shares_rejected() -> None:
+    r, fwd = _after_key_shares()
+    r.clients[4].receive_key_shares(fwd[4][0])
     with pytest.raises(ReplayedMessageError):
-        r.clients[4].receive_ciphertext(fwd[4][0])
+        r.clients[4].receive_key_shares(fwd[4][0])
 
 
-def test_ciphertext_of_another_round_or_recipient_rejected() -> None:
-    r, fwd = _after_key_agreement(round_id=7)
-    _, old = _after_key_agreement(round_id=6)
+def test_key_shares_of_another_round_or_recipient_rejected() -> None:
+    r, fwd = _after_key_shares(round_id=7)
+    _, old = _after_key_shares(round_id=6)
     with pytest.raises(WrongRoundError):
-        r.clients[4].receive_ciphertext(old[4][0])
-    with pytest.raises(UnexpectedSenderError):
-        r.clients[3].receive_ciphertext(fwd[4][0])  # addressed to 4
-    with pytest.raises(UnexpectedSenderError):
-        r.clients[1].receive_ciphertext(fwd[4][0])  # 1 expects none: it encapsulates to all
+        r.clients[4].receive_key_shares(old[4][0])
+    with pytest.raises(UnexpectedSenderError, match="addressed to 4"):
+        r.clients[3].receive_key_shares(fwd[4][0])
+    # an old entry relabelled into this round: its signature names the other round
+    moved = dataclasses.replace(ForwardedKeyShares.from_bytes(old[4][0]), round_id=7).to_bytes()
+    with pytest.raises(ForgedMessageError):
+        r.clients[4].receive_key_shares(moved)
 
 
-# --- shares ----------------------------------------------------------------------------------
-
-
-def _after_shares(round_id: int = 7) -> tuple[h.Round, dict[int, list[bytes]]]:
-    r, fwd = _after_key_agreement(round_id)
-    for u, items in fwd.items():
-        for item in items:
-            r.clients[u].receive_ciphertext(item)
-    for u, c in r.clients.items():
-        r.server.receive_shares(u, c.share_keys())
-    bundles = r.server.close_shares()
+def test_one_sided_pair_neither_forwarded_nor_masked() -> None:
+    # 1 never got 2's advert, so 1 did not encapsulate to 2: the server forwards neither
+    # direction of the pair, and a client refuses an entry from a neighbour it did not address
+    config = h.make_config(4, threshold=2, min_survivors=3, dimension=32)
+    r = h.start(config)
+    adverts = {u: c.advertise() for u, c in r.clients.items()}
+    for u in r.clients:
+        r.server.receive_advert(u, adverts[u])
+    bundles = r.server.close_adverts()
     assert isinstance(bundles, dict)
-    return r, {u: list(decode_bundle(b)[1]) for u, b in bundles.items()}
+    for u, bundle in bundles.items():
+        for item in decode_bundle(bundle)[1]:
+            if (u, Advert.from_bytes(item).sender) != (1, 2):
+                r.clients[u].receive_advert(item)
+    sent = {u: c.key_shares() for u, c in r.clients.items()}
+    for u, msg in sent.items():
+        r.server.receive_key_shares(u, msg)
+    fwd = r.server.close_key_shares()
+    assert isinstance(fwd, dict)
+    senders = {
+        u: {ForwardedKeyShares.from_bytes(i).sender for i in decode_bundle(b)[1]}
+        for u, b in fwd.items()
+    }
+    assert senders == {1: {3, 4}, 2: {3, 4}, 3: {1, 2, 4}, 4: {1, 2, 3}}
+    h.deliver(fwd, {u: c.receive_key_shares for u, c in r.clients.items()})
+    # what the server would refuse to forward, the client refuses too
+    _, fwd2 = _after_key_shares()
+    from_2 = next(i for i in fwd2[1] if ForwardedKeyShares.from_bytes(i).sender == 2)
+    with pytest.raises(UnexpectedSenderError, match="no keys and shares expected from 2"):
+        r.clients[1].receive_key_shares(from_2)
+    ring, plain = h.random_inputs(config, np.random.default_rng(3))
+    result = h.finish(r, ring, dropped=frozenset({2}))
+    assert isinstance(result, AggregateResult)
+    assert np.array_equal(result.signed_sum(), sum(plain[u] for u in (1, 3, 4)))
 
 
-def test_forged_share_rejected() -> None:
-    r, fwd = _after_shares()
-    msg = ForwardedShares.from_bytes(fwd[2][0])
-    for index in (0, 70, len(msg.ciphertext) - 1):
-        forged = dataclasses.replace(msg, ciphertext=flip(msg.ciphertext, index)).to_bytes()
-        with pytest.raises(ForgedMessageError, match="do not authenticate"):
-            r.clients[2].receive_shares(forged)
-    # the server relabelling who sent it breaks the associated data
-    relabelled = dataclasses.replace(msg, sender=4 if msg.sender != 4 else 3).to_bytes()
-    with pytest.raises(ForgedMessageError):
-        r.clients[2].receive_shares(relabelled)
-    r.clients[2].receive_shares(fwd[2][0])
-
-
-def test_replayed_or_out_of_round_share_rejected() -> None:
-    r, fwd = _after_shares(round_id=7)
-    _, old = _after_shares(round_id=6)
-    r.clients[2].receive_shares(fwd[2][0])
-    with pytest.raises(ReplayedMessageError):
-        r.clients[2].receive_shares(fwd[2][0])
-    with pytest.raises(WrongRoundError):
-        r.clients[2].receive_shares(old[2][1])
-    # an old share relabelled into this round fails its tag (other key, other AD)
-    moved = dataclasses.replace(ForwardedShares.from_bytes(old[2][1]), round_id=7).to_bytes()
-    with pytest.raises(ForgedMessageError):
-        r.clients[2].receive_shares(moved)
+def test_recovered_pair_key_opens_no_share_sent_to_the_dropped_client() -> None:
+    # rebuilding a dropped client's mask key must not unseal the shares it received: those
+    # were encapsulated to its random share key, which nobody else ever holds
+    r, fwd = _after_key_shares()
+    item = ForwardedKeyShares.from_bytes(fwd[4][0])
+    dropped = r.clients[4]
+    mask_kem = _mask_key(dropped._pair_seed, 7, 4)
+    shared = mask_kem.decapsulate(item.entry.share_ciphertext)
+    key = _share_key(shared, 7, item.sender, 4, item.entry.share_ciphertext)
+    with pytest.raises(AuthenticationError):
+        decrypt(key, _share_nonce(item.sender, 4), _share_ad(7, item.sender, 4), item.entry.shares)
+    # and the same derivation under the real share key does open them
+    real = dropped._kem.decapsulate(item.entry.share_ciphertext)
+    key = _share_key(real, 7, item.sender, 4, item.entry.share_ciphertext)
+    plain = decrypt(
+        key, _share_nonce(item.sender, 4), _share_ad(7, item.sender, 4), item.entry.shares
+    )
+    assert len(plain) == 2 * SHARE_SIZE
 
 
 def test_state_machine_refuses_out_of_order_calls() -> None:
@@ -358,9 +487,9 @@ def test_state_machine_refuses_out_of_order_calls() -> None:
     with pytest.raises(SecAggStateError, match="client is advertised, expected start"):
         client.advertise()
     with pytest.raises(SecAggStateError, match="expected keys_sent"):
-        client.share_keys()
+        client.receive_key_shares(b"")
     with pytest.raises(SecAggStateError):
-        r.server.close_shares()
+        r.server.close_key_shares()
 
 
 def test_masked_input_is_uniform_modulo_2k() -> None:
@@ -400,9 +529,8 @@ def test_client_without_enough_neighbours_cannot_share() -> None:
     r = h.start(config)
     adverts = {u: c.advertise() for u, c in r.clients.items()}
     r.clients[1].receive_advert(adverts[2])  # only one neighbour's advert arrives
-    r.clients[1].key_agreement()
-    with pytest.raises(InsufficientNeighboursError, match="1 neighbours completed"):
-        r.clients[1].share_keys()
+    with pytest.raises(InsufficientNeighboursError, match="1 neighbours advertised keys"):
+        r.clients[1].key_shares()
 
 
 @settings(max_examples=12, deadline=None)

@@ -17,6 +17,7 @@ import numpy as np
 import pika
 import pytest
 
+from aggregator.adverts_ahead import AdvertsAhead
 from aggregator.masked import CheckedMasked, MaskedFolder
 from aggregator.secure_round import (
     SecureRound,
@@ -80,6 +81,8 @@ class Bed:
     folder: SpyFolder
     stop: threading.Event = field(default_factory=threading.Event)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # the coordinator's keeping of adverts sent ahead, across the rounds of one test
+    ahead: AdvertsAhead = field(default_factory=AdvertsAhead)
 
     def spawn(
         self,
@@ -90,6 +93,7 @@ class Bed:
         die_after: str | None = None,
         samples: int = 100,
         windows: Path | None = None,
+        rounds: int = 1,
     ) -> Path:
         out = self.root / f"r{round_}-{gw.name}"
         out.mkdir()
@@ -113,6 +117,8 @@ class Bed:
             str(round_ - 1),
             "--samples",
             str(samples),
+            "--rounds",
+            str(rounds),
         ]
         if die_after:
             args += ["--die-after", die_after]
@@ -162,21 +168,36 @@ class Bed:
                 )
                 for i, g in enumerate(members)
             }
-            # process start-up on a loaded machine is not what the stage deadlines are about
-            wait_until(
-                lambda: all((o / "ready").exists() for o in outs.values()),
-                180,
-                "the gateways to be ready",
-            )
-            secure = SecureRound(announcement, self.aggregator, self.registry)
-            report = SecureRoundRunner(
-                ch, secure, deadlines or StageDeadlines(30.0, 20.0, 20.0, 5.0, 20.0)
-            ).run()
+            self.ready(outs)
         finally:
             conn.close()
+        report = self.coordinate(announcement, deadlines)
         for p in self.procs:
             p.wait(60)
         return report, outs
+
+    def coordinate(
+        self, announcement: SecureRoundAnnouncement, deadlines: StageDeadlines | None = None
+    ) -> SecureRoundReport:
+        """One round on the coordinator's side, with the adverts kept ahead across rounds."""
+        conn = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            secure = SecureRound(announcement, self.aggregator, self.registry, ahead=self.ahead)
+            return SecureRoundRunner(
+                conn.channel(),
+                secure,
+                deadlines or StageDeadlines(adverts=30.0, key_shares=20.0, inputs=5.0, unmask=20.0),
+            ).run()
+        finally:
+            conn.close()
+
+    def ready(self, outs: dict[str, Path]) -> None:
+        # process start-up on a loaded machine is not what the stage deadlines are about
+        wait_until(
+            lambda: all((o / "ready").exists() for o in outs.values()),
+            180,
+            "the gateways to be ready",
+        )
 
 
 @pytest.fixture
@@ -361,7 +382,7 @@ def test_too_few_survivors_abort_and_the_next_round_proceeds(bed: Bed) -> None:
             continue
         r = _result(outs[g.name])
         assert r["aborted"] is True
-        assert r["sent"] == ["ADVERT", "KEY_AGREEMENT", "SHARE_KEYS", "MASKED_INPUT"]
+        assert r["sent"] == ["ADVERT", "SHARE_KEYS", "MASKED_INPUT"]
     report2, outs2 = bed.run_round(2, members)
     assert isinstance(report2.outcome, AggregateResult)
     encoded = [np.load(outs2[g.name] / "encoded.npy") for g in members]
@@ -446,3 +467,103 @@ def test_announcement_round_trips_and_refuses_bad_fields() -> None:
     a = plan_round(3, ["b", "a", "c"], SETTINGS, 32)
     assert SecureRoundAnnouncement.decode(a.encode()) == a
     assert a.participants == {"a": 1, "b": 2, "c": 3}
+
+
+def _two_rounds(
+    bed: Bed, first: list[Identity], second: list[Identity]
+) -> tuple[list[SecureRoundReport], dict[str, Path]]:
+    """Gateways in `first` stay for two rounds on one link each; those only in `second` come
+    up for round 2 (they missed round 1). Both rounds through the same coordinator side."""
+    conn = pika.BlockingConnection(pika.URLParameters(bed.url))
+    try:
+        ch = conn.channel()
+        declare_topology(ch)
+        declare_secagg_topology(ch, [g.name for g in bed.gateways])
+    finally:
+        conn.close()
+    outs = {g.name: bed.spawn(g, 1, seed=i, rounds=2) for i, g in enumerate(first)}
+    bed.ready(outs)
+    reports = [bed.coordinate(plan_round(1, [g.name for g in first], SETTINGS, 256))]
+    late = {g.name: bed.spawn(g, 2, seed=50 + i) for i, g in enumerate(second) if g not in first}
+    bed.ready(late)
+    reports.append(bed.coordinate(plan_round(2, [g.name for g in second], SETTINGS, 256)))
+    for p in bed.procs:
+        p.wait(60)
+    return reports, {**outs, **late}
+
+
+def _exact(report: SecureRoundReport, outs: list[Path]) -> None:
+    result = report.outcome
+    assert isinstance(result, AggregateResult), result
+    r = report.announcement.round
+    encoded = [np.load(o / f"encoded-{r}.npy") for o in outs]
+    assert np.array_equal(result.total, _ring_sum(encoded, report.announcement.modulus_bits))
+    assert result.dropped == ()
+    assert report.rejections == []
+
+
+def test_a_steady_state_round_opens_with_the_adverts_sent_ahead(bed: Bed) -> None:
+    members = bed.gateways[:4]
+    (first, second), outs = _two_rounds(bed, members, members)
+    _exact(first, list(outs.values()))
+    _exact(second, list(outs.values()))
+    # round 1: the full setup, four exchanges; round 2: announcement and adverts together
+    assert (first.pipelined, first.exchanges) == (False, 4)
+    assert (second.pipelined, second.exchanges) == (True, 3)
+    for out in outs.values():
+        r1 = json.loads((out / "result-1.json").read_text())
+        r2 = json.loads((out / "result-2.json").read_text())
+        # each answer to an unmasking request is followed by the next round's advert
+        assert r1["sent"] == ["ADVERT", "SHARE_KEYS", "MASKED_INPUT", "UNMASK_RESPONSE", "ADVERT"]
+        assert r2["sent"] == ["SHARE_KEYS", "MASKED_INPUT", "UNMASK_RESPONSE", "ADVERT"]
+        assert r1["refused"] == r2["refused"] == []
+
+
+def test_a_gateway_that_missed_a_round_joins_the_next_by_the_full_setup(bed: Bed) -> None:
+    first, everyone = bed.gateways[:4], bed.gateways[:5]
+    (r1, r2), outs = _two_rounds(bed, first, everyone)
+    _exact(r1, [outs[g.name] for g in first])
+    # one participant sent nothing ahead: everyone advertises fresh keys in the full setup
+    assert (r2.pipelined, r2.exchanges) == (False, 4)
+    _exact(r2, [outs[g.name] for g in everyone])
+    assert isinstance(r2.outcome, AggregateResult)
+    assert len(r2.outcome.survivors) == 5
+    for g in first:
+        r = json.loads((outs[g.name] / "result-2.json").read_text())
+        assert r["sent"] == ["ADVERT", "SHARE_KEYS", "MASKED_INPUT", "UNMASK_RESPONSE", "ADVERT"]
+
+
+def test_a_gateway_restarted_between_rounds_sits_out_the_pipelined_one(bed: Bed) -> None:
+    members = bed.gateways[:4]
+    conn = pika.BlockingConnection(pika.URLParameters(bed.url))
+    try:
+        ch = conn.channel()
+        declare_topology(ch)
+        declare_secagg_topology(ch, [g.name for g in bed.gateways])
+    finally:
+        conn.close()
+    # gw03 takes part in round 1 and sends its advert for round 2, then its process ends
+    outs = {
+        g.name: bed.spawn(g, 1, seed=i, rounds=1 if i == 3 else 2) for i, g in enumerate(members)
+    }
+    bed.ready(outs)
+    first = bed.coordinate(plan_round(1, [g.name for g in members], SETTINGS, 256))
+    _exact(first, [outs[g.name] for g in members])
+    bed.procs[3].wait(60)
+    # a new process for gw03, without the keys its advert for round 2 was made with
+    restarted = bed.spawn(members[3], 2, seed=3)
+    bed.ready({members[3].name: restarted})
+    quick = StageDeadlines(adverts=5.0, key_shares=5.0, inputs=5.0, unmask=20.0)
+    second = bed.coordinate(plan_round(2, [g.name for g in members], SETTINGS, 256), quick)
+    for p in bed.procs:
+        p.wait(60)
+    assert second.pipelined
+    result = second.outcome
+    assert isinstance(result, AggregateResult), result
+    survivors = [outs[g.name] for g in members[:3]]
+    encoded = [np.load(o / "encoded-2.npy") for o in survivors]
+    assert np.array_equal(result.total, _ring_sum(encoded, second.announcement.modulus_bits))
+    assert len(result.survivors) == 3
+    r = json.loads((restarted / "result.json").read_text())
+    assert r["sent"] == []
+    assert r["refused"] == ["announcement: no keys made ahead for round 2"]

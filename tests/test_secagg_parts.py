@@ -13,11 +13,9 @@ from hypothesis import strategies as st
 
 from pqlink._secagg_codec import (
     Advert,
-    ForwardedCiphertext,
-    ForwardedShares,
-    KeyAgreement,
+    ForwardedKeyShares,
+    KeyShares,
     MaskedInput,
-    SharesMessage,
     UnmaskRequest,
     UnmaskResponse,
     decode_bundle,
@@ -41,10 +39,8 @@ from tests import secagg_harness as h
 
 DECODERS: list[Callable[[bytes], object]] = [
     Advert.from_bytes,
-    KeyAgreement.from_bytes,
-    ForwardedCiphertext.from_bytes,
-    SharesMessage.from_bytes,
-    ForwardedShares.from_bytes,
+    KeyShares.from_bytes,
+    ForwardedKeyShares.from_bytes,
     MaskedInput.from_bytes,
     UnmaskRequest.from_bytes,
     UnmaskResponse.from_bytes,
@@ -67,20 +63,13 @@ def _valid_messages() -> list[bytes]:
     out.append(bundles[1])
     h.deliver(bundles, {u: c.receive_advert for u, c in r.clients.items()})
     for u, c in r.clients.items():
-        ka = c.key_agreement()
-        out.append(ka)
-        r.server.receive_key_agreement(u, ka)
-    fwd = r.server.close_key_agreement()
+        ks = c.key_shares()
+        out.append(ks)
+        r.server.receive_key_shares(u, ks)
+    fwd = r.server.close_key_shares()
+    assert isinstance(fwd, dict)
     out.append(decode_bundle(fwd[3])[1][0])
-    h.deliver(fwd, {u: c.receive_ciphertext for u, c in r.clients.items()})
-    for u, c in r.clients.items():
-        sm = c.share_keys()
-        out.append(sm)
-        r.server.receive_shares(u, sm)
-    shares = r.server.close_shares()
-    assert isinstance(shares, dict)
-    out.append(decode_bundle(shares[2])[1][0])
-    h.deliver(shares, {u: c.receive_shares for u, c in r.clients.items()})
+    h.deliver(fwd, {u: c.receive_key_shares for u, c in r.clients.items()})
     ring, _ = h.random_inputs(config, np.random.default_rng(1))
     for u, c in r.clients.items():
         mi = c.masked_input(ring[u])
@@ -134,10 +123,8 @@ def test_every_valid_message_round_trips() -> None:
     by_kind = {peek_header(m).kind.name: m for m in VALID}
     decoders = {
         "ADVERT": Advert.from_bytes,
-        "KEY_AGREEMENT": KeyAgreement.from_bytes,
-        "FORWARDED_CIPHERTEXT": ForwardedCiphertext.from_bytes,
-        "SHARES": SharesMessage.from_bytes,
-        "FORWARDED_SHARES": ForwardedShares.from_bytes,
+        "KEY_SHARES": KeyShares.from_bytes,
+        "FORWARDED_KEY_SHARES": ForwardedKeyShares.from_bytes,
         "MASKED_INPUT": MaskedInput.from_bytes,
         "UNMASK_REQUEST": UnmaskRequest.from_bytes,
         "UNMASK_RESPONSE": UnmaskResponse.from_bytes,
@@ -149,12 +136,10 @@ def test_every_valid_message_round_trips() -> None:
 
 def test_wrong_kind_and_version_named() -> None:
     advert = VALID[0]
-    with pytest.raises(
-        MalformedMessageError, match=r"message kind 1, expected 2 \(KEY_AGREEMENT\)"
-    ):
-        KeyAgreement.from_bytes(advert)
-    with pytest.raises(MalformedMessageError, match="version 2, expected 1"):
-        Advert.from_bytes(b"\x02" + advert[1:])
+    with pytest.raises(MalformedMessageError, match=r"message kind 1, expected 10 \(KEY_SHARES\)"):
+        KeyShares.from_bytes(advert)
+    with pytest.raises(MalformedMessageError, match="version 1, expected 2"):
+        Advert.from_bytes(b"\x01" + advert[1:])
     with pytest.raises(MalformedMessageError, match="trailing"):
         Advert.from_bytes(advert + b"\x00")
     request = UnmaskRequest(5, (1, 2), (3,)).to_bytes()

@@ -74,9 +74,7 @@ def test_a_round_by_hand_with_hostile_messages_refused(
     assert isinstance(adverts, dict)
     for name, frame in deliver(adverts, SecAggKind.ADVERTS):
         secure.receive(_up(by_name[name], agg, frame))
-    for name, frame in deliver(server.close_key_agreement(), SecAggKind.CIPHERTEXTS):
-        secure.receive(_up(by_name[name], agg, frame))
-    shares = server.close_shares()
+    shares = server.close_key_shares()
     assert isinstance(shares, dict)
     for name, frame in deliver(shares, SecAggKind.SHARES):
         assert frame.kind is SecAggKind.MASKED_INPUT
@@ -147,7 +145,7 @@ def test_bare_adverts_and_ciphertext_lists_are_checked_by_their_own_signature(
     ).advertise()
     secure.receive(SecAggFrame(SecAggKind.ADVERT, 2, forged).encode())
     secure.receive(SecAggFrame(SecAggKind.ADVERT, 1, stale).encode())
-    secure.receive(SecAggFrame(SecAggKind.SHARE_KEYS, 2, b"x").encode())  # must be sealed
+    secure.receive(SecAggFrame(SecAggKind.UNMASK_RESPONSE, 2, b"x").encode())  # must be sealed
     secure.receive(SecAggFrame(SecAggKind.ADVERT, 2, b"\x00").encode())  # truncated
     for f in adverts.values():
         secure.receive(f.encode())
@@ -178,14 +176,11 @@ def test_bare_adverts_and_ciphertext_lists_are_checked_by_their_own_signature(
     bundles = server.close_adverts()
     assert isinstance(bundles, dict)
     for frame in deliver(SecAggKind.ADVERTS, bundles):
-        assert frame.kind is SecAggKind.KEY_AGREEMENT
-        secure.receive(frame.encode())
+        assert frame.kind is SecAggKind.SHARE_KEYS
+        secure.receive(frame.encode())  # bare: signed by its sender inside
     assert server.heard == 3
     assert len(secure.report.rejections) == 5
-    for frame in deliver(SecAggKind.CIPHERTEXTS, server.close_key_agreement()):
-        sender = a.name_of(int.from_bytes(frame.body[10:12], "big"))
-        secure.receive(_up(by_name[sender], agg, frame))
-    shares = server.close_shares()
+    shares = server.close_key_shares()
     assert isinstance(shares, dict)
     for frame in deliver(SecAggKind.SHARES, shares):
         u = int.from_bytes(frame.body[10:12], "big")

@@ -26,21 +26,24 @@ class SecAggKind(enum.IntEnum):
     # coordinator -> gateway
     ANNOUNCEMENT = 1  # SecureRoundAnnouncement (JSON)
     ADVERTS = 2  # bundle of neighbours' adverts
-    CIPHERTEXTS = 3  # bundle of ciphertexts encapsulated to this gateway
-    SHARES = 4  # bundle of shares encrypted to this gateway
+    # 3 carried the ciphertexts of the former separate key-agreement stage
+    SHARES = 4  # bundle of neighbours' keys and shares for this gateway
     UNMASK_REQUEST = 5
     ABORTED = 6  # the round stopped: discard its state, reveal nothing more
+    # AnnouncedAdverts: the announcement with the neighbours' adverts, every participant
+    # having sent its advert ahead, with its answer to the previous round's unmasking request
+    ANNOUNCED_ADVERTS = 7
     # gateway -> coordinator
     ADVERT = 16
-    KEY_AGREEMENT = 17
-    SHARE_KEYS = 18
+    # 17 carried the former separate key agreement
+    SHARE_KEYS = 18  # per neighbour: encapsulations, sealed shares, escrowed half
     MASKED_INPUT = 19
     UNMASK_RESPONSE = 20
 
 
 #: Gateway messages that carry their sender's own ML-DSA signature and nothing secret: they
 #: travel as bare frames (the signature inside says who sent them), all others in envelopes.
-SELF_SIGNED_KINDS: Final = frozenset({SecAggKind.ADVERT, SecAggKind.KEY_AGREEMENT})
+SELF_SIGNED_KINDS: Final = frozenset({SecAggKind.ADVERT, SecAggKind.SHARE_KEYS})
 
 
 def is_bare_frame(data: bytes) -> bool:
@@ -202,6 +205,32 @@ class SecureRoundAnnouncement:
         except ValueError as exc:
             raise DecodeError(f"secure round announcement: {exc}") from None
         return out
+
+
+_LENGTH = struct.Struct(">I")
+
+
+@dataclass(frozen=True, slots=True)
+class AnnouncedAdverts:
+    """A pipelined round's opening, to one gateway: the announcement and the bundle of its
+    neighbours' adverts (pqlink.secagg bytes), which they made ahead of the round."""
+
+    announcement: SecureRoundAnnouncement
+    adverts: bytes
+
+    def encode(self) -> bytes:
+        head = self.announcement.encode()
+        return _LENGTH.pack(len(head)) + head + self.adverts
+
+    @classmethod
+    def decode(cls, data: bytes) -> AnnouncedAdverts:
+        if len(data) < _LENGTH.size:
+            raise DecodeError(f"announced adverts of {len(data)} bytes are truncated")
+        (n,) = _LENGTH.unpack_from(data)
+        if n > len(data) - _LENGTH.size:
+            raise DecodeError(f"announced adverts: announcement of {n} bytes is truncated")
+        end = _LENGTH.size + n
+        return cls(SecureRoundAnnouncement.decode(data[_LENGTH.size : end]), data[end:])
 
 
 def _count(doc: dict[str, Any], key: str) -> int:
