@@ -35,7 +35,7 @@ from wire.model import DEFAULT_INITIAL_WEIGHTS, WEIGHT_NAMES
 
 HERE = Path(__file__).resolve().parent
 FLOWER_VENV = HERE / ".flower-venv"
-FLOWER_REQUIREMENT = "flwr==1.25.0"
+FLOWER_REQUIREMENT = "flwr==1.42.0"
 NODES = 10
 WINDOWS = 100
 DEVICES = 4
@@ -191,7 +191,9 @@ class FlowerError(RuntimeError):
 def flower_python() -> Path:
     """The Flower environment's interpreter, creating the environment on first use."""
     python = FLOWER_VENV / "bin" / "python"
-    if not (FLOWER_VENV / "bin" / "flower-superlink").exists():
+    pinned = FLOWER_REQUIREMENT.split("==")[1]
+    installed = (FLOWER_VENV / "bin" / "flower-superlink").exists()
+    if not installed or flower_version(python) != pinned:  # a stale environment: the pin wins
         if not python.exists():
             subprocess.run([sys.executable, "-m", "venv", str(FLOWER_VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", FLOWER_REQUIREMENT], check=True)
