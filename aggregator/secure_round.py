@@ -257,12 +257,7 @@ class SecureRound:
             ahead = frame.kind is SecAggKind.ADVERT and frame.round == self.announcement.round + 1
             if frame.round != self.announcement.round and not (ahead and self.ahead is not None):
                 raise WrongRoundError(f"frame of round {frame.round}")
-            # the claimed sender picks the key the message's own signature must verify under
-            u = peek_header(frame.body).sender
-            try:
-                who = self.announcement.name_of(u)
-            except KeyError:
-                raise UnexpectedSenderError(f"client {u} is not a participant") from None
+            u, who = self._sender(frame.body)
             if ahead and self.ahead is not None:
                 self.ahead.offer(frame.round, who, self._verify_keys[u], frame.body)
                 return
@@ -273,6 +268,15 @@ class SecureRound:
                 s.receive_key_shares(u, frame.body)
         except (SecAggError, SecAggStateError, DecodeError) as exc:
             self.reject(who, secagg_reason(exc), str(exc))
+
+    def _sender(self, body: bytes) -> tuple[int, str]:
+        """The client id a bare message claims and its gateway's name: the claim picks the key
+        the message's own signature must verify under."""
+        u = peek_header(body).sender
+        try:
+            return u, self.announcement.name_of(u)
+        except KeyError:
+            raise UnexpectedSenderError(f"client {u} is not a participant") from None
 
     def receive_ahead(self, data: bytes) -> None:
         """An advert for this round sent ahead, still queued when the round opens; anything
@@ -286,11 +290,7 @@ class SecureRound:
                 raise SecAggStateError(f"{frame.kind.name} before the round opened")
             if frame.round != self.announcement.round:
                 raise WrongRoundError(f"advert of round {frame.round}")
-            u = peek_header(frame.body).sender
-            try:
-                who = self.announcement.name_of(u)
-            except KeyError:
-                raise UnexpectedSenderError(f"client {u} is not a participant") from None
+            u, who = self._sender(frame.body)
             if self.ahead is not None:
                 self.ahead.offer(frame.round, who, self._verify_keys[u], frame.body)
         except (SecAggError, SecAggStateError, DecodeError) as exc:

@@ -9,6 +9,7 @@ from functools import cache
 
 import numpy as np
 
+from pqlink import Identity, Registry, Role
 from pqlink.keys import SigAlg, SigningKey, VerifyKey
 from pqlink.secagg import (
     AggregateResult,
@@ -21,6 +22,17 @@ from pqlink.secagg import (
     decode_bundle,
     modulus_bits_for,
 )
+
+
+def enrolled_parties(gateways: int = 3) -> tuple[Identity, list[Identity], Registry]:
+    """An aggregator identity, `gateways` gateway identities (gw0, gw1, ...) and a registry
+    enrolling every gateway: the parties of a secure round over sealed frames."""
+    agg = Identity.generate("aggregator", Role.AGGREGATOR)
+    gws = [Identity.generate(f"gw{i}", Role.GATEWAY) for i in range(gateways)]
+    registry = Registry()
+    for gw in gws:
+        registry.enroll(gw.public)
+    return agg, gws, registry
 
 
 @cache

@@ -32,12 +32,7 @@ SETTINGS = RoundSettings(clip_norm=1.0, secure_aggregation=True, precision_bits=
 
 @pytest.fixture(scope="module")
 def parties() -> tuple[Identity, list[Identity], Registry]:
-    agg = Identity.generate("aggregator", Role.AGGREGATOR)
-    gws = [Identity.generate(f"gw{i}", Role.GATEWAY) for i in range(3)]
-    registry = Registry()
-    for gw in gws:
-        registry.enroll(gw.public)
-    return agg, gws, registry
+    return h.enrolled_parties(3)
 
 
 def test_a_round_on_keys_made_ahead_sums_exactly() -> None:

@@ -191,6 +191,16 @@ class Bed:
         finally:
             conn.close()
 
+    def declare(self) -> None:
+        """The coordinator's queues and every gateway's secure-round queues, declared."""
+        conn = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            ch = conn.channel()
+            declare_topology(ch)
+            declare_secagg_topology(ch, [g.name for g in self.gateways])
+        finally:
+            conn.close()
+
     def ready(self, outs: dict[str, Path]) -> None:
         # process start-up on a loaded machine is not what the stage deadlines are about
         wait_until(
@@ -474,13 +484,7 @@ def _two_rounds(
 ) -> tuple[list[SecureRoundReport], dict[str, Path]]:
     """Gateways in `first` stay for two rounds on one link each; those only in `second` come
     up for round 2 (they missed round 1). Both rounds through the same coordinator side."""
-    conn = pika.BlockingConnection(pika.URLParameters(bed.url))
-    try:
-        ch = conn.channel()
-        declare_topology(ch)
-        declare_secagg_topology(ch, [g.name for g in bed.gateways])
-    finally:
-        conn.close()
+    bed.declare()
     outs = {g.name: bed.spawn(g, 1, seed=i, rounds=2) for i, g in enumerate(first)}
     bed.ready(outs)
     reports = [bed.coordinate(plan_round(1, [g.name for g in first], SETTINGS, 256))]
@@ -535,13 +539,7 @@ def test_a_gateway_that_missed_a_round_joins_the_next_by_the_full_setup(bed: Bed
 
 def test_a_gateway_restarted_between_rounds_sits_out_the_pipelined_one(bed: Bed) -> None:
     members = bed.gateways[:4]
-    conn = pika.BlockingConnection(pika.URLParameters(bed.url))
-    try:
-        ch = conn.channel()
-        declare_topology(ch)
-        declare_secagg_topology(ch, [g.name for g in bed.gateways])
-    finally:
-        conn.close()
+    bed.declare()
     # gw03 takes part in round 1 and sends its advert for round 2, then its process ends
     outs = {
         g.name: bed.spawn(g, 1, seed=i, rounds=1 if i == 3 else 2) for i, g in enumerate(members)

@@ -13,6 +13,7 @@ from pqlink import ContentType, Identity, Registry, Role, seal_envelope
 from pqlink._secagg_codec import UnmaskRequest
 from pqlink.secagg import AggregateResult, SecAggClient
 from pqlink.signed_batch import open_batch_item
+from tests import secagg_harness as h
 from wire.fl import RoundSettings
 from wire.reasons import Reason
 from wire.secagg import SecAggFrame, SecAggKind
@@ -22,12 +23,7 @@ SETTINGS = RoundSettings(clip_norm=1.0, secure_aggregation=True, precision_bits=
 
 @pytest.fixture(scope="module")
 def parties() -> tuple[Identity, list[Identity], Registry]:
-    agg = Identity.generate("aggregator", Role.AGGREGATOR)
-    gws = [Identity.generate(f"gw{i}", Role.GATEWAY) for i in range(3)]
-    registry = Registry()
-    for gw in gws:
-        registry.enroll(gw.public)
-    return agg, gws, registry
+    return h.enrolled_parties(3)
 
 
 def _up(gw: Identity, agg: Identity, frame: SecAggFrame) -> bytes:
