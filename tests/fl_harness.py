@@ -9,11 +9,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pika
+import pika.exceptions
 
 from aggregator.cli import main as aggregator_main
 from aggregator.coordinator import initial_weights
@@ -114,12 +116,26 @@ def sealed_update(
     )
 
 
-def publish_updates(url: str, frames: list[bytes]) -> None:
-    """Publish with confirms to the first reachable node of `url` (comma-separated list)."""
+def publish_updates(url: str, frames: list[bytes], timeout: float = 30.0) -> None:
+    """Publish with confirms to the first reachable node of `url` (comma-separated list).
+
+    A quorum queue NACKs a publish it could not take (its leader not elected yet, e.g. right
+    after the queue was declared on a busy machine): that frame was not enqueued, so it is
+    published again, as a gateway's spool would, until `timeout` runs out."""
     conn = pika.BlockingConnection([pika.URLParameters(u) for u in broker_urls(url)])
-    ch = conn.channel()
-    ch.confirm_delivery()
-    ch.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
-    for f in frames:
-        ch.basic_publish("", UPDATES_QUEUE, f, pika.BasicProperties(delivery_mode=2))
-    conn.close()
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)
+        deadline = time.monotonic() + timeout
+        for f in frames:
+            while True:
+                try:
+                    ch.basic_publish("", UPDATES_QUEUE, f, pika.BasicProperties(delivery_mode=2))
+                    break
+                except pika.exceptions.NackError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)  # poll interval of a bounded retry
+    finally:
+        conn.close()
