@@ -5,9 +5,13 @@ coordinator starts an epoch at start, when the enrolled gateways change and afte
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
 
@@ -21,6 +25,7 @@ from aggregator.coordinator import CoordinatorService, publish_broadcast
 from aggregator.key_epochs import EpochReason
 from aggregator.worker import declare_topology
 from gateway.spool import Spool
+from gateway.uplink import Uplink
 from pqlink import ContentType, Identity, Registry
 from pqlink.broadcast import (
     BODY_TYPE,
@@ -34,6 +39,7 @@ from pqlink.broadcast import (
     peek_entry,
     seal_broadcast,
 )
+from servicekit.logs import StderrLog
 from testbed import RabbitMQ
 from wire.amqp import GLOBAL_STREAM, GLOBAL_STREAM_OFFSET, gateway_queue
 
@@ -253,3 +259,67 @@ def test_revoked_gateway_cannot_open_the_next_body(
 
 def test_epoch_reasons_are_stable_names() -> None:
     assert [r.value for r in EpochReason] == ["start", "recipients_changed", "rotation"]
+
+
+async def _uplink_until(url: str, gateway: str, path: Path, round_: int) -> bytes:
+    """Run the gateway's real uplink on the spool at `path` until the inbox holds the global
+    model of `round_`; return its delivery frame and stop the uplink."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="spool")
+    spool = Spool(path)
+    loop = asyncio.get_running_loop()
+    stop, woken = asyncio.Event(), asyncio.Event()
+
+    async def on_global() -> None:
+        woken.set()
+
+    uplink = Uplink(url, gateway, spool, pool, StderrLog(logging.WARNING), on_global, max_delay=1)
+    task = asyncio.create_task(uplink.run(stop))
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            item = await loop.run_in_executor(pool, spool.take_global)
+            if item is not None and item[0] == round_:
+                return item[1]
+            assert time.monotonic() < deadline, f"round {round_} not in the inbox within 30 s"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), 1.0)
+            woken.clear()
+    finally:
+        stop.set()
+        await task
+        await loop.run_in_executor(pool, spool.close)
+        pool.shutdown()
+
+
+def test_gateway_restart_opens_the_newest_body_with_its_kept_entry(
+    channel: BlockingChannel, parties: Parties, tmp_path: Path, vhost: str
+) -> None:
+    """The entry left the gateway's queue with its acknowledgement: after a restart, the spool
+    still has it, and the stream's newest body (of the same epoch, published while the gateway
+    was down, without an entry) opens."""
+    gw = parties.gateway
+    declare_topology(channel, [gw.name])
+    channel.tx_select()
+    epoch = new_epoch([gw.public])
+
+    def announce(round_: int, with_entries: bool) -> None:
+        sealed = seal_broadcast(
+            parties.aggregator,
+            epoch,
+            b"global model %d" % round_,
+            content_type=ContentType.GLOBAL_MODEL,
+            round=round_,
+            with_entries=with_entries,
+        )
+        publish_broadcast(channel, sealed)
+
+    senders = Registry()
+    senders.enroll(parties.aggregator.public)
+    path = tmp_path / "spool.sqlite3"
+    announce(1, True)
+    first = asyncio.run(_uplink_until(vhost, gw.name, path, 1))
+    assert open_delivery(first, gw, senders).payload == b"global model 1"
+    announce(2, False)  # while the gateway is down
+    assert _get(channel, gateway_queue(gw.name)) is None  # no entry waits in its queue
+    second = asyncio.run(_uplink_until(vhost, gw.name, path, 2))
+    assert open_delivery(second, gw, senders).payload == b"global model 2"
