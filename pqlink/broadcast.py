@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -200,6 +202,52 @@ class OpenedBroadcast:
     metadata: BroadcastMetadata
     payload: bytes
     sender: PublicIdentity
+
+
+class EpochKeyCache:
+    """Epoch keys a recipient unwrapped, so that it decapsulates once per key epoch rather than
+    once per body. Keyed by SHA-256 over the entry's bytes and the opener's fingerprint, so a
+    hit gives exactly what decapsulating that entry would; filled only after the entry was
+    checked against a signed root and unwrapped. In memory only (never persisted, never
+    shown by repr), the newest `max_epochs` kept; safe to share between threads."""
+
+    def __init__(self, max_epochs: int = 4) -> None:
+        if max_epochs < 1:
+            raise LocalProtocolError(f"an epoch key cache holds at least one key, not {max_epochs}")
+        self.max_epochs = max_epochs
+        self._keys: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def slot(entry: bytes, fingerprint: bytes) -> bytes:
+        return hashlib.sha256(bytes(entry) + fingerprint).digest()
+
+    def get(self, slot: bytes) -> bytes | None:
+        with self._lock:
+            key = self._keys.get(slot)
+            if key is None:
+                self.misses += 1
+                return None
+            self._keys.move_to_end(slot)
+            self.hits += 1
+            return key
+
+    def put(self, slot: bytes, key: bytes) -> None:
+        with self._lock:
+            self._keys[slot] = key
+            self._keys.move_to_end(slot)
+            while len(self._keys) > self.max_epochs:
+                self._keys.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"EpochKeyCache({len(self._keys)} of {self.max_epochs} epochs, keys=<hidden>)"
+
+    __str__ = __repr__
 
 
 def _leaf_hash(epoch_id: bytes, index: int, fp: bytes, ct: bytes, wrapped: bytes) -> bytes:
@@ -426,13 +474,16 @@ def open_broadcast(
     *,
     after_round: int | None = None,
     max_size: int = DEFAULT_MAX_BODY_SIZE,
+    epoch_keys: EpochKeyCache | None = None,
 ) -> OpenedBroadcast:
     """Verify the sender's signature on the body (sender enrolled, not revoked), check that the
     entry is of the body's epoch, addressed to `recipient` and one the sender signed, then
     unwrap the epoch key, the body's content key, and decrypt.
 
     `after_round`: the last round the recipient accepted; an older or equal round is a
-    replay (ReplayError), checked only after the signature so it is never a forgery's claim."""
+    replay (ReplayError), checked only after the signature so it is never a forgery's claim.
+    `epoch_keys`: where the recipient keeps the epoch keys it unwrapped (every check above
+    still runs for each body)."""
     parsed = _parse_body(body, max_size)
     meta = parsed.metadata
     sender = senders.lookup(meta.sender)
@@ -451,8 +502,13 @@ def open_broadcast(
         raise NotAddressedError(f"key entry is not addressed to {recipient.name!r}")
     if root_from_path(key.index, key.recipient_count, key.leaf(), key.path) != meta.root:
         raise EntryMismatchError("key entry's Merkle path does not lead to the signed root")
-    kek = _wrap_key(recipient.kem_key.decapsulate(key.kem_ciphertext), fp, meta.epoch_id)
-    epoch_key = _ascon_decrypt(kek, meta.epoch_id, fp, key.wrapped_key)
+    slot = EpochKeyCache.slot(entry, fp) if epoch_keys is not None else b""
+    epoch_key = epoch_keys.get(slot) if epoch_keys is not None else None
+    if epoch_key is None:
+        kek = _wrap_key(recipient.kem_key.decapsulate(key.kem_ciphertext), fp, meta.epoch_id)
+        epoch_key = _ascon_decrypt(kek, meta.epoch_id, fp, key.wrapped_key)
+        if epoch_keys is not None:
+            epoch_keys.put(slot, epoch_key)
     content_key = _ascon_decrypt(epoch_key, meta.broadcast_id, parsed.prefix, parsed.wrapped_key)
     payload = _ascon_decrypt(content_key, meta.broadcast_id, parsed.header, parsed.ciphertext)
     return OpenedBroadcast(meta, payload, sender)
@@ -483,9 +539,16 @@ def open_delivery(
     *,
     after_round: int | None = None,
     max_size: int = DEFAULT_MAX_BODY_SIZE,
+    epoch_keys: EpochKeyCache | None = None,
 ) -> OpenedBroadcast:
     """`open_broadcast` of a `join_delivery` frame."""
     body, entry = split_delivery(frame)
     return open_broadcast(
-        body, entry, recipient, senders, after_round=after_round, max_size=max_size
+        body,
+        entry,
+        recipient,
+        senders,
+        after_round=after_round,
+        max_size=max_size,
+        epoch_keys=epoch_keys,
     )

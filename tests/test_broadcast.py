@@ -31,6 +31,7 @@ from pqlink.broadcast import (
     HASH_SIZE,
     BroadcastEpoch,
     EntryMismatchError,
+    EpochKeyCache,
     KeyEntry,
     NotAddressedError,
     SealedBroadcast,
@@ -388,6 +389,48 @@ def test_version_1_frames_are_rejected(parties: Parties, fleet: list[Identity]) 
         open_broadcast(body, old_entry, fleet[0], _senders(parties))
     with pytest.raises(DecodeError, match="version 3 is not supported"):
         peek_broadcast(body[:1] + b"\x03" + body[2:])
+
+
+def test_an_opener_decapsulates_once_per_epoch(parties: Parties, fleet: list[Identity]) -> None:
+    cache = EpochKeyCache(max_epochs=2)
+    epochs = [new_epoch([g.public for g in fleet]) for _ in range(3)]
+
+    def open_round(epoch: BroadcastEpoch, round_: int, gw: Identity) -> bytes:
+        body = seal_broadcast(
+            parties.aggregator,
+            epoch,
+            b"model %d" % round_,
+            content_type=ContentType.GLOBAL_MODEL,
+            round=round_,
+        ).body
+        entry = epoch.entries[gw.name]
+        return open_broadcast(body, entry, gw, _senders(parties), epoch_keys=cache).payload
+
+    assert [open_round(epochs[0], r, fleet[0]) for r in (1, 2, 3)] == [
+        b"model 1",
+        b"model 2",
+        b"model 3",
+    ]
+    assert (cache.misses, cache.hits, len(cache)) == (1, 2, 1)
+    assert open_round(epochs[0], 4, fleet[1]) == b"model 4"  # another opener: its own key
+    assert (cache.misses, len(cache)) == (2, 2)  # the bound, exactly
+    assert open_round(epochs[1], 5, fleet[0]) == b"model 5"
+    assert (cache.misses, len(cache)) == (3, 2)  # bound + 1: the least recently used went
+    assert open_round(epochs[0], 6, fleet[1]) == b"model 6"
+    assert (cache.misses, cache.hits) == (3, 3)  # kept: used after gw-00's first epoch key
+    assert open_round(epochs[0], 7, fleet[0]) == b"model 7"
+    assert (cache.misses, cache.hits) == (4, 3)  # evicted: unwrapped again, and it opens
+    # a tampered entry is refused before the cache is looked at: every check runs each time
+    bad = bytearray(epochs[0].entries["gw-00"])
+    bad[-1] ^= 1
+    body = _seal(parties, fleet, b"x", epochs[0]).body
+    with pytest.raises(EntryMismatchError, match="Merkle path"):
+        open_broadcast(body, bytes(bad), fleet[0], _senders(parties), epoch_keys=cache)
+    assert (cache.misses, cache.hits) == (4, 3)
+    for text in (repr(cache), str(cache)):
+        assert all(k.key.hex() not in text for k in epochs)
+    with pytest.raises(LocalProtocolError, match="at least one key"):
+        EpochKeyCache(0)
 
 
 SETTINGS = settings(
