@@ -46,6 +46,7 @@ from aggregator.worker import (
     Received,
     broker_parameters,
     collect_into,
+    declare_gateway_queues,
     declare_topology,
 )
 from pqlink import ContentType, Identity, Registry, Role, load_registry
@@ -590,6 +591,8 @@ class CoordinatorService:
             names = [g.name for g in self.registry.active(Role.GATEWAY)]
             if not declared or set(names) - declared:
                 declare_secagg_topology(channel, sorted(set(names) - declared))
+                # their key-entry queues too: the next broadcast starts an epoch for them
+                declare_gateway_queues(channel, sorted(set(names) - declared))
                 declared.update(names)
             if not self._gate(fanout):
                 break
