@@ -192,7 +192,11 @@ def _service(
 
 
 def test_coordinator_publishes_entries_once_per_epoch(
-    channel: BlockingChannel, parties: Parties, tmp_path: Path, vhost: str
+    channel: BlockingChannel,
+    parties: Parties,
+    tmp_path: Path,
+    vhost: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Entries go with an epoch's first body only; after exactly `broadcast_epoch_rounds`
     broadcasts the next one starts a new epoch (counted in the gateways' queues)."""
@@ -203,7 +207,9 @@ def test_coordinator_publishes_entries_once_per_epoch(
     fanout = channel.connection.channel()
     fanout.tx_select()
     epochs = []
+    caplog.set_level(logging.INFO, logger="aggregator.coordinator")
     for n in range(1, 2 * limit + 2):
+        caplog.clear()
         service._publish_global(fanout)
         assert service.key_epochs.current is not None
         epochs.append(service.key_epochs.current.epoch_id)
@@ -213,6 +219,20 @@ def test_coordinator_publishes_entries_once_per_epoch(
         assert [len(v) for v in got.values()] == [expect, expect], n
         for frames in got.values():
             assert all(peek_entry(f).epoch_id == epochs[-1] for f in frames)
+        lines = [r.getMessage() for r in caplog.records]
+        started = [m for m in lines if m.startswith("key_epoch_started")]
+        (announced,) = [m for m in lines if m.startswith("round 1 announced")]
+        assert f"key epoch {epochs[-1].hex()[:8]}{' new' if expect else ''}," in announced
+        if expect:
+            entry_bytes = sum(len(f) for v in got.values() for f in v)
+            reason = "start" if n == 1 else "rotation"
+            assert started == [
+                f"key_epoch_started epoch={epochs[-1].hex()} reason={reason} gateways=2 round=1"
+            ]
+            assert f"{entry_bytes} bytes of key entries" in announced
+        else:
+            assert not started
+            assert " 0 bytes of key entries" in announced
     assert epochs[0] == epochs[limit - 1] != epochs[limit]  # the limit, and the limit + 1
     assert epochs[limit] == epochs[2 * limit - 1] != epochs[2 * limit]
     assert service.epoch_started  # the last one started an epoch
