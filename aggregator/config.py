@@ -36,6 +36,9 @@ class RoundsConfig:
     round_timeout: float = 30.0
     max_rounds: int = 0  # 0: run until stopped
     keep_rounds: int = 1000  # closed rounds kept in the database and rounds.jsonl; 0: all
+    # global-model broadcasts that share one key epoch (one key entry per gateway); a change
+    # of the enrolled gateways starts a new epoch sooner
+    broadcast_epoch_rounds: int = 100
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ _RULES: Final = Rules(
         "rounds.round_timeout": Range(0.1, 86400),
         "rounds.max_rounds": Range(0, 10**9),
         "rounds.keep_rounds": Range(0, 10**9),
+        "rounds.broadcast_epoch_rounds": Range(1, 10**9),
         "strategy.norm_bound": Range(0, 1e6),
         "strategy.trim_fraction": Range(0, 0.49),
         "strategy.server_momentum": Range(0, 0.99),

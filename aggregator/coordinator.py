@@ -21,6 +21,7 @@ from pika.exceptions import AMQPError
 
 from aggregator.adverts_ahead import AdvertsAhead
 from aggregator.config import AggregatorConfig
+from aggregator.key_epochs import KeyEpochs
 from aggregator.metrics import CoordinatorMetrics
 from aggregator.partials import Partial, PartialError
 from aggregator.privacy import BudgetDecision
@@ -45,6 +46,7 @@ from aggregator.worker import (
     Received,
     broker_parameters,
     collect_into,
+    declare_gateway_queues,
     declare_topology,
 )
 from pqlink import ContentType, Identity, Registry, Role, load_registry
@@ -81,7 +83,8 @@ def initial_weights(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
 
 def publish_broadcast(channel: BlockingChannel, sealed: SealedBroadcast) -> None:
     """Publish a sealed broadcast on a channel in transaction mode: the body once, into the
-    global-model stream every gateway reads, and each key entry to its gateway's queue."""
+    global-model stream every gateway reads, and each key entry it carries (the first
+    broadcast of a key epoch carries them all, the others none) to its gateway's queue."""
     # One transaction for the body and every entry: one round trip to the broker for the
     # whole fan-out, where a confirm per message would cost one per gateway. The body goes
     # first: a gateway holding an entry can always find its body in the stream. (Transactions
@@ -147,6 +150,8 @@ class CoordinatorService:
         self.last_published_at = 0.0
         self.last_seal_cpu = 0.0
         self.last_announce = (0.0, 0.0)
+        self.key_epochs = KeyEpochs(config.rounds.broadcast_epoch_rounds)
+        self.epoch_started = False  # did the last broadcast start a key epoch?
         self._cpu_at_record = time.process_time()
         self.metrics = CoordinatorMetrics()
         self._update_gauges()
@@ -236,8 +241,10 @@ class CoordinatorService:
         )
 
     def global_broadcast(self, *, final: bool = False) -> SealedBroadcast:
-        """The signed global model as one sealed body for every gateway plus each enrolled
-        gateway's key entry; `final` tells gateways to apply it and stop training."""
+        """The signed global model as one sealed body for every gateway, under the current key
+        epoch (a new one when the enrolled gateways changed or the epoch served its
+        broadcasts), with each gateway's key entry if the broker does not have them yet;
+        `final` tells gateways to apply it and stop training."""
         r = self.rounds
         model = self._global_model(final=final)
         recipients = self.registry.active(Role.GATEWAY)
@@ -251,13 +258,24 @@ class CoordinatorService:
                 model_version=r.version,
             )
             return SealedBroadcast(frame, {})
+        epoch, reason = self.key_epochs.for_broadcast(recipients)
+        self.epoch_started = reason is not None
+        if reason is not None:
+            _LOG.info(
+                "key_epoch_started epoch=%s reason=%s gateways=%d round=%d",
+                epoch.epoch_id.hex(),
+                reason,
+                epoch.recipient_count,
+                r.round,
+            )
         return seal_broadcast(
             self.identity,
-            recipients,
+            epoch,
             model.encode(),
             content_type=ContentType.GLOBAL_MODEL,
             round=r.round,
             model_version=r.version,
+            with_entries=self.key_epochs.entries_due,
         )
 
     def _publish_global(self, channel: BlockingChannel, *, final: bool = False) -> None:
@@ -270,14 +288,21 @@ class CoordinatorService:
         self.last_seal_cpu = time.thread_time() - cpu0
         t1 = time.perf_counter()
         publish_broadcast(channel, sealed)
+        if not self.config.bench.plaintext_envelopes:
+            # counted only once committed: a failed commit sends the entries again
+            self.key_epochs.published(with_entries=bool(sealed.entries))
         self.last_published_at = time.time()
         # wall times of the announcement, for the round's report
         self.last_announce = (t1 - t0, time.perf_counter() - t1)
         entry_bytes = sum(map(len, sealed.entries.values()))
+        epoch = self.key_epochs.current
         _LOG.info(
-            "round %d announced (model v%d, %d bytes body, %d bytes of key entries, %.1f ms)",
+            "round %d announced (model v%d, key epoch %s%s, %d bytes body, %d bytes of key "
+            "entries, %.1f ms)",
             self.rounds.round,
             self.rounds.version,
+            "-" if epoch is None else epoch.epoch_id.hex()[:8],
+            " new" if self.epoch_started else "",
             len(sealed.body),
             entry_bytes,
             (time.perf_counter() - t0) * 1000,
@@ -377,6 +402,7 @@ class CoordinatorService:
         channel = connection.channel()
         channel.confirm_delivery()
         declare_topology(channel, [g.name for g in self.registry.active(Role.GATEWAY)])
+        self.key_epochs.republish()
         channel.basic_qos(prefetch_count=self.config.amqp.prefetch)
         fanout = connection.channel()
         fanout.tx_select()
@@ -565,6 +591,8 @@ class CoordinatorService:
             names = [g.name for g in self.registry.active(Role.GATEWAY)]
             if not declared or set(names) - declared:
                 declare_secagg_topology(channel, sorted(set(names) - declared))
+                # their key-entry queues too: the next broadcast starts an epoch for them
+                declare_gateway_queues(channel, sorted(set(names) - declared))
                 declared.update(names)
             if not self._gate(fanout):
                 break

@@ -204,6 +204,13 @@ def declare_topology(channel: BlockingChannel, gateway_ids: Sequence[str] = ()) 
     channel.queue_declare(MASKED_PARTIALS_QUEUE, durable=True, arguments=SECAGG_QUEUE_ARGUMENTS)
     declare_dead_letters(channel)
     declare_global_stream(channel)
+    declare_gateway_queues(channel, gateway_ids)
+
+
+def declare_gateway_queues(channel: BlockingChannel, gateway_ids: Sequence[str]) -> None:
+    """Each gateway's queue of key entries, bound to GLOBAL_KEYS_EXCHANGE: declared before an
+    epoch's entries are published, since an entry routed to no queue is lost until the next
+    key epoch (a gateway declares its own queue only when it first connects)."""
     for gw in gateway_ids:
         queue = gateway_queue(gw)
         channel.queue_declare(queue, durable=True, arguments=GATEWAY_QUEUE_ARGUMENTS)

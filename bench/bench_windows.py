@@ -30,7 +30,7 @@ from gateway.trainer import (
 )
 from gateway.windows import WindowCache
 from pqlink import ContentType, Identity, Role
-from pqlink.broadcast import join_delivery, seal_broadcast
+from pqlink.broadcast import join_delivery, new_epoch, seal_broadcast
 from wire.fl import GlobalModel, RoundSettings
 from wire.model import DEFAULT_MODEL_PATH, PARAMETER_COUNT
 
@@ -97,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         weights.astype("<f4").tobytes(), PARAMETER_COUNT, 1, 0, RoundSettings(epochs=1)
     )
     sealed = seal_broadcast(
-        aggregator, [me.public], model.encode(), content_type=ContentType.GLOBAL_MODEL, round=1
+        aggregator,
+        new_epoch([me.public]),
+        model.encode(),
+        content_type=ContentType.GLOBAL_MODEL,
+        round=1,
+        with_entries=True,
     )
     envelope = join_delivery(sealed.body, sealed.entries[me.name])  # as the gateway keeps it
 

@@ -20,13 +20,22 @@ CREATE TABLE IF NOT EXISTS inbox (
     round INTEGER PRIMARY KEY, envelope BLOB NOT NULL, received REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS global_parts (
-    broadcast_id BLOB NOT NULL, kind TEXT NOT NULL, round INTEGER, frame BLOB NOT NULL,
-    received REAL NOT NULL, PRIMARY KEY (broadcast_id, kind)
+CREATE TABLE IF NOT EXISTS global_entries (
+    epoch_id BLOB PRIMARY KEY, frame BLOB NOT NULL, received REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS global_bodies (
+    epoch_id BLOB NOT NULL, round INTEGER NOT NULL, frame BLOB NOT NULL, received REAL NOT NULL,
+    PRIMARY KEY (epoch_id, round)
 );
 """
-#: Unpaired halves of global-model broadcasts kept at most: older ones were superseded.
-MAX_GLOBAL_PARTS = 16
+# The spool of the per-broadcast key entries kept the halves of each broadcast in one table;
+# what it holds can no longer open (version-1 frames), so a spool of that version drops it.
+_MIGRATE_PER_BROADCAST_PARTS = "DROP TABLE IF EXISTS global_parts"
+#: Key entries kept at most, one per key epoch, the newest: as many as a gateway's queue keeps
+#: (wire.amqp.GATEWAY_QUEUE_ARGUMENTS), so one back from offline keeps all it was sent.
+MAX_GLOBAL_ENTRIES = 4
+#: Bodies waiting for their epoch's entry kept at most, the newest: older ones were superseded.
+MAX_WAITING_BODIES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +56,7 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._db.execute(_MIGRATE_PER_BROADCAST_PARTS)
         except BaseException:
             # A file that is not a database (or is locked) must not leave the handle open.
             self._db.close()
@@ -123,7 +133,7 @@ class Spool:
 
     def put_global_part(
         self,
-        broadcast_id: bytes,
+        epoch_id: bytes,
         kind: str,
         frame: bytes,
         round_: int | None,
@@ -131,39 +141,57 @@ class Spool:
         *,
         synced: bool = True,
     ) -> bool:
-        """Keep one half ("body" or "entry") of a global-model broadcast; once both halves are
-        here, put `join(body, entry)` in the inbox under the body's round. True if it did.
-        `synced=False` for a half the broker keeps after delivering it (see transaction)."""
+        """Keep one half of a global-model broadcast: a "body" (with its round) or the key
+        "entry" of its epoch. A body whose epoch's entry is here goes to the inbox at once, as
+        `join(body, entry)` under the body's round; otherwise it waits. An entry is kept for
+        every later body of its epoch, and completes the newest body of its epoch waiting (the
+        older ones were superseded). True if a global model went to the inbox. `synced=False`
+        for a half the broker keeps after delivering it (see transaction)."""
         db = self._db
+        now = time.time()
+        complete = False
         with self.transaction(synced=synced):
-            db.execute(
-                "INSERT OR REPLACE INTO global_parts VALUES (?,?,?,?,?)",
-                (broadcast_id, kind, round_, frame, time.time()),
-            )
-            parts = dict(
+            if kind == "entry":
                 db.execute(
-                    "SELECT kind, frame FROM global_parts WHERE broadcast_id = ?", (broadcast_id,)
-                ).fetchall()
-            )
-            (round_row,) = db.execute(
-                "SELECT max(round) FROM global_parts WHERE broadcast_id = ?", (broadcast_id,)
-            ).fetchone()
-            complete = "body" in parts and "entry" in parts
-            if complete:
-                db.execute(
-                    "INSERT OR REPLACE INTO inbox VALUES (?,?,?)",
-                    (
-                        int(round_row),
-                        join(bytes(parts["body"]), bytes(parts["entry"])),
-                        time.time(),
-                    ),
+                    "INSERT OR REPLACE INTO global_entries VALUES (?,?,?)", (epoch_id, frame, now)
                 )
-                db.execute("DELETE FROM global_parts WHERE broadcast_id = ?", (broadcast_id,))
-            db.execute(
-                "DELETE FROM global_parts WHERE rowid NOT IN "
-                "(SELECT rowid FROM global_parts ORDER BY received DESC LIMIT ?)",
-                (MAX_GLOBAL_PARTS,),
-            )
+                waiting = db.execute(
+                    "SELECT round, frame FROM global_bodies WHERE epoch_id = ? "
+                    "ORDER BY round DESC LIMIT 1",
+                    (epoch_id,),
+                ).fetchone()
+                if waiting is not None:
+                    self.put_global(int(waiting[0]), join(bytes(waiting[1]), frame))
+                    db.execute("DELETE FROM global_bodies WHERE epoch_id = ?", (epoch_id,))
+                    complete = True
+                # Bounded by epochs, never by bodies: many bodies cannot push out the entry
+                # that opens them.
+                db.execute(
+                    "DELETE FROM global_entries WHERE rowid NOT IN (SELECT rowid FROM "
+                    "global_entries ORDER BY rowid DESC LIMIT ?)",
+                    (MAX_GLOBAL_ENTRIES,),
+                )
+            elif kind == "body":
+                if round_ is None:
+                    raise ValueError("a broadcast body is kept under its round")
+                entry = db.execute(
+                    "SELECT frame FROM global_entries WHERE epoch_id = ?", (epoch_id,)
+                ).fetchone()
+                if entry is not None:
+                    self.put_global(round_, join(frame, bytes(entry[0])))
+                    complete = True
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO global_bodies VALUES (?,?,?,?)",
+                        (epoch_id, round_, frame, now),
+                    )
+                    db.execute(
+                        "DELETE FROM global_bodies WHERE rowid NOT IN (SELECT rowid FROM "
+                        "global_bodies ORDER BY rowid DESC LIMIT ?)",
+                        (MAX_WAITING_BODIES,),
+                    )
+            else:
+                raise ValueError(f"a global-model part is a body or an entry, not {kind!r}")
         return complete
 
     def take_global(self) -> tuple[int, bytes] | None:

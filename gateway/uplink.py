@@ -156,8 +156,8 @@ class Uplink:
             GLOBAL_KEYS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
         )
         await queue.bind(keys, routing_key=self.gateway_id)
-        # Bodies from the shared stream, key entries from our own queue; either half may come
-        # first, the spool pairs them by broadcast id.
+        # Bodies from the shared stream, key entries (one per key epoch) from our own queue;
+        # either may come first, the spool pairs them by epoch id.
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._drain(queue, {}))
             tg.create_task(self._drain(stream, {"x-stream-offset": GLOBAL_STREAM_OFFSET}))
@@ -173,9 +173,9 @@ class Uplink:
         try:
             if body[:1] == bytes((BODY_TYPE,)):  # the broadcast body, from the stream
                 meta = peek_broadcast(body)
-                part = (meta.broadcast_id, "body", meta.round)
-            elif body[:1] == bytes((ENTRY_TYPE,)):  # this gateway's key entry, addressed to it
-                part = (peek_entry(body).broadcast_id, "entry", None)
+                part = (meta.epoch_id, "body", meta.round)
+            elif body[:1] == bytes((ENTRY_TYPE,)):  # this gateway's key entry of an epoch
+                part = (peek_entry(body).epoch_id, "entry", None)
             else:
                 round_ = self.codec.peek_round(body)
         except Exception as exc:
@@ -188,19 +188,20 @@ class Uplink:
         if part is None:
             await self._spool(self.spool.put_global, round_, body)
         else:
-            broadcast_id, kind, round_or_none = part
+            epoch_id, kind, round_or_none = part
             # A body is not synced to disk: the stream keeps it after delivery, and a gateway
             # restarting reads the newest again (an fsync costs milliseconds on the round's
-            # path). A key entry leaves its queue with the ack, so it is synced first.
+            # path). A key entry leaves its queue with the ack, so it is synced first; it
+            # comes once per key epoch, not once per round.
             complete = await self._spool(
                 partial(self.spool.put_global_part, synced=kind != "body"),
-                broadcast_id,
+                epoch_id,
                 kind,
                 body,
                 round_or_none,
                 join_delivery,
             )
-            if not complete:  # the other half is still on its way
+            if not complete:  # the epoch's entry (or a body of its epoch) is on its way
                 await message.ack()
                 return
         await message.ack()

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aggregator.config import load_config, parse_config
+from aggregator.config import ConfigError, load_config, parse_config
+from aggregator.key_epochs import EpochReason, KeyEpochs
 from aggregator.partials import Partial, PartialError, Rejection, make_partial
 from aggregator.rounds import CloseReason, RoundCoordinator, RoundPolicy, quorum_for
 from aggregator.strategies import (
@@ -328,6 +329,49 @@ def test_example_aggregator_config_shows_the_defaults() -> None:
         precision_bits=16,
     )
     assert dataclasses.replace(parsed, training=minimal.training) == minimal
+
+
+def test_broadcast_epoch_rounds_is_at_least_one() -> None:
+    base = {"aggregator": {"id": "aggregator", "state_dir": "/var/lib/iomt-aggregator"}}
+    assert parse_config(base, Path("/")).rounds.broadcast_epoch_rounds == 100
+    one = parse_config({**base, "rounds": {"broadcast_epoch_rounds": 1}}, Path("/"))
+    assert one.rounds.broadcast_epoch_rounds == 1
+    with pytest.raises(ConfigError, match=r"rounds\.broadcast_epoch_rounds"):
+        parse_config({**base, "rounds": {"broadcast_epoch_rounds": 0}}, Path("/"))
+    with pytest.raises(ConfigError, match=r"rounds\.broadcast_epoch_rounds"):
+        parse_config({**base, "rounds": {"broadcast_epoch_rounds": 1.5}}, Path("/"))
+
+
+def test_key_epochs_start_rotate_and_follow_the_recipients(parties: Parties) -> None:
+    both = [parties.gateway.public, parties.other_gateway.public]
+    epochs = KeyEpochs(rotate_after=2)
+
+    def due() -> bool:  # read each time (mypy would narrow the property after one assert)
+        return epochs.entries_due
+
+    first, reason = epochs.for_broadcast(both)
+    assert (reason, due()) == (EpochReason.START, True)
+    epochs.published(with_entries=True)
+    assert epochs.for_broadcast(list(reversed(both))) == (first, None)  # a set, not a list
+    assert not due()
+    epochs.published(with_entries=False)
+    rotated, reason = epochs.for_broadcast(both)  # after exactly rotate_after broadcasts
+    assert reason is EpochReason.ROTATION
+    assert rotated.epoch_id != first.epoch_id
+    assert due()
+    # a commit that failed counts nothing: the entries are still due
+    assert epochs.for_broadcast(both) == (rotated, None)
+    assert due()
+    epochs.published(with_entries=True)
+    fewer, reason = epochs.for_broadcast(both[:1])
+    assert reason is EpochReason.RECIPIENTS_CHANGED
+    assert fewer.fingerprints == {parties.gateway.public.fingerprint}
+    epochs.published(with_entries=True)
+    epochs.republish()  # a new broker connection: the entries go again
+    assert epochs.for_broadcast(both[:1]) == (fewer, None)
+    assert due()
+    with pytest.raises(ValueError, match="at least one broadcast, not 0"):
+        KeyEpochs(0)
 
 
 def test_round_history_is_bounded_by_keep_rounds(tmp_path: Path) -> None:

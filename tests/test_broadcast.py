@@ -1,6 +1,6 @@
-"""Sealed broadcasts: one body for all, one key entry per recipient with its Merkle path; every
-recipient opens, and tampering, truncation, a wrong recipient, a foreign entry or a replay fail
-with their own error."""
+"""Sealed broadcasts: one body for all, one key entry per recipient per key epoch with its Merkle
+path; every recipient opens every body of the epoch, and tampering, truncation, a wrong
+recipient, an entry of another epoch or a replay fail with their own error."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pqlink import (
+    AuthenticationError,
     ContentType,
     DecodeError,
     Identity,
@@ -25,13 +26,17 @@ from pqlink import (
     UnknownPeerError,
 )
 from pqlink.broadcast import (
+    BROADCAST_VERSION,
     ENTRY_FIXED_SIZE,
     HASH_SIZE,
+    BroadcastEpoch,
     EntryMismatchError,
+    EpochKeyCache,
     KeyEntry,
     NotAddressedError,
     SealedBroadcast,
     merkle_root_and_paths,
+    new_epoch,
     open_broadcast,
     path_length,
     peek_broadcast,
@@ -56,15 +61,21 @@ def _senders(parties: Parties) -> Registry:
 
 
 def _seal(
-    parties: Parties, recipients: list[Identity], payload: bytes, **kw: int
+    parties: Parties,
+    recipients: list[Identity],
+    payload: bytes,
+    epoch: BroadcastEpoch | None = None,
+    **kw: int,
 ) -> SealedBroadcast:
+    """A broadcast of a new key epoch for `recipients` (or of `epoch`), with its entries."""
     return seal_broadcast(
         parties.aggregator,
-        [r.public for r in recipients],
+        epoch or new_epoch([r.public for r in recipients]),
         payload,
         content_type=ContentType.GLOBAL_MODEL,
         round=kw.get("round", 9),
         model_version=kw.get("model_version", 4),
+        with_entries=True,
     )
 
 
@@ -136,11 +147,24 @@ def test_wrong_recipient(parties: Parties, fleet: list[Identity]) -> None:
         open_broadcast(outsider.body, outsider.entries["gw-00"], fleet[4], _senders(parties))
 
 
-def test_entry_of_another_broadcast(parties: Parties, fleet: list[Identity]) -> None:
+def test_entry_of_another_epoch(parties: Parties, fleet: list[Identity]) -> None:
     first = _seal(parties, fleet, b"model one")
     second = _seal(parties, fleet, b"model two")
-    with pytest.raises(EntryMismatchError, match="another broadcast"):
+    with pytest.raises(EntryMismatchError, match="another key epoch"):
         open_broadcast(second.body, first.entries["gw-00"], fleet[0], _senders(parties))
+    # the same epoch id with another recipient count is not the body's epoch either
+    real = KeyEntry.from_bytes(first.entries["gw-00"])
+    recount = KeyEntry(
+        real.epoch_id,
+        real.recipient_count + 1,
+        real.index,
+        real.fingerprint,
+        real.kem_ciphertext,
+        real.wrapped_key,
+        real.path,  # leaf 0 of 6 needs 3 hashes, as of 5: a well-formed entry
+    )
+    with pytest.raises(EntryMismatchError, match="another key epoch"):
+        open_broadcast(first.body, bytes(recount), fleet[0], _senders(parties))
 
 
 def test_forged_entry_for_the_same_broadcast(parties: Parties, fleet: list[Identity]) -> None:
@@ -149,7 +173,7 @@ def test_forged_entry_for_the_same_broadcast(parties: Parties, fleet: list[Ident
     sealed = _seal(parties, fleet, b"model")
     real = KeyEntry.from_bytes(sealed.entries["gw-00"])
     forged = KeyEntry(
-        real.broadcast_id,
+        real.epoch_id,
         real.recipient_count,
         real.index,
         real.fingerprint,
@@ -161,7 +185,7 @@ def test_forged_entry_for_the_same_broadcast(parties: Parties, fleet: list[Ident
         open_broadcast(sealed.body, bytes(forged), fleet[0], _senders(parties))
     # the same entry moved to another index keeps a well-formed path of the right length
     moved = KeyEntry(
-        real.broadcast_id,
+        real.epoch_id,
         real.recipient_count,
         1,
         real.fingerprint,
@@ -217,12 +241,196 @@ def test_sender_must_be_enrolled_and_active(parties: Parties, fleet: list[Identi
 
 def test_seal_bounds(parties: Parties, fleet: list[Identity]) -> None:
     with pytest.raises(LocalProtocolError, match="1 to 65535 recipients"):
-        seal_broadcast(parties.aggregator, [], b"x", content_type=ContentType.GLOBAL_MODEL, round=1)
+        new_epoch([])
     with pytest.raises(LocalProtocolError, match="listed twice"):
         _seal(parties, [fleet[0], fleet[0]], b"x")
     with pytest.raises(LocalProtocolError, match="round must be in"):
         _seal(parties, fleet[:1], b"x", round=2**64)
     assert _seal(parties, fleet[:1], b"x", round=2**64 - 1).body
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 100])
+def test_round_trip_for_every_fleet_shape(parties: Parties, count: int) -> None:
+    recipients = [Identity.generate(f"n-{i:03d}", Role.GATEWAY) for i in range(count)]
+    sealed = _seal(parties, recipients, b"model for %d" % count)
+    assert len(sealed.entries) == count
+    for r in recipients:
+        opened = open_broadcast(sealed.body, sealed.entries[r.name], r, _senders(parties))
+        assert opened.payload == b"model for %d" % count
+        assert opened.metadata.recipient_count == count
+
+
+def test_every_body_of_an_epoch_opens_with_its_one_entry(
+    parties: Parties, fleet: list[Identity]
+) -> None:
+    epoch = new_epoch([g.public for g in fleet])
+    bodies = [
+        seal_broadcast(
+            parties.aggregator,
+            epoch,
+            b"model %d" % r,
+            content_type=ContentType.GLOBAL_MODEL,
+            round=r,
+        )
+        for r in range(1, 5)
+    ]
+    assert all(not b.entries for b in bodies)  # entries only when asked for
+    ids = {peek_broadcast(b.body).broadcast_id for b in bodies}
+    assert len(ids) == 4  # a fresh broadcast id (and content key) per body
+    for g in fleet:
+        entry = epoch.entries[g.name]
+        assert peek_entry(entry).epoch_id == epoch.epoch_id
+        for r, b in enumerate(bodies, start=1):
+            assert peek_broadcast(b.body).epoch_id == epoch.epoch_id
+            assert open_broadcast(b.body, entry, g, _senders(parties)).payload == b"model %d" % r
+
+
+def test_epoch_key_is_never_shown(fleet: list[Identity]) -> None:
+    epoch = new_epoch([g.public for g in fleet])
+    for text in (repr(epoch), str(epoch), f"{epoch}", repr([epoch])):
+        assert epoch.key.hex() not in text
+        assert repr(epoch.key) not in text
+        assert epoch.epoch_id.hex() in text  # what it does show
+
+
+def _epoch_with(
+    recipients: list[Identity], *, wrapped: bytes | None = None, key: bytes | None = None
+) -> BroadcastEpoch:
+    """An epoch the sender built wrongly: every entry's wrapped epoch key replaced by
+    `wrapped`, or the key the bodies are sealed under replaced by `key`; the Merkle tree is
+    over the entries as they are, so every structural check passes."""
+    real = new_epoch([r.public for r in recipients])
+    keys = [KeyEntry.from_bytes(real.entries[r.name]) for r in recipients]
+    if wrapped is not None:
+        keys = [
+            KeyEntry(
+                k.epoch_id,
+                k.recipient_count,
+                k.index,
+                k.fingerprint,
+                k.kem_ciphertext,
+                wrapped,
+                k.path,
+            )
+            for k in keys
+        ]
+    root, paths = merkle_root_and_paths([k.leaf() for k in keys])
+    entries = {
+        r.name: bytes(
+            KeyEntry(
+                k.epoch_id,
+                k.recipient_count,
+                k.index,
+                k.fingerprint,
+                k.kem_ciphertext,
+                k.wrapped_key,
+                paths[k.index],
+            )
+        )
+        for r, k in zip(recipients, keys, strict=True)
+    }
+    return BroadcastEpoch(real.epoch_id, key or real.key, root, real.fingerprints, entries)
+
+
+def test_a_wrong_key_wrap_fails_authentication(parties: Parties, fleet: list[Identity]) -> None:
+    """Signed and in the tree, but a key that does not unwrap: the AEAD check says so."""
+    for epoch in (
+        _epoch_with(fleet, wrapped=os.urandom(32)),
+        _epoch_with(fleet, key=os.urandom(16)),
+    ):
+        sealed = _seal(parties, fleet, b"model", epoch)
+        with pytest.raises(AuthenticationError) as info:
+            open_broadcast(sealed.body, sealed.entries["gw-00"], fleet[0], _senders(parties))
+        assert type(info.value) is AuthenticationError  # not an entry mismatch
+
+
+def test_tampered_fields_fail_with_their_own_error(parties: Parties, fleet: list[Identity]) -> None:
+    sealed = _seal(parties, fleet, b"model")
+    meta = peek_broadcast(sealed.body)
+    body, entry = sealed.body, sealed.entries["gw-00"]
+    epoch_at = body.index(meta.epoch_id)
+    wrapped_at = body.index(meta.root) + HASH_SIZE  # the wrapped content key follows the root
+    for offset in (epoch_at, wrapped_at, wrapped_at + 31):
+        bad = bytearray(body)
+        bad[offset] ^= 1  # signed: the signature fails before anything is unwrapped
+        with pytest.raises(SignatureError):
+            open_broadcast(bytes(bad), entry, fleet[0], _senders(parties))
+    bad = bytearray(entry)
+    bad[2] ^= 1  # the entry's epoch id
+    with pytest.raises(EntryMismatchError, match="another key epoch"):
+        open_broadcast(body, bytes(bad), fleet[0], _senders(parties))
+    for offset in (ENTRY_FIXED_SIZE - 2, ENTRY_FIXED_SIZE - 33, ENTRY_FIXED_SIZE):
+        bad = bytearray(entry)
+        bad[offset] ^= 1  # the wrapped epoch key, the KEM ciphertext, a path hash
+        with pytest.raises(EntryMismatchError, match="Merkle path"):
+            open_broadcast(body, bytes(bad), fleet[0], _senders(parties))
+
+
+def test_truncation_at_every_offset(parties: Parties, fleet: list[Identity]) -> None:
+    sealed = _seal(parties, fleet, b"model")
+    body, entry = sealed.body, sealed.entries["gw-04"]
+    for cut in range(len(body)):
+        with pytest.raises(DecodeError):
+            open_broadcast(body[:cut], entry, fleet[4], _senders(parties))
+    for cut in range(len(entry)):
+        with pytest.raises(DecodeError):
+            open_broadcast(body, entry[:cut], fleet[4], _senders(parties))
+
+
+def test_version_1_frames_are_rejected(parties: Parties, fleet: list[Identity]) -> None:
+    assert BROADCAST_VERSION == 2
+    sealed = _seal(parties, fleet, b"model")
+    body, entry = sealed.body, sealed.entries["gw-00"]
+    old_body = body[:1] + b"\x01" + body[2:]
+    old_entry = entry[:1] + b"\x01" + entry[2:]
+    with pytest.raises(DecodeError, match="broadcast version 1 is not supported"):
+        open_broadcast(old_body, entry, fleet[0], _senders(parties))
+    with pytest.raises(DecodeError, match="broadcast key entry version 1 is not supported"):
+        open_broadcast(body, old_entry, fleet[0], _senders(parties))
+    with pytest.raises(DecodeError, match="version 3 is not supported"):
+        peek_broadcast(body[:1] + b"\x03" + body[2:])
+
+
+def test_an_opener_decapsulates_once_per_epoch(parties: Parties, fleet: list[Identity]) -> None:
+    cache = EpochKeyCache(max_epochs=2)
+    epochs = [new_epoch([g.public for g in fleet]) for _ in range(3)]
+
+    def open_round(epoch: BroadcastEpoch, round_: int, gw: Identity) -> bytes:
+        body = seal_broadcast(
+            parties.aggregator,
+            epoch,
+            b"model %d" % round_,
+            content_type=ContentType.GLOBAL_MODEL,
+            round=round_,
+        ).body
+        entry = epoch.entries[gw.name]
+        return open_broadcast(body, entry, gw, _senders(parties), epoch_keys=cache).payload
+
+    assert [open_round(epochs[0], r, fleet[0]) for r in (1, 2, 3)] == [
+        b"model 1",
+        b"model 2",
+        b"model 3",
+    ]
+    assert (cache.misses, cache.hits, len(cache)) == (1, 2, 1)
+    assert open_round(epochs[0], 4, fleet[1]) == b"model 4"  # another opener: its own key
+    assert (cache.misses, len(cache)) == (2, 2)  # the bound, exactly
+    assert open_round(epochs[1], 5, fleet[0]) == b"model 5"
+    assert (cache.misses, len(cache)) == (3, 2)  # bound + 1: the least recently used went
+    assert open_round(epochs[0], 6, fleet[1]) == b"model 6"
+    assert (cache.misses, cache.hits) == (3, 3)  # kept: used after gw-00's first epoch key
+    assert open_round(epochs[0], 7, fleet[0]) == b"model 7"
+    assert (cache.misses, cache.hits) == (4, 3)  # evicted: unwrapped again, and it opens
+    # a tampered entry is refused before the cache is looked at: every check runs each time
+    bad = bytearray(epochs[0].entries["gw-00"])
+    bad[-1] ^= 1
+    body = _seal(parties, fleet, b"x", epochs[0]).body
+    with pytest.raises(EntryMismatchError, match="Merkle path"):
+        open_broadcast(body, bytes(bad), fleet[0], _senders(parties), epoch_keys=cache)
+    assert (cache.misses, cache.hits) == (4, 3)
+    for text in (repr(cache), str(cache)):
+        assert all(k.key.hex() not in text for k in epochs)
+    with pytest.raises(LocalProtocolError, match="at least one key"):
+        EpochKeyCache(0)
 
 
 SETTINGS = settings(

@@ -1,31 +1,50 @@
 """Global-model fan-out through a private RabbitMQ: the sealed body is stored once, in the stream
-every gateway reads, and each gateway's queue holds only its own key entries."""
+every gateway reads, and each gateway's queue holds only its key entries, one per key epoch; the
+coordinator starts an epoch at start, when the enrolled gateways change and after
+`broadcast_epoch_rounds` broadcasts, and publishes its entries with the epoch's first body."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import cast
 
 import pika
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from aggregator.coordinator import publish_broadcast
+from aggregator.cli import main as aggregator_main
+from aggregator.config import load_config
+from aggregator.coordinator import CoordinatorService, publish_broadcast
+from aggregator.key_epochs import EpochReason
 from aggregator.worker import declare_topology
-from pqlink import ContentType, Registry
+from gateway.spool import Spool
+from gateway.uplink import Uplink
+from pqlink import ContentType, Identity, Registry
 from pqlink.broadcast import (
     BODY_TYPE,
     ENTRY_TYPE,
+    EntryMismatchError,
     join_delivery,
+    new_epoch,
+    open_broadcast,
     open_delivery,
     peek_broadcast,
+    peek_entry,
     seal_broadcast,
 )
+from servicekit.logs import StderrLog
 from testbed import RabbitMQ
 from wire.amqp import GLOBAL_STREAM, GLOBAL_STREAM_OFFSET, gateway_queue
 
 from .conftest import Parties
+from .fl_harness import Aggregator
 
 ROUNDS = 3
 
@@ -39,16 +58,26 @@ def channel(vhost: str) -> Iterator[BlockingChannel]:
         conn.close()
 
 
-def _announce(channel: BlockingChannel, parties: Parties) -> None:
+def _announce(
+    channel: BlockingChannel,
+    parties: Parties,
+    rounds: int = ROUNDS,
+    epoch_starts: frozenset[int] = frozenset({1}),
+) -> None:
+    """Rounds 1..`rounds`, a new key epoch (its entries with its first body) at `epoch_starts`."""
     declare_topology(channel, [parties.gateway.name, parties.other_gateway.name])
     channel.tx_select()
-    for r in range(1, ROUNDS + 1):
+    epoch = None
+    for r in range(1, rounds + 1):
+        if epoch is None or r in epoch_starts:
+            epoch = new_epoch([parties.gateway.public, parties.other_gateway.public])
         sealed = seal_broadcast(
             parties.aggregator,
-            [parties.gateway.public, parties.other_gateway.public],
+            epoch,
             b"global model %d" % r,
             content_type=ContentType.GLOBAL_MODEL,
             round=r,
+            with_entries=r in epoch_starts,
         )
         publish_broadcast(channel, sealed)
 
@@ -88,7 +117,8 @@ def test_body_stored_once_and_entries_addressed(
     _announce(channel, parties)
     # Quorum-queue counters are refreshed by the broker every few seconds: poll them.
     want = {GLOBAL_STREAM: ROUNDS}
-    want |= {gateway_queue(g.name): ROUNDS for g in (parties.gateway, parties.other_gateway)}
+    # one key epoch: one entry per gateway, however many rounds
+    want |= {gateway_queue(g.name): 1 for g in (parties.gateway, parties.other_gateway)}
     deadline = time.monotonic() + 30
     counts = _counts(rabbitmq, vhost)
     while any(counts.get(q) != n for q, n in want.items()) and time.monotonic() < deadline:
@@ -97,21 +127,22 @@ def test_body_stored_once_and_entries_addressed(
     for queue, n in want.items():
         assert counts.get(queue) == n, (queue, counts)
     for gw in (parties.gateway, parties.other_gateway):
-        kinds = []
-        for _ in range(ROUNDS):
-            frame = _get(channel, gateway_queue(gw.name))
-            assert frame is not None
-            kinds.append(frame[0])
-        assert kinds == [ENTRY_TYPE] * ROUNDS  # no body copy in a gateway's own queue
+        frame = _get(channel, gateway_queue(gw.name))
+        assert frame is not None
+        assert frame[0] == ENTRY_TYPE  # no body copy in a gateway's own queue
+        assert _get(channel, gateway_queue(gw.name)) is None
 
 
-def test_gateway_back_online_opens_the_newest_model(
-    channel: BlockingChannel, parties: Parties
+def test_gateway_offline_across_an_epoch_change_opens_the_newest_model(
+    channel: BlockingChannel, parties: Parties, tmp_path: Path
 ) -> None:
-    _announce(channel, parties)
+    """Back online after rounds 1-4 with a new key epoch at round 3: its queue kept both
+    epochs' entries, the stream gives the newest body, and its spool pairs them."""
+    rounds = ROUNDS + 1
+    _announce(channel, parties, rounds, epoch_starts=frozenset({1, 3}))
     body = _newest_body(channel)
     assert body[0] == BODY_TYPE
-    assert peek_broadcast(body).round == ROUNDS  # the newest, not the history
+    assert peek_broadcast(body).round == rounds  # the newest, not the history
     senders = Registry()
     senders.enroll(parties.aggregator.public)
     for gw in (parties.gateway, parties.other_gateway):
@@ -121,7 +152,194 @@ def test_gateway_back_online_opens_the_newest_model(
             if frame is None:
                 break
             entries.append(frame)
-        assert len(entries) == ROUNDS
-        # Every gateway verifies the one signed body with its own newest entry.
-        opened = open_delivery(join_delivery(body, entries[-1]), gw, senders)
-        assert opened.payload == b"global model %d" % ROUNDS
+        assert len(entries) == 2  # one per epoch
+        with Spool(tmp_path / f"{gw.name}.db") as spool:
+            for entry in entries:  # as the uplink keeps them, in queue order
+                spool.put_global_part(
+                    peek_entry(entry).epoch_id, "entry", entry, None, join_delivery
+                )
+            meta = peek_broadcast(body)
+            assert spool.put_global_part(
+                meta.epoch_id, "body", body, meta.round, join_delivery, synced=False
+            )
+            taken = spool.take_global()
+        assert taken is not None
+        # Every gateway verifies the one signed body with its own entry of the body's epoch.
+        opened = open_delivery(taken[1], gw, senders)
+        assert opened.payload == b"global model %d" % rounds
+        with pytest.raises(EntryMismatchError, match="another key epoch"):
+            open_broadcast(body, entries[0], gw, senders)
+
+
+def _drain(channel: BlockingChannel, gateway: str) -> list[bytes]:
+    got = []
+    while (frame := _get(channel, gateway_queue(gateway))) is not None:
+        got.append(frame)
+    return got
+
+
+def _service(
+    root: Path, url: str, gateways: list[Identity], epoch_rounds: int
+) -> CoordinatorService:
+    agg = Aggregator(root, url, gateways)
+    text = agg.config.read_text().replace(
+        "[rounds]\n", f"[rounds]\nbroadcast_epoch_rounds = {epoch_rounds}\n"
+    )
+    agg.config.write_text(text)
+    config = load_config(agg.config)
+    assert config.rounds.broadcast_epoch_rounds == epoch_rounds
+    return CoordinatorService(config, agg.identity, threading.Event())
+
+
+def test_coordinator_publishes_entries_once_per_epoch(
+    channel: BlockingChannel,
+    parties: Parties,
+    tmp_path: Path,
+    vhost: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Entries go with an epoch's first body only; after exactly `broadcast_epoch_rounds`
+    broadcasts the next one starts a new epoch (counted in the gateways' queues)."""
+    limit = 3
+    gateways = [parties.gateway, parties.other_gateway]
+    service = _service(tmp_path / "agg", vhost, gateways, limit)
+    declare_topology(channel, [g.name for g in gateways])
+    fanout = channel.connection.channel()
+    fanout.tx_select()
+    epochs = []
+    caplog.set_level(logging.INFO, logger="aggregator.coordinator")
+    for n in range(1, 2 * limit + 2):
+        caplog.clear()
+        service._publish_global(fanout)
+        assert service.key_epochs.current is not None
+        epochs.append(service.key_epochs.current.epoch_id)
+        got = {g.name: _drain(channel, g.name) for g in gateways}
+        # broadcasts 1 and limit + 1 and 2 * limit + 1 start epochs; the others add no entry
+        expect = 1 if n % limit == 1 else 0
+        assert [len(v) for v in got.values()] == [expect, expect], n
+        for frames in got.values():
+            assert all(peek_entry(f).epoch_id == epochs[-1] for f in frames)
+        lines = [r.getMessage() for r in caplog.records]
+        started = [m for m in lines if m.startswith("key_epoch_started")]
+        (announced,) = [m for m in lines if m.startswith("round 1 announced")]
+        assert f"key epoch {epochs[-1].hex()[:8]}{' new' if expect else ''}," in announced
+        if expect:
+            entry_bytes = sum(len(f) for v in got.values() for f in v)
+            reason = "start" if n == 1 else "rotation"
+            assert started == [
+                f"key_epoch_started epoch={epochs[-1].hex()} reason={reason} gateways=2 round=1"
+            ]
+            assert f"{entry_bytes} bytes of key entries" in announced
+        else:
+            assert not started
+            assert " 0 bytes of key entries" in announced
+    assert epochs[0] == epochs[limit - 1] != epochs[limit]  # the limit, and the limit + 1
+    assert epochs[limit] == epochs[2 * limit - 1] != epochs[2 * limit]
+    assert service.epoch_started  # the last one started an epoch
+    service.rounds.close()
+    service.privacy.close()
+
+
+def test_revoked_gateway_cannot_open_the_next_body(
+    channel: BlockingChannel, parties: Parties, tmp_path: Path, vhost: str
+) -> None:
+    gateways = [parties.gateway, parties.other_gateway]
+    service = _service(tmp_path / "agg", vhost, gateways, 100)
+    declare_topology(channel, [g.name for g in gateways])
+    fanout = channel.connection.channel()
+    fanout.tx_select()
+    service._publish_global(fanout)
+    old = {g.name: _drain(channel, g.name) for g in gateways}
+    assert [len(v) for v in old.values()] == [1, 1]
+    first = service.key_epochs.current
+    assert first is not None
+    assert (
+        aggregator_main(["revoke", "--config", str(tmp_path / "agg" / "aggregator.toml"), "gw-02"])
+        == 0
+    )
+    service.reload()
+    service._publish_global(fanout)
+    second = service.key_epochs.current
+    assert second is not None
+    assert second.epoch_id != first.epoch_id
+    assert second.recipient_count == 1
+    assert service.epoch_started
+    new = {g.name: _drain(channel, g.name) for g in gateways}
+    assert [len(new["gw-01"]), len(new["gw-02"])] == [1, 0]  # no entry for the revoked one
+    body = _newest_body(channel)
+    assert peek_broadcast(body).epoch_id == second.epoch_id
+    senders = Registry()
+    senders.enroll(service.identity.public)
+    assert open_broadcast(body, new["gw-01"][0], parties.gateway, senders).metadata.round == 1
+    with pytest.raises(EntryMismatchError, match="another key epoch"):
+        open_broadcast(body, old["gw-02"][0], parties.other_gateway, senders)
+    service.rounds.close()
+    service.privacy.close()
+
+
+def test_epoch_reasons_are_stable_names() -> None:
+    assert [r.value for r in EpochReason] == ["start", "recipients_changed", "rotation"]
+
+
+async def _uplink_until(url: str, gateway: str, path: Path, round_: int) -> bytes:
+    """Run the gateway's real uplink on the spool at `path` until the inbox holds the global
+    model of `round_`; return its delivery frame and stop the uplink."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="spool")
+    spool = Spool(path)
+    loop = asyncio.get_running_loop()
+    stop, woken = asyncio.Event(), asyncio.Event()
+
+    async def on_global() -> None:
+        woken.set()
+
+    uplink = Uplink(url, gateway, spool, pool, StderrLog(logging.WARNING), on_global, max_delay=1)
+    task = asyncio.create_task(uplink.run(stop))
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            item = await loop.run_in_executor(pool, spool.take_global)
+            if item is not None and item[0] == round_:
+                return item[1]
+            assert time.monotonic() < deadline, f"round {round_} not in the inbox within 30 s"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), 1.0)
+            woken.clear()
+    finally:
+        stop.set()
+        await task
+        await loop.run_in_executor(pool, spool.close)
+        pool.shutdown()
+
+
+def test_gateway_restart_opens_the_newest_body_with_its_kept_entry(
+    channel: BlockingChannel, parties: Parties, tmp_path: Path, vhost: str
+) -> None:
+    """The entry left the gateway's queue with its acknowledgement: after a restart, the spool
+    still has it, and the stream's newest body (of the same epoch, published while the gateway
+    was down, without an entry) opens."""
+    gw = parties.gateway
+    declare_topology(channel, [gw.name])
+    channel.tx_select()
+    epoch = new_epoch([gw.public])
+
+    def announce(round_: int, with_entries: bool) -> None:
+        sealed = seal_broadcast(
+            parties.aggregator,
+            epoch,
+            b"global model %d" % round_,
+            content_type=ContentType.GLOBAL_MODEL,
+            round=round_,
+            with_entries=with_entries,
+        )
+        publish_broadcast(channel, sealed)
+
+    senders = Registry()
+    senders.enroll(parties.aggregator.public)
+    path = tmp_path / "spool.sqlite3"
+    announce(1, True)
+    first = asyncio.run(_uplink_until(vhost, gw.name, path, 1))
+    assert open_delivery(first, gw, senders).payload == b"global model 1"
+    announce(2, False)  # while the gateway is down
+    assert _get(channel, gateway_queue(gw.name)) is None  # no entry waits in its queue
+    second = asyncio.run(_uplink_until(vhost, gw.name, path, 2))
+    assert open_delivery(second, gw, senders).payload == b"global model 2"

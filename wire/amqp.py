@@ -12,8 +12,8 @@ PARTIALS_QUEUE: Final = "iomt.partials"
 #: Fanout exchange of signed global-model bodies, bound to GLOBAL_STREAM alone: the body is
 #: stored once however many gateways read it.
 GLOBAL_EXCHANGE: Final = "iomt.global"
-#: Direct exchange of each gateway's key entry of a global-model broadcast (routing key: the
-#: gateway id), bound to that gateway's own queue.
+#: Direct exchange of each gateway's key entry of a key epoch of global-model broadcasts
+#: (routing key: the gateway id), bound to that gateway's own queue.
 GLOBAL_KEYS_EXCHANGE: Final = "iomt.global.keys"
 #: The replicated stream of global-model bodies every gateway reads (RabbitMQ 3.9+ streams: an
 #: append-only log that consumers read without removing, from an offset they choose). A
@@ -61,9 +61,10 @@ UPDATES_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {
     "x-overflow": "reject-publish",
 }
 PARTIALS_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-queue-type": "quorum"}
-#: A gateway's own queue holds only its key entries of global-model broadcasts (the bodies are
-#: in GLOBAL_STREAM). Only the newest matter to a gateway that was offline: a bounded quorum
-#: queue dropping its oldest (quorum queues support x-max-length with drop-head).
+#: A gateway's own queue holds only its key entries of global-model broadcasts, one per key
+#: epoch (the bodies are in GLOBAL_STREAM). Only the newest matter to a gateway that was
+#: offline: a bounded quorum queue dropping its oldest (quorum queues support x-max-length with
+#: drop-head); the gateway's spool keeps as many (gateway.spool.MAX_GLOBAL_ENTRIES).
 GATEWAY_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {
     "x-queue-type": "quorum",
     "x-max-length": 4,

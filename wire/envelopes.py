@@ -19,7 +19,7 @@ from pqlink import (
     peek_envelope,
     seal_envelope,
 )
-from pqlink.broadcast import DELIVERY_TYPE, open_delivery
+from pqlink.broadcast import DELIVERY_TYPE, EpochKeyCache, open_delivery
 from pqlink.envelope import DEFAULT_MAX_ENVELOPE_SIZE
 
 
@@ -64,7 +64,12 @@ class EnvelopeCodec(Protocol):
 
 
 class SealedCodec:
-    """Signed, encrypted pqlink envelopes: what every deployment uses."""
+    """Signed, encrypted pqlink envelopes: what every deployment uses. A gateway's codec keeps
+    the epoch keys of the global-model broadcasts it opened, in memory, so that it
+    decapsulates once per key epoch rather than once per round."""
+
+    def __init__(self) -> None:
+        self.epoch_keys = EpochKeyCache()
 
     def seal(
         self,
@@ -96,7 +101,9 @@ class SealedCodec:
         max_size: int = DEFAULT_MAX_ENVELOPE_SIZE,
     ) -> Opened:
         if frame[:1] == bytes((DELIVERY_TYPE,)):  # a global-model broadcast as kept by a gateway
-            b = open_delivery(frame, recipient, senders, max_size=max_size)
+            b = open_delivery(
+                frame, recipient, senders, max_size=max_size, epoch_keys=self.epoch_keys
+            )
             bm = b.metadata
             return Opened(
                 bm.sender,
