@@ -38,7 +38,7 @@ class RoundsConfig:
     keep_rounds: int = 1000  # closed rounds kept in the database and rounds.jsonl; 0: all
     # global-model broadcasts that share one key epoch (one key entry per gateway); a change
     # of the enrolled gateways starts a new epoch sooner
-    broadcast_epoch_rounds: int = 100
+    broadcast_epoch_rounds: int = 20
 
 
 @dataclass(frozen=True)

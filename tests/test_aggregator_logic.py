@@ -333,7 +333,7 @@ def test_example_aggregator_config_shows_the_defaults() -> None:
 
 def test_broadcast_epoch_rounds_is_at_least_one() -> None:
     base = {"aggregator": {"id": "aggregator", "state_dir": "/var/lib/iomt-aggregator"}}
-    assert parse_config(base, Path("/")).rounds.broadcast_epoch_rounds == 100
+    assert parse_config(base, Path("/")).rounds.broadcast_epoch_rounds == 20
     one = parse_config({**base, "rounds": {"broadcast_epoch_rounds": 1}}, Path("/"))
     assert one.rounds.broadcast_epoch_rounds == 1
     with pytest.raises(ConfigError, match=r"rounds\.broadcast_epoch_rounds"):
