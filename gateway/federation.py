@@ -289,10 +289,11 @@ class FederationClient:
 
     def _spool_update(self, round_: int, update: TrainedUpdate) -> None:
         """Store thread. Never half of it, and not synced to disk on the round's path: the
-        process dying loses nothing; power lost before the next synced commit (the next
-        broadcast's key entry syncs the log) rolls back to the global model still in the
-        inbox, so the gateway trains again, and an update that reached the broker twice is
-        counted once by the coordinator."""
+        process dying loses nothing; power lost before the next synced commit (a key epoch's
+        entry, or SQLite's checkpoint of the log) rolls the spool back to that commit: the
+        gateway takes the newest global model from the stream again and trains on it, and an
+        update that reached the broker twice is counted once by the coordinator (an older
+        round's, rejected as stale)."""
         with self.spool.transaction(synced=False):
             self.spool.put_update(round_, update.envelope, update.metrics["seal_seconds"])
             self.spool.set_state(_LAST_ROUND, round_)

@@ -92,8 +92,8 @@ class Spool:
         confirmation, where two would each cost the event loop a hand-off.
 
         The deletion is not synced to disk: the broker holds the update durably already, and
-        power lost before the next synced commit (the next broadcast's key entry) at worst
-        publishes it again, which the coordinator counts once. A sync here came at the moment
+        power lost before the next synced commit (a key epoch's entry, or SQLite's checkpoint
+        of the log) at worst publishes it again, which the coordinator counts once. A sync here came at the moment
         every gateway of a round finishes, each one queueing behind the others' and the
         broker's syncs on a shared disk."""
         with self.transaction(synced=False):
