@@ -93,9 +93,9 @@ class Spool:
 
         The deletion is not synced to disk: the broker holds the update durably already, and
         power lost before the next synced commit (a key epoch's entry, or SQLite's checkpoint
-        of the log) at worst publishes it again, which the coordinator counts once. A sync here came at the moment
-        every gateway of a round finishes, each one queueing behind the others' and the
-        broker's syncs on a shared disk."""
+        of the log) at worst publishes it again, which the coordinator counts once. A sync
+        here came at the moment every gateway of a round finishes, each one queueing behind
+        the others' and the broker's syncs on a shared disk."""
         with self.transaction(synced=False):
             self.confirmed(update_id)
         return self.pending_updates(limit)
