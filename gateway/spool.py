@@ -194,6 +194,13 @@ class Spool:
                 raise ValueError(f"a global-model part is a body or an entry, not {kind!r}")
         return complete
 
+    def waiting_bodies(self, epoch_id: bytes) -> int:
+        """How many bodies of the key epoch `epoch_id` wait for its entry."""
+        (n,) = self._db.execute(
+            "SELECT count(*) FROM global_bodies WHERE epoch_id = ?", (epoch_id,)
+        ).fetchone()
+        return int(n)
+
     def take_global(self) -> tuple[int, bytes] | None:
         """The newest unapplied global model (older ones are superseded and dropped)."""
         row = self._db.execute(

@@ -202,10 +202,27 @@ class Uplink:
                 join_delivery,
             )
             if not complete:  # the epoch's entry (or a body of its epoch) is on its way
+                if kind == "body":
+                    await self._entry_missing(epoch_id, round_or_none)
                 await message.ack()
                 return
         await message.ack()
         await self.on_global()
+
+    async def _entry_missing(self, epoch_id: bytes, round_: int | None) -> None:
+        """A body waits for its epoch's entry. The entry of an epoch's first body may simply
+        come a moment after it (two consumers); a second body still without one means the
+        entry is gone, which an operator must see."""
+        waiting = await self._spool(self.spool.waiting_bodies, epoch_id)
+        assert isinstance(waiting, int)
+        if waiting >= 2:
+            self.log.event(
+                Event.GLOBAL_WAITING_FOR_KEY,
+                level=logging.WARNING,
+                epoch=epoch_id.hex()[:16],
+                round=round_,
+                waiting=waiting,
+            )
 
     async def _publish_loop(self, channel: AbstractChannel) -> None:
         await channel.declare_queue(UPDATES_QUEUE, durable=True, arguments=UPDATES_QUEUE_ARGUMENTS)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
@@ -343,3 +344,79 @@ def test_gateway_restart_opens_the_newest_body_with_its_kept_entry(
     assert _get(channel, gateway_queue(gw.name)) is None  # no entry waits in its queue
     second = asyncio.run(_uplink_until(vhost, gw.name, path, 2))
     assert open_delivery(second, gw, senders).payload == b"global model 2"
+
+
+def test_a_lost_entry_is_reported_once_a_second_body_waits_and_the_next_epoch_opens(
+    channel: BlockingChannel, parties: Parties, tmp_path: Path, vhost: str
+) -> None:
+    """A spool deleted while the gateway kept its key loses the epoch's entry: the first body
+    that waits is not reported (its entry may be a moment behind it), the second is
+    (`global_waiting_for_key`, warning), and the next epoch's first body opens."""
+    gw = parties.gateway
+    declare_topology(channel, [gw.name])
+    channel.tx_select()
+    epochs = [new_epoch([gw.public]), new_epoch([gw.public])]
+
+    def announce(round_: int, epoch: int, with_entries: bool) -> None:
+        sealed = seal_broadcast(
+            parties.aggregator,
+            epochs[epoch],
+            b"global model %d" % round_,
+            content_type=ContentType.GLOBAL_MODEL,
+            round=round_,
+            with_entries=with_entries,
+        )
+        publish_broadcast(channel, sealed)
+
+    announce(1, 0, True)
+    assert _get(channel, gateway_queue(gw.name)) is not None  # taken, then the spool is lost
+    log = io.StringIO()
+    path = tmp_path / "spool.sqlite3"
+
+    async def scenario() -> bytes:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="spool")
+        spool = Spool(path)
+        loop = asyncio.get_running_loop()
+        stop, woken = asyncio.Event(), asyncio.Event()
+
+        async def on_global() -> None:
+            woken.set()
+
+        async def until(predicate: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 30
+            while not await loop.run_in_executor(pool, predicate):
+                assert time.monotonic() < deadline, f"no {what} within 30 s"
+                await asyncio.sleep(0.02)  # poll interval of a bounded wait
+
+        uplink = Uplink(
+            vhost, gw.name, spool, pool, StderrLog(logging.INFO, log), on_global, max_delay=1
+        )
+        task = asyncio.create_task(uplink.run(stop))
+        try:
+            epoch = epochs[0].epoch_id
+            await until(lambda: spool.waiting_bodies(epoch) == 1, "first waiting body")
+            assert "global_waiting_for_key" not in log.getvalue()
+            announce(2, 0, False)
+            await until(lambda: spool.waiting_bodies(epoch) == 2, "second waiting body")
+            await until(lambda: "global_waiting_for_key" in log.getvalue(), "warning")
+            announce(3, 1, True)  # the next epoch
+            await until(lambda: (spool.take_global() or (0, b""))[0] == 3, "round 3 in the inbox")
+            item = await loop.run_in_executor(pool, spool.take_global)
+            assert item is not None
+            return item[1]
+        finally:
+            stop.set()
+            await task
+            await loop.run_in_executor(pool, spool.close)
+            pool.shutdown()
+
+    frame = asyncio.run(scenario())
+    senders = Registry()
+    senders.enroll(parties.aggregator.public)
+    assert open_delivery(frame, gw, senders).payload == b"global model 3"
+    lines = [line for line in log.getvalue().splitlines() if "global_waiting_for_key" in line]
+    assert len(lines) == 1, lines
+    assert "level=warning" in lines[0]
+    assert f"epoch={epochs[0].epoch_id.hex()[:16]}" in lines[0]
+    assert "round=2" in lines[0]
+    assert "waiting=2" in lines[0]

@@ -66,6 +66,7 @@ class Event(enum.StrEnum):
     FEATURE_STATS_SENT = "feature_stats_sent"
     GLOBAL_APPLIED = "global_applied"
     GLOBAL_REJECTED = "global_rejected"
+    GLOBAL_WAITING_FOR_KEY = "global_waiting_for_key"
     INSECURE_BENCHMARK_MODE = "insecure_benchmark_mode"
     METRICS_LISTENING = "metrics_listening"
     RECORD_REJECTED = "record_rejected"
