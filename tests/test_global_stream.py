@@ -11,7 +11,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
@@ -31,6 +31,7 @@ from pqlink import ContentType, Identity, Registry
 from pqlink.broadcast import (
     BODY_TYPE,
     ENTRY_TYPE,
+    BroadcastEpoch,
     EntryMismatchError,
     join_delivery,
     new_epoch,
@@ -59,6 +60,26 @@ def channel(vhost: str) -> Iterator[BlockingChannel]:
         conn.close()
 
 
+def _publish(
+    channel: BlockingChannel,
+    parties: Parties,
+    epoch: BroadcastEpoch,
+    round_: int,
+    *,
+    with_entries: bool,
+) -> None:
+    """Seal "global model `round_`" in `epoch` and publish it as the coordinator does."""
+    sealed = seal_broadcast(
+        parties.aggregator,
+        epoch,
+        b"global model %d" % round_,
+        content_type=ContentType.GLOBAL_MODEL,
+        round=round_,
+        with_entries=with_entries,
+    )
+    publish_broadcast(channel, sealed)
+
+
 def _announce(
     channel: BlockingChannel,
     parties: Parties,
@@ -72,15 +93,7 @@ def _announce(
     for r in range(1, rounds + 1):
         if epoch is None or r in epoch_starts:
             epoch = new_epoch([parties.gateway.public, parties.other_gateway.public])
-        sealed = seal_broadcast(
-            parties.aggregator,
-            epoch,
-            b"global model %d" % r,
-            content_type=ContentType.GLOBAL_MODEL,
-            round=r,
-            with_entries=r in epoch_starts,
-        )
-        publish_broadcast(channel, sealed)
+        _publish(channel, parties, epoch, r, with_entries=r in epoch_starts)
 
 
 def _counts(rabbitmq: RabbitMQ, vhost: str) -> dict[str, int]:
@@ -282,21 +295,40 @@ def test_epoch_reasons_are_stable_names() -> None:
     assert [r.value for r in EpochReason] == ["start", "recipients_changed", "rotation"]
 
 
-async def _uplink_until(url: str, gateway: str, path: Path, round_: int) -> bytes:
-    """Run the gateway's real uplink on the spool at `path` until the inbox holds the global
-    model of `round_`; return its delivery frame and stop the uplink."""
+@contextlib.asynccontextmanager
+async def _running_uplink(
+    url: str, gateway: str, path: Path, log: StderrLog
+) -> AsyncIterator[tuple[Spool, ThreadPoolExecutor, asyncio.Event]]:
+    """The gateway's real uplink running on the spool at `path`: yields the spool, the one
+    thread it is used from, and an event set on each global model; stops it all on exit."""
     pool = ThreadPoolExecutor(1, thread_name_prefix="spool")
     spool = Spool(path)
-    loop = asyncio.get_running_loop()
     stop, woken = asyncio.Event(), asyncio.Event()
 
     async def on_global() -> None:
         woken.set()
 
-    uplink = Uplink(url, gateway, spool, pool, StderrLog(logging.WARNING), on_global, max_delay=1)
+    uplink = Uplink(url, gateway, spool, pool, log, on_global, max_delay=1)
     task = asyncio.create_task(uplink.run(stop))
-    deadline = time.monotonic() + 30
     try:
+        yield spool, pool, woken
+    finally:
+        stop.set()
+        await task
+        await asyncio.get_running_loop().run_in_executor(pool, spool.close)
+        pool.shutdown()
+
+
+async def _uplink_until(url: str, gateway: str, path: Path, round_: int) -> bytes:
+    """Run the gateway's real uplink on the spool at `path` until the inbox holds the global
+    model of `round_`; return its delivery frame and stop the uplink."""
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + 30
+    async with _running_uplink(url, gateway, path, StderrLog(logging.WARNING)) as (
+        spool,
+        pool,
+        woken,
+    ):
         while True:
             item = await loop.run_in_executor(pool, spool.take_global)
             if item is not None and item[0] == round_:
@@ -305,11 +337,6 @@ async def _uplink_until(url: str, gateway: str, path: Path, round_: int) -> byte
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), 1.0)
             woken.clear()
-    finally:
-        stop.set()
-        await task
-        await loop.run_in_executor(pool, spool.close)
-        pool.shutdown()
 
 
 def test_gateway_restart_opens_the_newest_body_with_its_kept_entry(
@@ -324,15 +351,7 @@ def test_gateway_restart_opens_the_newest_body_with_its_kept_entry(
     epoch = new_epoch([gw.public])
 
     def announce(round_: int, with_entries: bool) -> None:
-        sealed = seal_broadcast(
-            parties.aggregator,
-            epoch,
-            b"global model %d" % round_,
-            content_type=ContentType.GLOBAL_MODEL,
-            round=round_,
-            with_entries=with_entries,
-        )
-        publish_broadcast(channel, sealed)
+        _publish(channel, parties, epoch, round_, with_entries=with_entries)
 
     senders = Registry()
     senders.enroll(parties.aggregator.public)
@@ -358,15 +377,7 @@ def test_a_lost_entry_is_reported_once_a_second_body_waits_and_the_next_epoch_op
     epochs = [new_epoch([gw.public]), new_epoch([gw.public])]
 
     def announce(round_: int, epoch: int, with_entries: bool) -> None:
-        sealed = seal_broadcast(
-            parties.aggregator,
-            epochs[epoch],
-            b"global model %d" % round_,
-            content_type=ContentType.GLOBAL_MODEL,
-            round=round_,
-            with_entries=with_entries,
-        )
-        publish_broadcast(channel, sealed)
+        _publish(channel, parties, epochs[epoch], round_, with_entries=with_entries)
 
     announce(1, 0, True)
     assert _get(channel, gateway_queue(gw.name)) is not None  # taken, then the spool is lost
@@ -374,25 +385,19 @@ def test_a_lost_entry_is_reported_once_a_second_body_waits_and_the_next_epoch_op
     path = tmp_path / "spool.sqlite3"
 
     async def scenario() -> bytes:
-        pool = ThreadPoolExecutor(1, thread_name_prefix="spool")
-        spool = Spool(path)
         loop = asyncio.get_running_loop()
-        stop, woken = asyncio.Event(), asyncio.Event()
+        async with _running_uplink(vhost, gw.name, path, StderrLog(logging.INFO, log)) as (
+            spool,
+            pool,
+            _,
+        ):
 
-        async def on_global() -> None:
-            woken.set()
+            async def until(predicate: Callable[[], bool], what: str) -> None:
+                deadline = time.monotonic() + 30
+                while not await loop.run_in_executor(pool, predicate):
+                    assert time.monotonic() < deadline, f"no {what} within 30 s"
+                    await asyncio.sleep(0.02)  # poll interval of a bounded wait
 
-        async def until(predicate: Callable[[], bool], what: str) -> None:
-            deadline = time.monotonic() + 30
-            while not await loop.run_in_executor(pool, predicate):
-                assert time.monotonic() < deadline, f"no {what} within 30 s"
-                await asyncio.sleep(0.02)  # poll interval of a bounded wait
-
-        uplink = Uplink(
-            vhost, gw.name, spool, pool, StderrLog(logging.INFO, log), on_global, max_delay=1
-        )
-        task = asyncio.create_task(uplink.run(stop))
-        try:
             epoch = epochs[0].epoch_id
             await until(lambda: spool.waiting_bodies(epoch) == 1, "first waiting body")
             assert "global_waiting_for_key" not in log.getvalue()
@@ -404,11 +409,6 @@ def test_a_lost_entry_is_reported_once_a_second_body_waits_and_the_next_epoch_op
             item = await loop.run_in_executor(pool, spool.take_global)
             assert item is not None
             return item[1]
-        finally:
-            stop.set()
-            await task
-            await loop.run_in_executor(pool, spool.close)
-            pool.shutdown()
 
     frame = asyncio.run(scenario())
     senders = Registry()
