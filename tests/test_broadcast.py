@@ -4,6 +4,7 @@ recipient, an entry of another epoch or a replay fail with their own error."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 
@@ -302,31 +303,10 @@ def _epoch_with(
     real = new_epoch([r.public for r in recipients])
     keys = [KeyEntry.from_bytes(real.entries[r.name]) for r in recipients]
     if wrapped is not None:
-        keys = [
-            KeyEntry(
-                k.epoch_id,
-                k.recipient_count,
-                k.index,
-                k.fingerprint,
-                k.kem_ciphertext,
-                wrapped,
-                k.path,
-            )
-            for k in keys
-        ]
+        keys = [dataclasses.replace(k, wrapped_key=wrapped) for k in keys]
     root, paths = merkle_root_and_paths([k.leaf() for k in keys])
     entries = {
-        r.name: bytes(
-            KeyEntry(
-                k.epoch_id,
-                k.recipient_count,
-                k.index,
-                k.fingerprint,
-                k.kem_ciphertext,
-                k.wrapped_key,
-                paths[k.index],
-            )
-        )
+        r.name: bytes(dataclasses.replace(k, path=paths[k.index]))
         for r, k in zip(recipients, keys, strict=True)
     }
     return BroadcastEpoch(real.epoch_id, key or real.key, root, real.fingerprints, entries)
