@@ -24,6 +24,11 @@ from .rabbitmq_cluster import RabbitMQCluster
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Three RabbitMQ nodes started (in the first test's setup) and one killed mid-round: more than
+# the default 300 s per test when both cores are busy.
+pytestmark = pytest.mark.timeout(900)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQCluster]:
     nodes = RabbitMQCluster(tmp_path_factory.mktemp("cluster"))
