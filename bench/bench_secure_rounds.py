@@ -2,12 +2,18 @@
 crypto worker: round time, recovery after dropouts, and the bytes each gateway sends.
 
 10 gateways run plain and secure rounds alternately in one run (DP off in both: the noise
-costs the same in both modes, and the comparison is about the protocol). Then 50 gateways,
-20% of which vanish right after sending their shares: the round completes through the
-unmasking stage; its recovery step is timed. The gateways are in-process clients (one thread
-and one AMQP connection each, real crypto) so that 50 of them fit on two cores; the
-coordinator and the crypto worker are the real processes. Local training is left out of both
-modes: it is the same work whether the update is masked or not."""
+costs the same in both modes, and the comparison is about the protocol). Then 50 gateways: a
+round with everyone, then one in which 20% vanish once their key shares are in: the round
+completes through the unmasking stage; its recovery step is timed. In secure rounds each
+gateway is a process of its own (`bench.secure_gateway`: the gateway's real secure-aggregation
+link, its own AMQP connection and interpreter, as on its own device); in plain rounds the
+benchmark seals and publishes every gateway's update from one thread. The coordinator and the
+crypto worker are the real processes. Local training is left out of both modes: it is the same
+work whether the update is masked or not.
+
+Besides the round times it reads every party's CPU over the steady rounds (gateways, the
+coordinator, the worker, the RabbitMQ node): their total over this machine's cores is a bound
+no scheduling can beat, which says what a ratio on two shared cores can and cannot be."""
 
 from __future__ import annotations
 
@@ -17,12 +23,10 @@ import os
 import sqlite3
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pika
 
 from aggregator.coordinator import initial_weights
@@ -31,24 +35,22 @@ from bench.bench_rounds import (
     INIT,
     Procs,
     _aggregator,
+    _broker_pid,
+    _cpu,
     _rounds,
     _update,
     _vhost,
     _wait,
     wait_for_aggregator,
 )
-from gateway.secure_link import SecureLink, SecureRoundResult
-from pqlink import Identity, Registry, Role, load_identity
+from bench.bench_secagg import secure_round as protocol_round
+from pqlink import Identity, Registry, Role, load_identity, save_identity, save_registry
+from pqlink.keys import SigAlg, SigningKey
 from testbed import RabbitMQ
 from wire.amqp import UPDATES_QUEUE
-from wire.secagg import SecAggKind, SecureRoundAnnouncement
 
 SAMPLES = 100  # each gateway's sample count (the secure rounds are sample-weighted)
 CLIP = 1.0
-
-
-class _Vanished(Exception):  # noqa: N818 -- not an error: the way a bench gateway dies
-    """Raised out of a gateway's round to drop its connection without a word."""
 
 
 def _fleet(root: Path, n: int) -> tuple[list[Identity], list[Path], Registry]:
@@ -98,6 +100,44 @@ def _reports(conf: Path) -> list[dict[str, Any]]:
     return [json.loads(r[0]) if r[0] else {} for r in rows]
 
 
+class _ProcessCpu:
+    """CPU seconds of the coordinator, the crypto worker and the RabbitMQ node, read from
+    /proc between two marks (10 ms clock ticks: summed over several rounds)."""
+
+    def __init__(self, procs: Procs, rabbit: RabbitMQ) -> None:
+        worker, coordinator = procs.items[-2:]  # as `_start` spawns them
+        broker = _broker_pid(rabbit.workdir / "rabbitmq.pid")
+        self.pids = {"coordinator": coordinator.pid, "worker": worker.pid}
+        if broker is not None:
+            self.pids["broker"] = broker
+        self._start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        return {name: _cpu(pid) for name, pid in self.pids.items()}
+
+    def since_start(self) -> dict[str, float]:
+        now = self._read()
+        return {name: now[name] - self._start[name] for name in self.pids}
+
+
+def _cpu_per_round(
+    gateway_cpu: list[float], others: dict[str, float], rounds: int
+) -> dict[str, Any]:
+    """CPU seconds per steady round: the gateways' summed, and each other party's, their
+    total, and that total spread over this machine's cores -- a round cannot be shorter than
+    that, however the work were scheduled."""
+    parts = {"gateways": sum(gateway_cpu) / rounds}
+    parts.update({name: cpu / rounds for name, cpu in others.items()})
+    total = sum(parts.values())
+    cores = os.cpu_count() or 1
+    return {
+        **{f"{name}_s": v for name, v in parts.items()},
+        "total_s": total,
+        "cores": cores,
+        "total_over_cores_s": total / cores,
+    }
+
+
 def _find(doc: object, key: str) -> Any:
     """The first value of `key` anywhere in a JSON document (the report nests it)."""
     if isinstance(doc, dict):
@@ -126,23 +166,36 @@ def plain_run(tmp: Path, rabbit: RabbitMQ, n: int, rounds: int, rep: int) -> dic
     size = int(initial_weights(INIT).size)
     procs = Procs(root / "logs")
     durations, sent = [], []
+    gateway_cpu: list[float] = []  # this thread's sealing and publishing, per steady round
     try:
         _start(conf, procs)
         conn = pika.BlockingConnection(pika.URLParameters(url))
         ch = conn.channel()
         wait_for_aggregator(ch, conf, 1)
+        others = None
         for r in range(1, rounds + 1):
             t0 = time.time()
+            c0 = time.thread_time()
             for gw in gateways:
                 frame = _update(gw, agg, r, size)
                 sent.append(len(frame))
                 ch.basic_publish("", UPDATES_QUEUE, frame)
+            if r > 1:
+                gateway_cpu.append(time.thread_time() - c0)
             _wait(lambda r=r: len(_rounds(conf)) >= r, 120, f"plain round {r}")
             durations.append(_rounds(conf)[r - 1][1] - t0)
+            if r == 1:  # the warm-up round is over: the steady rounds' CPU starts here
+                others = _ProcessCpu(procs, rabbit)
+        assert others is not None
+        steady_cpu = others.since_start()
         conn.close()
     finally:
         procs.stop()
-    return {"round_seconds": durations, "bytes_sent_per_gateway": statistics.median(sent)}
+    return {
+        "round_seconds": durations,
+        "bytes_sent_per_gateway": statistics.median(sent),
+        "cpu_per_round": _cpu_per_round(gateway_cpu, steady_cpu, rounds - 1),
+    }
 
 
 def secure_run(
@@ -155,67 +208,62 @@ def secure_run(
     vanish_fraction: float = 0.0,
     stage_timeout: float = 20.0,
 ) -> dict[str, Any]:
-    """Secure rounds driven by the real coordinator; gateways answer each stage from their
-    threads. A vanishing gateway drops its connection right after sending its shares."""
+    """Secure rounds driven by the real coordinator; each gateway is a process of its own
+    (`bench.secure_gateway`), as on its own device. A vanishing gateway's process ends in the
+    last round once its key shares are in, its connection dropped without a word (the rounds
+    before warm the processes up, as a long-running gateway is)."""
     tag = f"secure-{n}-{rep}" + ("-vanish" if vanish_fraction else "")
     url = _vhost(rabbit, tag)
     root = tmp / tag
     gateways, pubs, registry = _fleet(root, n)
     conf = _config(root, url, pubs, rounds, secure=True, stage_timeout=stage_timeout)
-    agg = load_identity(conf.parent / "state" / "identity.key")
     vanishing = {g.name for g in gateways[: round(vanish_fraction * n)]}
-    stop = threading.Event()
-    links: dict[str, SecureLink] = {}
-    ready = {g.name: threading.Event() for g in gateways}
-    results: dict[str, list[SecureRoundResult]] = {g.name: [] for g in gateways}
-    rng = np.random.default_rng(rep)
-
-    def gateway(gw: Identity) -> None:
-        def sent(kind: SecAggKind) -> None:
-            if kind is SecAggKind.SHARE_KEYS and gw.name in vanishing:
-                raise _Vanished
-
-        x = rng.normal(0.0, 0.01, int(initial_weights(INIT).size))
-
-        def update(_a: SecureRoundAnnouncement) -> tuple[np.ndarray, int]:
-            return x, SAMPLES
-
-        link = SecureLink(url, gw, agg.public, registry, update, on_sent=sent)
-        links[gw.name] = link  # counts the bytes it publishes, envelopes and bare frames
-        try:
-            for r in range(1, rounds + 1):
-                try:
-                    res = link.run_round(
-                        stop, after_round=r - 1, timeout=300.0, on_ready=ready[gw.name].set
-                    )
-                except _Vanished:
-                    return
-                results[gw.name].append(res)
-                if stop.is_set():
-                    return
-        finally:
-            link.close()
-
-    threads = [threading.Thread(target=gateway, args=(g,), daemon=True) for g in gateways]
+    gw_root = root / "gateways"
+    gw_root.mkdir()
+    registry_path = gw_root / "registry.json"
+    save_registry(registry, registry_path)
+    size = int(initial_weights(INIT).size)
     procs = Procs(root / "logs")
     try:
-        for t in threads:
-            t.start()
-        _wait(lambda: all(e.is_set() for e in ready.values()), 120, "the gateways")
+        for i, gw in enumerate(gateways):
+            save_identity(gw, gw_root / f"{gw.name}.key")
+            procs.spawn(
+                gw.name,
+                "bench.secure_gateway",
+                *("--identity", str(gw_root / f"{gw.name}.key")),
+                *("--aggregator-pub", str(conf.parent / "state" / "identity.pub")),
+                *("--registry", str(registry_path)),
+                *("--url", url, "--rounds", str(rounds), "--parameters", str(size)),
+                *("--samples", str(SAMPLES), "--seed", str(1000 * rep + i)),
+                *("--ready", str(gw_root / f"{gw.name}.ready")),
+                *("--out", str(gw_root / f"{gw.name}.json")),
+                *(("--vanish-in-round", str(rounds)) if gw.name in vanishing else ()),
+            )
+        _wait(
+            lambda: all((gw_root / f"{g.name}.ready").exists() for g in gateways),
+            60 + 2 * n,
+            "the gateways",
+        )
         _start(conf, procs)
+        _wait(lambda: len(_rounds(conf)) >= 1, 150, "the first secure round")
+        others = _ProcessCpu(procs, rabbit)  # from the end of the warm-up round
         _wait(lambda: len(_rounds(conf)) >= rounds, 120 + 30 * rounds, "the secure rounds")
-        for t in threads:
-            t.join(60)
+        steady_cpu = others.since_start()
+        survivors = [g.name for g in gateways if g.name not in vanishing]
+        _wait(
+            lambda: all((gw_root / f"{name}.json").exists() for name in survivors),
+            60,
+            "the gateways' results",
+        )
     finally:
-        stop.set()
         procs.stop()
     spans = _rounds(conf)
     reports = _reports(conf)
     stages = [_find(rep_, "stage_seconds") or {} for rep_ in reports]
-    survivors = [g.name for g in gateways if g.name not in vanishing]
-    per_round_bytes = [
-        links[name].bytes_sent.get(r, 0) for name in survivors for r in range(1, rounds + 1)
-    ]
+    done = {
+        name: json.loads((gw_root / f"{name}.json").read_text())["rounds"] for name in survivors
+    }
+    steady = [r for name in survivors for r in done[name][1:]]
     return {
         "round_seconds": [b - a for a, b in spans],
         "stage_seconds": stages,
@@ -225,8 +273,16 @@ def secure_run(
         "dropouts_recovered": [_find(rep_, "dropouts_recovered") for rep_ in reports],
         "aggregated": [_find(rep_, "secure_aggregation") is not None for rep_ in reports],
         "vanished": len(vanishing),
-        "bytes_sent_per_gateway": statistics.median(per_round_bytes),
-        "finished": sum(1 for name in survivors for res in results[name] if res.finished),
+        "bytes_sent_per_gateway": statistics.median(
+            r["bytes_sent"] for name in survivors for r in done[name]
+        ),
+        "finished": sum(1 for name in survivors for r in done[name] if r["finished"]),
+        "cpu_per_round": _cpu_per_round([r["cpu_s"] for r in steady], steady_cpu, rounds - 1)
+        if rounds > 1
+        else None,
+        "gateway_cpu_per_round_s": statistics.median(r["cpu_s"] for r in steady)
+        if rounds > 1
+        else None,
     }
 
 
@@ -253,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     plain: list[dict[str, Any]] = []
     secure: list[dict[str, Any]] = []
+    # The protocol's own computation per gateway and round (pqlink.secagg in this process, no
+    # broker, no envelopes): what ten gateways must compute whatever carries their messages.
+    signers = {u: SigningKey.generate(SigAlg.ML_DSA_65) for u in range(1, 11)}
+    protocol: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-secure-") as tmp,
         RabbitMQ(Path(tmp) / "rabbit") as rabbit,
@@ -261,23 +321,46 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeats):  # alternated: drift falls on both modes alike
             plain.append(plain_run(root, rabbit, 10, args.rounds, rep))
             secure.append(secure_run(root, rabbit, 10, args.rounds, rep))
+            protocol.append(protocol_round(10, 100 + rep, signers, frozenset()))
             print(
                 f"  run {rep + 1}/{args.repeats}: plain "
                 f"{statistics.median(plain[-1]['round_seconds'][1:]) * 1000:.0f} ms, secure "
-                f"{statistics.median(secure[-1]['round_seconds'][1:]) * 1000:.0f} ms",
+                f"{statistics.median(secure[-1]['round_seconds'][1:]) * 1000:.0f} ms; CPU per "
+                f"round over the cores: plain "
+                f"{plain[-1]['cpu_per_round']['total_over_cores_s'] * 1000:.0f} ms, secure "
+                f"{secure[-1]['cpu_per_round']['total_over_cores_s'] * 1000:.0f} ms",
                 flush=True,
             )
-        large = secure_run(root, rabbit, args.large, 1, 0, vanish_fraction=0.2, stage_timeout=15.0)
+        # a warm-up round with everyone, then the round in which 20% vanish
+        large = secure_run(root, rabbit, args.large, 2, 0, vanish_fraction=0.2, stage_timeout=15.0)
     plain_steady = [x for r in plain for x in r["round_seconds"][1:]]
     secure_steady = [x for r in secure for x in r["round_seconds"][1:]]
     pm, sm = statistics.median(plain_steady), statistics.median(secure_steady)
-    recovery = large["recovery_seconds"][0] if large["recovery_seconds"] else None
+    recovery = large["recovery_seconds"][-1] if large["recovery_seconds"] else None
+    cpu = {
+        mode: {
+            key: statistics.median(r["cpu_per_round"][key] for r in runs)
+            for key in runs[0]["cpu_per_round"]
+        }
+        for mode, runs in (("plain", plain), ("secure", secure))
+    }
+    # The secure round's CPU, all parties, spread over the cores, against the plain round's
+    # median: above 2 means no scheduling of that work could meet 2x on this machine.
+    floor_ratio = cpu["secure"]["total_over_cores_s"] / pm
+    protocol_cpu = statistics.median(r["client_cpu_s"] for r in protocol)
+    cores = cpu["secure"]["cores"]
+    # A secure round does all a plain round does (each gateway's input sealed and signed, the
+    # worker opening and summing them, the coordinator closing the round) and the protocol's
+    # computation besides: that CPU over the cores is a floor for its time on this machine.
+    floor_s = (10 * protocol_cpu + cpu["plain"]["total_s"]) / cores
     doc: dict[str, Any] = {
         "setup": (
-            "real RabbitMQ, real coordinator and crypto worker processes; gateways as in-process "
-            "clients (a thread and an AMQP connection each, real crypto); training left out; "
-            "DP off in both modes; the 50-gateway run's 20% vanish (connection dropped without "
-            "a word, in-process rather than SIGKILL) right after sending their shares"
+            "real RabbitMQ, real coordinator and crypto worker processes; in secure rounds each "
+            "gateway a process of its own (bench.secure_gateway: the gateway's secure link, its "
+            "own AMQP connection, real crypto), in plain rounds every gateway's update sealed and "
+            "published from the benchmark's thread; training left out; DP off in both modes; the "
+            "50-gateway run: one round with everyone, then one in which 20% of the gateway "
+            "processes end (os._exit, no goodbye) once their key shares are in"
         ),
         "ten_gateways": {
             "plain": _spread(plain_steady),
@@ -289,6 +372,20 @@ def main(argv: list[str] | None = None) -> int:
             },
             "secure_stage_seconds": secure[-1]["stage_seconds"][-1],
             # gateway <-> coordinator exchanges on a steady-state round's critical path
+            # CPU seconds per steady round (medians over the runs): the gateways' summed,
+            # the coordinator's, the worker's, the broker's, and their total over the cores
+            "cpu_per_round": cpu,
+            "secure_cpu_over_cores_per_plain_round": floor_ratio,
+            # one gateway's SecAgg computation alone (signatures, verifications, hybrid KEM,
+            # shares, masks), ten of them over the cores, against the plain round's median
+            "protocol_cpu_per_gateway_s": protocol_cpu,
+            "protocol_cpu_over_cores_per_plain_round": 10 * protocol_cpu / cores / pm,
+            "secure_floor_s": floor_s,
+            "secure_floor_over_plain_round": floor_s / pm,
+            "gateway_cpu_per_round_s": {
+                "plain": cpu["plain"]["gateways_s"] / 10,
+                "secure": statistics.median(r["gateway_cpu_per_round_s"] for r in secure),
+            },
             "secure_exchanges_per_round": statistics.median(
                 x for r in secure for x in r["exchanges"][1:] if x is not None
             ),
@@ -308,6 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - t_start, 1),
     }
     write("secure_rounds", doc, args.out)
+    print(
+        f"secure round CPU over {cpu['secure']['cores']} cores: "
+        f"{cpu['secure']['total_over_cores_s'] * 1000:.0f} ms = {floor_ratio:.1f}x the plain "
+        f"round's median ({pm * 1000:.0f} ms); the protocol's own computation, "
+        f"{protocol_cpu * 1000:.1f} ms per gateway, with the plain round's CPU: a floor of "
+        f"{floor_s * 1000:.0f} ms = {floor_s / pm:.1f}x"
+    )
     print(json.dumps(doc["budgets"], indent=2))
     return 0
 
