@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from device_emulators.errors import HubClosedError
 from device_emulators.hub import MqttHub
 from device_emulators.profiles import COHORTS, dominant_mix, make_profiles
 from device_emulators.replay import ReplayError, ReplayWearable, list_records, read_beats
@@ -374,11 +375,15 @@ async def _replay(args: argparse.Namespace) -> int:
 async def _connected(
     hubs: Sequence[MqttHub], args: argparse.Namespace, stop: asyncio.Event
 ) -> bool:
-    """Every hub connected within `--connect-timeout`; otherwise say so and stop them all."""
+    """Every hub connected within `--connect-timeout`; otherwise say so and stop them all.
+    True also when a stop request (a signal) came first: the run then ends at once, with its
+    summary, as a stopped run does."""
     try:
         async with asyncio.timeout(args.connect_timeout):
             for hub in hubs:
                 await hub.wait_connected()
+    except HubClosedError:  # the hubs stop only on a stop request
+        return True
     except TimeoutError:
         print(
             f"iomt-emulate: broker {args.host}:{args.port} unreachable for "

@@ -4,18 +4,26 @@ would hold it), with reconnection, QoS 1 publishing and per-device response queu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+from typing import Any
 
 import aiomqtt
 
+from device_emulators.errors import HubClosedError
 from servicekit.backoff import Backoff
 
 _LOG = logging.getLogger("device_emulators.hub")
+#: On a stop request, how long publishes already handed to the client may take to be
+#: acknowledged before the hub disconnects (milliseconds with a live broker; a publish the
+#: disconnect cut off would otherwise wait out the client's whole timeout).
+DRAIN_SECONDS = 2.0
 
 
 class MqttHub:
-    """Owns one aiomqtt client; `publish` waits while disconnected instead of failing."""
+    """Owns one aiomqtt client; `publish` waits while disconnected instead of failing, until the
+    hub stops: from then on `publish` and `response` raise HubClosedError."""
 
     def __init__(
         self,
@@ -34,6 +42,10 @@ class MqttHub:
         self._client: aiomqtt.Client | None = None
         self._generation = 0  # one per successful connection
         self._changed = asyncio.Condition()
+        self._closed = asyncio.Event()  # set when `run` has returned, for good
+        self._publishing = 0  # publishes handed to the client, not yet acknowledged
+        self._quiet = asyncio.Event()  # set while none is
+        self._quiet.set()
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self.reconnects = 0
         self.publish_retries = 0
@@ -49,6 +61,16 @@ class MqttHub:
         return self._generation
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            # Whatever ended it (the stop request, a cancellation): wake everyone waiting for a
+            # connection, which will not come any more.
+            self._closed.set()
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         backoff = Backoff(0.1, 5.0)
         while not stop.is_set():
             client = aiomqtt.Client(
@@ -75,6 +97,8 @@ class MqttHub:
                     async with asyncio.TaskGroup() as tg:
                         reader = tg.create_task(self._read(client))
                         await stop.wait()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._quiet.wait(), DRAIN_SECONDS)
                         reader.cancel()
             except* aiomqtt.MqttError as group:
                 _LOG.debug("hub %s disconnected: %s", self.client_id, group.exceptions[0])
@@ -95,13 +119,41 @@ class MqttHub:
                 queue.put_nowait(bytes(payload))
 
     async def _current(self, not_generation: int = -1) -> tuple[aiomqtt.Client, int]:
-        """The live connection (a newer one than `not_generation`, if given)."""
+        """The live connection (a newer one than `not_generation`, if given); HubClosedError
+        once the hub has stopped."""
         async with self._changed:
             await self._changed.wait_for(
-                lambda: self._client is not None and self._generation != not_generation
+                lambda: (
+                    self._closed.is_set()
+                    or (self._client is not None and self._generation != not_generation)
+                )
             )
+            if self._closed.is_set():
+                raise HubClosedError(f"MQTT hub {self.client_id} has stopped")
             assert self._client is not None
             return self._client, self._generation
+
+    async def response(self, queue: asyncio.Queue[bytes], timeout: float) -> bytes:
+        """The next message of a response queue within `timeout` seconds (TimeoutError
+        otherwise); HubClosedError if the hub stops first."""
+        if self._closed.is_set():
+            raise HubClosedError(f"MQTT hub {self.client_id} has stopped")
+        got = asyncio.ensure_future(queue.get())
+        closed = asyncio.ensure_future(self._closed.wait())
+        waiting: set[asyncio.Future[Any]] = {got, closed}
+        try:
+            done, _ = await asyncio.wait(
+                waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closed.cancel()
+            if not got.done():
+                got.cancel()
+        if got in done:
+            return got.result()
+        if closed in done:
+            raise HubClosedError(f"MQTT hub {self.client_id} has stopped")
+        raise TimeoutError
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._current(), timeout)
@@ -110,9 +162,15 @@ class MqttHub:
         """QoS 1 publish; after a failure, wait for the hub's next connection and retry."""
         client, generation = await self._current()
         while True:
+            self._publishing += 1
+            self._quiet.clear()
             try:
                 await client.publish(topic, payload, qos=1)
                 return
             except aiomqtt.MqttError:
                 self.publish_retries += 1
-                client, generation = await self._current(not_generation=generation)
+            finally:
+                self._publishing -= 1
+                if not self._publishing:
+                    self._quiet.set()
+            client, generation = await self._current(not_generation=generation)

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from device_emulators.errors import EmulatorError
+from device_emulators.errors import EmulatorError, HubClosedError
 from device_emulators.hub import MqttHub
 from device_emulators.wearable import Wearable
 from pqlink import Identity, PublicIdentity, RekeyPolicy
@@ -218,7 +218,14 @@ class ReplayWearable(Wearable):
         wait_acks: bool = True,
     ) -> None:
         """Send the recording's batches on its clock (the first `records` of them, if set);
-        with `wait_acks`, return only once the gateway has acknowledged every one."""
+        with `wait_acks`, return only once the gateway has acknowledged every one (or on
+        `stop`, or when the hub stopped under it)."""
+        with contextlib.suppress(HubClosedError):
+            await self._send_all(hub, stop, records, wait_acks=wait_acks)
+
+    async def _send_all(
+        self, hub: MqttHub, stop: asyncio.Event, records: int | None, *, wait_acks: bool
+    ) -> None:
         t0 = time.monotonic()
         for n, (due, batch) in enumerate(batches(self.beats, self.origin_ms)):
             if stop.is_set() or (records is not None and n >= records):

@@ -14,6 +14,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from device_emulators.errors import HubClosedError
 from device_emulators.hub import MqttHub
 from device_emulators.signals import VitalsGenerator
 from pqlink import (
@@ -157,7 +158,7 @@ class Wearable:
             deadline = time.monotonic() + self.handshake_timeout
             while (remaining := deadline - time.monotonic()) > 0:
                 try:
-                    response = await asyncio.wait_for(queue.get(), remaining)
+                    response = await hub.response(queue, remaining)
                 except TimeoutError:
                     break
                 try:
@@ -309,7 +310,13 @@ class Wearable:
         self, hub: MqttHub, stop: asyncio.Event, records: int | None, *, wait_acks: bool = True
     ) -> None:
         """Sample and deliver until `records` samples are taken (and, with `wait_acks`, all
-        acknowledged), or until `stop`."""
+        acknowledged), or until `stop` (or the hub stopped under it)."""
+        with contextlib.suppress(HubClosedError):
+            await self._run(hub, stop, records, wait_acks=wait_acks)
+
+    async def _run(
+        self, hub: MqttHub, stop: asyncio.Event, records: int | None, *, wait_acks: bool
+    ) -> None:
         interval = 1.0 / self.rate
         next_at = time.monotonic()
         while not stop.is_set():
