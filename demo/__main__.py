@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from demo.report import evaluate_rounds, held_out_windows, plot, table
+from demo.report import evaluate_rounds, held_out_windows, plot, round_line, table
 from testbed import Mosquitto, ServiceError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,14 +228,6 @@ def _privacy_settings(args: argparse.Namespace) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def _privacy_line(r: dict[str, Any]) -> str:
-    p = r.get("privacy") or {}
-    mode = "secure" if p.get("secure_aggregation") else "plain"
-    eps = p.get("epsilon")
-    spent = "no DP" if eps is None else f"epsilon {eps:.3g} at delta {p.get('delta'):g}"
-    return f"{mode}, {p.get('dropouts_recovered', 0)} dropouts recovered, {spent}"
-
-
 def _progress_lines(report: Path, seen: int) -> tuple[list[dict[str, Any]], int]:
     if not report.exists():
         return [], seen
@@ -346,11 +338,7 @@ def run(args: argparse.Namespace) -> int:
                 # A stall is the failure, not a slow machine: each closed round renews it.
                 deadline = time.monotonic() + args.timeout
             for r in closed:
-                clock.say(
-                    f"round {r['round']} closed ({r['reason']}): "
-                    f"{len(r['participants'])} gateways, {r['samples']} windows, "
-                    f"model v{r['version']}; {_privacy_line(r)}"
-                )
+                clock.say(round_line(r))
                 privacy[int(r["round"])] = dict(r.get("privacy") or {})
             if not running:
                 break

@@ -213,6 +213,23 @@ _COLUMNS = (  # header, unit, width, format, attribute
 _GATEWAY_SIDE = (frozenset(_STAGES) - {"aggregation_ms"}) | {"windows", "update_bytes", "energy_j"}
 
 
+def round_line(entry: dict[str, Any]) -> str:
+    """A closed round from the coordinator's report, as the demo prints it. A secure round's
+    coordinator does not learn how many windows its gateways trained on: that is said, not
+    printed as 0."""
+    p = entry.get("privacy") or {}
+    secure = bool(p.get("secure_aggregation"))
+    eps = p.get("epsilon")
+    spent = "no DP" if eps is None else f"epsilon {eps:.3g} at delta {p.get('delta'):g}"
+    windows = "windows not revealed" if secure else f"{entry['samples']} windows"
+    return (
+        f"round {entry['round']} closed ({entry['reason']}): "
+        f"{len(entry['participants'])} gateways, {windows}, model v{entry['version']}; "
+        f"{'secure' if secure else 'plain'}, {p.get('dropouts_recovered', 0)} dropouts "
+        f"recovered, {spent}"
+    )
+
+
 def _cell(row: RoundRow, attribute: str, width: int, fmt: str) -> str:
     if not row.gateway_side and attribute in _GATEWAY_SIDE:
         return f"{'-':>{width}}"

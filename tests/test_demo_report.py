@@ -3,7 +3,9 @@ as dashes with a line saying why (its coordinator learns only the sum)."""
 
 from __future__ import annotations
 
-from demo.report import RoundRow, table
+from typing import Any
+
+from demo.report import RoundRow, round_line, table
 
 
 def _row(round_: int, *, gateway_side: bool) -> RoundRow:
@@ -51,3 +53,34 @@ def test_secure_rows_show_dashes_where_only_gateways_know() -> None:
     assert lines[5].startswith("-: a secure round's coordinator learns only the sum")
     # every row as wide as the header: the dashes keep the columns aligned
     assert len(lines[4]) == len(lines[3]) == len(lines[0])
+
+
+def _entry(secure: bool, epsilon: float | None) -> dict[str, Any]:
+    privacy: dict[str, Any] = {
+        "secure_aggregation": secure,
+        "dropouts_recovered": 2 if secure else 0,
+    }
+    if epsilon is not None:
+        privacy.update(epsilon=epsilon, delta=1e-5)
+    return {
+        "round": 4,
+        "reason": "quorum",
+        "participants": ["gw-01", "gw-02", "gw-03"],
+        "samples": 0 if secure else 612,
+        "version": 4,
+        "privacy": privacy,
+    }
+
+
+def test_round_line_says_a_secure_round_hides_its_window_count() -> None:
+    assert round_line(_entry(True, 25.94)) == (
+        "round 4 closed (quorum): 3 gateways, windows not revealed, model v4; "
+        "secure, 2 dropouts recovered, epsilon 25.9 at delta 1e-05"
+    )
+
+
+def test_round_line_of_a_plain_round_without_dp() -> None:
+    assert round_line(_entry(False, None)) == (
+        "round 4 closed (quorum): 3 gateways, 612 windows, model v4; "
+        "plain, 0 dropouts recovered, no DP"
+    )
