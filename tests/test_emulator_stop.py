@@ -35,6 +35,10 @@ from tests.harness import (
 )
 
 BOUND = 5.0  # seconds: a wait that outlives its hub by this much is a hang
+# A whole emulator process stopping (its hubs drained and disconnected, its summary written),
+# with room for a busy machine, under the MQTT client's 10 s timeout that a cut-off publish
+# would wait out.
+EXIT_BOUND = 8.0
 
 
 async def _stopped_hub(
@@ -92,9 +96,9 @@ def test_publish_on_a_stopped_hub_raises_at_once(mosquitto: Mosquitto) -> None:
 def test_publishes_in_flight_at_a_stop_are_acknowledged_before_the_disconnect(
     mosquitto: Mosquitto,
 ) -> None:
-    """Publishes handed to the client when the stop comes get their PUBACK before the hub
-    disconnects (a disconnect first would leave each waiting out the client's 10 s timeout);
-    every one ends within the bound, delivered or refused with the typed error."""
+    """Publishes handed to the client when the stop comes are acknowledged and delivered, none
+    cut off, and all end within the bound. (A stop amid a live gateway's stream, where a
+    disconnect first left publishes waiting out the client's 10 s timeout, is the last test.)"""
 
     async def scenario() -> None:
         async with aiomqtt.Client("127.0.0.1", mosquitto.port) as watcher:
@@ -187,7 +191,7 @@ def test_emulator_ends_on_sigterm_while_its_wearables_wait_for_a_gateway(
         asyncio.run(first_init())
         (proc,) = procs
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=BOUND)
+        _, err = proc.communicate(timeout=EXIT_BOUND)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -215,8 +219,8 @@ def test_emulator_streaming_to_a_gateway_ends_on_sigterm(
         wait_until(lambda: stored_count(setup) >= 200, 60, "records stored by the gateway")
         emulator.proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
-        summary = emulator.wait(BOUND)
-        assert time.monotonic() - t0 < BOUND
+        summary = emulator.wait(EXIT_BOUND)
+        assert time.monotonic() - t0 < EXIT_BOUND
         assert summary["devices"] == 20
         assert summary["handshakes"] >= 20
         assert summary["records_acked"] > 0
