@@ -50,6 +50,7 @@ from testbed import RabbitMQ
 from wire.amqp import UPDATES_QUEUE
 
 SAMPLES = 100  # each gateway's sample count (the secure rounds are sample-weighted)
+FLEET = 10  # gateways in the plain-against-secure comparison (a complete neighbour graph)
 CLIP = 1.0
 
 
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     secure: list[dict[str, Any]] = []
     # The protocol's own computation per gateway and round (pqlink.secagg in this process, no
     # broker, no envelopes): what ten gateways must compute whatever carries their messages.
-    signers = {u: SigningKey.generate(SigAlg.ML_DSA_65) for u in range(1, 11)}
+    signers = {u: SigningKey.generate(SigAlg.ML_DSA_65) for u in range(1, FLEET + 1)}
     protocol: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-secure-") as tmp,
@@ -345,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         root = Path(tmp)
         for rep in range(args.repeats):  # alternated: drift falls on both modes alike
-            plain.append(plain_run(root, rabbit, 10, args.rounds, rep))
-            secure.append(secure_run(root, rabbit, 10, args.rounds, rep))
-            protocol.append(protocol_round(10, 100 + rep, signers, frozenset()))
+            plain.append(plain_run(root, rabbit, FLEET, args.rounds, rep))
+            secure.append(secure_run(root, rabbit, FLEET, args.rounds, rep))
+            protocol.append(protocol_round(FLEET, 100 + rep, signers, frozenset()))
             print(
                 f"  run {rep + 1}/{args.repeats}: plain "
                 f"{statistics.median(plain[-1]['round_seconds'][1:]) * 1000:.0f} ms, secure "
@@ -378,18 +379,17 @@ def main(argv: list[str] | None = None) -> int:
     # A secure round does all a plain round does (each gateway's input sealed and signed, the
     # worker opening and summing them, the coordinator closing the round) and the protocol's
     # computation besides: that CPU over the cores is a floor for its time on this machine.
-    floor_s = (10 * protocol_cpu + cpu["plain"]["total_s"]) / cores
-    # ... and of that computation, the post-quantum primitives alone, per gateway of a complete
-    # graph of 10 (9 neighbours): its advert and its key-and-share message signed, each
-    # neighbour's two verified, two hybrid encapsulations and two decapsulations per
-    # neighbour, one hybrid key pair
+    floor_s = (FLEET * protocol_cpu + cpu["plain"]["total_s"]) / cores
+    # ... and of that computation, the post-quantum primitives alone, per gateway of the
+    # complete graph: its advert and its key-and-share message signed, and per neighbour those
+    # two verified, two hybrid encapsulations and two decapsulations; one hybrid key pair
     prim = primitive_cpu()
     per_gateway = (
         2 * prim["sign"]
-        + 18 * (prim["verify"] + prim["encapsulate"] + prim["decapsulate"])
+        + 2 * (FLEET - 1) * (prim["verify"] + prim["encapsulate"] + prim["decapsulate"])
         + prim["key_pair"]
     )
-    primitives_floor_s = (10 * per_gateway + cpu["plain"]["total_s"]) / cores
+    primitives_floor_s = (FLEET * per_gateway + cpu["plain"]["total_s"]) / cores
     doc: dict[str, Any] = {
         "setup": (
             "real RabbitMQ, real coordinator and crypto worker processes; in secure rounds each "
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             # one gateway's SecAgg computation alone (signatures, verifications, hybrid KEM,
             # shares, masks), ten of them over the cores, against the plain round's median
             "protocol_cpu_per_gateway_s": protocol_cpu,
-            "protocol_cpu_over_cores_per_plain_round": 10 * protocol_cpu / cores / pm,
+            "protocol_cpu_over_cores_per_plain_round": FLEET * protocol_cpu / cores / pm,
             "secure_floor_s": floor_s,
             "secure_floor_over_plain_round": floor_s / pm,
             "primitive_cpu_s": prim,
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             "primitives_floor_s": primitives_floor_s,
             "primitives_floor_over_plain_round": primitives_floor_s / pm,
             "gateway_cpu_per_round_s": {
-                "plain": cpu["plain"]["gateways_s"] / 10,
+                "plain": cpu["plain"]["gateways_s"] / FLEET,
                 "secure": statistics.median(r["gateway_cpu_per_round_s"] for r in secure),
             },
             "secure_exchanges_per_round": statistics.median(

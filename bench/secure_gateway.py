@@ -33,10 +33,10 @@ ROUND_TIMEOUT = 300.0
 
 
 class _VanishingLink(SecureLink):
-    """Ends the process at the first message after its key shares went out, when armed."""
+    """Ends the process at the first message after this round's key shares went out (what the
+    round has sent is in its result), when armed."""
 
     armed = False
-    shares_sent = False
 
     def _handle(
         self,
@@ -45,7 +45,7 @@ class _VanishingLink(SecureLink):
         session: SecureUpdateSession | None,
         result: SecureRoundResult,
     ) -> SecureUpdateSession | None:
-        if self.shares_sent:
+        if self.armed and SecAggKind.SHARE_KEYS in result.sent:
             os._exit(0)  # no close, no flush: the connection just ends
         return super()._handle(channel, body, session, result)
 
@@ -80,17 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     def source(_a: SecureRoundAnnouncement) -> tuple[np.ndarray, int]:
         return update, args.samples
 
-    def sent(kind: SecAggKind) -> None:
-        if isinstance(link, _VanishingLink) and link.armed and kind is SecAggKind.SHARE_KEYS:
-            link.shares_sent = True
-
     link = (_VanishingLink if args.vanish_in_round else SecureLink)(
         args.url,
         me,
         load_public_identity(args.aggregator_pub),
         load_registry(args.registry),
         source,
-        on_sent=sent,
     )
     # Stopped by SIGTERM only: a gateway that left as soon as its part of the last round was
     # done would tear its interpreter down while the coordinator still finishes that round.
