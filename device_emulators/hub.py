@@ -129,15 +129,18 @@ class MqttHub:
                 )
             )
             if self._closed.is_set():
-                raise HubClosedError(f"MQTT hub {self.client_id} has stopped")
+                raise self._stopped()
             assert self._client is not None
             return self._client, self._generation
+
+    def _stopped(self) -> HubClosedError:
+        return HubClosedError(f"MQTT hub {self.client_id} has stopped")
 
     async def response(self, queue: asyncio.Queue[bytes], timeout: float) -> bytes:
         """The next message of a response queue within `timeout` seconds (TimeoutError
         otherwise); HubClosedError if the hub stops first."""
         if self._closed.is_set():
-            raise HubClosedError(f"MQTT hub {self.client_id} has stopped")
+            raise self._stopped()
         got = asyncio.ensure_future(queue.get())
         closed = asyncio.ensure_future(self._closed.wait())
         waiting: set[asyncio.Future[Any]] = {got, closed}
@@ -152,7 +155,7 @@ class MqttHub:
         if got in done:
             return got.result()
         if closed in done:
-            raise HubClosedError(f"MQTT hub {self.client_id} has stopped")
+            raise self._stopped()
         raise TimeoutError
 
     async def wait_connected(self, timeout: float | None = None) -> None:
