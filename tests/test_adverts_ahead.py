@@ -179,3 +179,37 @@ def test_a_stale_advert_made_ahead_cannot_stand_in_for_a_fresh_one(
     fresh = SecureUpdateSession(a, gws[0], registry).start()
     secure.receive(fresh.encode())
     assert secure.server.heard == 1
+
+
+def test_a_fresh_store_expects_no_round_and_holds_nothing() -> None:
+    store = AdvertsAhead()
+    assert (len(store), store.round) == (0, -1)
+    assert store.missing({"gw1": 1, "gw2": 2}) == 2
+
+
+def test_a_round_taken_leaves_nothing_kept_or_expected() -> None:
+    store = AdvertsAhead()
+    a = RoundKeys(6, 1, h.identity(1))
+    store.offer(6, "gw1", h.identity(1).public_key(), a.advert)
+    assert (len(store), store.round) == (1, 6)
+    assert store.take(6, {"gw1": 1}) == {1: a.advert}
+    assert (len(store), store.round) == (0, -1)
+
+
+def test_expired_adverts_are_logged_with_both_rounds_and_their_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="aggregator.adverts_ahead")
+    store = AdvertsAhead()
+    store.expire()  # nothing kept: nothing to say
+    store.offer(6, "gw1", h.identity(1).public_key(), RoundKeys(6, 1, h.identity(1)).advert)
+    store.offer(6, "gw2", h.identity(2).public_key(), RoundKeys(6, 2, h.identity(2)).advert)
+    store.expect(6)  # the round they were made for: kept
+    assert (len(store), caplog.messages) == (2, [])
+    store.expect(8)  # round 6 never opened: dropped, and round 8's are awaited
+    assert caplog.messages == ["secagg_adverts_expired round=8 for_round=6 adverts=2"]
+    assert (len(store), store.round) == (0, 8)
+    store.offer(8, "gw1", h.identity(1).public_key(), RoundKeys(8, 1, h.identity(1)).advert)
+    store.expire()
+    assert caplog.messages[1:] == ["secagg_adverts_expired round=-1 for_round=8 adverts=1"]
+    assert (len(store), store.round) == (0, -1)

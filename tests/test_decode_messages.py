@@ -20,28 +20,9 @@ from pqlink import (
 )
 
 from .conftest import Parties
+from .frame_cuts import check_cuts
 
 T0 = 1_800_000_000.0
-
-
-def _fields(layout: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """(field, start offset) for each field of a layout given as (field, size)."""
-    out, pos = [], 0
-    for name, size in layout:
-        out.append((name, pos))
-        pos += size
-    return out
-
-
-def _check_cuts(parse: object, frame: bytes, what: str, layout: list[tuple[str, int]]) -> None:
-    assert sum(size for _, size in layout) == len(frame)
-    for field, start in _fields(layout):
-        with pytest.raises(DecodeError) as err:
-            parse(frame[:start])  # type: ignore[operator]
-        assert err.value.reason is ErrorReason.TRUNCATED
-        message = str(err.value)
-        assert message.startswith(f"{what}: truncated in {field} (need "), message
-        assert f" at offset {start}, frame has {start})" in message, message
 
 
 def test_init_fields(parties: Parties) -> None:
@@ -63,7 +44,7 @@ def test_init_fields(parties: Parties) -> None:
         ("signature length", 2),
         ("signature", 2420),
     ]
-    _check_cuts(parse_init, frame, "handshake init", layout)
+    check_cuts(parse_init, frame, "handshake init", layout)
 
 
 def test_response_fields(parties: Parties) -> None:
@@ -82,7 +63,7 @@ def test_response_fields(parties: Parties) -> None:
         ("signature", 3309),
         ("finished", 32),
     ]
-    _check_cuts(parse_response, frame, "handshake response", layout)
+    check_cuts(parse_response, frame, "handshake response", layout)
 
 
 def test_envelope_fields(parties: Parties) -> None:
@@ -114,7 +95,7 @@ def test_envelope_fields(parties: Parties) -> None:
         ("signature length", 2),
         ("signature", 3309),
     ]
-    _check_cuts(peek_envelope, frame, "envelope", layout)
+    check_cuts(peek_envelope, frame, "envelope", layout)
 
 
 def test_identifier_and_trailing_messages(parties: Parties) -> None:

@@ -13,6 +13,7 @@ import pytest
 from dp_accounting import pld, rdp
 
 from aggregator.privacy import (
+    LedgerEntry,
     PrivacyLedger,
     PrivacyLedgerError,
     PrivacyParameters,
@@ -128,3 +129,33 @@ def test_parameter_limits() -> None:
         PrivacyParameters(1.0, 0.5, 0.5, 0.0)
     with pytest.raises(PrivacyLedgerError, match="rounds -1 must be >= 0"):
         epsilon_after(1.0, 0.5, -1, 1e-5)
+
+
+def test_a_fresh_ledger_has_spent_nothing(tmp_path: Path, ledger_at: LedgerAt) -> None:
+    ledger = ledger_at(tmp_path / "d.sqlite3", 2.0)
+    assert ledger.entries() == []
+    assert ledger.epsilon_spent() == 0.0
+    first = ledger.check(1)
+    assert (first.epsilon_spent, first.budget_epsilon) == (0.0, 2.0)
+    assert first.epsilon_after == reference_rdp(Z, Q, 1, DELTA)
+    assert ledger_at(tmp_path / "e.sqlite3", None).check(1).budget_epsilon is None
+
+
+def test_entries_read_back_exactly_what_was_recorded(tmp_path: Path, ledger_at: LedgerAt) -> None:
+    ledger = ledger_at(tmp_path / "f.sqlite3", None)
+    for round_id in (3, 7):
+        ledger.record(ledger.check(round_id))
+    again = ledger_at(tmp_path / "f.sqlite3", None)
+    assert again.entries() == [
+        LedgerEntry(3, reference_rdp(Z, Q, 1, DELTA), DELTA, Z, Q),
+        LedgerEntry(7, reference_rdp(Z, Q, 2, DELTA), DELTA, Z, Q),
+    ]
+
+
+def test_delta_and_budget_just_inside_their_open_bounds() -> None:
+    tiny = math.nextafter(0.0, 1.0)
+    assert PrivacyParameters(1.0, 0.5, tiny).delta == tiny
+    with pytest.raises(PrivacyLedgerError, match=r"^delta 0.0 not in \(0, 1\)$"):
+        PrivacyParameters(1.0, 0.5, 0.0)
+    assert PrivacyParameters(1.0, 0.5, 0.5, 0.5).budget_epsilon == 0.5
+    assert PrivacyParameters(1.0, 0.5, 0.5, tiny).budget_epsilon == tiny

@@ -170,3 +170,52 @@ def test_shares_at_chosen_indices() -> None:
         split_secret(SECRET, 2, 2, indices=[1, MAX_SHARES + 1])
     with pytest.raises(ShamirParameterError, match=r"^share indices must lie in 1..65535$"):
         split_secret(SECRET, 2, 2, indices=[0, 1])
+
+
+def test_exactly_the_first_t_shares_are_interpolated() -> None:
+    shares = split_secret(SECRET, 3, 5)
+    garbled = Share(shares[3].index, (shares[3].value + 1) % PRIME)
+    # a share beyond the first t takes no part in the result
+    assert recover_secret([*shares[:3], garbled], 3) == SECRET
+    with pytest.raises(InvalidShareError, match="do not interpolate"):
+        recover_secret([garbled, *shares[:2]], 3)
+
+
+@pytest.mark.parametrize("t", [2, 3, 5])
+def test_t_minus_one_shares_interpolate_to_no_secret(t: int) -> None:
+    # the t-1 random coefficients make the polynomial of degree t-1: the one of degree t-2
+    # through any t-1 shares misses the secret (it is off the 256-bit range but for 2^-265)
+    shares = split_secret(SECRET, t, t)
+    with pytest.raises(InvalidShareError, match="do not interpolate"):
+        recover_secret(shares[: t - 1], t - 1)
+    assert recover_secret(shares, t) == SECRET
+
+
+def test_recovered_value_at_the_top_of_the_secret_range() -> None:
+    assert recover_secret([Share(1, 2**256 - 1)], 1) == b"\xff" * 32
+    assert recover_secret([Share(1, 0)], 1) == bytes(32)
+    with pytest.raises(InvalidShareError, match="do not interpolate to a 32-byte secret"):
+        recover_secret([Share(1, 2**256)], 1)
+
+
+def test_coefficients_at_the_ends_of_the_field() -> None:
+    # a zero coefficient is a field element like any other: f(x) = S
+    assert [s.value for s in split_secret(SECRET, 2, 3, coefficients=[0])] == [S, S, S]
+    assert [s.value for s in split_secret(SECRET, 3, 3, coefficients=[0, 0])] == [S, S, S]
+    with pytest.raises(ShamirParameterError, match=r"^need 1 coefficients in 0..p-1$"):
+        split_secret(SECRET, 2, 3, coefficients=[-1])
+
+
+def test_the_largest_share_count_is_taken() -> None:
+    shares = split_secret(SECRET, 1, MAX_SHARES)
+    assert len(shares) == MAX_SHARES
+    assert shares[-1] == Share(MAX_SHARES, S)
+
+
+def test_share_encoding_at_the_top_indices() -> None:
+    top = Share(MAX_SHARES, PRIME - 1)
+    assert top.to_bytes() == b"\xff\xff" + (PRIME - 1).to_bytes(66, "big")
+    assert Share.from_bytes(top.to_bytes()) == top
+    half = Share(0x8000, 1)
+    assert half.to_bytes() == b"\x80\x00" + bytes(65) + b"\x01"
+    assert Share.from_bytes(b"\x80\x00" + bytes(65) + b"\x01") == half

@@ -69,6 +69,23 @@ TESTS: Mapping[str, tuple[str, ...]] = {
     "gateway/energy.py": ("tests/test_energy.py", "tests/test_energy_edges.py"),
     "aggregator/strategies.py": ("tests/test_strategies.py", "tests/test_aggregator_logic.py"),
     "aggregator/validation.py": ("tests/test_validation.py", "tests/test_aggregator_logic.py"),
+    "pqlink/shamir.py": ("tests/test_shamir.py",),
+    "pqlink/_secagg_codec.py": (
+        "tests/test_secagg_fields.py",
+        "tests/test_secagg_parts.py",
+        "tests/test_secagg.py",
+        "tests/test_secure_update.py",
+    ),
+    "pqlink/secagg.py": (
+        "tests/test_secagg.py",
+        "tests/test_secagg_parts.py",
+        "tests/test_adverts_ahead.py",
+        "tests/test_secure_update.py",
+    ),
+    "pqlink/_secagg_encoding.py": ("tests/test_secagg_encoding.py", "tests/test_secagg_parts.py"),
+    "pqlink/_secagg_graph.py": ("tests/test_secagg_graph.py", "tests/test_secagg_parts.py"),
+    "aggregator/privacy.py": ("tests/test_privacy_ledger.py",),
+    "aggregator/adverts_ahead.py": ("tests/test_adverts_ahead.py",),
 }
 
 KILLED = "killed"
