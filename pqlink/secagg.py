@@ -284,16 +284,6 @@ def _escrow_ad(round_id: int, owner: int, neighbour: int) -> bytes:
 _ZERO_NONCE = bytes(16)  # each escrow key encrypts exactly one message
 
 
-def _pair_mask(seed: bytes, config: RoundConfig) -> U64Vector:
-    enc = config.encoding
-    return expand_mask(seed, config.round_id, b"pair", enc.dimension, enc.modulus_bits)
-
-
-def _self_mask(seed: bytes, config: RoundConfig) -> U64Vector:
-    enc = config.encoding
-    return expand_mask(seed, config.round_id, b"self", enc.dimension, enc.modulus_bits)
-
-
 def _ring_mask(config: RoundConfig) -> np.uint64:
     return np.uint64((1 << config.encoding.modulus_bits) - 1)
 

@@ -78,6 +78,9 @@ TESTS: Mapping[str, tuple[str, ...]] = {
     ),
     "pqlink/secagg.py": (
         "tests/test_secagg.py",
+        "tests/test_secagg_partials.py",
+        "tests/test_secagg_aborts.py",
+        "tests/test_secagg_key_schedule.py",
         "tests/test_secagg_parts.py",
         "tests/test_adverts_ahead.py",
         "tests/test_secure_update.py",
