@@ -198,29 +198,40 @@ def test_request_for_both_kinds_of_share_is_refused() -> None:
     request = UnmaskRequest(7, (1, 2, 3, 4), (4, 5)).to_bytes()
     with pytest.raises(UnmaskRefusedError, match=r"both_kinds_requested \[4\]"):
         client.unmask(request)
-    assert [(e.name, e.fields["reason"], e.fields["ids"]) for e in client.events] == [
-        ("secagg_unmask_refused", "both_kinds_requested", "4")
+    assert [(e.name, dict(e.fields)) for e in client.events] == [
+        (
+            "secagg_unmask_refused",
+            {"round": 7, "client": 1, "reason": "both_kinds_requested", "ids": "4"},
+        )
     ]
     # having refused, it answers nothing more this round, not even a proper request
     with pytest.raises(UnmaskRefusedError, match="second_request"):
         client.unmask(UnmaskRequest(7, (1, 2, 3, 4), (5,)).to_bytes())
+    assert dict(client.events[1].fields) == {
+        "round": 7,
+        "client": 1,
+        "reason": "second_request",
+        "ids": "",
+    }
 
 
 @pytest.mark.parametrize(
-    ("survivors", "dropped", "why"),
+    ("survivors", "dropped", "why", "ids"),
     [
-        ((2, 3, 4), (1,), "self_listed_as_dropped"),
-        ((2, 3, 4, 5), (), "self_not_listed"),
-        ((1, 2), (3, 4, 5), "too_few_survivors"),
+        ((2, 3, 4), (1,), "self_listed_as_dropped", "1"),
+        ((2, 3, 4, 5), (), "self_not_listed", "1"),
+        ((1, 2), (3, 4, 5), "too_few_survivors", "2"),
     ],
 )
 def test_other_unsafe_requests_are_refused(
-    survivors: tuple[int, ...], dropped: tuple[int, ...], why: str
+    survivors: tuple[int, ...], dropped: tuple[int, ...], why: str, ids: str
 ) -> None:
     r = _ready_for_unmask()
     with pytest.raises(UnmaskRefusedError, match=why):
         r.clients[1].unmask(UnmaskRequest(7, survivors, dropped).to_bytes())
-    assert r.clients[1].events[0].fields["reason"] == why
+    assert [(e.name, dict(e.fields)) for e in r.clients[1].events] == [
+        ("secagg_unmask_refused", {"round": 7, "client": 1, "reason": why, "ids": ids})
+    ]
 
 
 def test_exactly_min_survivors_is_answered() -> None:

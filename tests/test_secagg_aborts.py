@@ -1,19 +1,19 @@
-"""What a secure round reports when it stops or refuses, field by field (the coordinator logs
-and counts these), the 64-bit ring's path end to end, and the key material's limits."""
+"""What a secure round reports when it stops, field by field (the coordinator logs and counts
+these; refusals of unsafe unmasking requests are in test_secagg.py), the 64-bit ring's path end
+to end, and the key material's limits."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pqlink._secagg_codec import MaskedInput, UnmaskRequest
+from pqlink._secagg_codec import MaskedInput
 from pqlink.secagg import (
     AggregateResult,
     MalformedMessageError,
     RoundAborted,
     RoundKeys,
     SecAggParameterError,
-    UnmaskRefusedError,
 )
 from tests import secagg_harness as h
 
@@ -37,38 +37,6 @@ def test_too_few_key_shares_abort_with_stage_reason_and_count() -> None:
     assert r.server.close_key_shares() == RoundAborted(
         7, "key_shares", "too_few_clients", "3 sent keys"
     )
-
-
-def _ready(n: int = 5) -> h.Round:
-    r = h.start(h.make_config(n, threshold=2, min_survivors=3, dimension=8))
-    h.through_shares(r)
-    ring, _ = h.random_inputs(r.config, np.random.default_rng(7))
-    for u in r.config.participants:
-        r.server.receive_masked_input(u, r.clients[u].masked_input(ring[u]))
-    return r
-
-
-@pytest.mark.parametrize(
-    ("survivors", "dropped", "why", "ids"),
-    [
-        ((1, 2, 3, 4), (4, 5), "both_kinds_requested", "4"),
-        ((2, 3, 4), (1,), "self_listed_as_dropped", "1"),
-        ((2, 3, 4, 5), (), "self_not_listed", "1"),
-        ((1, 2), (3, 4, 5), "too_few_survivors", "2"),
-    ],
-)
-def test_a_refused_request_is_reported_with_every_field(
-    survivors: tuple[int, ...], dropped: tuple[int, ...], why: str, ids: str
-) -> None:
-    client = _ready().clients[1]
-    with pytest.raises(UnmaskRefusedError):
-        client.unmask(UnmaskRequest(7, survivors, dropped).to_bytes())
-    with pytest.raises(UnmaskRefusedError, match="second_request"):
-        client.unmask(UnmaskRequest(7, (1, 2, 3), (4, 5)).to_bytes())
-    assert [(e.name, dict(e.fields)) for e in client.events] == [
-        ("secagg_unmask_refused", {"round": 7, "client": 1, "reason": why, "ids": ids}),
-        ("secagg_unmask_refused", {"round": 7, "client": 1, "reason": "second_request", "ids": ""}),
-    ]
 
 
 def test_a_round_in_the_64_bit_ring_sums_exactly() -> None:

@@ -81,24 +81,23 @@ def test_sparse_parameters_are_the_smallest_meeting_both_bounds(n: int, c: float
             assert _log2(p) > -40 or _log2(q) > -30, (k, t)
 
 
-def test_the_bounds_default_to_sigma_40_and_eta_30() -> None:
-    # chosen where the bound that decides lies within one bit of its default
-    privacy_close = choose_parameters(60, corrupt_fraction=0.05, dropout_fraction=0.1)
-    assert -41 < privacy_close.privacy_failure_log2 <= -40
-    assert privacy_close == choose_parameters(
-        60, corrupt_fraction=0.05, dropout_fraction=0.1, sigma=40, eta=30
+@pytest.mark.parametrize(
+    ("n", "c", "field", "moved"),
+    [  # where the bound that decides lies within one bit of its default
+        (60, 0.05, "privacy_failure_log2", {"sigma": 41}),
+        (200, 0.1, "correctness_failure_log2", {"eta": 31}),
+    ],
+)
+def test_the_bounds_default_to_sigma_40_and_eta_30(
+    n: int, c: float, field: str, moved: dict[str, int]
+) -> None:
+    default = choose_parameters(n, corrupt_fraction=c, dropout_fraction=0.1)
+    bound = 40 if field == "privacy_failure_log2" else 30
+    assert -bound - 1 < getattr(default, field) <= -bound
+    assert default == choose_parameters(
+        n, corrupt_fraction=c, dropout_fraction=0.1, sigma=40, eta=30
     )
-    assert privacy_close != choose_parameters(
-        60, corrupt_fraction=0.05, dropout_fraction=0.1, sigma=41
-    )
-    correctness_close = choose_parameters(200, corrupt_fraction=0.1, dropout_fraction=0.1)
-    assert -31 < correctness_close.correctness_failure_log2 <= -30
-    assert correctness_close == choose_parameters(
-        200, corrupt_fraction=0.1, dropout_fraction=0.1, sigma=40, eta=30
-    )
-    assert correctness_close != choose_parameters(
-        200, corrupt_fraction=0.1, dropout_fraction=0.1, eta=31
-    )
+    assert default != choose_parameters(n, corrupt_fraction=c, dropout_fraction=0.1, **moved)
 
 
 def test_complete_graph_up_to_its_limit_exactly() -> None:

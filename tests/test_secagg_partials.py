@@ -41,11 +41,8 @@ def _fold(messages: list[bytes], bits: int, dimension: int) -> np.ndarray:
 
 
 def _unmask(r: h.Round) -> AggregateResult:
-    request = r.server.close_inputs()
-    assert isinstance(request, bytes), request
-    for u in r.server.survivors:
-        r.server.receive_unmask_response(u, r.clients[u].unmask(request))
-    result = r.server.finish()
+    """The rounds' unmasking, every input already with the server."""
+    result = h.finish(r, {})
     assert isinstance(result, AggregateResult), result
     return result
 
