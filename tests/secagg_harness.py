@@ -3,6 +3,7 @@ message as bytes exactly as a transport would, with dropouts at a chosen stage."
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from functools import cache
@@ -10,6 +11,7 @@ from functools import cache
 import numpy as np
 
 from pqlink import Identity, Registry, Role
+from pqlink._secagg_codec import KeyShares, digest_list_bytes
 from pqlink.keys import SigAlg, SigningKey, VerifyKey
 from pqlink.secagg import (
     AggregateResult,
@@ -18,6 +20,7 @@ from pqlink.secagg import (
     RoundConfig,
     SecAggClient,
     SecAggServer,
+    _key_shares_context,
     choose_parameters,
     decode_bundle,
     modulus_bits_for,
@@ -44,6 +47,15 @@ def identity(client_id: int) -> SigningKey:
 
 def verify_keys(ids: tuple[int, ...]) -> dict[int, VerifyKey]:
     return {u: identity(u).public_key() for u in ids}
+
+
+def resigned(msg: KeyShares, graph_seed: bytes = b"\x42" * 32) -> bytes:
+    """A keys-and-shares message signed by its own sender again (as `make_config`'s round):
+    what a malicious sender can produce."""
+    signed = digest_list_bytes(msg.round_id, msg.sender, msg.digests())
+    context = _key_shares_context(msg.round_id, msg.sender, graph_seed)
+    signature = identity(msg.sender).sign(signed, context)
+    return dataclasses.replace(msg, signature=signature).to_bytes()
 
 
 def make_config(
@@ -93,14 +105,20 @@ def deliver(bundles: dict[int, bytes], receive: dict[int, object]) -> None:
             receive[u](item)  # type: ignore[operator]
 
 
-def through_shares(r: Round, *, absent: frozenset[int] = frozenset()) -> None:
-    """Rounds 0-1 for every client not in `absent`."""
+def through_adverts(r: Round, *, absent: frozenset[int] = frozenset()) -> list[int]:
+    """Round 0 for every client not in `absent`: adverts in, bundles delivered; those clients."""
     live = [u for u in r.config.participants if u not in absent]
     for u in live:
         r.server.receive_advert(u, r.clients[u].advertise())
     bundles = r.server.close_adverts()
     assert not isinstance(bundles, RoundAborted), bundles
     deliver(bundles, {u: r.clients[u].receive_advert for u in live})
+    return live
+
+
+def through_shares(r: Round, *, absent: frozenset[int] = frozenset()) -> None:
+    """Rounds 0-1 for every client not in `absent`."""
+    live = through_adverts(r, absent=absent)
     for u in live:
         r.server.receive_key_shares(u, r.clients[u].key_shares())
     bundles = r.server.close_key_shares()

@@ -44,9 +44,14 @@ def test_a_round_on_keys_made_ahead_sums_exactly() -> None:
         ahead = RoundKeys(config.round_id, u, h.identity(u))  # made while idle
         fresh = RoundKeys(config.round_id, u, h.identity(u), config.graph_seed)
         # each kind of advert only for its own kind of opening
-        with pytest.raises(WrongRoundError, match="made for a full setup"):
+        with pytest.raises(
+            WrongRoundError,
+            match=rf"^advert of {u} made for a full setup: not this opening's kind$",
+        ):
             server.receive_advert(u, fresh.advert, ahead=True)
-        with pytest.raises(WrongRoundError, match="made ahead"):
+        with pytest.raises(
+            WrongRoundError, match=rf"^advert of {u} made ahead: not this opening's kind$"
+        ):
             server.receive_advert(u, ahead.advert)
         server.receive_advert(u, ahead.advert, ahead=True)
         clients[u] = SecAggClient(config, u, h.identity(u), keys, advertised=ahead)

@@ -27,11 +27,7 @@ def test_too_few_adverts_abort_with_stage_reason_and_count() -> None:
 
 def test_too_few_key_shares_abort_with_stage_reason_and_count() -> None:
     r = h.start(h.make_config(5, threshold=2, min_survivors=4, dimension=8))
-    for u in r.config.participants:
-        r.server.receive_advert(u, r.clients[u].advertise())
-    bundles = r.server.close_adverts()
-    assert isinstance(bundles, dict)
-    h.deliver(bundles, {u: r.clients[u].receive_advert for u in r.config.participants})
+    h.through_adverts(r)
     for u in (1, 2, 5):
         r.server.receive_key_shares(u, r.clients[u].key_shares())
     assert r.server.close_key_shares() == RoundAborted(

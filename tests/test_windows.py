@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import windows
 from gateway.config import ConfigError, parse_config
 from gateway.features import N_FEATURES, WINDOW, build_windows
 from gateway.store import VitalsStore, vitals_row
@@ -20,6 +21,34 @@ from gateway.windows import WindowBudgetError, WindowCache, _WindowBuffer, fair_
 from wire.vitals import Activity, EventLabel, VitalsSample
 
 T0 = 1_790_000_000_000
+
+
+class _CountsRead(dict[str, int]):
+    """Counts that fail a split reading them more than `limit` times: one that never settles
+    fails instead of spinning."""
+
+    def __init__(self, counts: dict[str, int], limit: int) -> None:
+        super().__init__(counts)
+        self.limit = limit
+        self.reads = 0
+
+    def __getitem__(self, key: str) -> int:
+        self.reads += 1
+        if self.reads > self.limit:
+            raise AssertionError(f"fair_shares read the counts {self.reads} times: no progress")
+        return super().__getitem__(key)
+
+
+def settling_fair_shares(counts: dict[str, int], budget: int) -> dict[str, int]:
+    """`fair_shares`, which settles in at most one pass per key (each pass either spends the
+    budget or fills a key), so it reads each count a few times per pass at most."""
+    return fair_shares(_CountsRead(counts, 4 * (len(counts) + 1) ** 2), budget)
+
+
+@pytest.fixture(autouse=True)
+def _splits_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`training_set` splits its budget with the settling `fair_shares`."""
+    monkeypatch.setattr(windows, "fair_shares", settling_fair_shares)
 
 
 def _sample(seq: int, ts: int, event: bool = False) -> VitalsSample:
@@ -146,11 +175,11 @@ def test_the_budget_is_shared_between_devices(store: VitalsStore) -> None:
 
 
 def test_fair_shares() -> None:
-    assert fair_shares({"a": 10, "b": 2, "c": 6}, 12) == {"a": 5, "b": 2, "c": 5}
-    assert fair_shares({"a": 10, "b": 2, "c": 6}, 13) == {"a": 6, "b": 2, "c": 5}
-    assert fair_shares({"a": 1, "b": 1}, 1) == {"a": 1, "b": 0}
-    assert fair_shares({"a": 3, "b": 4}, 100) == {"a": 3, "b": 4}
-    assert fair_shares({}, 5) == {}
+    assert settling_fair_shares({"a": 10, "b": 2, "c": 6}, 12) == {"a": 5, "b": 2, "c": 5}
+    assert settling_fair_shares({"a": 10, "b": 2, "c": 6}, 13) == {"a": 6, "b": 2, "c": 5}
+    assert settling_fair_shares({"a": 1, "b": 1}, 1) == {"a": 1, "b": 0}
+    assert settling_fair_shares({"a": 3, "b": 4}, 100) == {"a": 3, "b": 4}
+    assert settling_fair_shares({}, 5) == {}
 
 
 def test_retention_forgets_windows(store: VitalsStore, tmp_path: Path) -> None:
@@ -205,15 +234,10 @@ def test_max_windows_setting(value: int, ok: bool, tmp_path: Path) -> None:
             parse_config(sections, tmp_path)
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    keep=st.integers(1, 40),
-    batches=st.lists(st.integers(0, 90), max_size=30),
-    forget_at=st.integers(0, 3000),
-)
-def test_window_buffer_keeps_the_newest(keep: int, batches: list[int], forget_at: int) -> None:
-    """The in-place buffer holds exactly what concatenating everything and keeping the last
-    `keep` would, through growth, compaction and forgetting."""
+def append_and_check(keep: int, batches: list[int]) -> tuple[_WindowBuffer, np.ndarray]:
+    """A buffer of `keep` fed `batches` of windows numbered in order (window i starts at
+    10·i ms), and every number appended. After each batch it holds exactly the newest `keep`,
+    in float32 / int32 / int64, in storage for at most twice `keep` rows."""
     buf = _WindowBuffer(keep)
     everything = np.zeros(0, np.int64)
     next_id = 0
@@ -226,8 +250,28 @@ def test_window_buffer_keeps_the_newest(keep: int, batches: list[int], forget_at
         expect = everything[-keep:] if len(everything) else everything
         assert len(buf) == len(expect)
         x_new, y_new = buf.newest(len(buf))
+        assert (x_new.dtype.name, y_new.dtype.name, buf.start_ms.dtype.name) == (
+            "float32",
+            "int32",
+            "int64",
+        )
         np.testing.assert_array_equal(y_new, expect)
-        np.testing.assert_array_equal(x_new[:, 3], expect.astype(np.float32))
+        np.testing.assert_array_equal(x_new[:, -1], expect.astype(np.float32))
+        assert len(buf.y) <= 2 * keep
+        assert buf.x.shape[0] == len(buf.y) == len(buf.start_ms)
+    return buf, everything
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keep=st.integers(1, 40),
+    batches=st.lists(st.integers(0, 90), max_size=30),
+    forget_at=st.integers(0, 3000),
+)
+def test_window_buffer_keeps_the_newest(keep: int, batches: list[int], forget_at: int) -> None:
+    """The in-place buffer holds exactly what concatenating everything and keeping the last
+    `keep` would, through growth, compaction and forgetting."""
+    buf, everything = append_and_check(keep, batches)
     before = len(buf)
     buf.forget_before(forget_at)
     _, y_left = buf.newest(len(buf))

@@ -78,6 +78,7 @@ TESTS: Mapping[str, tuple[str, ...]] = {
     ),
     "pqlink/secagg.py": (
         "tests/test_secagg.py",
+        "tests/test_secagg_recovery.py",
         "tests/test_secagg_partials.py",
         "tests/test_secagg_aborts.py",
         "tests/test_secagg_key_schedule.py",
@@ -89,6 +90,29 @@ TESTS: Mapping[str, tuple[str, ...]] = {
     "pqlink/_secagg_graph.py": ("tests/test_secagg_graph.py", "tests/test_secagg_parts.py"),
     "aggregator/privacy.py": ("tests/test_privacy_ledger.py",),
     "aggregator/adverts_ahead.py": ("tests/test_adverts_ahead.py",),
+    "pqlink/broadcast.py": (
+        "tests/test_broadcast.py",
+        "tests/test_broadcast_fields.py",
+        "tests/test_global_intake.py",
+    ),
+    "pqlink/signed_batch.py": (
+        "tests/test_signed_batch.py",
+        "tests/test_signed_batch_fields.py",
+        "tests/test_secure_update.py",
+    ),
+    "aggregator/key_epochs.py": ("tests/test_key_epochs.py", "tests/test_aggregator_logic.py"),
+    "gateway/spool.py": (
+        "tests/test_spool_outbox.py",
+        "tests/test_spool_parts.py",
+        "tests/test_global_intake.py",
+        "tests/test_gateway_store.py",
+    ),
+    "gateway/windows.py": ("tests/test_windows.py", "tests/test_window_cache.py"),
+    "gateway/delivery.py": ("tests/test_delivery.py", "tests/test_delivery_ledger.py"),
+    "wire/feature_scaling.py": (
+        "tests/test_feature_scaling.py",
+        "tests/test_feature_scaling_fields.py",
+    ),
 }
 
 KILLED = "killed"
