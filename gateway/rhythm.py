@@ -109,9 +109,10 @@ class RhythmWindowError(GatewayError, ValueError):
 def raw_features(rr_ms: ArrayLike) -> NDArray[np.float64]:
     """Unscaled features (windows, N_FEATURES) of RR windows (windows, n) in milliseconds, in
     the units the table above gives (seconds, shares, ratios). n >= 3."""
-    rr = np.asarray(rr_ms, dtype=np.float64) / 1000.0
-    if rr.ndim == 1:
-        rr = rr[None, :]
+    ms = np.asarray(rr_ms, dtype=np.float64)
+    if ms.ndim == 1:
+        ms = ms[None, :]
+    rr = ms / 1000.0
     if rr.ndim != 2 or rr.shape[1] < 3:
         raise RhythmWindowError(f"RR windows must have shape (windows, n >= 3), got {rr.shape}")
     if not (np.isfinite(rr).all() and (rr > 0).all()):
@@ -122,7 +123,9 @@ def raw_features(rr_ms: ArrayLike) -> NDArray[np.float64]:
     diff = np.diff(rr, axis=1)
     rmssd = np.sqrt((diff**2).mean(axis=1))
     sdsd = diff.std(axis=1, ddof=1)
-    pnn50 = (np.abs(diff) > 0.050).mean(axis=1)
+    # in milliseconds: a 50 ms difference of whole-millisecond intervals is exact there, while
+    # in seconds it may round either side of 0.05
+    pnn50 = (np.abs(np.diff(ms, axis=1)) > 50.0).mean(axis=1)
     tpr = turning_points(rr) / (n - 2)
     sd1 = np.sqrt(0.5) * sdsd
     sd2 = np.sqrt(np.maximum(2 * sdnn**2 - 0.5 * sdsd**2, 0.0))

@@ -264,6 +264,12 @@ class VitalsStore:
     def __init__(
         self, path: Path, *, retention_days: float = 30.0, max_rows: int = 5_000_000
     ) -> None:
+        # the configuration checks these for an operator; a caller passing its own values
+        # gets the same bounds (a negative row limit would make retention spin forever)
+        if not retention_days > 0:
+            raise ValueError(f"retention_days={retention_days} must be > 0")
+        if max_rows < 1:
+            raise ValueError(f"max_rows={max_rows} must be >= 1")
         self.path = path
         self.retention_ms = int(retention_days * 86_400_000)
         self.max_rows = max_rows
@@ -398,6 +404,8 @@ class VitalsStore:
     ) -> RetentionStep:
         """Delete at most `limit` rows: first samples older than the retention period, then the
         oldest samples beyond max_rows, then RR beats older than the retention period."""
+        if limit < 1:
+            raise ValueError(f"retention step limit={limit} must be >= 1")
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         db = self._db
         cutoff = now_ms - self.retention_ms

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pqlink._codec import Reader, Writer
-from pqlink._errors import DecodeError, ReplayError
+from pqlink._errors import DecodeError, ErrorReason, ReplayError
 from pqlink.identity import Identity, PublicIdentity
 from pqlink.record import SESSION_ID_SIZE
 
@@ -39,9 +39,12 @@ class SeqRange:
 
 def to_ranges(seqs: Iterable[int]) -> list[SeqRange]:
     """Sorted, merged ranges covering exactly `seqs`."""
+    ordered = sorted(set(seqs))
+    if ordered and ordered[0] < 0:
+        raise ValueError(f"sequence number {ordered[0]} is negative")
     ranges: list[SeqRange] = []
     first = last = -2
-    for seq in sorted(set(seqs)):
+    for seq in ordered:
         if seq == last + 1:
             last = seq
             continue
@@ -80,9 +83,11 @@ class DeliveryAck:
     def decode(cls, data: bytes) -> DeliveryAck:
         r = Reader(data, "delivery ack")
         if r.u8("type") != ACK_TYPE:
-            raise DecodeError("delivery ack: wrong message type")
+            raise DecodeError("delivery ack: wrong message type", reason=ErrorReason.WRONG_TYPE)
         if (version := r.u8("version")) != DELIVERY_VERSION:
-            raise DecodeError(f"delivery ack: version {version} is not supported")
+            raise DecodeError(
+                f"delivery ack: version {version} is not supported", reason=ErrorReason.BAD_VERSION
+            )
         epoch = r.u64("epoch")
         n = r.u8("range count")
         ranges = []
@@ -154,9 +159,14 @@ def verify_notice(
     gateway and fresh; raise DecodeError, SignatureError or ReplayError otherwise."""
     r = Reader(frame, "unknown-session notice")
     if r.u8("type") != NOTICE_TYPE:
-        raise DecodeError("unknown-session notice: wrong message type")
+        raise DecodeError(
+            "unknown-session notice: wrong message type", reason=ErrorReason.WRONG_TYPE
+        )
     if (version := r.u8("version")) != DELIVERY_VERSION:
-        raise DecodeError(f"unknown-session notice: version {version} is not supported")
+        raise DecodeError(
+            f"unknown-session notice: version {version} is not supported",
+            reason=ErrorReason.BAD_VERSION,
+        )
     notice = UnknownSessionNotice(
         r.identifier("gateway"),
         r.identifier("device"),

@@ -113,6 +113,36 @@ TESTS: Mapping[str, tuple[str, ...]] = {
         "tests/test_feature_scaling.py",
         "tests/test_feature_scaling_fields.py",
     ),
+    "gateway/store.py": (
+        "tests/test_gateway_store.py",
+        "tests/test_store_limits.py",
+        "tests/test_ingest_reasons.py",
+        "tests/test_windows.py",
+    ),
+    "pqlink/delivery.py": (
+        "tests/test_delivery.py",
+        "tests/test_delivery_ledger.py",
+        "tests/test_wire_records.py",
+        "tests/test_properties.py",
+    ),
+    "wire/vitals.py": (
+        "tests/test_wire_records.py",
+        "tests/test_properties.py",
+        "tests/test_gateway_ingest.py",
+    ),
+    "wire/rr.py": ("tests/test_rr_record.py", "tests/test_wire_records.py"),
+    "wire/fl.py": (
+        "tests/test_fl_fields.py",
+        "tests/test_properties.py",
+        "tests/test_aggregator_logic.py",
+        "tests/test_validation.py",
+    ),
+    "gateway/features.py": ("tests/test_features.py", "tests/test_features_fields.py"),
+    "gateway/rhythm.py": (
+        "tests/test_rhythm_features.py",
+        "tests/test_rhythm_model.py",
+        "tests/test_rhythm_fields.py",
+    ),
 }
 
 KILLED = "killed"

@@ -74,7 +74,9 @@ class RoundSettings:
             lo, hi = SETTING_RANGES[f.name]
             want_int = f.type in ("int", int)
             ok = isinstance(value, int) if want_int else isinstance(value, int | float)
-            if isinstance(value, bool) or not ok or not math.isfinite(value):
+            # an int is finite (math.isfinite overflows on one beyond the float range)
+            finite = ok and (isinstance(value, int) or math.isfinite(value))
+            if isinstance(value, bool) or not finite:
                 kind = "an integer" if want_int else "a number"
                 raise ValueError(f"round setting {f.name} = {value!r}: expected {kind}")
             if not lo <= value <= hi:

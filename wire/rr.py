@@ -97,7 +97,8 @@ class RRBatch:
 
     def __post_init__(self) -> None:
         check_beats(self.beats)
-        for name, value in (("epoch", self.epoch), ("seq", self.seq)):
+        # start_ms lands in a signed 64-bit SQLite column, as a vitals timestamp does
+        for name, value in (("epoch", self.epoch), ("seq", self.seq), ("start_ms", self.start_ms)):
             if not 0 <= value <= MAX_EPOCH:
                 raise ValueError(f"{name}={value} is out of range")
 

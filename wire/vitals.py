@@ -62,17 +62,20 @@ class VitalsSample:
         def u16(value: float | None, scale: float, name: str) -> int:
             if value is None:
                 return _MISSING_U16
-            raw = round(value * scale)
-            if not 0 <= raw < _MISSING_U16 or math.isnan(value):
+            if not math.isfinite(value) or not 0 <= (raw := round(value * scale)) < _MISSING_U16:
                 raise ValueError(f"{name}={value} is out of range")
             return raw
 
         temp = _MISSING_I16
         if self.skin_temp is not None:
-            temp = round(self.skin_temp * 100)
+            temp = round(self.skin_temp * 100) if math.isfinite(self.skin_temp) else _MISSING_I16
             if not -0x7FFF < temp < _MISSING_I16:
                 raise ValueError(f"skin_temp={self.skin_temp} is out of range")
-        for name, value in (("epoch", self.epoch), ("seq", self.seq)):
+        for name, value in (
+            ("epoch", self.epoch),
+            ("seq", self.seq),
+            ("timestamp_ms", self.timestamp_ms),
+        ):
             if not 0 <= value <= MAX_EPOCH:
                 raise ValueError(f"{name}={value} is out of range")
         return _FORMAT.pack(
