@@ -37,8 +37,9 @@ DEFAULT_WORK = Path("build/mutation")
 # Packages copied whole, so that imports between their modules resolve inside the copy (only
 # the modules in TESTS are mutated).
 PACKAGES = ("pqlink", "wire", "servicekit", "testbed", "gateway", "aggregator")
-# Files the tests read relative to the project root (the example configurations).
-ALSO_COPY = ("configs",)
+# Files the tests read relative to the project root (the example configurations), and the
+# vector generator tests/test_vectors.py checks its file against.
+ALSO_COPY = ("configs", "tools")
 
 # The mutated modules and the fast unit and property tests that cover each (no broker
 # integration tests). mutmut then runs, for each mutant, only those of these tests that call
@@ -143,6 +144,31 @@ TESTS: Mapping[str, tuple[str, ...]] = {
         "tests/test_rhythm_model.py",
         "tests/test_rhythm_fields.py",
     ),
+    "pqlink/identity.py": (
+        "tests/test_identity.py",
+        "tests/test_identity_fields.py",
+        "tests/test_key_files.py",
+    ),
+    "pqlink/keys.py": (
+        "tests/test_keys_fields.py",
+        "tests/test_vectors.py",
+        "tests/test_handshake_limits.py",
+        "tests/test_secagg_key_schedule.py",
+    ),
+    "pqlink/kdf.py": ("tests/test_keys_fields.py", "tests/test_secagg_key_schedule.py"),
+    "pqlink/_codec.py": (
+        "tests/test_keys_fields.py",
+        "tests/test_decode_messages.py",
+        "tests/test_record_limits.py",
+    ),
+    "aggregator/momentum.py": ("tests/test_momentum.py", "tests/test_aggregation_parts.py"),
+    "aggregator/partials.py": (
+        "tests/test_aggregation_parts.py",
+        "tests/test_aggregator_logic.py",
+        "tests/test_momentum.py",
+    ),
+    "aggregator/masked.py": ("tests/test_aggregation_parts.py",),
+    "wire/weighting.py": ("tests/test_aggregation_parts.py",),
 }
 
 KILLED = "killed"

@@ -8,6 +8,8 @@ import enum
 from pqlink import (
     AuthenticationError,
     ClockSkewError,
+    DecodeError,
+    ErrorReason,
     NegotiationError,
     PqlinkError,
     ReplayError,
@@ -107,4 +109,8 @@ def reason_for(exc: PqlinkError) -> Reason:
     ):
         if isinstance(exc, cls):
             return reason
+    if isinstance(exc, DecodeError) and exc.reason is ErrorReason.TOO_LARGE:
+        # a frame over its size limit, refused before it is parsed: what the plain path's
+        # own size check reports
+        return Reason.OVERSIZED
     return Reason.MALFORMED
