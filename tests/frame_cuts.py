@@ -10,6 +10,20 @@ import pytest
 from pqlink import DecodeError, ErrorReason
 
 
+def signed_header(sender_id_length: int) -> list[tuple[str, int]]:
+    """The fields every signed pqlink frame opens with (docs/protocol.md), as (field, size):
+    type, version, content type, signature algorithm, sender id and round."""
+    return [
+        ("type", 1),
+        ("version", 1),
+        ("content type", 1),
+        ("signature algorithm", 1),
+        ("sender id length", 1),
+        ("sender id", sender_id_length),
+        ("round", 8),
+    ]
+
+
 def field_starts(layout: list[tuple[str, int]]) -> list[tuple[str, int]]:
     """(field, start offset) for each field of a layout given as (field, size)."""
     out, pos = [], 0

@@ -40,7 +40,7 @@ from pqlink.broadcast import (
 
 from . import pqlink_reference as ref
 from .conftest import Parties
-from .frame_cuts import check_cuts
+from .frame_cuts import check_cuts, signed_header
 
 SIG = 3309  # ML-DSA-65, the aggregator's algorithm
 KEM_CT = 1120  # ML-KEM-768 ciphertext + X25519 share
@@ -87,13 +87,7 @@ def _body(
 
 def _body_layout(ciphertext: int) -> list[tuple[str, int]]:
     return [
-        ("type", 1),
-        ("version", 1),
-        ("content type", 1),
-        ("signature algorithm", 1),
-        ("sender id length", 1),
-        ("sender id", len(SENDER)),
-        ("round", 8),
+        *signed_header(len(SENDER)),
         ("model version", 4),
         ("created", 8),
         ("broadcast id", 16),

@@ -20,7 +20,7 @@ from pqlink import (
 )
 
 from .conftest import Parties
-from .frame_cuts import check_cuts
+from .frame_cuts import check_cuts, signed_header
 
 T0 = 1_800_000_000.0
 
@@ -75,13 +75,7 @@ def test_envelope_fields(parties: Parties) -> None:
         round=1,
     )
     layout = [
-        ("type", 1),
-        ("version", 1),
-        ("content type", 1),
-        ("signature algorithm", 1),
-        ("sender id length", 1),
-        ("sender id", 5),
-        ("round", 8),
+        *signed_header(5),
         ("model version", 4),
         ("sample count", 8),
         ("created", 8),

@@ -221,26 +221,24 @@ def test_group_write_is_refused_when_the_group_is_unknown(
         load_public_identity(pub)
 
 
-def test_group_write_is_refused_when_the_primary_group_has_another_name(
-    tmp_path: Path, parties: Parties, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("suffix", "others"),
+    [("-staff", []), ("", ["mallory"])],
+    ids=["primary group of another name", "private group with another member"],
+)
+def test_group_write_is_refused_unless_the_group_is_the_owner_s_alone(
+    tmp_path: Path,
+    parties: Parties,
+    monkeypatch: pytest.MonkeyPatch,
+    suffix: str,
+    others: list[str],
 ) -> None:
     name, gid = _own_primary_group()
     reg = tmp_path / "registry.json"
     save_registry(parties.sensor_registry(), reg)
     os.chmod(reg, 0o664)
-    monkeypatch.setattr(grp, "getgrgid", _fake_group(name + "-staff", gid, []))
-    with pytest.raises(KeyFileError, match="mode 0664: group or others can write"):
-        load_registry(reg)
-
-
-def test_group_write_is_refused_when_the_private_group_has_another_member(
-    tmp_path: Path, parties: Parties, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    name, gid = _own_primary_group()
-    reg = tmp_path / "registry.json"
-    save_registry(parties.sensor_registry(), reg)
-    os.chmod(reg, 0o664)
-    monkeypatch.setattr(grp, "getgrgid", _fake_group(name, gid, [name, "mallory"]))
+    members = [name, *others] if others else []
+    monkeypatch.setattr(grp, "getgrgid", _fake_group(name + suffix, gid, members))
     with pytest.raises(KeyFileError, match="mode 0664: group or others can write"):
         load_registry(reg)
     # listing only the owner itself as a member keeps the group private

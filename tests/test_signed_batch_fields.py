@@ -27,7 +27,7 @@ from pqlink.signed_batch import (
     sign_batch,
 )
 
-from .frame_cuts import check_cuts
+from .frame_cuts import check_cuts, signed_header
 
 SENDER = "aggregator"
 SIG = 3309  # ML-DSA-65, what Identity.generate gives an aggregator
@@ -132,13 +132,7 @@ def test_a_frame_cut_short_names_the_field_and_offset(sender: tuple[Identity, Re
     agg, registry = sender
     frame = _sign(agg, 3)["gw001"]  # index 1 of 3: two path hashes
     layout = [
-        ("type", 1),
-        ("version", 1),
-        ("content type", 1),
-        ("signature algorithm", 1),
-        ("sender id length", 1),
-        ("sender id", len(SENDER)),
-        ("round", 8),
+        *signed_header(len(SENDER)),
         ("batch id", 16),
         ("recipient count", 2),
         ("tree root", 32),
