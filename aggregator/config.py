@@ -162,7 +162,7 @@ _RULES: Final = Rules(
         "privacy.budget_epsilon": Range(0, 1e6),
         "privacy.dropout_fraction": Range(0, 0.9),
         "privacy.stage_timeout": Range(0.1, 3600),
-        "privacy.weight_cap": Range(0, 10**9, "an integer >= 0"),
+        "privacy.weight_cap": Range(0, 10**9),
         "statistics.features": Range(0, 4096, "an integer in [0, 4096]"),
         "statistics.feature_bound": Range(1e-3, 1e6),
         # What gateways accept in a round's settings is what the config may ask for.

@@ -113,7 +113,7 @@ def run_secure_round(  # noqa: PLR0917 -- the round's parts, each needed once
     *,
     dropout_fraction: float,
     deadlines: StageDeadlines,
-    weight_cap: int = 0,
+    weight_cap: int,
     ahead: AdvertsAhead | None = None,
 ) -> SecureRoundReport:
     announcement = plan_round(

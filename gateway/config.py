@@ -254,6 +254,13 @@ def _mqtt_tls(mqtt: MqttConfig, base_dir: Path) -> MqttConfig:
     )
 
 
+def _learning_model(learning: LearningConfig, base_dir: Path) -> LearningConfig:
+    """A model file given relative to the configuration file, as every other path setting."""
+    if learning.model is None:
+        return learning
+    return replace(learning, model=str(base_dir / learning.model))  # an absolute value stays
+
+
 def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
     """Validate a parsed TOML document; relative paths are relative to `base_dir`."""
     allowed = {
@@ -281,23 +288,25 @@ def parse_config(doc: dict[str, Any], base_dir: Path) -> GatewayConfig:
     except ValueError as exc:
         raise ConfigError(f"gateway.id: {exc}", key="gateway.id") from None
 
-    def path(key: str, default: str | None) -> Path:
-        return resolve_path(gw.get(key, default), f"gateway.{key}", base_dir)
+    def path(key: str) -> Path:
+        return resolve_path(gw.get(key), f"gateway.{key}", base_dir)
 
-    state_dir = path("state_dir", None)
+    state_dir = path("state_dir")
     identity = gw.get("identity")
     registry = gw.get("registry")
     return GatewayConfig(
         gateway_id=gateway_id,
         state_dir=state_dir,
-        identity=path("identity", None) if identity is not None else state_dir / "identity.key",
-        registry=path("registry", None) if registry is not None else state_dir / "registry.json",
+        identity=path("identity") if identity is not None else state_dir / "identity.key",
+        registry=path("registry") if registry is not None else state_dir / "registry.json",
         mqtt=_mqtt_tls(parse_section(MqttConfig, "mqtt", doc.get("mqtt", {}), _RULES), base_dir),
         sessions=parse_section(SessionsConfig, "sessions", doc.get("sessions", {}), _RULES),
         store=parse_section(StoreConfig, "store", doc.get("store", {}), _RULES),
         log=parse_section(LogConfig, "log", doc.get("log", {}), _RULES),
         uplink=parse_section(UplinkConfig, "uplink", doc.get("uplink", {}), _RULES),
-        learning=parse_section(LearningConfig, "learning", doc.get("learning", {}), _RULES),
+        learning=_learning_model(
+            parse_section(LearningConfig, "learning", doc.get("learning", {}), _RULES), base_dir
+        ),
         metrics=parse_section(MetricsConfig, "metrics", doc.get("metrics", {}), _RULES),
         bench=parse_section(BenchConfig, "bench", doc.get("bench", {}), _RULES),
     )

@@ -96,7 +96,6 @@ class SecureUpdateSession:
             raise SecureRoundRefusedError(str(exc)) from None
         self._me = me
         self.encoded: npt.NDArray[np.uint64] | None = None
-        self._update: npt.NDArray[np.float64] | None = None
         self._rng = np.random.default_rng()
 
     @property
@@ -123,7 +122,6 @@ class SecureUpdateSession:
         weighting = a.weighting
         if weighting is not None:
             x = weighting.extend(x, samples, a.clip)
-        self._update = x
         self.encoded = self.config.encoding.encode(x, self._rng)
 
     def handle(self, frame: SecAggFrame) -> Step:
@@ -172,5 +170,4 @@ class SecureUpdateSession:
             try:
                 receive(item)
             except (SecAggError, SecAggStateError, DecodeError) as exc:
-                reason = getattr(exc, "reason", type(exc).__name__)
-                step.rejected.append(Rejected(frame.kind, str(reason), str(exc)))
+                step.rejected.append(Rejected(frame.kind, str(exc.reason), str(exc)))

@@ -118,5 +118,4 @@ def resolve_path(value: object, key: str, base_dir: Path) -> Path:
     """A path setting; relative paths are relative to the config file's directory."""
     if not isinstance(value, str) or not value:
         raise ConfigError.invalid(key, value, "a path")
-    p = Path(value)
-    return p if p.is_absolute() else base_dir / p
+    return base_dir / value  # an absolute value stays as it is

@@ -3,7 +3,6 @@ fields such as IOMT_EVENT, DEVICE_ID, REASON) when it is there, else logfmt line
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import re
@@ -11,7 +10,6 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
 from typing import TextIO
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -79,22 +77,14 @@ class StderrLog(EventLog):
 
 
 class JournalLog(EventLog):
-    """Structured journal entries: through systemd-python's `journal.send` when it is
-    installed (Debian's python3-systemd), else journald's native protocol written here (the
-    same datagrams sd_journal_send produces), so a bare venv logs structured fields too."""
+    """Structured journal entries in journald's native protocol, written here (the same
+    datagrams sd_journal_send produces), so a bare venv logs structured fields too."""
 
     def __init__(self, level: int = logging.INFO, path: str = JOURNAL_SOCKET) -> None:
         super().__init__(level)
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.dropped = 0
-        self._send: Callable[..., object] | None = None
-        try:
-            # imported by name: the repository's own systemd/ folder of unit files must not be
-            # mistaken for the systemd-python package by the type checker
-            self._send = importlib.import_module("systemd.journal").send
-        except (ImportError, AttributeError):
-            self._send = None
 
     def close(self) -> None:
         self._sock.close()
@@ -111,9 +101,6 @@ class JournalLog(EventLog):
             upper = key.upper()
             if _FIELD.fullmatch(upper):
                 entries[upper] = str(value).lower() if isinstance(value, bool) else str(value)
-        if self._send is not None and self.path == JOURNAL_SOCKET:
-            self._send(**entries)
-            return
         packet = bytearray()
         for key, value in entries.items():
             raw = value.encode()

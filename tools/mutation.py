@@ -36,7 +36,7 @@ DEFAULT_WORK = Path("build/mutation")
 
 # Packages copied whole, so that imports between their modules resolve inside the copy (only
 # the modules in TESTS are mutated).
-PACKAGES = ("pqlink", "wire", "servicekit", "testbed", "gateway", "aggregator")
+PACKAGES = ("pqlink", "wire", "servicekit", "testbed", "gateway", "aggregator", "device_emulators")
 # Files the tests read relative to the project root (the example configurations), and the
 # vector generator tests/test_vectors.py checks its file against.
 ALSO_COPY = ("configs", "tools")
@@ -169,6 +169,87 @@ TESTS: Mapping[str, tuple[str, ...]] = {
     ),
     "aggregator/masked.py": ("tests/test_aggregation_parts.py",),
     "wire/weighting.py": ("tests/test_aggregation_parts.py",),
+    "wire/secagg.py": (
+        "tests/test_secagg_wire_fields.py",
+        "tests/test_secure_update.py",
+        "tests/test_adverts_ahead.py",
+        "tests/test_aggregation_parts.py",
+    ),
+    "aggregator/secure_round.py": (
+        "tests/test_secure_round_parts.py",
+        "tests/test_secure_update.py",
+        "tests/test_adverts_ahead.py",
+    ),
+    "aggregator/secure_rounds.py": (
+        "tests/test_secure_rounds_gate.py",
+        "tests/test_privacy_gate.py",
+    ),
+    "gateway/secure_update.py": (
+        "tests/test_secure_update_fields.py",
+        "tests/test_secure_update.py",
+        "tests/test_adverts_ahead.py",
+    ),
+    "wire/envelopes.py": (
+        "tests/test_envelope_codecs.py",
+        "tests/test_aggregation_parts.py",
+        "tests/test_validation.py",
+    ),
+    "wire/reasons.py": (
+        "tests/test_ingest_reasons.py",
+        "tests/test_aggregation_parts.py",
+        "tests/test_validation.py",
+        "tests/test_secure_update.py",
+    ),
+    "aggregator/rounds.py": (
+        "tests/test_round_coordinator.py",
+        "tests/test_aggregator_logic.py",
+        "tests/test_momentum.py",
+    ),
+    "gateway/config.py": (
+        "tests/test_gateway_config_fields.py",
+        "tests/test_gateway_config.py",
+        "tests/test_store_limits.py",
+    ),
+    "aggregator/config.py": (
+        "tests/test_aggregator_config_fields.py",
+        "tests/test_aggregator_logic.py",
+        "tests/test_feature_stats_config.py",
+        "tests/test_momentum.py",
+    ),
+    "servicekit/config.py": (
+        "tests/test_servicekit_config.py",
+        "tests/test_feature_stats_config.py",
+        "tests/test_gateway_config.py",
+        "tests/test_momentum.py",
+    ),
+    "gateway/trainer.py": ("tests/test_trainer_parts.py", "tests/test_trainer.py"),
+    "wire/model.py": ("tests/test_trainer_parts.py", "tests/test_trainer.py"),
+    "gateway/learning.py": (
+        "tests/test_learning_parts.py",
+        "tests/test_feature_stats_gateway.py",
+        "tests/test_trainer.py",
+    ),
+    "gateway/federated_stats.py": (
+        "tests/test_federated_stats_parts.py",
+        "tests/test_federated_stats.py",
+    ),
+    "gateway/af_rule.py": ("tests/test_af_rule.py", "tests/test_rhythm_features.py"),
+    "servicekit/notify.py": ("tests/test_servicekit_logs.py", "tests/test_notify_and_logs.py"),
+    "servicekit/logs.py": ("tests/test_servicekit_logs.py", "tests/test_notify_and_logs.py"),
+    "wire/amqp.py": ("tests/test_broker_urls.py",),
+    "wire/topics.py": (
+        "tests/test_topics.py",
+        "tests/test_delivery_ledger.py",
+        "tests/test_ingest_reasons.py",
+        "tests/test_gateway_ingest.py",
+    ),
+    "aggregator/round_store.py": (
+        "tests/test_round_store.py",
+        "tests/test_round_coordinator.py",
+        "tests/test_aggregator_logic.py",
+        "tests/test_momentum.py",
+    ),
+    "device_emulators/replay.py": ("tests/test_replay_parts.py",),
 }
 
 KILLED = "killed"

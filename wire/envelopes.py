@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from pqlink import (
     ContentType,
     DecodeError,
+    ErrorReason,
     Identity,
     PublicIdentity,
     Registry,
@@ -169,7 +170,10 @@ class UnsealedCodec:
         max_size: int = DEFAULT_MAX_ENVELOPE_SIZE,
     ) -> Opened:
         if len(frame) > max_size:
-            raise DecodeError(f"unsealed frame of {len(frame)} bytes exceeds {max_size}")
+            raise DecodeError(
+                f"unsealed frame of {len(frame)} bytes exceeds {max_size}",
+                reason=ErrorReason.TOO_LARGE,
+            )
         meta, payload = self._split(frame)
         try:
             return Opened(
@@ -197,6 +201,12 @@ class UnsealedCodec:
             raise DecodeError("not an unsealed benchmark frame")
         (n,) = _LEN.unpack_from(frame, len(_UNSEALED))
         start = len(_UNSEALED) + _LEN.size
+        if start + n > len(frame):
+            raise DecodeError(
+                f"unsealed frame: truncated in metadata (need {n} bytes at offset {start}, "
+                f"frame has {len(frame)})",
+                reason=ErrorReason.TRUNCATED,
+            )
         try:
             meta = json.loads(frame[start : start + n])
         except (ValueError, RecursionError) as exc:
