@@ -268,6 +268,13 @@ class RoundStore:
                 ("DELETE FROM rounds WHERE round <= ?", (oldest,)),
                 ("DELETE FROM contributions WHERE round <= ?", (oldest,)),
                 ("DELETE FROM rejections WHERE round <= ?", (oldest,)),
+                # refusals of no round (an unreadable update) or of a round not yet open (a
+                # claim from the future) go once older than the oldest round kept
+                (
+                    "DELETE FROM rejections WHERE (round IS NULL OR round > ?) AND at < "
+                    "(SELECT MIN(opened) FROM rounds WHERE round > ?)",
+                    (next_round.round, oldest),
+                ),
             ]
             if newest_model is not None:
                 statements.append(

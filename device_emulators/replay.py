@@ -112,7 +112,7 @@ def read_beats(directory: Path, record: str) -> list[ReplayBeat]:
 
     try:
         ann = wfdb.rdann(str(directory / record), "atr")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, IndexError) as exc:  # wfdb: IndexError on a truncated file
         raise ReplayError(
             f"cannot read annotations of record {record} in {directory}: {exc}"
         ) from None
