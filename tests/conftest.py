@@ -33,6 +33,12 @@ class Parties:
         reg.enroll(self.other_gateway.public)
         return reg
 
+    def aggregator_registry(self) -> Registry:
+        """The senders a gateway accepts global models from."""
+        reg = Registry()
+        reg.enroll(self.aggregator.public)
+        return reg
+
 
 @pytest.fixture(scope="session")
 def parties() -> Parties:

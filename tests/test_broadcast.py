@@ -55,12 +55,6 @@ def fleet() -> list[Identity]:
     return [Identity.generate(f"gw-{i:02d}", Role.GATEWAY) for i in range(5)]
 
 
-def _senders(parties: Parties) -> Registry:
-    reg = Registry()
-    reg.enroll(parties.aggregator.public)
-    return reg
-
-
 def _seal(
     parties: Parties,
     recipients: list[Identity],
@@ -85,7 +79,9 @@ def test_every_recipient_opens_the_one_body(parties: Parties, fleet: list[Identi
     sealed = _seal(parties, fleet, payload)
     assert set(sealed.entries) == {g.name for g in fleet}
     for g in fleet:
-        opened = open_broadcast(sealed.body, sealed.entries[g.name], g, _senders(parties))
+        opened = open_broadcast(
+            sealed.body, sealed.entries[g.name], g, parties.aggregator_registry()
+        )
         assert opened.payload == payload
         meta = opened.metadata
         assert (meta.sender, meta.round, meta.model_version, meta.recipient_count) == (
@@ -141,18 +137,22 @@ def test_rfc9162_tree_shape() -> None:
 def test_wrong_recipient(parties: Parties, fleet: list[Identity]) -> None:
     sealed = _seal(parties, fleet, b"model")
     with pytest.raises(NotAddressedError, match="not addressed to 'gw-01'"):
-        open_broadcast(sealed.body, sealed.entries["gw-00"], fleet[1], _senders(parties))
+        open_broadcast(
+            sealed.body, sealed.entries["gw-00"], fleet[1], parties.aggregator_registry()
+        )
     # a gateway left out of the broadcast has no entry of its own to use
     outsider = _seal(parties, fleet[:2], b"model")
     with pytest.raises(NotAddressedError):
-        open_broadcast(outsider.body, outsider.entries["gw-00"], fleet[4], _senders(parties))
+        open_broadcast(
+            outsider.body, outsider.entries["gw-00"], fleet[4], parties.aggregator_registry()
+        )
 
 
 def test_entry_of_another_epoch(parties: Parties, fleet: list[Identity]) -> None:
     first = _seal(parties, fleet, b"model one")
     second = _seal(parties, fleet, b"model two")
     with pytest.raises(EntryMismatchError, match="another key epoch"):
-        open_broadcast(second.body, first.entries["gw-00"], fleet[0], _senders(parties))
+        open_broadcast(second.body, first.entries["gw-00"], fleet[0], parties.aggregator_registry())
     # the same epoch id with another recipient count is not the body's epoch either
     real = KeyEntry.from_bytes(first.entries["gw-00"])
     recount = KeyEntry(
@@ -165,7 +165,7 @@ def test_entry_of_another_epoch(parties: Parties, fleet: list[Identity]) -> None
         real.path,  # leaf 0 of 6 needs 3 hashes, as of 5: a well-formed entry
     )
     with pytest.raises(EntryMismatchError, match="another key epoch"):
-        open_broadcast(first.body, bytes(recount), fleet[0], _senders(parties))
+        open_broadcast(first.body, bytes(recount), fleet[0], parties.aggregator_registry())
 
 
 def test_forged_entry_for_the_same_broadcast(parties: Parties, fleet: list[Identity]) -> None:
@@ -183,7 +183,7 @@ def test_forged_entry_for_the_same_broadcast(parties: Parties, fleet: list[Ident
         real.path,
     )
     with pytest.raises(EntryMismatchError, match="Merkle path"):
-        open_broadcast(sealed.body, bytes(forged), fleet[0], _senders(parties))
+        open_broadcast(sealed.body, bytes(forged), fleet[0], parties.aggregator_registry())
     # the same entry moved to another index keeps a well-formed path of the right length
     moved = KeyEntry(
         real.epoch_id,
@@ -195,7 +195,7 @@ def test_forged_entry_for_the_same_broadcast(parties: Parties, fleet: list[Ident
         real.path,
     )
     with pytest.raises(EntryMismatchError):
-        open_broadcast(sealed.body, bytes(moved), fleet[0], _senders(parties))
+        open_broadcast(sealed.body, bytes(moved), fleet[0], parties.aggregator_registry())
 
 
 def test_tampered_body(parties: Parties, fleet: list[Identity]) -> None:
@@ -203,18 +203,20 @@ def test_tampered_body(parties: Parties, fleet: list[Identity]) -> None:
     body = bytearray(sealed.body)
     body[-3400] ^= 1  # inside the ciphertext: the signature covers it
     with pytest.raises(SignatureError):
-        open_broadcast(bytes(body), sealed.entries["gw-00"], fleet[0], _senders(parties))
+        open_broadcast(
+            bytes(body), sealed.entries["gw-00"], fleet[0], parties.aggregator_registry()
+        )
 
 
 def test_truncations(parties: Parties, fleet: list[Identity]) -> None:
     sealed = _seal(parties, fleet, b"model")
     entry = sealed.entries["gw-00"]
     with pytest.raises(DecodeError, match="truncated"):
-        open_broadcast(sealed.body[:-1], entry, fleet[0], _senders(parties))
+        open_broadcast(sealed.body[:-1], entry, fleet[0], parties.aggregator_registry())
     with pytest.raises(DecodeError, match="truncated"):
-        open_broadcast(sealed.body, entry[:-1], fleet[0], _senders(parties))
+        open_broadcast(sealed.body, entry[:-1], fleet[0], parties.aggregator_registry())
     with pytest.raises(DecodeError, match="trailing"):
-        open_broadcast(sealed.body, entry + b"\0", fleet[0], _senders(parties))
+        open_broadcast(sealed.body, entry + b"\0", fleet[0], parties.aggregator_registry())
     # one path hash missing, with the length byte saying so
     short = bytearray(entry[:-HASH_SIZE])
     short[ENTRY_FIXED_SIZE - 1] -= 1
@@ -224,7 +226,7 @@ def test_truncations(parties: Parties, fleet: list[Identity]) -> None:
 
 def test_replay_of_an_older_round(parties: Parties, fleet: list[Identity]) -> None:
     sealed = _seal(parties, fleet, b"model", round=9)
-    args = (sealed.body, sealed.entries["gw-00"], fleet[0], _senders(parties))
+    args = (sealed.body, sealed.entries["gw-00"], fleet[0], parties.aggregator_registry())
     assert open_broadcast(*args, after_round=8).metadata.round == 9  # the next round: fine
     with pytest.raises(ReplayError, match="round 9; round 9 already taken"):
         open_broadcast(*args, after_round=9)
@@ -234,7 +236,7 @@ def test_sender_must_be_enrolled_and_active(parties: Parties, fleet: list[Identi
     sealed = _seal(parties, fleet, b"model")
     with pytest.raises(UnknownPeerError):
         open_broadcast(sealed.body, sealed.entries["gw-00"], fleet[0], Registry())
-    reg = _senders(parties)
+    reg = parties.aggregator_registry()
     reg.revoke("aggregator")
     with pytest.raises(RevokedPeerError):
         open_broadcast(sealed.body, sealed.entries["gw-00"], fleet[0], reg)
@@ -256,7 +258,9 @@ def test_round_trip_for_every_fleet_shape(parties: Parties, count: int) -> None:
     sealed = _seal(parties, recipients, b"model for %d" % count)
     assert len(sealed.entries) == count
     for r in recipients:
-        opened = open_broadcast(sealed.body, sealed.entries[r.name], r, _senders(parties))
+        opened = open_broadcast(
+            sealed.body, sealed.entries[r.name], r, parties.aggregator_registry()
+        )
         assert opened.payload == b"model for %d" % count
         assert opened.metadata.recipient_count == count
 
@@ -283,7 +287,10 @@ def test_every_body_of_an_epoch_opens_with_its_one_entry(
         assert peek_entry(entry).epoch_id == epoch.epoch_id
         for r, b in enumerate(bodies, start=1):
             assert peek_broadcast(b.body).epoch_id == epoch.epoch_id
-            assert open_broadcast(b.body, entry, g, _senders(parties)).payload == b"model %d" % r
+            assert (
+                open_broadcast(b.body, entry, g, parties.aggregator_registry()).payload
+                == b"model %d" % r
+            )
 
 
 def test_epoch_key_is_never_shown(fleet: list[Identity]) -> None:
@@ -320,7 +327,9 @@ def test_a_wrong_key_wrap_fails_authentication(parties: Parties, fleet: list[Ide
     ):
         sealed = _seal(parties, fleet, b"model", epoch)
         with pytest.raises(AuthenticationError) as info:
-            open_broadcast(sealed.body, sealed.entries["gw-00"], fleet[0], _senders(parties))
+            open_broadcast(
+                sealed.body, sealed.entries["gw-00"], fleet[0], parties.aggregator_registry()
+            )
         assert type(info.value) is AuthenticationError  # not an entry mismatch
 
 
@@ -334,16 +343,16 @@ def test_tampered_fields_fail_with_their_own_error(parties: Parties, fleet: list
         bad = bytearray(body)
         bad[offset] ^= 1  # signed: the signature fails before anything is unwrapped
         with pytest.raises(SignatureError):
-            open_broadcast(bytes(bad), entry, fleet[0], _senders(parties))
+            open_broadcast(bytes(bad), entry, fleet[0], parties.aggregator_registry())
     bad = bytearray(entry)
     bad[2] ^= 1  # the entry's epoch id
     with pytest.raises(EntryMismatchError, match="another key epoch"):
-        open_broadcast(body, bytes(bad), fleet[0], _senders(parties))
+        open_broadcast(body, bytes(bad), fleet[0], parties.aggregator_registry())
     for offset in (ENTRY_FIXED_SIZE - 2, ENTRY_FIXED_SIZE - 33, ENTRY_FIXED_SIZE):
         bad = bytearray(entry)
         bad[offset] ^= 1  # the wrapped epoch key, the KEM ciphertext, a path hash
         with pytest.raises(EntryMismatchError, match="Merkle path"):
-            open_broadcast(body, bytes(bad), fleet[0], _senders(parties))
+            open_broadcast(body, bytes(bad), fleet[0], parties.aggregator_registry())
 
 
 def test_truncation_at_every_offset(parties: Parties, fleet: list[Identity]) -> None:
@@ -351,10 +360,10 @@ def test_truncation_at_every_offset(parties: Parties, fleet: list[Identity]) -> 
     body, entry = sealed.body, sealed.entries["gw-04"]
     for cut in range(len(body)):
         with pytest.raises(DecodeError):
-            open_broadcast(body[:cut], entry, fleet[4], _senders(parties))
+            open_broadcast(body[:cut], entry, fleet[4], parties.aggregator_registry())
     for cut in range(len(entry)):
         with pytest.raises(DecodeError):
-            open_broadcast(body, entry[:cut], fleet[4], _senders(parties))
+            open_broadcast(body, entry[:cut], fleet[4], parties.aggregator_registry())
 
 
 def test_version_1_frames_are_rejected(parties: Parties, fleet: list[Identity]) -> None:
@@ -364,9 +373,9 @@ def test_version_1_frames_are_rejected(parties: Parties, fleet: list[Identity]) 
     old_body = body[:1] + b"\x01" + body[2:]
     old_entry = entry[:1] + b"\x01" + entry[2:]
     with pytest.raises(DecodeError, match="broadcast version 1 is not supported"):
-        open_broadcast(old_body, entry, fleet[0], _senders(parties))
+        open_broadcast(old_body, entry, fleet[0], parties.aggregator_registry())
     with pytest.raises(DecodeError, match="broadcast key entry version 1 is not supported"):
-        open_broadcast(body, old_entry, fleet[0], _senders(parties))
+        open_broadcast(body, old_entry, fleet[0], parties.aggregator_registry())
     with pytest.raises(DecodeError, match="version 3 is not supported"):
         peek_broadcast(body[:1] + b"\x03" + body[2:])
 
@@ -384,7 +393,9 @@ def test_an_opener_decapsulates_once_per_epoch(parties: Parties, fleet: list[Ide
             round=round_,
         ).body
         entry = epoch.entries[gw.name]
-        return open_broadcast(body, entry, gw, _senders(parties), epoch_keys=cache).payload
+        return open_broadcast(
+            body, entry, gw, parties.aggregator_registry(), epoch_keys=cache
+        ).payload
 
     assert [open_round(epochs[0], r, fleet[0]) for r in (1, 2, 3)] == [
         b"model 1",
@@ -405,7 +416,7 @@ def test_an_opener_decapsulates_once_per_epoch(parties: Parties, fleet: list[Ide
     bad[-1] ^= 1
     body = _seal(parties, fleet, b"x", epochs[0]).body
     with pytest.raises(EntryMismatchError, match="Merkle path"):
-        open_broadcast(body, bytes(bad), fleet[0], _senders(parties), epoch_keys=cache)
+        open_broadcast(body, bytes(bad), fleet[0], parties.aggregator_registry(), epoch_keys=cache)
     assert (cache.misses, cache.hits) == (4, 3)
     for text in (repr(cache), str(cache)):
         assert all(k.key.hex() not in text for k in epochs)
@@ -431,7 +442,7 @@ def test_mutated_body_or_entry_is_never_accepted(
     else:
         entry = data.draw(mutations(entry))
     with pytest.raises(PqlinkError):
-        open_broadcast(body, entry, fleet[2], _senders(parties))
+        open_broadcast(body, entry, fleet[2], parties.aggregator_registry())
 
 
 @SETTINGS

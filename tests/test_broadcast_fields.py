@@ -18,7 +18,6 @@ from pqlink import (
     DecodeError,
     Identity,
     LocalProtocolError,
-    Registry,
     ReplayError,
     Role,
 )
@@ -57,12 +56,6 @@ def trio() -> list[Identity]:
 @pytest.fixture(scope="module")
 def epoch(trio: list[Identity]) -> BroadcastEpoch:
     return new_epoch([g.public for g in trio])
-
-
-def _senders(parties: Parties) -> Registry:
-    reg = Registry()
-    reg.enroll(parties.aggregator.public)
-    return reg
 
 
 def _body(
@@ -202,7 +195,7 @@ def test_body_and_entries_follow_the_document(
     for g in trio:
         entry = epoch.entries[g.name]
         assert _reference_open(body, entry, g, parties.aggregator.public.verify_key.raw) == payload
-        assert open_broadcast(body, entry, g, _senders(parties)).payload == payload
+        assert open_broadcast(body, entry, g, parties.aggregator_registry()).payload == payload
 
 
 def test_single_recipient_root_is_its_leaf_hash(parties: Parties, trio: list[Identity]) -> None:
@@ -222,7 +215,7 @@ def test_single_recipient_root_is_its_leaf_hash(parties: Parties, trio: list[Ide
 def test_metadata_round_trips_exactly(parties: Parties, trio: list[Identity]) -> None:
     epoch = new_epoch([g.public for g in trio])
     body = _body(parties, epoch, b"m", round=2**64 - 1, model_version=2**32 - 1, now=2.25)
-    opened = open_broadcast(body, epoch.entries["edge-2"], trio[2], _senders(parties))
+    opened = open_broadcast(body, epoch.entries["edge-2"], trio[2], parties.aggregator_registry())
     meta = opened.metadata
     assert (meta.round, meta.model_version, meta.created_ms) == (2**64 - 1, 2**32 - 1, 2250)
     assert (meta.sender, meta.recipient_count, meta.epoch_id) == (SENDER, 3, epoch.epoch_id)
@@ -275,9 +268,11 @@ def test_body_size_limit(parties: Parties, trio: list[Identity], epoch: Broadcas
     with pytest.raises(DecodeError, match=f"of {len(body)} bytes exceeds the {limit}-byte limit"):
         peek_broadcast(body, max_size=limit)
     entry = epoch.entries["edge-0"]
-    assert open_broadcast(body, entry, trio[0], _senders(parties), max_size=len(body)).payload
+    assert open_broadcast(
+        body, entry, trio[0], parties.aggregator_registry(), max_size=len(body)
+    ).payload
     with pytest.raises(DecodeError, match="exceeds"):
-        open_broadcast(body, entry, trio[0], _senders(parties), max_size=limit)
+        open_broadcast(body, entry, trio[0], parties.aggregator_registry(), max_size=limit)
     assert DEFAULT_MAX_BODY_SIZE == 32 * 1024 * 1024
 
 
@@ -287,7 +282,12 @@ def test_ciphertext_length_is_at_least_the_tag(
     """An empty payload seals to the 16-byte tag alone, which opens; 15 bytes cannot hold it."""
     body = _body(parties, epoch, b"")
     assert body[HEADER_SIZE : HEADER_SIZE + 4] == (16).to_bytes(4, "big")
-    assert open_broadcast(body, epoch.entries["edge-0"], trio[0], _senders(parties)).payload == b""
+    assert (
+        open_broadcast(
+            body, epoch.entries["edge-0"], trio[0], parties.aggregator_registry()
+        ).payload
+        == b""
+    )
     short = body[:HEADER_SIZE] + (15).to_bytes(4, "big") + body[HEADER_SIZE + 4 + 1 :]
     with pytest.raises(DecodeError, match="ciphertext of 15 bytes is shorter than its tag"):
         peek_broadcast(short)
@@ -349,7 +349,7 @@ def test_open_delivery_honours_its_options(
 ) -> None:
     body = _body(parties, epoch, b"delivered", round=7)
     frame = join_delivery(body, epoch.entries["edge-1"])
-    senders = _senders(parties)
+    senders = parties.aggregator_registry()
     opened = open_delivery(frame, trio[1], senders, after_round=6)
     assert (opened.payload, opened.metadata.round) == (b"delivered", 7)
     assert opened.sender.name == SENDER

@@ -65,8 +65,7 @@ def test_multi_recipient_each_opens(parties: Parties) -> None:
         round=8,
         model_version=4,
     )
-    senders = Registry()
-    senders.enroll(parties.aggregator.public)
+    senders = parties.aggregator_registry()
     for gw in gateways:
         assert open_envelope(frame, gw, senders).payload == b"global model"
     outsider = Identity.generate("gw-03", Role.GATEWAY)

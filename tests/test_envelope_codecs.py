@@ -71,12 +71,6 @@ def test_sealed_codec_peeks_the_round_of_an_envelope(parties: Parties) -> None:
 # --- sealed global-model broadcasts, as a gateway keeps them ---------------------------------
 
 
-def _aggregator_registry(parties: Parties) -> Registry:
-    reg = Registry()
-    reg.enroll(parties.aggregator.public)
-    return reg
-
-
 def test_sealed_codec_opens_a_broadcast_delivery_with_its_broadcast_id(
     parties: Parties,
 ) -> None:
@@ -91,7 +85,7 @@ def test_sealed_codec_opens_a_broadcast_delivery_with_its_broadcast_id(
     ).body
     frame = join_delivery(body, epoch.entries["gw-01"])
     broadcast_id = peek_broadcast(body).broadcast_id
-    opened = SealedCodec().open(frame, parties.gateway, _aggregator_registry(parties))
+    opened = SealedCodec().open(frame, parties.gateway, parties.aggregator_registry())
     # a broadcast counts no samples: that field is zero
     assert opened == Opened(
         "aggregator", ContentType.GLOBAL_MODEL, 7, 3, 0, broadcast_id, b"global model"
@@ -113,7 +107,7 @@ def test_gateway_codec_unwraps_each_key_epoch_once(parties: Parties) -> None:
             round=round_,
         ).body
         opened = codec.open(
-            join_delivery(body, entry), parties.gateway, _aggregator_registry(parties)
+            join_delivery(body, entry), parties.gateway, parties.aggregator_registry()
         )
         assert (opened.round, opened.payload) == (round_, b"model %d" % round_)
     assert len(codec.epoch_keys) == 1
@@ -126,7 +120,7 @@ def test_broadcast_delivery_body_size_limit_is_inclusive(parties: Parties) -> No
         parties.aggregator, epoch, b"x" * 100, content_type=ContentType.GLOBAL_MODEL, round=1
     ).body
     frame = join_delivery(body, epoch.entries["gw-01"])
-    senders = _aggregator_registry(parties)
+    senders = parties.aggregator_registry()
     opened = SealedCodec().open(frame, parties.gateway, senders, max_size=len(body))
     assert opened.payload == b"x" * 100
     with pytest.raises(DecodeError, match=f"broadcast of {len(body)} bytes exceeds"):

@@ -49,12 +49,6 @@ def _global(parties: Parties, payload: bytes = b"model") -> bytes:
     )
 
 
-def _senders(parties: Parties) -> Registry:
-    reg = Registry()
-    reg.enroll(parties.aggregator.public)
-    return reg
-
-
 def _offsets(frame: bytes) -> dict[str, int]:
     """Where the fields after the fixed header start, from the documented layout."""
     name_len = frame[4]
@@ -76,7 +70,9 @@ def test_size_limit_exact(parties: Parties) -> None:
     frame = _global(parties)
     assert peek_envelope(frame, max_size=len(frame)).round == 2
     _raises(DecodeError, ErrorReason.TOO_LARGE, peek_envelope, frame, len(frame) - 1)
-    assert open_envelope(frame, parties.gateway, _senders(parties), max_size=len(frame)).payload
+    assert open_envelope(
+        frame, parties.gateway, parties.aggregator_registry(), max_size=len(frame)
+    ).payload
     # 32 MiB is read (and found to be garbage after the type byte); one more byte is not
     huge = frame[:1] + bytes(DEFAULT_MAX_ENVELOPE_SIZE)
     _raises(DecodeError, ErrorReason.TOO_LARGE, peek_envelope, huge)
@@ -88,7 +84,7 @@ def test_body_length_counts_the_tag(parties: Parties) -> None:
         frame = _global(parties, payload)
         at = _offsets(frame)["body_len"]
         assert int.from_bytes(frame[at : at + 4], "big") == len(payload) + 16
-        opened = open_envelope(frame, parties.other_gateway, _senders(parties))
+        opened = open_envelope(frame, parties.other_gateway, parties.aggregator_registry())
         assert opened.payload == payload
 
 
@@ -108,7 +104,7 @@ def test_trailing_bytes_after_the_signature(parties: Parties) -> None:
         open_envelope,
         frame + b"\0",
         parties.gateway,
-        _senders(parties),
+        parties.aggregator_registry(),
     )
 
 
@@ -175,7 +171,7 @@ def test_signature_algorithm_must_be_the_enrolled_one(parties: Parties) -> None:
         open_envelope,
         frame,
         parties.gateway,
-        _senders(parties),
+        parties.aggregator_registry(),
     )
 
 
@@ -188,7 +184,7 @@ def test_forged_signature_and_not_addressed(parties: Parties) -> None:
         open_envelope,
         bytes(frame),
         parties.gateway,
-        _senders(parties),
+        parties.aggregator_registry(),
     )
     _raises(
         DecodeError,
@@ -196,7 +192,7 @@ def test_forged_signature_and_not_addressed(parties: Parties) -> None:
         open_envelope,
         _global(parties),
         parties.aggregator,
-        _senders(parties),
+        parties.aggregator_registry(),
     )
 
 

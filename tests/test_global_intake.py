@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.spool import MAX_GLOBAL_ENTRIES, MAX_WAITING_BODIES, Spool
-from pqlink import ContentType, DecodeError, Registry
+from pqlink import ContentType, DecodeError
 from pqlink.broadcast import (
     BroadcastEpoch,
     join_delivery,
@@ -40,12 +40,6 @@ def _body(parties: Parties, epoch: BroadcastEpoch, round_: int) -> bytes:
     ).body
 
 
-def _senders(parties: Parties) -> Registry:
-    reg = Registry()
-    reg.enroll(parties.aggregator.public)
-    return reg
-
-
 def _put_body(spool: Spool, body: bytes) -> bool:
     """As the uplink keeps a body: under its epoch and round, unsynced (the stream keeps it)."""
     meta = peek_broadcast(body)
@@ -68,7 +62,7 @@ def _opens(parties: Parties, spool: Spool, round_: int) -> None:
     taken = spool.take_global()
     assert taken is not None
     assert taken[0] == round_
-    opened = open_delivery(taken[1], parties.gateway, _senders(parties))
+    opened = open_delivery(taken[1], parties.gateway, parties.aggregator_registry())
     assert opened.payload == b"global model %d" % round_
     spool.done_global(round_)
 

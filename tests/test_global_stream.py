@@ -157,8 +157,7 @@ def test_gateway_offline_across_an_epoch_change_opens_the_newest_model(
     body = _newest_body(channel)
     assert body[0] == BODY_TYPE
     assert peek_broadcast(body).round == rounds  # the newest, not the history
-    senders = Registry()
-    senders.enroll(parties.aggregator.public)
+    senders = parties.aggregator_registry()
     for gw in (parties.gateway, parties.other_gateway):
         entries = []
         while True:
@@ -353,8 +352,7 @@ def test_gateway_restart_opens_the_newest_body_with_its_kept_entry(
     def announce(round_: int, with_entries: bool) -> None:
         _publish(channel, parties, epoch, round_, with_entries=with_entries)
 
-    senders = Registry()
-    senders.enroll(parties.aggregator.public)
+    senders = parties.aggregator_registry()
     path = tmp_path / "spool.sqlite3"
     announce(1, True)
     first = asyncio.run(_uplink_until(vhost, gw.name, path, 1))
@@ -411,8 +409,7 @@ def test_a_lost_entry_is_reported_once_a_second_body_waits_and_the_next_epoch_op
             return item[1]
 
     frame = asyncio.run(scenario())
-    senders = Registry()
-    senders.enroll(parties.aggregator.public)
+    senders = parties.aggregator_registry()
     assert open_delivery(frame, gw, senders).payload == b"global model 3"
     lines = [line for line in log.getvalue().splitlines() if "global_waiting_for_key" in line]
     assert len(lines) == 1, lines
